@@ -1,0 +1,400 @@
+"""The ``lvlm-studio`` command: the desktop app with no arguments, headless analyses with a subcommand.
+
+    lvlm-studio                                     open the app (demo model unless --model)
+    lvlm-studio ask --image IMG --prompt TEXT       answer, with per-token probabilities
+    lvlm-studio explain --method ID --image IMG --prompt TEXT --out DIR
+    lvlm-studio plugins                             list plugins, methods and their status
+    lvlm-studio demo accuracy                       the demo model's held-out exact-match accuracy
+    lvlm-studio demo scene --seed N --out FILE.png  draw a demo scene
+
+Bad input ends with one line on stderr and a non-zero exit, never a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
+
+EXIT_INPUT = 2
+EXIT_BUG = 1
+EXIT_CANCELLED = 130
+
+
+# -- shared options -----------------------------------------------------------------------------
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="local model folder (default: the embedded demo model)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    group.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    group.add_argument("--placement", choices=["auto"], help="spread a large model over GPUs and CPU (accelerate)")
+    group.add_argument("--max-memory", action="append", default=[], metavar="DEVICE=SIZE",
+                       help="with --placement auto: cap a device, e.g. 0=20GiB or cpu=64GiB (repeatable)")
+    group.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (.bin) from a source you trust")
+    group.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+
+
+def _add_question_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    parser.add_argument("--prompt", required=True, help="question or instruction about the image")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+
+
+def _load(args: argparse.Namespace):
+    from lvlm_studio.core.models.loading import LoadOptions, load_model
+
+    max_memory = {}
+    for item in args.max_memory:
+        device, _, size = item.partition("=")
+        if not size:
+            raise InputError(f"--max-memory {item!r} is not DEVICE=SIZE.", "Example: --max-memory 0=20GiB.")
+        max_memory[device] = size
+    options = LoadOptions(device=args.device, dtype=args.dtype, placement=args.placement,
+                          max_memory=max_memory or None, allow_pickle=args.allow_pickle,
+                          trust_remote_code=args.trust_remote_code)
+    _status(f"loading {args.model or 'the demo model'} ...")
+    started = time.perf_counter()
+    loaded = load_model(args.model, options)
+    _status(f"loaded {loaded.family} on {loaded.device} in {time.perf_counter() - started:.1f} s")
+    return loaded, time.perf_counter() - started
+
+
+def _trace(args: argparse.Namespace, loaded):
+    from lvlm_studio.core.trace import generate_trace
+
+    _status("generating ...")
+    return generate_trace(loaded, args.image, args.prompt, max_new_tokens=args.max_new_tokens,
+                          do_sample=args.sample, seed=args.seed, temperature=args.temperature)
+
+
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_ask(args: argparse.Namespace) -> int:
+    loaded, _ = _load(args)
+    trace = _trace(args, loaded)
+    print(trace.answer_text)
+    print()
+    print(f"{'#':>3}  {'token':<14} {'prob':>6}   top alternatives")
+    for i, token in enumerate(trace.answer_tokens):
+        alternatives = ", ".join(
+            f"{alt} {p:.2f}" for alt, p in zip(trace.top_tokens[i], _exp(trace.top_logprobs[i])) if alt != token
+        )
+        print(f"{i:>3}  {token:<14} {float(trace.probabilities[i]):>6.3f}   {alternatives}")
+    if args.save_trace:
+        path = trace.save(args.save_trace)
+        _status(f"trace saved to {path}")
+    return 0
+
+
+def _exp(values) -> list[float]:
+    import numpy as np
+
+    return np.exp(values).tolist()
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--param {item!r} is not NAME=VALUE.", "Example: --param layers=0,1.")
+        params[name.strip()] = value.strip()
+    return params
+
+
+def _parse_tokens(text: str | None, count: int) -> list[int]:
+    if count == 0:
+        raise InputError("the model gave an empty answer; there is no token to explain.",
+                         "Try another prompt or more --max-new-tokens.")
+    if not text or text == "all":
+        return list(range(count))
+    try:
+        chosen = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"--tokens {text!r} is not a list of token numbers.", "Example: --tokens 0,2.") from None
+    bad = [t for t in chosen if not 0 <= t < count]
+    if bad:
+        raise InputError(f"answer token {bad[0]} does not exist.", f"The answer has tokens 0 to {count - 1}.")
+    return chosen
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.explanation import overlay, to_pixels
+    from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.core.plugins import create_registry
+
+    registry = create_registry()
+    explainer = registry.explainer(args.method)  # unknown method: fail before loading anything
+    params = explainer.resolve_params(_parse_params(args.param))
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError(f"output folder {out} is not empty.", "Choose another --out or pass --overwrite.")
+
+    loaded, load_s = _load(args)
+    trace = _trace(args, loaded)
+    targets = _parse_tokens(args.tokens, len(trace.answer_ids))
+    _status(f"answer: {trace.answer_text}")
+
+    started = time.perf_counter()
+    with _progress_bar(f"{explainer.title}") as on_progress:
+        explanation = run_job(explainer.explain(trace, loaded, targets, params), on_progress)
+    explain_s = time.perf_counter() - started
+
+    # Write into a scratch folder and move it into place at the end: an interrupted run leaves
+    # nothing that looks complete.
+    scratch = Path(tempfile.mkdtemp(prefix=".lvlm-", dir=out.parent if out.parent.exists() else None))
+    try:
+        files = []
+        for t in targets:
+            pixels = to_pixels(explanation.maps[t], trace.regions, trace.image.size)
+            name = f"token{t:02d}_{_safe(trace.answer_tokens[t])}.png"
+            overlay(trace.image, pixels, args.colormap).save(scratch / name)
+            files.append(name)
+        explanation.save_npz(scratch / "maps.npz")
+        trace.save(scratch / "trace.safetensors")
+        record = _run_record(args, loaded, trace, explanation, targets, files,
+                             {"load_s": load_s, **trace.timings, "explain_s": explain_s})
+        (scratch / "run.json").write_text(json.dumps(record, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch.rename(out)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch)
+    print(f"{len(files)} overlays, maps.npz, trace.safetensors and run.json written to {out}")
+    return 0
+
+
+def _safe(token: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in token.strip())
+    return cleaned[:24] or "tok"
+
+
+def _run_record(args, loaded, trace, explanation, targets, files, timings) -> dict[str, Any]:
+    image_path = Path(args.image)
+    return {
+        "lvlm_studio": _version("lvlm-studio"),
+        "command": ["lvlm-studio", *sys.argv[1:]],
+        "model": loaded.describe(),
+        "method": {"id": explanation.method, "params": _jsonable(explanation.params)},
+        "provenance": _jsonable(explanation.provenance),
+        "image": {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
+                  "size": list(trace.image.size)},
+        "prompt": trace.prompt,
+        "answer": trace.answer_text,
+        "answer_tokens": trace.answer_tokens,
+        "targets": targets,
+        "regions": [r.to_dict() | {"positions": len(r.positions)} for r in trace.regions],
+        "generation": trace.generation,
+        "seed": args.seed,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "files": files,
+        "versions": {name: _version(name) for name in ("torch", "transformers", "numpy", "pluggy")}
+        | {"python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+class _progress_bar:
+    """tqdm on stderr for a job's progress reports."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.bar = None
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        def update(progress) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=progress.total, desc=self.title, file=sys.stderr, leave=False)
+            self.bar.total = progress.total
+            self.bar.n = progress.done
+            self.bar.set_postfix_str(progress.message, refresh=True)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.plugins import create_registry
+
+    registry = create_registry()
+    explainers, metrics = registry.explainers(), registry.metrics()
+    analyzers, panels, adapters = registry.analyzers(), registry.panels(), registry.adapters()
+    print("plugins")
+    for status in registry.status:
+        line = f"  {status.state:<8} {status.name}  [{status.origin}]"
+        print(line + (f"\n           {status.error}" if status.error else ""))
+    print("model families")
+    for adapter in adapters:
+        print(f"  {', '.join(adapter.model_types):<16} {adapter.family}")
+    for heading, items in (("explanation methods", explainers), ("metrics", metrics),
+                           ("analyzers", analyzers), ("panels", panels)):
+        print(heading + ("" if items else "  (none)"))
+        for item_id, item in items.items():
+            print(f"  {item_id:<20} {item.title}")
+            for param in getattr(item, "params", ()):
+                choices = f" [{'|'.join(map(str, param.choices))}]" if param.choices else ""
+                print(f"      {param.name}={_show(param.default)}{choices}  {param.help}")
+    return 0
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "all"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def cmd_demo_accuracy(args: argparse.Namespace) -> int:
+    from lvlm_studio.demo.evaluate import evaluate
+
+    loaded, _ = _load(args)
+    _status(f"generating answers for {args.n} held-out scenes per task ...")
+    accuracy = evaluate(loaded.model, loaded.processor, n=args.n)
+    print(f"{'task':<10} exact match ({args.n} held-out scenes)")
+    for task, value in accuracy.items():
+        print(f"{task:<10} {value:.1%}")
+    if args.minimum is not None and min(accuracy.values()) < args.minimum:
+        _status(f"below the required {args.minimum:.0%} on at least one task")
+        return 1
+    return 0
+
+
+def cmd_demo_scene(args: argparse.Namespace) -> int:
+    from lvlm_studio.demo.scenes import make_scene
+
+    scene = make_scene(args.seed)
+    scene.image.save(args.out)
+    print(f"{args.out}: {scene.caption()}")
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from lvlm_studio.gui.app import run
+    except ImportError as exc:
+        raise LVLMError(f"the desktop app needs Qt, which is not installed ({exc.name}).",
+                        "Install it with: pip install 'lvlm-studio[gui]'. Every analysis also runs headless: "
+                        "see `lvlm-studio --help`.") from None
+    return run(model=args.model, image=args.image, prompt=args.prompt)
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvlm-studio", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--model", help="model folder for the app (default: the demo model)")
+    parser.add_argument("--image", help="image to open in the app")
+    parser.add_argument("--prompt", help="prompt to put in the app")
+    parser.set_defaults(func=cmd_gui)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ask = sub.add_parser("ask", help="answer a prompt about an image, with per-token probabilities")
+    _add_model_options(ask)
+    _add_question_options(ask)
+    ask.add_argument("--save-trace", metavar="FILE", help="save the trace (.safetensors) for later analysis")
+    ask.set_defaults(func=cmd_ask)
+
+    explain = sub.add_parser("explain", help="explain each answer token with a method; write overlays and maps")
+    _add_model_options(explain)
+    _add_question_options(explain)
+    explain.add_argument("--method", required=True, help="explanation method id (see `lvlm-studio plugins`)")
+    explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="method parameter (repeatable), e.g. --param layers=0,1")
+    explain.add_argument("--tokens", help="answer tokens to explain, e.g. 0,2 (default: all)")
+    explain.add_argument("--out", default="lvlm-studio-output", help="output folder (default: lvlm-studio-output)")
+    explain.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    explain.add_argument("--colormap", default="inferno", help="matplotlib colormap for overlays")
+    explain.set_defaults(func=cmd_explain)
+
+    plugins = sub.add_parser("plugins", help="list plugins, model families, methods and their status")
+    plugins.set_defaults(func=cmd_plugins)
+
+    demo = sub.add_parser("demo", help="the embedded demo model and its synthetic scenes")
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="WHAT", required=True)
+    accuracy = demo_sub.add_parser("accuracy", help="exact-match accuracy per task on held-out scenes")
+    _add_model_options(accuracy)
+    accuracy.add_argument("--n", type=int, default=500, help="held-out scenes per task (default 500)")
+    accuracy.add_argument("--minimum", type=float, help="exit 1 when a task scores below this fraction")
+    accuracy.set_defaults(func=cmd_demo_accuracy)
+    scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
+    scene.add_argument("--seed", type=int, default=0)
+    scene.add_argument("--out", default="scene.png")
+    scene.set_defaults(func=cmd_demo_scene)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.debug)
+    try:
+        return args.func(args)
+    except LVLMError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled; nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; rerun with --debug and report it)",
+              file=sys.stderr)
+        return EXIT_BUG
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Library chatter (progress bars, torchvision notices) is not for the terminal user."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not debug:
+        import os
+        import warnings
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", message=".*torchvision.*")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Capture internals during a teacher-forced pass, reduced while the model runs.
+
+Attention weights for a whole model are layers x heads x T x T; on a real LVLM with thousands of
+image tokens that does not fit in memory. The hooks here keep only the rows and columns a method
+asks for, one layer at a time, so peak memory is one layer's weights plus the reduced result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from lvlm_studio.core.models.loading import LoadedModel
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[str]:
+    """Switch the model's attention implementation for the duration of a block, then restore it.
+
+    Yields the implementation that was in place before (for run records). SDPA and flash
+    attention never materialise weights; methods that read weights need "eager".
+    """
+    previous = model.config._attn_implementation
+    if previous != name:
+        model.set_attn_implementation(name)
+    try:
+        yield previous
+    finally:
+        if previous != name:
+            model.set_attn_implementation(previous)
+
+
+@torch.no_grad()
+def capture_attention(
+    loaded: LoadedModel,
+    inputs: dict[str, torch.Tensor],
+    query_positions: Sequence[int],
+    key_positions: Sequence[int],
+) -> np.ndarray:
+    """Attention of every decoder layer and head from the given queries to the given keys.
+
+    Returns a float32 array [layers, heads, queries, keys]. Runs one eager forward over
+    ``inputs``; each layer's weights are sliced in a forward hook and then dropped.
+    """
+    queries = torch.as_tensor(list(query_positions), dtype=torch.long)
+    keys = torch.as_tensor(list(key_positions), dtype=torch.long)
+    modules = loaded.adapter.attention_modules()
+    kept: list[torch.Tensor | None] = [None] * len(modules)
+
+    def keep(index: int):
+        def hook(module: torch.nn.Module, args: tuple, output: tuple) -> None:
+            weights = output[1]
+            if weights is None:
+                raise RuntimeError("the attention module returned no weights; is the implementation eager?")
+            rows = weights[0].index_select(1, queries.to(weights.device))
+            kept[index] = rows.index_select(2, keys.to(weights.device)).float().cpu()
+
+        return hook
+
+    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(modules)]
+    try:
+        with attention_implementation(loaded.model, "eager"):
+            loaded.model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack([k for k in kept if k is not None]).numpy()
+
+
+def split_by_region(values: np.ndarray, regions: Sequence) -> list[np.ndarray]:
+    """Cut the last axis (all image positions, in region order) into one grid per region."""
+    out, start = [], 0
+    for region in regions:
+        rows, cols = region.grid
+        out.append(values[..., start : start + rows * cols].reshape(*values.shape[:-1], rows, cols))
+        start += rows * cols
+    return out

@@ -1,0 +1,178 @@
+"""The objects plugins hand to LVLM Studio: explainers, metrics, analyzers, panels, parameters.
+
+These are the public API for plugin authors (with ``hookspecs``). Plugins subclass ``Explainer``,
+``Metric`` or ``Analyzer``, declare their parameters as ``Param`` data, and return instances from
+the hooks. Nothing here imports Qt: a panel is declared by the import path of its factory and is
+only built, by the GUI, when it is first shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lvlm_studio.core.errors import InputError
+
+if TYPE_CHECKING:
+    from lvlm_studio.core.explanation import Explanation
+    from lvlm_studio.core.jobs import Job
+    from lvlm_studio.core.models.loading import LoadedModel
+    from lvlm_studio.core.trace import Trace
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable parameter: its default fixes its type; ``choices`` or bounds restrict it."""
+
+    name: str
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, value: Any) -> Any:
+        """Convert (from CLI text, JSON or Python) and validate; raise ``InputError`` with the fix."""
+        try:
+            value = _convert(value, self.default)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"parameter {self.name!r} got {value!r}, which is not a {_type_name(self.default)}.",
+                f"Example: {self.name}={_format(self.default)}.",
+            ) from None
+        if self.choices is not None and value not in self.choices:
+            raise InputError(
+                f"parameter {self.name!r} got {value!r}.",
+                f"Choose one of: {', '.join(map(_format, self.choices))}.",
+            )
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                if (self.minimum is not None and item < self.minimum) or (
+                    self.maximum is not None and item > self.maximum
+                ):
+                    raise InputError(f"parameter {self.name!r} got {item!r}.", self._bounds_hint())
+        return value
+
+    def _bounds_hint(self) -> str:
+        if self.minimum is None:
+            return f"It must be at most {self.maximum}."
+        if self.maximum is None:
+            return f"It must be at least {self.minimum}."
+        return f"It must lie between {self.minimum} and {self.maximum}."
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, tuple):
+        return "comma-separated list"
+    return {bool: "true/false", int: "whole number", float: "number", str: "text"}.get(type(default), "value")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "all"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _convert(value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        return bool(value)
+    if isinstance(default, tuple):  # a list of ints (layers, heads); empty means "all"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return () if text in {"", "all"} else tuple(int(v) for v in text.split(","))
+        return tuple(int(v) for v in value)
+    if isinstance(default, int):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return str(value)
+
+
+class _Described:
+    """Shared by the plugin objects: an id, a title, parameters and their validation."""
+
+    id: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    #: Parameters with defaults; ``resolve_params`` validates user input against them.
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def resolve_params(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with ``given``; unknown names and bad values raise ``InputError``."""
+        known = {p.name: p for p in self.params}
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise InputError(
+                f"{self.id} has no parameter {', '.join(map(repr, unknown))}.",
+                f"Its parameters: {', '.join(known) or 'none'}.",
+            )
+        return {name: p.parse(given[name]) if name in given else p.default for name, p in known.items()}
+
+
+class Explainer(_Described):
+    """Turns a Trace into a map over the image grid for each chosen answer token.
+
+    ``needs`` tells the application what the method requires: "model" (a live model, not only a
+    saved trace), "eager_attention" (attention weights, which SDPA and flash attention do not
+    produce), "gradients".
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def explain(
+        self, trace: Trace, model: LoadedModel | None, targets: list[int], params: dict[str, Any]
+    ) -> Explanation | Job[Explanation]:
+        """Maps for the answer tokens ``targets`` (indices into ``trace.answer_ids``).
+
+        ``params`` has been through ``resolve_params``. Return an ``Explanation`` directly, or be a
+        generator that yields ``Progress`` (at least once per forward pass, so it can be
+        cancelled) and returns the ``Explanation``.
+        """
+        raise NotImplementedError
+
+
+class Metric(_Described):
+    """Scores an explanation: faithfulness (needs the model) or plausibility (needs masks)."""
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def score(
+        self,
+        trace: Trace,
+        explanation: Explanation,
+        model: LoadedModel | None,
+        masks: dict[str, Any] | None,
+        params: dict[str, Any],
+    ) -> dict[str, float] | Job[dict[str, float]]:
+        """Numbers named by what they measure (``{"deletion_auc": 0.21}``); may be a job."""
+        raise NotImplementedError
+
+
+class Analyzer(_Described):
+    """A feature tool (sparse autoencoder, probe) over named hook points of the vision tower."""
+
+    def analyze(self, trace: Trace, model: LoadedModel, params: dict[str, Any]) -> dict[str, Any] | Job[dict[str, Any]]:
+        """Plain arrays and numbers describing the features active in this trace; may be a job."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """A dockable GUI panel, declared as data. ``factory`` is "package.module:callable"; it is
+    imported only when the panel is first shown and called with the panel context."""
+
+    id: str
+    title: str
+    factory: str
+    area: str = "right"  # left, right, top or bottom

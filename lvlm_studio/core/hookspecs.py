@@ -1,0 +1,74 @@
+"""The plugin contract. These docstrings are the reference documentation for plugin authors.
+
+A plugin is a module (or object) with functions named like the hooks below, marked with
+``hookimpl``::
+
+    from lvlm_studio.core.hookspecs import hookimpl
+
+    @hookimpl
+    def lvlm_studio_explainers():
+        return [MyExplainer()]
+
+Third-party plugins are found through the ``lvlm_studio.plugins`` entry-point group::
+
+    [project.entry-points."lvlm_studio.plugins"]
+    my_plugin = "my_package.plugin"
+
+Every hook is optional and returns a list; results from all plugins are concatenated. A plugin
+that raises while loading, registering or answering a hook is reported (``lvlm-studio plugins``)
+and skipped; the others keep working. Set ``LVLM_STUDIO_DISABLE_PLUGINS=1`` to load no third-party
+plugin, or to a comma-separated list of plugin names to skip just those.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "lvlm_studio"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def lvlm_studio_model_adapters() -> list[type]:
+    """Model families this plugin supports: a list of ``ModelAdapter`` subclasses.
+
+    An adapter declares the ``config.model_type`` values it serves and returns, for a processed
+    input, each image region's token positions, grid and box in the original image
+    (``lvlm_studio.core.models.adapter``). When two adapters claim a model type, the one
+    registered first (first-party) wins.
+    """
+
+
+@hookspec
+def lvlm_studio_explainers() -> list:
+    """Explanation methods: a list of ``Explainer`` instances (``lvlm_studio.core.contracts``).
+
+    Each has a unique ``id`` (used by ``lvlm-studio explain --method ID``), a ``title``, declared
+    ``params`` and ``needs``, and ``explain(trace, model, targets, params)`` returning an
+    ``Explanation`` with one map per region grid for each target token.
+    """
+
+
+@hookspec
+def lvlm_studio_metrics() -> list:
+    """Metrics that judge explanations: a list of ``Metric`` instances.
+
+    ``score(trace, explanation, model, masks, params)`` returns named numbers; faithfulness
+    metrics need the model, plausibility metrics need ground-truth masks.
+    """
+
+
+@hookspec
+def lvlm_studio_analyzers() -> list:
+    """Feature analyzers over hook points of the vision tower: a list of ``Analyzer`` instances."""
+
+
+@hookspec
+def lvlm_studio_panels() -> list:
+    """Dockable GUI panels: a list of ``PanelSpec`` (id, title, factory "module:attr", area).
+
+    Declaring a panel costs nothing: the factory module is imported, and the panel built, only
+    when the user first opens it. The factory receives the panel context (current trace,
+    explanations, selected token, signals), never the main window.
+    """

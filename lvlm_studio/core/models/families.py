@@ -1,0 +1,11 @@
+"""The built-in model families, registered as a first-party plugin like any other."""
+
+from __future__ import annotations
+
+from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.models.llava import LlavaAdapter
+
+
+@hookimpl
+def lvlm_studio_model_adapters() -> list[type]:
+    return [LlavaAdapter]

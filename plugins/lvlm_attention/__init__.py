@@ -1,0 +1,12 @@
+"""First-party attention-based explainers, written against the public plugin API only."""
+
+from __future__ import annotations
+
+from lvlm_studio.core.hookspecs import hookimpl
+
+from lvlm_attention.raw import RawAttention
+
+
+@hookimpl
+def lvlm_studio_explainers() -> list:
+    return [RawAttention()]

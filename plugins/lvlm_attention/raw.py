@@ -1,0 +1,78 @@
+"""Raw attention: how much the query that predicts a token attends to each image token."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from lvlm_studio.core.capture import capture_attention, split_by_region
+from lvlm_studio.core.contracts import Explainer, Param
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.jobs import Progress
+
+
+class RawAttention(Explainer):
+    """A_l[h, p-1, image] on the grid, aggregated over the chosen layers and heads.
+
+    The answer token at position p is predicted from position p-1, so that row is read. Heads that
+    share keys and values (grouped-query attention) are reduced within their group first, then
+    across groups; with "mean" this equals the plain mean over heads.
+    """
+
+    id = "raw_attention"
+    title = "Raw attention"
+    needs = frozenset({"model", "eager_attention"})
+    params = (
+        Param("layers", (), "decoder layers to use, e.g. 0,1 (empty: all); negative counts from the end"),
+        Param("heads", (), "attention heads to use (empty: all)"),
+        Param("reduce", "mean", "how heads and layers are combined", choices=("mean", "max")),
+    )
+
+    def explain(self, trace, model, targets, params: dict[str, Any]):
+        if model is None:
+            raise InputError("raw attention needs the model, not only a saved trace.", "Load the model first.")
+        yield Progress(0, 1, "attention pass")
+        queries = [trace.answer_position(t) - 1 for t in targets]
+        inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
+        weights = capture_attention(model, inputs, queries, trace.image_positions)  # [L, H, Q, K]
+        layers = _select(params["layers"], weights.shape[0], "layer")
+        heads = _select(params["heads"], weights.shape[1], "head")
+        weights = weights[layers][:, heads]
+        reduce = np.mean if params["reduce"] == "mean" else np.max
+        groups = _kv_groups(model, heads)
+        per_group = np.stack([reduce(weights[:, g], axis=1) for g in groups], axis=1)  # [L, G, Q, K]
+        combined = reduce(reduce(per_group, axis=1), axis=0)  # [Q, K]
+        grids = split_by_region(combined, trace.regions)
+        yield Progress(1, 1, "attention pass")
+        maps = {t: [g[i] for g in grids] for i, t in enumerate(targets)}
+        provenance = {
+            "method": self.id,
+            "attention": "eager for this pass (the model's default is restored afterwards)",
+            "model": model.describe(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return Explanation(self.id, maps, params, provenance)
+
+
+def _select(chosen: tuple[int, ...], available: int, what: str) -> list[int]:
+    if not chosen:
+        return list(range(available))
+    bad = [i for i in chosen if not -available <= i < available]
+    if bad:
+        raise InputError(f"{what} {bad[0]} does not exist.", f"This model has {what}s 0 to {available - 1}.")
+    return sorted({i % available for i in chosen})
+
+
+def _kv_groups(model, heads: list[int]) -> list[list[int]]:
+    """Indices (into ``heads``) grouped by the key/value head they share."""
+    config = model.model.config.get_text_config()
+    n_heads = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    per_group = max(1, n_heads // n_kv)
+    groups: dict[int, list[int]] = {}
+    for index, head in enumerate(heads):
+        groups.setdefault(head // per_group, []).append(index)
+    return list(groups.values())
