@@ -41,7 +41,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--placement", choices=["auto"], help="spread a large model over GPUs and CPU (accelerate)")
     group.add_argument("--max-memory", action="append", default=[], metavar="DEVICE=SIZE",
                        help="with --placement auto: cap a device, e.g. 0=20GiB or cpu=64GiB (repeatable)")
-    group.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (.bin) from a source you trust")
+    group.add_argument("--allow-pickle", action="store_true", 
+                       help="allow pickle weights (.bin) from a source you trust")
     group.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
 
 

@@ -134,7 +134,7 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
         if not path.exists():
@@ -143,7 +143,7 @@ class Trace:
             with safe_open(str(path), framework="numpy") as handle:
                 meta = json.loads((handle.metadata() or {})["lvlm_studio"])
                 arrays = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (KeyError, OSError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, OSError, ValueError, SafetensorError) as exc:
             raise InputError(f"{path} is not an LVLM Studio trace ({type(exc).__name__}).",
                              "Open a .trace.safetensors file written by LVLM Studio.") from None
         if meta.get("format") != FORMAT:
@@ -297,7 +297,7 @@ def generate_trace(
         logprobs=chosen.cpu().numpy(),
         top_ids=top.indices.cpu().numpy() if top is not None else np.zeros((0, k), np.int64),
         top_logprobs=top.values.cpu().numpy() if top is not None else np.zeros((0, k), np.float32),
-        top_tokens=[[_token_text(tokenizer, t) for t in row] for row in top.indices.tolist()] if top is not None else [],
+        top_tokens=[[_token_text(tokenizer, t) for t in row] for row in (top.indices.tolist() if top else [])],
         regions=regions,
         hidden=hidden,
         model_inputs={k: v.cpu().numpy() for k, v in extras.items()},

@@ -95,8 +95,8 @@ def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     """Fail early, with a fix, on everything a folder can get wrong; return its config.json."""
     if not folder.exists():
         raise ModelLoadError(f"model folder {folder} does not exist.",
-                             "Pass a local folder in Hugging Face layout (config.json, *.safetensors, processor files); "
-                             "models are never downloaded.")
+                             "Pass a local folder in Hugging Face layout (config.json, *.safetensors, "
+                             "processor files); models are never downloaded.")
     if not folder.is_dir():
         raise ModelLoadError(f"{folder} is a file, not a model folder.", "Pass the folder that holds config.json.")
     config_path = folder / "config.json"
@@ -114,7 +114,8 @@ def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
             "Convert them to safetensors, or allow pickle weights (--allow-pickle) only if you trust their source.",
         )
     if not has_safetensors and not has_pickle:
-        raise ModelLoadError(f"{folder} has no weights.", "Expected model.safetensors or model-0000x-of-0000y.safetensors.")
+        raise ModelLoadError(f"{folder} has no weights.",
+                             "Expected model.safetensors or model-0000x-of-0000y.safetensors.")
     if not any((folder / name).exists() for name in PROCESSOR_FILES):
         raise ModelLoadError(
             f"{folder} has no processor or tokenizer files.",
@@ -126,7 +127,7 @@ def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
 
 def load_model(path: str | Path | None = None, options: LoadOptions | None = None, registry: Any = None) -> LoadedModel:
     """Load the model in ``path`` (the embedded demo model when None) with its processor and adapter."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from lvlm_studio.core.plugins import create_registry
 
@@ -139,7 +140,8 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
         config = AutoConfig.from_pretrained(folder, **common)
     except ValueError as exc:
         raise ModelLoadError(f"transformers cannot read the config in {folder}: {exc}",
-                             "If it is a custom architecture, allow remote code (--trust-remote-code) only if you trust it.") from None
+                             "If it is a custom architecture, allow remote code (--trust-remote-code) "
+                             "only if you trust it.") from None
     adapter_class = registry.adapter_for(config)  # raises UnsupportedModelError naming the families
 
     device = resolve_device(options.device)
@@ -160,7 +162,10 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
         model.to(device)
     model.eval()
     try:
-        processor = AutoProcessor.from_pretrained(folder, **common)
+        processor = adapter_class.load_processor(folder, **common)
+    except ImportError as exc:  # a processor part needs an optional package (often torchvision)
+        raise ModelLoadError(f"the processor in {folder} needs a package that is not installed: {_first_line(exc)}",
+                             "Install the package it names (pip install ...) in this environment.") from None
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"could not load the processor in {folder}: {_first_line(exc)}",
                              "Save the processor next to the model (processor.save_pretrained(folder)).") from None
