@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvlm_studio.demo.evaluate import evaluate, heldout_examples, exact_match, prompt_text
+from lvlm_studio.demo.evaluate import evaluate, exact_match, heldout_examples, prompt_text
 from lvlm_studio.demo.model import GRID, PATCH_SIZE, build_model, pixel_values, save_demo
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, make_example, make_scene
 

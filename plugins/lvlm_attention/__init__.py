@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from lvlm_studio.core.hookspecs import hookimpl
-
 from lvlm_attention.raw import RawAttention
+from lvlm_studio.core.hookspecs import hookimpl
 
 
 @hookimpl
