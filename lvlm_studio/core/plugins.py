@@ -132,7 +132,16 @@ class PluginRegistry:
         return self._unique("lvlm_studio_panels", PanelSpec)
 
     def adapters(self) -> list[type]:
-        return [item for _, item in self.collect("lvlm_studio_model_adapters")]
+        from lvlm_studio.core.models.adapter import ModelAdapter  # torch: only when models are involved
+
+        found = []
+        for plugin_name, item in self.collect("lvlm_studio_model_adapters"):
+            if isinstance(item, type) and issubclass(item, ModelAdapter):
+                found.append(item)
+            else:
+                error = TypeError(f"model adapters must be ModelAdapter subclasses, got {item!r}")
+                self._mark_failed(plugin_name, error)
+        return found
 
     def explainer(self, method_id: str) -> Explainer:
         available = self.explainers()
