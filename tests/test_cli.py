@@ -93,7 +93,7 @@ def test_corrupt_image_file(capsys, tmp_path):
 def test_plugins_lists_families_methods_and_status(capsys):
     code, out, _ = run(capsys, "plugins")
     assert code == 0
-    assert "loaded   lvlm_attention" in out and "raw_attention" in out and "llava" in out
+    assert "loaded   lvlm_explainers" in out and "raw_attention" in out and "llava" in out
 
 
 def test_installed_command_runs_without_traceback(tmp_path):
