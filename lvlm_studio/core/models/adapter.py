@@ -7,6 +7,7 @@ Adding a model family means adding one ``ModelAdapter`` subclass (and registerin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -83,6 +84,17 @@ class ModelAdapter:
     @classmethod
     def matches(cls, config: Any) -> bool:
         return getattr(config, "model_type", None) in cls.model_types
+
+    @classmethod
+    def load_processor(cls, folder: Path, **kwargs: Any) -> Any:
+        """The processor saved in ``folder`` (``kwargs`` go to ``from_pretrained``).
+
+        A family whose stock processor needs an optional extra that image explanations do not
+        (Qwen2-VL's needs torchvision for its video half) overrides this with a fallback.
+        """
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(folder, **kwargs)
 
     # -- geometry ---------------------------------------------------------------------------
     def image_regions(

@@ -164,7 +164,7 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
     try:
         processor = adapter_class.load_processor(folder, **common)
     except ImportError as exc:  # a processor part needs an optional package (often torchvision)
-        raise ModelLoadError(f"the processor in {folder} needs a package that is not installed: {_first_line(exc)}",
+        raise ModelLoadError(f"the processor in {folder} needs a package that is missing: {_first_line(exc)}",
                              "Install the package it names (pip install ...) in this environment.") from None
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"could not load the processor in {folder}: {_first_line(exc)}",

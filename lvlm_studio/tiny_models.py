@@ -1,0 +1,287 @@
+"""Tiny random vision-language models, one per supported family, saved like real checkpoints.
+
+Tests (ours and plugin authors') need a model of each family that loads through ``load_model``
+exactly as a downloaded checkpoint would: config, safetensors weights, processor, tokenizer and
+chat template in one folder. Real checkpoints are gigabytes and need a model hub; these are
+built offline in well under a second, with random weights, so they check plumbing (token
+positions, shapes, hooks), never answers.
+
+Each model is stock transformers architecture at toy size: hidden size 64, two decoder layers with
+grouped-query attention, a two-layer vision encoder and images of a few dozen pixels. The tokenizer
+is a word-level one over a small English vocabulary plus the family's special tokens; words outside
+the vocabulary become the unknown token, so any prompt works.
+
+torch and transformers are imported inside the functions: this module may be imported by a pytest
+plugin at start-up, when nothing heavy should load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl")
+
+#: Enough English for test prompts ("describe the image.", "what color is the circle?") and answers.
+WORDS = (
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "with", "is", "are", "it", "this",
+    "that", "there", "what", "where", "which", "how", "many", "color", "colour", "shape", "describe",
+    "image", "picture", "photo", "show", "me", "you", "see", "yes", "no", "left", "right", "top", "bottom",
+    "middle", "center", "circle", "square", "triangle", "red", "green", "blue", "yellow", "black", "white",
+    "one", "two", "three", "user", "assistant", "system", ".", ",", "?", "!", ":",
+)
+
+# Image sizes shared by the CLIP-based families: a 32 px view cut into 8 px patches is a 4x4 grid.
+CLIP_IMAGE_SIZE = 32
+CLIP_PATCH_SIZE = 8
+# LLaVA-NeXT tiles: (height, width) canvases made of 32 px tiles, as the real model's 336 px ones.
+LLAVA_NEXT_PINPOINTS = [[32, 64], [64, 32], [64, 64], [32, 96], [96, 32]]
+# Qwen2-VL: 8 px patches merged 2x2, so resized sides are multiples of 16; 1024-4096 pixels in all.
+QWEN_PATCH_SIZE = 8
+QWEN_MERGE_SIZE = 2
+QWEN_MIN_PIXELS = 32 * 32
+QWEN_MAX_PIXELS = 64 * 64
+MEAN_STD = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+
+# "user: <image> describe the image. assistant:": LLaVA-1.5 turns, lower-case to fit the vocabulary.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+# Qwen's ChatML turns, with each image wrapped in vision start/end markers as Qwen2-VL expects.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
+    """Build a tiny random model of ``family`` with its processor, save both in ``folder``, return it.
+
+    The same ``seed`` gives the same weights. The folder is created if needed; files already in it
+    are overwritten.
+    """
+    builders = {"llava": _build_llava, "llava_next": _build_llava_next, "qwen2_vl": _build_qwen2_vl}
+    if family not in builders:
+        raise ValueError(f"no tiny model for family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
+    import torch
+
+    processor = builders[family]()
+    torch.manual_seed(seed)
+    model = _model_class(family)(_config(family, processor.tokenizer))
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    if family == "qwen2_vl":
+        _save_qwen2_vl_processor(processor, folder)
+    else:
+        processor.save_pretrained(folder)
+    return folder
+
+
+# -- tokenizers -----------------------------------------------------------------------------
+
+
+def word_tokenizer(special_tokens: list[str], *, bos: str | None, eos: str, pad: str, unk: str,
+                   image_token: str, extra_special: dict[str, str] | None = None) -> Any:
+    """A word-level fast tokenizer over ``WORDS`` plus ``special_tokens``, built offline.
+
+    Special tokens are registered as such so the tokenizer never splits them and the processors
+    find the image token. ``bos``, when given, is prepended to every sequence as Llama does.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*special_tokens, *WORDS]))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos is not None:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
+        )
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
+    named = {"eos_token": eos, "unk_token": unk, "pad_token": pad}
+    if bos is not None:
+        named["bos_token"] = bos
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        extra_special_tokens={"image_token": image_token, **(extra_special or {})},
+        **named,
+    )
+    others = [token for token in special_tokens if token not in named.values()]
+    tokenizer.add_special_tokens({"additional_special_tokens": others})
+    return tokenizer
+
+
+def _llava_tokenizer() -> Any:
+    return word_tokenizer(["<pad>", "<s>", "</s>", "<unk>", "<image>"],
+                          bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", image_token="<image>")
+
+
+def _qwen_tokenizer() -> Any:
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    return word_tokenizer(
+        specials, bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk="<unk>", image_token="<|image_pad|>",
+        extra_special={"video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+                       "vision_end_token": "<|vision_end|>"},
+    )
+
+
+# -- processors -----------------------------------------------------------------------------
+
+
+def _build_llava() -> Any:
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+        **MEAN_STD,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=_llava_tokenizer(),
+        patch_size=CLIP_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which "default" drops
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def _build_llava_next() -> Any:
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        **MEAN_STD,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=_llava_tokenizer(),
+        patch_size=CLIP_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def _qwen_image_settings() -> dict[str, Any]:
+    return {
+        "size": {"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": QWEN_MAX_PIXELS},
+        "patch_size": QWEN_PATCH_SIZE,
+        "merge_size": QWEN_MERGE_SIZE,
+        "temporal_patch_size": 2,
+        **MEAN_STD,
+    }
+
+
+def _build_qwen2_vl() -> Any:
+    from transformers import Qwen2VLImageProcessor
+
+    from lvlm_studio.core.models.qwen2_vl import image_only_processor_class
+
+    # The stock processor insists on a video processor, which needs torchvision; the image-only
+    # variant is the same processor without it. _save_qwen2_vl_processor saves it as the stock one.
+    return image_only_processor_class()(
+        image_processor=Qwen2VLImageProcessor(**_qwen_image_settings()),
+        tokenizer=_qwen_tokenizer(),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+
+
+def _save_qwen2_vl_processor(processor: Any, folder: Path) -> None:
+    """Save as a stock ``Qwen2VLProcessor`` with a video processor entry, so that where
+    torchvision is installed transformers loads the folder exactly like a released checkpoint."""
+    processor.save_pretrained(folder)
+    path = folder / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved["processor_class"] = "Qwen2VLProcessor"
+    saved["video_processor"] = {"video_processor_type": "Qwen2VLVideoProcessor", **_qwen_image_settings()}
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+def _model_class(family: str) -> Any:
+    import transformers
+
+    names = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
+             "qwen2_vl": "Qwen2VLForConditionalGeneration"}
+    return getattr(transformers, names[family])
+
+
+def _text_kwargs(tokenizer: Any) -> dict[str, Any]:
+    """Decoder settings shared by every family: tiny, with grouped-query attention."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _clip_vision() -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH_SIZE, projection_dim=32)
+
+
+def _config(family: str, tokenizer: Any) -> Any:
+    import transformers
+
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    grid = CLIP_IMAGE_SIZE // CLIP_PATCH_SIZE
+    if family == "llava":
+        return transformers.LlavaConfig(
+            vision_config=_clip_vision(), text_config=transformers.LlamaConfig(**_text_kwargs(tokenizer)),
+            image_token_id=image_token_id, vision_feature_layer=-1, vision_feature_select_strategy="default",
+            image_seq_length=grid * grid,
+        )
+    if family == "llava_next":
+        return transformers.LlavaNextConfig(
+            vision_config=_clip_vision(), text_config=transformers.LlamaConfig(**_text_kwargs(tokenizer)),
+            image_token_index=image_token_id, vision_feature_layer=-1,
+            vision_feature_select_strategy="default", image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+            image_seq_length=grid * grid,
+        )
+    head_dim = 64 // 4
+    text = transformers.Qwen2VLTextConfig(
+        **_text_kwargs(tokenizer),
+        # Multimodal RoPE splits each head's rotary half into (time, height, width) sections.
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "mrope_section": [head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16]},
+    )
+    vision = transformers.Qwen2VLVisionConfig(
+        depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=QWEN_PATCH_SIZE,
+        spatial_merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2,
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    return transformers.Qwen2VLConfig(
+        text_config=text, vision_config=vision, image_token_id=image_token_id,
+        video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
