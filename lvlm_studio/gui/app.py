@@ -1,0 +1,43 @@
+"""Start the desktop app: ``lvlm-studio`` with no subcommand ends up in ``run``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import QApplication
+
+from lvlm_studio.gui.main_window import MainWindow
+
+#: Opened with the demo model when no image is given, so a first run has something to ask about.
+SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "resources" / "samples" / "shapes.png"
+
+
+def configure_pyqtgraph() -> None:
+    """Images are (rows, columns) arrays everywhere in LVLM Studio, as numpy and PIL have them."""
+    pg.setConfigOptions(imageAxisOrder="row-major")
+
+
+def create_application() -> QApplication:
+    """The QApplication (the existing one if any), with pyqtgraph configured before any view."""
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("LVLM Studio")
+    configure_pyqtgraph()
+    return app  # type: ignore[return-value]
+
+
+def create_window(model: str | None = None, image: str | None = None, prompt: str | None = None) -> MainWindow:
+    """The main window as ``run`` opens it (the sample image goes with the demo model)."""
+    if image is None and model is None and SAMPLE_IMAGE.exists():
+        image = str(SAMPLE_IMAGE)
+    return MainWindow(model=model, image=image, prompt=prompt)
+
+
+def run(model: str | None = None, image: str | None = None, prompt: str | None = None) -> int:
+    """Open the main window (the demo model when ``model`` is None) and run until it closes."""
+    app = create_application()
+    window = create_window(model, image, prompt)
+    app.aboutToQuit.connect(window.runner.shutdown)  # however the app ends, the worker stops first
+    window.show()
+    return app.exec()
