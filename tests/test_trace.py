@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.trace import Trace, generate_trace, open_image
+from lvlm_studio.core.images import open_image
+from lvlm_studio.core.trace import Trace, generate_trace
 
 
 def test_trace_answers_with_probabilities_and_alternatives(demo_trace):

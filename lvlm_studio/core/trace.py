@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from lvlm_studio.core.errors import Cancelled, InputError
+from lvlm_studio.core.images import open_image
 from lvlm_studio.core.models.adapter import ImageRegion, all_image_positions
 from lvlm_studio.core.models.loading import LoadedModel
 
 FORMAT = "lvlm-studio-trace/1"
 TOP_K = 5
-MIN_IMAGE_SIDE = 4
 
 
 @dataclass
@@ -88,18 +88,9 @@ class Trace:
     def teacher_forced_inputs(self, loaded: LoadedModel, upto: int | None = None) -> dict[str, torch.Tensor]:
         """Model inputs for a forward pass over the prompt and answer (to position ``upto``,
         exclusive; the whole sequence by default), on the model's input device and dtype."""
-        ids = self.sequence_ids[: upto if upto is not None else None]
-        device = loaded.device
-        inputs: dict[str, torch.Tensor] = {
-            "input_ids": torch.as_tensor(ids, dtype=torch.long, device=device)[None],
-            "attention_mask": torch.ones((1, len(ids)), dtype=torch.long, device=device),
-        }
-        for key, value in self.model_inputs.items():
-            tensor = torch.as_tensor(value, device=device)
-            if tensor.is_floating_point():
-                tensor = tensor.to(loaded.model.dtype)
-            inputs[key] = tensor
-        return inputs
+        ids = torch.as_tensor(self.sequence_ids[: upto if upto is not None else None], device=loaded.device)
+        extras = {k: torch.as_tensor(v, device=loaded.device) for k, v in self.model_inputs.items()}
+        return forward_inputs(ids[None].long(), extras, loaded.model.dtype)
 
     # -- saving -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -170,34 +161,6 @@ class Trace:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def open_image(source: str | Path | Image.Image) -> Image.Image:
-    """An RGB image from a path or a PIL image, with EXIF rotation applied; clear errors otherwise."""
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"image {path} does not exist.", "Check the path.")
-        try:
-            image = Image.open(path)
-            image.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"{path} could not be read as an image ({exc}).",
-                             "Use a PNG, JPEG, WebP, BMP or TIFF file.") from None
-        image = ImageOps.exif_transpose(image)
-    if min(image.size) < MIN_IMAGE_SIDE:
-        raise InputError(f"the image is {image.size[0]}x{image.size[1]} pixels, too small to look at.",
-                         f"Use an image at least {MIN_IMAGE_SIDE} pixels on each side.")
-    if image.mode != "RGB":
-        # Flatten transparency onto white rather than black, as a viewer would show it.
-        if image.mode in ("RGBA", "LA", "P"):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        image = image.convert("RGB")
-    return image
-
-
 def prompt_with_template(processor: Any, prompt: str) -> str:
     """The model's chat template around one image and the prompt, or a plain fallback."""
     if getattr(processor, "chat_template", None):
@@ -264,6 +227,7 @@ def generate_trace(
         return_dict_in_generate=True,
         output_logits=True,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        suppress_tokens=_placeholder_ids(model.config) or None,
         stopping_criteria=StoppingCriteriaList([_CancelCheck(cancel)]) if cancel is not None else None,
     )
     generated = time.perf_counter()
@@ -319,14 +283,41 @@ def generate_trace(
     )
 
 
+# Processor outputs with one entry per prompt token; a longer or shorter pass needs them refitted.
+TOKEN_ALIGNED_INPUTS = ("mm_token_type_ids", "token_type_ids")
+
+
+def forward_inputs(ids: torch.Tensor, extras: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Inputs for a forward pass over ``ids`` [1, L]: the processor's extras with floating tensors
+    cast to the model's dtype, and per-token extras cut or extended (as text, 0) to length L."""
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    length = ids.shape[1]
+    for key, value in extras.items():
+        if key in TOKEN_ALIGNED_INPUTS:
+            value = value[:, :length]
+            if value.shape[1] < length:
+                value = torch.cat([value, value.new_zeros((value.shape[0], length - value.shape[1]))], dim=1)
+        elif value.is_floating_point():
+            value = value.to(dtype)
+        inputs[key] = value
+    return inputs
+
+
+def _placeholder_ids(config: Any) -> list[int]:
+    """Image and video placeholder ids: never a valid answer token (a random test model might
+    otherwise emit one, and a placeholder in the answer breaks every later pass over the image)."""
+    names = ("image_token_id", "image_token_index", "video_token_id")
+    return sorted({int(v) for n in names if isinstance(v := getattr(config, n, None), int)})
+
+
 def _final_hidden_states(loaded: LoadedModel, inputs: dict[str, torch.Tensor], answer: torch.Tensor) -> np.ndarray:
     """One teacher-forced forward over prompt + answer; the final norm's output at every position."""
     captured: list[torch.Tensor] = []
     handle = loaded.adapter.final_norm().register_forward_hook(lambda m, i, o: captured.append(o.detach()))
     try:
         ids = torch.cat([inputs["input_ids"], answer.to(inputs["input_ids"].device)[None]], dim=1)
-        forward = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        loaded.model(**forward, use_cache=False, logits_to_keep=1)
+        extras = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        loaded.model(**forward_inputs(ids, extras, loaded.model.dtype), use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
     return captured[-1][0].float().cpu().numpy()
