@@ -279,11 +279,14 @@ def _show(value: Any) -> str:
 
 
 def cmd_demo_accuracy(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from lvlm_studio.demo.evaluate import evaluate
+    from lvlm_studio.demo.scenes import TASKS
 
     loaded, _ = _load(args)
-    _status(f"generating answers for {args.n} held-out scenes per task ...")
-    accuracy = evaluate(loaded.model, loaded.processor, n=args.n)
+    with tqdm(total=args.n * len(TASKS), desc="held-out answers", file=sys.stderr, leave=False) as bar:
+        accuracy = evaluate(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
     print(f"{'task':<10} exact match ({args.n} held-out scenes)")
     for task, value in accuracy.items():
         print(f"{task:<10} {value:.1%}")

@@ -6,6 +6,7 @@ Held-out scenes use seeds from HELDOUT_SEED_BASE upward; training never draws a 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,8 +33,11 @@ def prompt_text(processor, prompt: str) -> str:
 
 
 @torch.no_grad()
-def exact_match(model, processor, pairs, batch_size: int = 100, max_new_tokens: int = 16) -> float:
-    """Fraction of examples whose greedy answer equals the reference token for token."""
+def exact_match(model, processor, pairs, batch_size: int = 100, max_new_tokens: int = 16,
+                on_batch: Callable[[int], None] | None = None) -> float:
+    """Fraction of examples whose greedy answer equals the reference token for token.
+
+    ``on_batch`` is told how many examples each finished batch held (for a progress bar)."""
     tokenizer = processor.tokenizer
     by_length: dict[int, list] = defaultdict(list)  # equal prompt lengths batch without padding
     for scene, example in pairs:
@@ -58,9 +62,12 @@ def exact_match(model, processor, pairs, batch_size: int = 100, max_new_tokens: 
                 want = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
                 got = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else None
                 correct += got == want
+            if on_batch is not None:
+                on_batch(len(chunk))
     return correct / len(pairs)
 
 
-def evaluate(model, processor, n: int = 500, tasks=TASKS) -> dict[str, float]:
+def evaluate(model, processor, n: int = 500, tasks=TASKS,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
     model.eval()
-    return {task: exact_match(model, processor, heldout_examples(n, task)) for task in tasks}
+    return {task: exact_match(model, processor, heldout_examples(n, task), on_batch=on_batch) for task in tasks}
