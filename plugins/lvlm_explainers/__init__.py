@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from lvlm_explainers.gradients import GradCAM, GradientTimesInput
 from lvlm_explainers.raw import RawAttention
+from lvlm_explainers.relevancy import Relevancy
+from lvlm_explainers.rollout import AttentionRollout
 from lvlm_explainers.tam import TokenActivationMap
 from lvlm_studio.core.hookspecs import hookimpl
 
 
 @hookimpl
 def lvlm_studio_explainers() -> list:
-    return [RawAttention(), TokenActivationMap()]
+    return [RawAttention(), AttentionRollout(), Relevancy(), GradientTimesInput(), GradCAM(), TokenActivationMap()]

@@ -131,6 +131,11 @@ class ModelAdapter:
         """The self-attention module of each decoder layer, in order (hooked by attention methods)."""
         return [layer.self_attn for layer in self.decoder_layers()]
 
+    def vision_attention_modules(self) -> list[nn.Module]:
+        """The self-attention module of each vision-encoder layer, in order (hooked by vision-side
+        attention methods). The default is the CLIP / SigLIP layout, ``encoder.layers[i].self_attn``."""
+        return [layer.self_attn for layer in self.vision_tower().encoder.layers]
+
     def input_device(self) -> torch.device:
         """Where input tensors go (the embedding's device under accelerate placement)."""
         return self.model.get_input_embeddings().weight.device

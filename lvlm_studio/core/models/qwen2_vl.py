@@ -59,6 +59,9 @@ class Qwen2VLAdapter(ModelAdapter):
     def projector(self) -> nn.Module:
         return self.model.model.visual.merger
 
+    def vision_attention_modules(self) -> list[nn.Module]:
+        return [block.attn for block in self.model.model.visual.blocks]
+
     @classmethod
     def load_processor(cls, folder: Path, **kwargs: Any) -> Any:
         """The stock processor, or, where its video half cannot load (it needs torchvision), the

@@ -1,0 +1,234 @@
+"""Relevancy (Chefer et al. 2021): attention weighted by its gradient, propagated through the layers.
+
+For a target token at position p, backpropagate its logit at p-1 (teacher-forced forward over
+prompt + answer, eager attention). Per layer, A_bar_l = mean over heads of relu(dA_l * A_l): the
+attention that, according to the gradient, pushed the logit up. Starting from R = I, each layer
+adds what it moves: R <- R + A_bar_l R for l = 1..L, so R = (I + A_bar_L) ... (I + A_bar_1).
+The map is R[p-1, image].
+
+How it is computed here:
+
+* One forward serves every target; each target then has its own backward (the graph is kept
+  between them), and progress is reported after each, so a long answer can be cancelled. Each
+  backward is exact for its token: unlike LVLM-Interpret, nothing comes from a KV-cached
+  generation step, where gradients of earlier steps leak into the rows.
+* Only the row we read is built: e_q^T R = e_q^T (I + A_bar_L) ... (I + A_bar_1) is a row vector
+  updated as v <- v + v A_bar_l from l = L down to 1, which is exactly the order in which a
+  backward pass produces dA_l. A tensor hook on each layer's weights folds A_bar_l into v as soon
+  as its gradient exists and drops it: O(T^2) time and memory per layer, never all layers'
+  gradients at once and no T x T x T products. The result equals the full-matrix recursion.
+* Gradients go through ``torch.autograd.grad``; the parameters' ``.grad`` are never touched.
+
+``side="vision"`` applies the same rule to the vision encoder's self-attention, over the layers
+up to the one whose output the projector reads (``vision_feature_layer``), with the gradient of
+the same target logit, read at the CLS row (as Chefer et al. and LVLM-Interpret do for ViTs). Each
+patch's value is drawn at the image positions its projected feature fills. Towers without a CLS
+token (Qwen2-VL's ViT, SigLIP) have no row to read, and are refused with an InputError. Where the
+projector drops the CLS token (LLaVA's "default" feature selection), the CLS row of the last layer
+read never reaches the answer, gets no gradient and adds nothing: the map is what the CLS token
+gathered through the earlier layers.
+
+Display normalisation: the paper also defines R_bar = rownorm(R - I) + I. At the image columns
+of a text row (and at the patch columns of the CLS row) the identity is zero, so R_bar there is R
+divided by one number per row; the overlay's min-max scaling cancels it. It is not applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from lvlm_explainers.gradients import differentiable_decoder_inputs, query_positions, target_scores
+from lvlm_studio.core.capture import attention_implementation, split_by_region
+from lvlm_studio.core.contracts import Explainer, Param
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.jobs import Progress
+
+
+class RowRelevancy:
+    """Rows of R = (I + A_bar_L) ... (I + A_bar_1), folded in layer by layer during backward.
+
+    ``hook(layer)`` is a forward hook for layer ``layer``'s attention module: it keeps the weights
+    and registers a gradient hook on them. ``backward(score, leaf, rows)`` then runs one backward
+    from ``score`` and returns ``rows`` [batch, k, T] multiplied through every layer whose
+    gradient it met.
+    """
+
+    def __init__(self) -> None:
+        self.weights: dict[int, torch.Tensor] = {}  # layer -> A_l, detached (the graph keeps it anyway)
+        self.rows = torch.zeros(0)  # set by each backward
+        self.previous_layer: int | None = None
+
+    def hook(self, layer: int) -> Callable:
+        def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
+            weights = output[1]
+            if weights is None:
+                raise RuntimeError("the attention module returned no weights; is the implementation eager?")
+            self.weights[layer] = weights.detach()
+            weights.register_hook(lambda grad: self._fold(layer, grad))
+
+        return keep
+
+    def _fold(self, layer: int, grad: torch.Tensor) -> None:
+        if self.previous_layer is not None and layer >= self.previous_layer:
+            raise RuntimeError(f"the gradient of layer {layer} arrived after layer {self.previous_layer}'s")
+        self.previous_layer = layer
+        a_bar = (grad.float() * self.weights[layer].float()).clamp(min=0).mean(dim=1)  # [batch, T, T]
+        rows = self.rows.to(a_bar.device)  # layers may sit on different devices
+        self.rows = rows + rows @ a_bar
+
+    def backward(self, score: torch.Tensor, leaf: torch.Tensor, rows: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+        self.rows, self.previous_layer = rows, None
+        torch.autograd.grad(score, leaf, retain_graph=keep_graph)
+        return self.rows
+
+
+def one_hot_rows(batch: int, length: int, index: int, device: torch.device) -> torch.Tensor:
+    rows = torch.zeros(batch, 1, length, device=device)
+    rows[:, 0, index] = 1.0
+    return rows
+
+
+class Relevancy(Explainer):
+    id = "relevancy"
+    title = "Relevancy (gradient-weighted attention)"
+    needs = frozenset({"model", "eager_attention", "gradients"})
+    params = (
+        Param("side", "language", "propagate through the language model's layers, or the vision encoder's "
+                                  "(read at its CLS token)", choices=("language", "vision")),
+    )
+
+    def explain(self, trace, model, targets, params: dict[str, Any]):
+        if model is None:
+            raise InputError("relevancy needs the model, not only a saved trace.", "Load the model first.")
+        queries = query_positions(trace, targets)
+        vision = params["side"] == "vision"
+        modules = vision_layers_read(model) if vision else model.adapter.attention_modules()
+        inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
+        yield Progress(0, len(targets) + 1, "forward pass")
+
+        relevancy = RowRelevancy()
+        if vision:  # differentiate from the pixels, so the decoder stays connected to the vision tower
+            inputs["pixel_values"] = inputs["pixel_values"].detach().requires_grad_(True)
+            leaves = nullcontext([inputs["pixel_values"]])
+        else:
+            leaves = differentiable_decoder_inputs(model)
+        handles = [m.register_forward_hook(relevancy.hook(i)) for i, m in enumerate(modules)]
+        try:
+            with torch.enable_grad(), attention_implementation(model.model, "eager"), leaves as leaf_holder:
+                logits = model.model(**inputs, use_cache=False, logits_to_keep=torch.tensor(queries)).logits[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        leaf = leaf_holder[-1]
+        batch, length = relevancy.weights[0].shape[0], relevancy.weights[0].shape[-1]
+        # Where each image position reads R: (batch entry, column). The decoder has one sequence;
+        # the vision encoder one per tile, read at the patch that fills the position.
+        if vision:
+            tiles, columns = vision_token_sources(model, inputs, trace.image_positions, length)
+        else:
+            columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
+            tiles = torch.zeros_like(columns)
+        scores = target_scores(logits, [int(trace.answer_ids[t]) for t in targets], "logit")
+
+        maps: dict[int, list[np.ndarray]] = {}
+        for i, (target, query) in enumerate(zip(targets, queries)):
+            yield Progress(i + 1, len(targets) + 1, f"backward pass for token {target}")
+            start = one_hot_rows(batch, length, 0 if vision else query, leaf.device)
+            rows = relevancy.backward(scores[i], leaf, start, keep_graph=i + 1 < len(targets))
+            values = rows[tiles, 0, columns]
+            maps[target] = split_by_region(values.detach().double().cpu().numpy(), trace.regions)
+        provenance = {
+            "method": self.id,
+            "side": params["side"],
+            "score": "logit of the target token at the position that predicts it",
+            "layers": f"{len(modules)} {'vision encoder' if vision else 'decoder'} layers",
+            "attention": "eager for this pass (the model's default is restored afterwards)",
+            "model": model.describe(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        return Explanation(self.id, maps, params, provenance)
+
+
+# -- vision side ---------------------------------------------------------------------------------
+
+
+def vision_layers_read(model) -> list[torch.nn.Module]:
+    """The vision encoder's attention modules up to the layer whose output the projector reads.
+
+    ``vision_feature_layer`` indexes the tower's hidden states (the embeddings, then each layer's
+    output), so index k (negative from the end) means layers 0..k-1 made the features; later layers
+    do not reach the language model. A list of indices (features concatenated) reads up to the
+    deepest. Refuses towers without a CLS token: relevancy is read at the CLS row.
+    """
+    tower = model.adapter.vision_tower()
+    if getattr(getattr(tower, "embeddings", None), "class_embedding", None) is None:
+        raise InputError(
+            f"vision-side relevancy reads the vision encoder's CLS token, and this model's vision encoder "
+            f"({type(tower).__name__}) has none.",
+            "Use side=language, which explains the answer through the language model's attention.",
+        )
+    modules = model.adapter.vision_attention_modules()
+    chosen = getattr(model.model.config, "vision_feature_layer", -1)
+    indices = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
+    used = max(int(i) % (len(modules) + 1) for i in indices)
+    if used == 0:
+        raise InputError("this model's projector reads the vision embeddings before any encoder layer, so no "
+                         "vision attention reaches the answer.", "Use side=language.")
+    return modules[:used]
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once it has seen what it needed."""
+
+
+@torch.no_grad()
+def vision_token_sources(model, inputs: dict[str, torch.Tensor], image_positions: np.ndarray, length: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each image position, the (tile, token) of the vision encoder whose feature fills it.
+
+    ``length`` is the encoder's sequence length (CLS included). Families pack the projector's
+    output into the sequence in their own way (LLaVA-1.5 in order after dropping CLS; LLaVA-NeXT
+    as a base view plus stitched, unpadded tiles with newlines). Rather than restate each packing,
+    one probe pass replaces the projector's output with its own row numbers (two small integers per
+    row, exact even in bfloat16), lets the model place them, and reads them back from the decoder's
+    input at the image positions; the decoder never runs. Tokens the projector did not see (CLS
+    under "default" feature selection) come first in the encoder's sequence, so projector row r
+    is encoder token r + (length - rows).
+    """
+    seen: dict[str, Any] = {}
+
+    def number_rows(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        tiles, rows = output.shape[:2]
+        index = torch.arange(tiles * rows, device=output.device).reshape(tiles, rows)
+        coded = torch.zeros_like(output)
+        coded[..., 0], coded[..., 1] = index // 256, index % 256
+        seen["rows"] = rows
+        return coded
+
+    def read_placed(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        seen["placed"] = kwargs["inputs_embeds"][0]
+        raise _StopForward
+
+    handles = [model.adapter.projector().register_forward_hook(number_rows),
+               model.adapter.language_model().register_forward_pre_hook(read_placed, with_kwargs=True)]
+    try:
+        model.model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    positions = torch.as_tensor(image_positions, dtype=torch.long, device=seen["placed"].device)
+    codes = seen["placed"][positions][:, :2].round().long()
+    index = codes[:, 0] * 256 + codes[:, 1]
+    if len(set(index.tolist())) != len(index):
+        raise RuntimeError("could not trace which vision token fills each image position")
+    rows = seen["rows"]
+    return (index // rows).cpu(), (index % rows + (length - rows)).cpu()
