@@ -5,6 +5,7 @@
     lvlm-studio explain --method ID --image IMG --prompt TEXT --out DIR
     lvlm-studio plugins                             list plugins, methods and their status
     lvlm-studio demo accuracy                       the demo model's held-out exact-match accuracy
+    lvlm-studio demo pointing --n 200               pointing game of every method on held-out scenes
     lvlm-studio demo scene --seed N --out FILE.png  draw a demo scene
 
 Bad input ends with one line on stderr and a non-zero exit, never a traceback (``--debug`` shows it).
@@ -296,6 +297,30 @@ def cmd_demo_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_pointing(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.demo.pointing import format_table, pointing_game
+
+    if args.n < 1:
+        raise InputError(f"--n {args.n} leaves nothing to play.", "Use at least 1 scene, e.g. --n 200.")
+    registry = create_registry()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for method in methods or []:
+        registry.explainer(method)  # an unknown method fails before the model loads
+    loaded, _ = _load(args)
+    with _progress_bar("pointing game") as on_progress:
+        result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed), on_progress)
+    table = format_table(result)
+    print(table, end="")
+    for method, error in result.failed.items():
+        _status(f"{method} failed and was skipped: {error}")
+    if args.out:
+        Path(args.out).write_text(table)
+        _status(f"table written to {args.out}")
+    return 0
+
+
 def cmd_demo_scene(args: argparse.Namespace) -> int:
     from lvlm_studio.demo.scenes import make_scene
 
@@ -354,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--n", type=int, default=500, help="held-out scenes per task (default 500)")
     accuracy.add_argument("--minimum", type=float, help="exit 1 when a task scores below this fraction")
     accuracy.set_defaults(func=cmd_demo_accuracy)
+    pointing = demo_sub.add_parser("pointing", help="pointing game: does each method's map peak on the named object?")
+    _add_model_options(pointing)
+    pointing.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
+    pointing.add_argument("--methods", help="comma-separated method ids (default: every method)")
+    pointing.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    pointing.add_argument("--out", help="also write the table (Markdown) to this file")
+    pointing.set_defaults(func=cmd_demo_pointing)
     scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
     scene.add_argument("--seed", type=int, default=0)
     scene.add_argument("--out", default="scene.png")

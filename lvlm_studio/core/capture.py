@@ -33,7 +33,6 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[str]
             model.set_attn_implementation(previous)
 
 
-@torch.no_grad()
 def capture_attention(
     loaded: LoadedModel,
     inputs: dict[str, torch.Tensor],
@@ -45,18 +44,48 @@ def capture_attention(
     Returns a float32 array [layers, heads, queries, keys]. Runs one eager forward over
     ``inputs``; each layer's weights are sliced in a forward hook and then dropped.
     """
+    rows, _ = _capture(loaded, inputs, query_positions, key_positions, key_means=False)
+    return rows
+
+
+def capture_attention_and_key_means(
+    loaded: LoadedModel,
+    inputs: dict[str, torch.Tensor],
+    query_positions: Sequence[int],
+    key_positions: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``capture_attention`` plus, per layer and head, the mean attention each key receives.
+
+    The second array is float32 [layers, heads, keys]: for key k, the mean of A[q, k] over every
+    query q of the pass that can see it (q >= k under causal attention). It finds attention sinks,
+    keys that draw attention from everywhere; the sum over query rows is taken inside the hook, so
+    no T x T tensor outlives its layer.
+    """
+    rows, means = _capture(loaded, inputs, query_positions, key_positions, key_means=True)
+    assert means is not None
+    return rows, means
+
+
+@torch.no_grad()
+def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) -> tuple[np.ndarray, np.ndarray | None]:
     queries = torch.as_tensor(list(query_positions), dtype=torch.long)
     keys = torch.as_tensor(list(key_positions), dtype=torch.long)
     modules = loaded.adapter.attention_modules()
     kept: list[torch.Tensor | None] = [None] * len(modules)
+    received: list[torch.Tensor | None] = [None] * len(modules)
 
     def keep(index: int):
         def hook(module: torch.nn.Module, args: tuple, output: tuple) -> None:
             weights = output[1]
             if weights is None:
                 raise RuntimeError("the attention module returned no weights; is the implementation eager?")
+            key_index = keys.to(weights.device)
             rows = weights[0].index_select(1, queries.to(weights.device))
-            kept[index] = rows.index_select(2, keys.to(weights.device)).float().cpu()
+            kept[index] = rows.index_select(2, key_index).float().cpu()
+            if key_means:
+                length = weights.shape[-2]
+                totals = weights[0].sum(dim=1, dtype=torch.float32).index_select(1, key_index)  # [heads, keys]
+                received[index] = (totals / (length - key_index).clamp(min=1)).cpu()
 
         return hook
 
@@ -67,7 +96,9 @@ def capture_attention(
     finally:
         for handle in handles:
             handle.remove()
-    return torch.stack([k for k in kept if k is not None]).numpy()
+    rows = torch.stack([k for k in kept if k is not None]).numpy()
+    means = torch.stack([r for r in received if r is not None]).numpy() if key_means else None
+    return rows, means
 
 
 def split_by_region(values: np.ndarray, regions: Sequence) -> list[np.ndarray]:

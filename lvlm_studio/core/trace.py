@@ -26,6 +26,7 @@ from lvlm_studio.core.errors import Cancelled, InputError
 from lvlm_studio.core.images import open_image
 from lvlm_studio.core.models.adapter import ImageRegion, all_image_positions
 from lvlm_studio.core.models.loading import LoadedModel
+from lvlm_studio.core.relevance import VisualRelevance
 
 FORMAT = "lvlm-studio-trace/1"
 TOP_K = 5
@@ -56,6 +57,9 @@ class Trace:
     model_info: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # Filled on first use by ``lvlm_studio.core.relevance.visual_relevance`` (two forward passes),
+    # then saved and loaded with the trace so that no later reader pays for it again.
+    visual_relevance: VisualRelevance | None = None
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -107,6 +111,13 @@ class Trace:
             "hidden": np.ascontiguousarray(self.hidden),
         }
         tensors.update({f"model_inputs.{k}": np.ascontiguousarray(v) for k, v in self.model_inputs.items()})
+        relevance = self.visual_relevance
+        if relevance is not None:
+            tensors.update({
+                "visual_relevance.logprob_image": relevance.logprob_image.astype(np.float32),
+                "visual_relevance.logprob_blurred": relevance.logprob_blurred.astype(np.float32),
+                "visual_relevance.relevant": relevance.relevant.astype(np.uint8),
+            })
         meta = {
             "format": FORMAT,
             "prompt": self.prompt,
@@ -119,6 +130,8 @@ class Trace:
             "generation": self.generation,
             "timings": self.timings,
         }
+        if relevance is not None:
+            meta["visual_relevance"] = {"blur_sigma": relevance.blur_sigma, "threshold": relevance.threshold}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"lvlm_studio": json.dumps(meta)})
         return path
@@ -157,7 +170,21 @@ class Trace:
             model_info=meta["model_info"],
             generation=meta["generation"],
             timings=meta["timings"],
+            visual_relevance=_relevance_from(arrays, meta.get("visual_relevance")),
         )
+
+
+def _relevance_from(arrays: dict[str, np.ndarray], settings: dict[str, float] | None) -> VisualRelevance | None:
+    """The cached visual relevance of a saved trace (traces saved before it was computed have none)."""
+    if settings is None:
+        return None
+    return VisualRelevance(
+        logprob_image=arrays["visual_relevance.logprob_image"],
+        logprob_blurred=arrays["visual_relevance.logprob_blurred"],
+        relevant=arrays["visual_relevance.relevant"].astype(bool),
+        blur_sigma=float(settings["blur_sigma"]),
+        threshold=float(settings["threshold"]),
+    )
 
 
 # -- inputs -------------------------------------------------------------------------------------

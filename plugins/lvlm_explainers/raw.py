@@ -1,4 +1,10 @@
-"""Raw attention: how much the query that predicts a token attends to each image token."""
+"""Raw attention: how much the query that predicts a token attends to each image token.
+
+Optional attention-sink filter: a few image tokens (often at the borders) draw attention from
+almost every query whatever is asked, and swamp the map. With ``sink_filter`` on, the keys whose
+mean received attention (over all queries of the trace, and the chosen layers and heads) is a
+robust outlier are dropped and the map is renormalised to sum to 1 over the remaining keys.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.capture import capture_attention, split_by_region
+from lvlm_studio.core.capture import capture_attention, capture_attention_and_key_means, split_by_region
 from lvlm_studio.core.contracts import Explainer, Param
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
@@ -29,6 +35,9 @@ class RawAttention(Explainer):
         Param("layers", (), "decoder layers to use, e.g. 0,1 (empty: all); negative counts from the end"),
         Param("heads", (), "attention heads to use (empty: all)"),
         Param("reduce", "mean", "how heads and layers are combined", choices=("mean", "max")),
+        Param("sink_filter", False, "drop attention-sink image tokens (outliers over all queries), renormalise"),
+        Param("sink_threshold", 10.0, "with sink_filter: a key is a sink above median + this many robust "
+              "standard deviations (1.4826 x MAD) of the keys' mean received attention", minimum=0.0),
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
@@ -36,8 +45,13 @@ class RawAttention(Explainer):
             raise InputError("raw attention needs the model, not only a saved trace.", "Load the model first.")
         yield Progress(0, 1, "attention pass")
         queries = [trace.answer_position(t) - 1 for t in targets]
-        inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
-        weights = capture_attention(model, inputs, queries, trace.image_positions)  # [L, H, Q, K]
+        if params["sink_filter"]:
+            # Over the whole trace, so that which keys are sinks does not depend on the targets.
+            inputs = trace.teacher_forced_inputs(model)
+            weights, received = capture_attention_and_key_means(model, inputs, queries, trace.image_positions)
+        else:
+            inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
+            weights = capture_attention(model, inputs, queries, trace.image_positions)  # [L, H, Q, K]
         layers = _select(params["layers"], weights.shape[0], "layer")
         heads = _select(params["heads"], weights.shape[1], "head")
         weights = weights[layers][:, heads]
@@ -45,6 +59,9 @@ class RawAttention(Explainer):
         groups = _kv_groups(model, heads)
         per_group = np.stack([reduce(weights[:, g], axis=1) for g in groups], axis=1)  # [L, G, Q, K]
         combined = reduce(reduce(per_group, axis=1), axis=0)  # [Q, K]
+        if params["sink_filter"]:
+            sinks = attention_sinks(received[layers][:, heads].mean(axis=(0, 1)), params["sink_threshold"])
+            combined = renormalise_without(combined, sinks)
         grids = split_by_region(combined, trace.regions)
         yield Progress(1, 1, "attention pass")
         maps = {t: [g[i] for g in grids] for i, t in enumerate(targets)}
@@ -54,7 +71,28 @@ class RawAttention(Explainer):
             "model": model.describe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if params["sink_filter"]:
+            provenance["sink_keys"] = [int(i) for i in np.flatnonzero(sinks)]  # into trace.image_positions
         return Explanation(self.id, maps, params, provenance)
+
+
+def attention_sinks(received: np.ndarray, threshold: float) -> np.ndarray:
+    """Which keys are sinks: mean received attention above median + threshold x 1.4826 x MAD.
+
+    Median and MAD (median absolute deviation, scaled to a standard deviation for normal data)
+    are not dragged up by the sinks themselves, as a mean and a standard deviation would be. At
+    least half of the keys lie at or below the median, so a map never loses every key.
+    """
+    median = np.median(received)
+    spread = 1.4826 * np.median(np.abs(received - median))
+    return received > median + threshold * spread
+
+
+def renormalise_without(combined: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+    """Zero the dropped keys of each row [Q, K] and rescale the rest to sum to 1 (all-zero rows stay)."""
+    kept = np.where(dropped, 0.0, combined)
+    totals = kept.sum(axis=-1, keepdims=True)
+    return np.divide(kept, totals, out=np.zeros_like(kept), where=totals > 0)
 
 
 def _select(chosen: tuple[int, ...], available: int, what: str) -> list[int]:

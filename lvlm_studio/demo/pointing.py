@@ -1,0 +1,209 @@
+"""The pointing game on the demo model: does a method's map peak inside the object a word names?
+
+The demo model captions held-out scenes ("describe the image."). Every answer token that is an
+object word (a colour or a shape) is a trial: each explanation method makes a map for it, the map
+is resampled to image pixels with the shared ``to_pixels``, and the trial is a hit when the
+brightest pixel lies inside the mask of the object the word names. A map that is flat everywhere
+points at its first pixel, the top-left corner, where no demo object ever is: no credit for it.
+
+Which object a word names: captions list objects in reading order ("a red circle, a blue square
+and a green triangle", objects sorted by row then column), so the k-th colour word and the k-th
+shape word of the answer name the k-th object, when that object has that colour or shape. When it
+does not (the model skipped, repeated or misnamed an object) the word is scored against all the
+scene's objects it names; a word that names none of them (a hallucinated colour or shape) has no
+ground truth and is not scored.
+
+A "uniform random" row gives every trial a map of independent uniform values on the grid (seeded).
+Its expected hit rate, printed under the table, is the mean over trials of the fraction of grid
+cells whose centre pixel falls in the object's mask: a random map's maximum lands on a uniformly
+random cell. Intervals are Wilson score intervals (95 %).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lvlm_studio.core.errors import Cancelled
+from lvlm_studio.core.explanation import to_pixels
+from lvlm_studio.core.jobs import Job, Progress, run_job
+from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, make_scene
+
+PROMPT = "describe the image."
+RANDOM = "uniform random"
+Z_95 = 1.959964
+
+
+@dataclass(frozen=True)
+class MethodScore:
+    method: str
+    hits: int
+    total: int
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.total if self.total else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.hits, self.total)
+
+
+@dataclass
+class PointingResult:
+    scenes: int
+    trials: int  # object-word tokens scored
+    unscored_words: int  # object words naming nothing in their scene
+    scores: list[MethodScore]  # one per method that ran on every scene, then the random baseline
+    expected_random: float
+    failed: dict[str, str] = field(default_factory=dict)  # method id -> why it was dropped
+
+
+def wilson_interval(hits: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion: sensible near 0 and 1 and for small n,
+    where the normal approximation gives bounds outside [0, 1]."""
+    if total == 0:
+        return 0.0, 1.0
+    p = hits / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def named_objects(scene: Scene, tokens: Iterable[str]) -> dict[int, np.ndarray]:
+    """Answer token index -> mask of the object it names, for the colour and shape words that name
+    one (see the module docstring for the pairing rule)."""
+    in_order = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    seen = {"colour": 0, "shape": 0}
+    masks: dict[int, np.ndarray] = {}
+    for index, token in enumerate(tokens):
+        if not _is_object_word(token):
+            continue
+        word = token.strip().lower()
+        kind = "colour" if word in COLOURS else "shape"
+        k = seen[kind]
+        seen[kind] += 1
+        if k < len(in_order) and word in in_order[k].words:
+            masks[index] = in_order[k].mask
+        elif (union := scene.mask_for_word(word)) is not None:
+            masks[index] = union
+    return masks
+
+
+def _is_object_word(token: str) -> bool:
+    return token.strip().lower() in COLOURS or token.strip().lower() in SHAPES
+
+
+def pointing_game(
+    loaded: Any,
+    n: int = 200,
+    methods: list[str] | None = None,
+    registry: Any = None,
+    seed: int = 0,
+) -> Job[PointingResult]:
+    """Play the game over ``n`` held-out scenes with the given explainers (all in the registry by
+    default). A job: yields progress once per scene. A method that raises is reported in
+    ``failed`` and not run again; the others go on."""
+    if registry is None:
+        from lvlm_studio.core.plugins import create_registry
+
+        registry = create_registry()
+    explainers = {m: registry.explainer(m) for m in methods} if methods else registry.explainers()
+    from lvlm_studio.core.trace import generate_trace
+
+    rng = np.random.default_rng(seed)
+    hits = dict.fromkeys([*explainers, RANDOM], 0)
+    failed: dict[str, str] = {}
+    trials = unscored = 0
+    expected = 0.0
+    for i in range(n):
+        yield Progress(i, n, f"scene {i + 1} of {n}")
+        scene = make_scene(HELDOUT_SEED_BASE + i)
+        trace = generate_trace(loaded, scene.image, PROMPT)
+        masks = named_objects(scene, trace.answer_tokens)
+        unscored += sum(map(_is_object_word, trace.answer_tokens)) - len(masks)
+        if not masks:
+            continue
+        targets = sorted(masks)
+        trials += len(targets)
+        for method, explainer in explainers.items():
+            if method in failed:
+                continue
+            try:
+                explanation = _explain(explainer, trace, loaded, targets)
+                scored = sum(_hit(explanation.maps[t], trace, masks[t]) for t in targets)
+            except Cancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one broken method must not stop the game
+                failed[method] = f"{type(exc).__name__}: {exc}"
+                continue
+            hits[method] += scored
+        for t in targets:
+            random_maps = [rng.random(region.grid) for region in trace.regions]
+            hits[RANDOM] += _hit(random_maps, trace, masks[t])
+            expected += _cells_inside(trace, masks[t])
+    yield Progress(n, n, "done")
+    scores = [MethodScore(m, hits[m], trials) for m in [*explainers, RANDOM] if m not in failed]
+    return PointingResult(n, trials, unscored, scores, expected / trials if trials else float("nan"), failed)
+
+
+def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any:
+    """Run an explainer as the application would, giving it eager attention and autograd when it
+    says it needs them (the application's own passes run without gradients)."""
+    import torch
+
+    from lvlm_studio.core.capture import attention_implementation
+
+    with ExitStack() as stack:
+        if "eager_attention" in explainer.needs:
+            stack.enter_context(attention_implementation(loaded.model, "eager"))
+        if "gradients" in explainer.needs:
+            stack.enter_context(torch.enable_grad())
+        return run_job(explainer.explain(trace, loaded, targets, explainer.resolve_params({})))
+
+
+def _hit(maps: list[np.ndarray], trace: Any, mask: np.ndarray) -> bool:
+    pixels = to_pixels(maps, trace.regions, trace.image.size)
+    if not np.isfinite(pixels).any():
+        return False
+    y, x = np.unravel_index(np.nanargmax(pixels), pixels.shape)
+    return bool(mask[y, x])
+
+
+def _cells_inside(trace: Any, mask: np.ndarray) -> float:
+    """Fraction of grid cells (over all regions) whose centre pixel lies inside ``mask``."""
+    height, width = mask.shape
+    inside = total = 0
+    for region in trace.regions:
+        left, top, right, bottom = region.box
+        rows, cols = region.grid
+        ys = np.minimum((top + (np.arange(rows) + 0.5) * (bottom - top) / rows).astype(int), height - 1)
+        xs = np.minimum((left + (np.arange(cols) + 0.5) * (right - left) / cols).astype(int), width - 1)
+        inside += int(mask[np.ix_(ys, xs)].sum())
+        total += rows * cols
+    return inside / total if total else 0.0
+
+
+def format_table(result: PointingResult) -> str:
+    """The result as a Markdown table with a short header and footer."""
+    lines = [
+        f"Pointing game: {result.scenes} held-out demo scenes, prompt {PROMPT!r}, "
+        f"{result.trials} object-word tokens ({result.unscored_words} naming no object in the scene, not scored).",
+        "",
+        "| method | hits / total | hit rate | 95% CI (Wilson) |",
+        "|---|---:|---:|---:|",
+    ]
+    for score in result.scores:
+        low, high = score.interval
+        lines.append(f"| {score.method} | {score.hits}/{score.total} | {score.rate:.3f} | {low:.3f}-{high:.3f} |")
+    lines += ["", f"Expected hit rate of the uniform random baseline: {result.expected_random:.3f}."]
+    for method, error in result.failed.items():
+        lines.append(f"Skipped {method}: {error}")
+    return "\n".join(lines) + "\n"
