@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -50,7 +51,7 @@ def best_time(run, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="1,2,4,8,16,32", help="answer lengths to time")
     parser.add_argument("--repeats", type=int, default=5, help="runs per relevancy timing (forward: 4x)")
@@ -90,7 +91,10 @@ def main() -> None:
     curve = np.polyfit(lengths, ratios, 2)[0] * lengths[-1] ** 2 / ratios[-1]
     print(f"linear fit: {intercept:.1f} + {slope:.2f} x tokens (forward-pass equivalents)")
     print(f"share of the longest answer's cost in a quadratic term: {curve:+.0%}")
-    print("grows at most linearly: " + ("yes" if curve < 0.25 else "NO: the per-token cost rises with length"))
+    linear = curve < 0.25
+    print("grows at most linearly: " + ("yes" if linear else "NO: the per-token cost rises with length"))
+    return 0 if linear else 1
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("attention_memory.py", "rank_filter_speed.py", "tam_cost.py")
+BENCHMARKS = ("attention_memory.py", "rank_filter_speed.py", "tam_cost.py", "relevancy_cost.py")
 
 
 def main() -> int:

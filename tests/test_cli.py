@@ -105,3 +105,19 @@ def test_installed_command_runs_without_traceback(tmp_path):
     assert result.returncode == cli.EXIT_INPUT
     assert result.stderr.strip().splitlines()[-1].startswith("error: image")
     assert "Traceback" not in result.stderr
+
+
+def _method_ids():
+    from lvlm_studio.core.plugins import create_registry
+
+    return sorted(create_registry(load_third_party=False).explainers())
+
+
+@pytest.mark.parametrize("method", _method_ids())
+def test_explain_works_for_every_method(capsys, tmp_path, method):
+    out_dir = tmp_path / method
+    code, _, err = run(capsys, "explain", "--method", method, "--image", str(SAMPLE), "--prompt",
+                       "what color is the square?", "--tokens", "0", "--out", str(out_dir), "--device", "cpu")
+    assert code == 0, err
+    record = json.loads((out_dir / "run.json").read_text())
+    assert record["method"]["id"] == method and record["files"] == [p.name for p in out_dir.glob("token00_*.png")]

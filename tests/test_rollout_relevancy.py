@@ -58,7 +58,7 @@ def full_attention(demo_model, demo_trace):
 
 
 def test_rollout_matches_the_product_of_full_attention(rollout, demo_model, demo_trace, full_attention):
-    explanation = run_explainer(rollout, demo_trace, demo_model)
+    explanation = run_explainer(rollout, demo_trace, demo_model, position_prior="keep")
     check_explanation(explanation, demo_trace)
     expected = reference_rollout(full_attention)
     image = demo_trace.image_positions
@@ -68,13 +68,26 @@ def test_rollout_matches_the_product_of_full_attention(rollout, demo_model, demo
 
 
 def test_rollout_start_layer(rollout, demo_model, demo_trace, full_attention):
-    explanation = run_explainer(rollout, demo_trace, demo_model, [2], start_layer=-2)
+    explanation = run_explainer(rollout, demo_trace, demo_model, [2], start_layer=-2, position_prior="keep")
     expected = reference_rollout(full_attention, start=len(full_attention) - 2)
     query = demo_trace.answer_position(2) - 1
     np.testing.assert_allclose(explanation.maps[2][0], expected[query, demo_trace.image_positions].reshape(8, 8),
                                atol=1e-5)
     # A later start drops layers, so the map really changes.
-    assert not np.allclose(explanation.maps[2][0], run_explainer(rollout, demo_trace, demo_model, [2]).maps[2][0])
+    full = run_explainer(rollout, demo_trace, demo_model, [2], position_prior="keep")
+    assert not np.allclose(explanation.maps[2][0], full.maps[2][0])
+
+
+def test_rollout_divides_out_the_uniform_attention_prior(rollout, demo_model, demo_trace, full_attention):
+    explanation = run_explainer(rollout, demo_trace, demo_model)
+    length = full_attention[0].shape[-1]
+    causal = np.tril(np.ones((length, length)))
+    uniform = [np.broadcast_to(causal / causal.sum(1, keepdims=True), full_attention[0].shape)] * len(full_attention)
+    expected = reference_rollout(full_attention) / reference_rollout(uniform)
+    image = demo_trace.image_positions
+    for token in explanation.targets:
+        query = demo_trace.answer_position(token) - 1
+        np.testing.assert_allclose(explanation.maps[token][0], expected[query, image].reshape(8, 8), rtol=1e-4)
 
 
 # -- relevancy -------------------------------------------------------------------------------

@@ -31,12 +31,15 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 IMAGE_MEAN = [0.5, 0.5, 0.5]
 IMAGE_STD = [0.5, 0.5, 0.5]
 
-# LLaVA-1.5 style turns, lower-case to match the word-level vocabulary.
+# LLaVA-style turns, lower-case to match the word-level vocabulary, with the question *before* the
+# image: every image token can then attend to the question, and the answer reads question-aware
+# image tokens. With the image first, two training runs learned to caption but never to condition on
+# the question (the answer's logits did not change with the asked colour or shape).
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: "
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }} {% endif %}"
+    "{% endfor %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% endif %}"
     "{% endfor %}{% endif %} {% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )

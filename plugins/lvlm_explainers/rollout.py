@@ -10,11 +10,14 @@ Memory: the product is accumulated inside forward hooks, layer by layer, so only
 matrix is ever kept besides the layer being run (never all layers' attention). The pass uses eager
 attention, which alone produces weights; the model's own implementation is restored afterwards.
 
-Caveat: in a causal decoder the product favours early positions (each step mixes a row with the
-rows before it), so much of the map is a position prior. On the demo model it fails the
-model-randomisation sanity check (tests/test_sanity.py): with the language model re-initialised the
-map becomes a pure "earlier is larger" ramp, and the trained model's map has a rank correlation of
-0.83 with it. Starting the product at a later layer (``start_layer``) weakens the prior.
+Position prior: in a causal decoder the product favours early positions (each step mixes a row
+with the rows before it), so the plain rollout map is mostly an "earlier is larger" ramp. On the
+demo model it failed the model-randomisation sanity check: the trained model's map had a rank
+correlation of 0.83 with a re-initialised model's, which is the bare ramp. By default
+(``position_prior="divide"``) the map is divided by the rollout of a model that attends uniformly
+over its causal prefix, through the same layers with the same residual mixing: the ramp cancels
+and what remains is how much more than uniform the model routes to each image token. Set
+``position_prior="keep"`` for the textbook rollout.
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ def residual_attention(weights: torch.Tensor) -> torch.Tensor:
     return mixed / mixed.sum(dim=-1, keepdim=True)
 
 
+def uniform_rollout(length: int, layers: int, device: torch.device) -> torch.Tensor:
+    """The rollout of ``layers`` layers that attend uniformly over the causal prefix."""
+    causal = torch.tril(torch.ones(length, length, device=device))
+    layer = residual_attention((causal / causal.sum(dim=-1, keepdim=True))[None])
+    return torch.linalg.matrix_power(layer, layers)
+
+
 class AttentionRollout(Explainer):
     id = "rollout"
     title = "Attention rollout"
@@ -45,6 +55,8 @@ class AttentionRollout(Explainer):
     params = (
         Param("start_layer", 0, "first decoder layer in the product (earlier layers count as identity); "
                                 "negative counts from the end"),
+        Param("position_prior", "divide", "divide by the rollout of uniform causal attention, or keep it",
+              choices=("divide", "keep")),
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
@@ -77,7 +89,11 @@ class AttentionRollout(Explainer):
                 handle.remove()
         rollout = running["rollout"]
         image = torch.as_tensor(trace.image_positions, dtype=torch.long, device=rollout.device)
-        rows = rollout[torch.as_tensor(queries, device=rollout.device)][:, image]  # [Q, image tokens]
+        query_index = torch.as_tensor(queries, device=rollout.device)
+        rows = rollout[query_index][:, image]  # [Q, image tokens]
+        if params["position_prior"] == "divide":
+            prior = uniform_rollout(rollout.shape[-1], len(modules) - start, rollout.device)
+            rows = rows / prior[query_index][:, image]
         grids = split_by_region(rows.double().cpu().numpy(), trace.regions)
         yield Progress(1, 1, "attention pass")
         maps = {t: [g[i] for g in grids] for i, t in enumerate(targets)}
@@ -85,6 +101,7 @@ class AttentionRollout(Explainer):
             "method": self.id,
             "attention": "eager for this pass (the model's default is restored afterwards)",
             "layers": f"{start} to {len(modules) - 1}",
+            "position_prior": params["position_prior"],
             "model": model.describe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
