@@ -44,9 +44,17 @@ def test_every_question_has_one_right_answer():
             if task == "exist":
                 colour, shape = example.prompt.removeprefix("is there a ").removesuffix("?").split()
                 present = any(o.colour == colour and o.shape == shape for o in scene.objects)
-                assert example.answer == ("yes" if present else "no")
-            if task == "colour":
-                assert example.answer in COLOURS
+                verdict = "is there" if present else "is not there"
+                assert example.answer == f"the {colour} {shape} {verdict}"
+            if task == "colour":  # the answer restates the subject, then names its colour
+                subject = example.prompt.removeprefix("what color is ").removesuffix("?")
+                colour = example.answer.removeprefix(subject + " is ")
+                assert colour in COLOURS
+                assert any(o.colour == colour and o.shape in subject for o in scene.objects)
+            if task == "where":
+                name = example.prompt.removeprefix("where is the ").removesuffix("?")
+                (obj,) = [o for o in scene.objects if o.name == name]
+                assert example.answer == f"the {name} is at the {obj.where}"
 
 
 def test_tokenizer_knows_every_word():

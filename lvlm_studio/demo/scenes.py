@@ -133,7 +133,14 @@ def make_scene(seed: int, n_objects: int | None = None) -> Scene:
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt about a scene and its one right answer."""
+    """One prompt about a scene and its one right answer.
+
+    Answers restate their subject before the word that depends on the image ("the circle is red",
+    not "red"): the deciding word is then predicted with the subject among its immediate inputs,
+    the same one-step lookup a caption makes. Bare one-word answers need a two-step circuit (carry
+    the asked word to the first answer position, then look it up), and tiny models trained on them
+    stayed blind to the question for thousands of steps.
+    """
 
     task: str
     prompt: str
@@ -148,31 +155,33 @@ def make_example(scene: Scene, task: str, rng: np.random.Generator) -> Example:
     if task == "colour":
         shape_counts = {s: sum(o.shape == s for o in objs) for s in SHAPES}
         unique = [o for o in objs if shape_counts[o.shape] == 1]
-        if not unique:  # every shape repeated: ask about the full name instead
+        if not unique:  # every shape repeated: say which one by where it is
             o = objs[int(rng.integers(len(objs)))]
-            return Example(task, f"what color is the {o.shape} on the {o.where}?", o.colour)
-        o = unique[int(rng.integers(len(unique)))]
-        return Example(task, f"what color is the {o.shape}?", o.colour)
+            subject = f"the {o.shape} on the {o.where}"
+        else:
+            o = unique[int(rng.integers(len(unique)))]
+            subject = f"the {o.shape}"
+        return Example(task, f"what color is {subject}?", f"{subject} is {o.colour}")
     if task == "exist":
         present = {(o.colour, o.shape) for o in objs}
         if rng.random() < 0.5:
             colour, shape = sorted(present)[int(rng.integers(len(present)))]
-            return Example(task, f"is there a {colour} {shape}?", "yes")
+            return Example(task, f"is there a {colour} {shape}?", f"the {colour} {shape} is there")
         # hard negatives: usually a present shape in another colour, or a present colour on another shape
         absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
         near = [p for p in absent if any(p[0] == c or p[1] == s for c, s in present)]
         pool = near if near and rng.random() < 0.8 else absent
         colour, shape = pool[int(rng.integers(len(pool)))]
-        return Example(task, f"is there a {colour} {shape}?", "no")
+        return Example(task, f"is there a {colour} {shape}?", f"the {colour} {shape} is not there")
     if task == "where":
         o = objs[int(rng.integers(len(objs)))]
-        return Example(task, f"where is the {o.name}?", o.where)
+        return Example(task, f"where is the {o.name}?", f"the {o.name} is at the {o.where}")
     raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
 def vocabulary() -> list[str]:
     """Every word the demo world uses, prompts and answers, in a fixed order."""
     words = ["a", "and", ",", ".", "?", "describe", "the", "image", "what", "color", "is", "on",
-             "there", "where", "yes", "no", "user", ":", "assistant"]
+             "there", "where", "not", "at", "user", ":", "assistant"]
     words += list(SHAPES) + list(COLOURS) + list(ROWS) + list(COLS)
     return list(dict.fromkeys(words))
