@@ -57,8 +57,9 @@ def test_grad_x_input_matches_autograd(grad_x_input, demo_model, demo_trace, ref
     check_explanation(explanation, demo_trace, TOKENS)
     for token in TOKENS:
         expected = (grads[token] * features).sum(axis=1).reshape(8, 8)
-        assert np.abs(expected).max() > 1e-6
-        np.testing.assert_allclose(explanation.maps[token][0], expected, rtol=1e-4, atol=1e-7)
+        scale = np.abs(expected).max()  # a confident model's log-prob gradients are tiny (saturated softmax)
+        assert scale > 1e-12
+        np.testing.assert_allclose(explanation.maps[token][0], expected, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_gradcam_matches_autograd(gradcam, demo_model, demo_trace, reference):
