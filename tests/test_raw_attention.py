@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lvlm_studio.core.capture import attention_implementation
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.testing import check_explanation, run_explainer
 
@@ -16,12 +17,8 @@ def raw(lvlm_registry):
 def reference_attention(model, trace):
     """Every layer's full attention from one eager forward with output_attentions=True."""
     inputs = trace.teacher_forced_inputs(model)
-    with torch.no_grad():
-        model.model.set_attn_implementation("eager")
-        try:
-            out = model.model(**inputs, output_attentions=True, use_cache=False)
-        finally:
-            model.model.set_attn_implementation("sdpa")
+    with torch.no_grad(), attention_implementation(model.model, "eager"):
+        out = model.model(**inputs, output_attentions=True, use_cache=False)
     return torch.stack(out.attentions)[:, 0].numpy()  # [L, H, T, T]
 
 

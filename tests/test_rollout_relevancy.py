@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lvlm_studio.core.capture import attention_implementation
 from lvlm_studio.core.errors import Cancelled, InputError
 from lvlm_studio.core.jobs import collect, run_job
 from lvlm_studio.core.models.loading import LoadedModel
@@ -27,11 +28,8 @@ def full_forward(model, trace):
     """One eager forward over the whole prompt + answer with every attention tensor returned
     (with their autograd graph), the language model's and the vision tower's."""
     inputs = trace.teacher_forced_inputs(model)
-    model.model.set_attn_implementation("eager")
-    try:
+    with attention_implementation(model.model, "eager"):
         out = model.model.model(**inputs, output_attentions=True, use_cache=False)
-    finally:
-        model.model.set_attn_implementation("sdpa")
     logits = model.model.lm_head(out.last_hidden_state)[0]
     return logits, list(out.attentions), list(out.image_outputs.attentions)
 

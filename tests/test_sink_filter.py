@@ -6,7 +6,7 @@ import torch
 
 import lvlm_explainers.raw as raw_module
 from lvlm_explainers.raw import attention_sinks, renormalise_without
-from lvlm_studio.core.capture import capture_attention, capture_attention_and_key_means
+from lvlm_studio.core.capture import attention_implementation, capture_attention, capture_attention_and_key_means
 from lvlm_studio.testing import check_explanation, run_explainer
 
 
@@ -88,12 +88,8 @@ def test_key_means_match_the_full_attention_tensor(demo_model, demo_trace):
     image = demo_trace.image_positions
     queries = [demo_trace.answer_start - 1]
     rows, means = capture_attention_and_key_means(demo_model, inputs, queries, image)
-    with torch.no_grad():
-        demo_model.model.set_attn_implementation("eager")
-        try:
-            out = demo_model.model(**inputs, output_attentions=True, use_cache=False)
-        finally:
-            demo_model.model.set_attn_implementation("sdpa")
+    with torch.no_grad(), attention_implementation(demo_model.model, "eager"):
+        out = demo_model.model(**inputs, output_attentions=True, use_cache=False)
     full = torch.stack(out.attentions)[:, 0].numpy()  # [L, H, T, T]
     length = full.shape[-1]
     expected = np.stack([full[..., k:, k].mean(axis=-1) for k in image], axis=-1)  # queries that see k

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,18 +154,9 @@ def pointing_game(
 
 
 def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any:
-    """Run an explainer as the application would, giving it eager attention and autograd when it
-    says it needs them (the application's own passes run without gradients)."""
-    import torch
-
-    from lvlm_studio.core.capture import attention_implementation
-
-    with ExitStack() as stack:
-        if "eager_attention" in explainer.needs:
-            stack.enter_context(attention_implementation(loaded.model, "eager"))
-        if "gradients" in explainer.needs:
-            stack.enter_context(torch.enable_grad())
-        return run_job(explainer.explain(trace, loaded, targets, explainer.resolve_params({})))
+    """Run an explainer with its defaults, as the CLI does (each switches on eager attention and
+    autograd itself for the passes that need them)."""
+    return run_job(explainer.explain(trace, loaded, targets, explainer.resolve_params({})))
 
 
 def _hit(maps: list[np.ndarray], trace: Any, mask: np.ndarray) -> bool:
