@@ -8,8 +8,10 @@ only built, by the GUI, when it is first shown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from lvlm_studio.core.errors import InputError
 
@@ -142,8 +144,25 @@ class Explainer(_Described):
         raise NotImplementedError
 
 
+@dataclass
+class MetricResult:
+    """What a metric returns: headline numbers, and the curves behind them so they can be plotted.
+
+    ``values`` are named by what they measure (``{"deletion_auc": 0.21}``); ``curves`` map a name
+    to ``(x, y)`` arrays (``"deletion": (fraction removed, score)``); ``details`` holds anything
+    else a reader may want (per-token values, thresholds) as JSON-able data.
+    """
+
+    values: dict[str, float]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 class Metric(_Described):
-    """Scores an explanation: faithfulness (needs the model) or plausibility (needs masks)."""
+    """Scores an explanation: faithfulness (needs the model) or plausibility (needs masks).
+
+    ``needs`` as for ``Explainer``, plus "masks" for metrics that compare against ground truth.
+    """
 
     needs: ClassVar[frozenset[str]] = frozenset()
 
@@ -154,8 +173,8 @@ class Metric(_Described):
         model: LoadedModel | None,
         masks: dict[str, Any] | None,
         params: dict[str, Any],
-    ) -> dict[str, float] | Job[dict[str, float]]:
-        """Numbers named by what they measure (``{"deletion_auc": 0.21}``); may be a job."""
+    ) -> MetricResult | Job[MetricResult]:
+        """Score the maps of ``explanation``; may be a job (see ``Explainer.explain``)."""
         raise NotImplementedError
 
 

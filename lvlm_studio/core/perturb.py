@@ -1,0 +1,108 @@
+"""Score the answer on altered images, many at once: the engine of every perturbation method.
+
+Occlusion, RISE, deletion/insertion curves and the validation of causal token subsets all ask the
+same question: *how likely is the answer the model gave, if the image looked like this instead?*
+``score_images`` answers it for a list of images in batches (one forward pass per batch, not one
+per image), teacher-forced over the trace's prompt + answer, and reports progress once per batch
+so that the caller can cancel between passes.
+
+Images are altered in the original image's pixel space (``blend``), then go through the model's
+own processor, so the same code serves every model family: the processor does the resizing,
+tiling and patching, and the image-token layout must come out the same as the trace's (checked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.jobs import Job, Progress
+
+if TYPE_CHECKING:
+    from lvlm_studio.core.models.loading import LoadedModel
+    from lvlm_studio.core.trace import Trace
+
+DEFAULT_BATCH_SIZE = 16
+
+
+def blend(image: Image.Image, baseline: Image.Image, keep: np.ndarray) -> Image.Image:
+    """``image * keep + baseline * (1 - keep)`` per pixel; ``keep`` is (height, width) in [0, 1]."""
+    keep = np.clip(np.asarray(keep, dtype=np.float32), 0.0, 1.0)
+    width, height = image.size
+    if keep.shape != (height, width):
+        raise InputError(f"a mask of shape {keep.shape} cannot alter an image of {width}x{height} pixels.",
+                         "Resample the mask to the image size first.")
+    a = np.asarray(image.convert("RGB"), dtype=np.float32)
+    b = np.asarray(baseline.convert("RGB").resize(image.size), dtype=np.float32)
+    mixed = a * keep[..., None] + b * (1.0 - keep[..., None])
+    return Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8))
+
+
+def score_images(
+    loaded: LoadedModel,
+    trace: Trace,
+    images: Sequence[Image.Image],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    what: str = "scoring images",
+) -> Job[np.ndarray]:
+    """log p of every answer token, teacher-forced, for each image: an (n_images, n_answer) array.
+
+    A job: yields one ``Progress`` per batch (so it cancels within one forward pass) and returns
+    the array. ``batch_size=1`` is the unbatched reference the benchmarks compare against.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} is not positive.", "Use a batch size of 1 or more.")
+    n_answer = len(trace.answer_ids)
+    scores = np.zeros((len(images), n_answer), dtype=np.float32)
+    yield Progress(0, len(images), what)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        if n_answer:
+            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, processed_images(loaded, trace, chunk))
+        yield Progress(start + len(chunk), len(images), what)
+    return scores
+
+
+def processed_images(loaded: LoadedModel, trace: Trace, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    """The processor's image inputs for ``images`` (one row each) with the trace's prompt.
+
+    Every row's prompt ids must equal the trace's, or the passes would not be comparable: an
+    altered image of the same size always gives the same layout, so a mismatch means the family's
+    processor depends on image content.
+    """
+    encoded = loaded.processor(images=[[im.convert("RGB")] for im in images],
+                               text=[trace.prompt_text] * len(images), return_tensors="pt")
+    ids = encoded["input_ids"].cpu().numpy()
+    if ids.shape[1] != len(trace.input_ids) or not (ids == trace.input_ids[None]).all():
+        raise InputError("an altered image was laid out differently from the original by the processor.",
+                         "This model family's processor depends on image content; perturbation methods "
+                         "cannot be used with it.")
+    return {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+
+
+@torch.no_grad()
+def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any]) -> np.ndarray:
+    from lvlm_studio.core.trace import forward_inputs
+
+    rows = _rows(extras)
+    n = len(trace.answer_ids)
+    ids = torch.as_tensor(trace.sequence_ids, device=loaded.device).long()[None].expand(rows, -1)
+    extras = {k: v.to(loaded.device) for k, v in extras.items()}
+    out = loaded.model(**forward_inputs(ids, extras, loaded.model.dtype), use_cache=False, logits_to_keep=n + 1)
+    # Token i of the answer is predicted at the position before it: the last n + 1 logits, minus the final one.
+    logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+    answer = torch.as_tensor(trace.answer_ids, device=logprobs.device).long()
+    return logprobs.gather(2, answer[None, :, None].expand(rows, -1, -1))[..., 0].cpu().numpy()
+
+
+def _rows(extras: dict[str, Any]) -> int:
+    """Batch size of processor outputs (``image_grid_thw`` has a row per image; pixel_values may be flat)."""
+    for key in ("image_grid_thw", "image_sizes", "pixel_values"):
+        if key in extras:
+            return int(extras[key].shape[0])
+    raise InputError("the processor returned no image inputs.", "Check that the model folder has an image processor.")
