@@ -7,7 +7,9 @@ built offline in well under a second, with random weights, so they check plumbin
 positions, shapes, hooks), never answers.
 
 Each model is stock transformers architecture at toy size: hidden size 64, two decoder layers with
-grouped-query attention, a two-layer vision encoder and images of a few dozen pixels. The tokenizer
+grouped-query attention (plus one cross-attention layer for Mllama), a two-layer vision encoder and
+images of a few dozen pixels. The families beyond LLaVA, LLaVA-NeXT and Qwen2-VL are built in
+``lvlm_studio.tiny_families``. The tokenizer
 is a word-level one over a small English vocabulary plus the family's special tokens; words outside
 the vocabulary become the unknown token, so any prompt works.
 
@@ -21,7 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl")
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3",
+                 "smolvlm", "paligemma", "internvl", "mllama")
 
 #: Enough English for test prompts ("describe the image.", "what color is the circle?") and answers.
 WORDS = (
@@ -71,14 +74,25 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     The same ``seed`` gives the same weights. The folder is created if needed; files already in it
     are overwritten.
     """
+    from lvlm_studio import tiny_families
+
     builders = {"llava": _build_llava, "llava_next": _build_llava_next, "qwen2_vl": _build_qwen2_vl}
-    if family not in builders:
+    if family not in builders and family not in tiny_families.BUILDERS:
         raise ValueError(f"no tiny model for family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     import torch
 
-    processor = builders[family]()
+    if family in builders:
+        processor = builders[family]()
+        config = _config(family, processor.tokenizer)
+    else:
+        processor, config = tiny_families.BUILDERS[family]()
     torch.manual_seed(seed)
-    model = _model_class(family)(_config(family, processor.tokenizer))
+    model = _model_class(family)(config)
+    if family == "mllama":  # its cross-attention gates start at 0 (tanh 0 = 0): the image would not count
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                    parameter.fill_(0.5)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     folder = Path(folder)
@@ -86,6 +100,10 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     if family == "qwen2_vl":
         _save_qwen2_vl_processor(processor, folder)
+    elif family in tiny_families.STOCK_PROCESSORS:
+        from lvlm_studio.core.models.image_only import save_as_stock
+
+        save_as_stock(processor, folder, *tiny_families.STOCK_PROCESSORS[family])
     else:
         processor.save_pretrained(folder)
     return folder
@@ -222,8 +240,10 @@ def _save_qwen2_vl_processor(processor: Any, folder: Path) -> None:
 def _model_class(family: str) -> Any:
     import transformers
 
+    from lvlm_studio.tiny_families import MODEL_CLASSES
+
     names = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
-             "qwen2_vl": "Qwen2VLForConditionalGeneration"}
+             "qwen2_vl": "Qwen2VLForConditionalGeneration", **MODEL_CLASSES}
     return getattr(transformers, names[family])
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lvlm_studio.core.capture import attention_implementation
+from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import Cancelled, InputError
 from lvlm_studio.core.jobs import collect, run_job
 from lvlm_studio.core.models.loading import LoadedModel
@@ -243,9 +244,13 @@ def test_every_family(lvlm_registry, tiny_model, family_traces, method, params):
     trace = tiny_trace(tiny_model, family_traces)
     explainer = lvlm_registry.explainer(method)
     before = tiny_model.model.config._attn_implementation
+    resolved = explainer.resolve_params(params)
     if params.get("side") == "vision" and tiny_model.family == "qwen2_vl":
-        with pytest.raises(InputError, match="has none"):
-            run_explainer(explainer, trace, tiny_model, **params)
+        with pytest.raises(InputError, match="has none"):  # refused by the method itself, not only declared
+            run_job(explainer.explain(trace, tiny_model, [0], resolved))
+    if explainer.applies_to(tiny_model, resolved) is not None:  # declared (see test_families' support table)
+        with pytest.raises(InputError, match="does not apply"):
+            require_applicable(explainer, tiny_model, resolved)
     else:
         check_explanation(run_explainer(explainer, trace, tiny_model, **params), trace)
     assert tiny_model.model.config._attn_implementation == before
@@ -254,11 +259,11 @@ def test_every_family(lvlm_registry, tiny_model, family_traces, method, params):
 def test_vision_tokens_are_traced_to_their_tiles(tiny_model, family_traces):
     """The probe that follows vision tokens into the sequence agrees with the adapter's geometry:
     LLaVA-NeXT's base view is tile 0 in order, its high-res grid the stitched, unpadded tiles."""
-    from lvlm_explainers.relevancy import vision_token_sources
+    from lvlm_explainers.relevancy import vision_side_reason, vision_token_sources
     from lvlm_studio.core.models.llava_next import anyres_layout
 
-    if tiny_model.family == "qwen2_vl":
-        pytest.skip("no CLS token: vision-side relevancy does not apply")
+    if (reason := vision_side_reason(tiny_model)) is not None:
+        pytest.skip(reason)
     trace = tiny_trace(tiny_model, family_traces)
     config = tiny_model.model.config
     g = config.vision_config.image_size // config.vision_config.patch_size

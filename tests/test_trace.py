@@ -97,4 +97,5 @@ def test_every_family_gives_a_consistent_trace(tiny_model):
     assert 0 < len(trace.answer_ids) <= 4 or trace.generation["stopped"] == "end of sequence"
     assert trace.hidden.shape[0] == len(trace.sequence_ids)
     assert trace.regions and all(len(r.positions) == r.grid[0] * r.grid[1] for r in trace.regions)
-    assert trace.image_positions.max() < trace.answer_start
+    if tiny_model.adapter.image_entry == "tokens":  # else positions index cross-attention keys (Mllama)
+        assert trace.image_positions.max() < trace.answer_start

@@ -33,16 +33,30 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[str]
             model.set_attn_implementation(previous)
 
 
+def image_attention_modules(loaded: LoadedModel) -> tuple[list[torch.nn.Module], bool]:
+    """The attention modules whose keys include the image, and whether they are causal.
+
+    Where the image is tokens of the sequence, the decoder's self-attention (causal). Where it
+    enters by cross-attention (Mllama), the cross-attention modules: their keys are the vision
+    tokens (region positions index them), and every query sees every key.
+    """
+    if loaded.adapter.image_entry == "cross_attention":
+        return loaded.adapter.cross_attention_modules(), False
+    return loaded.adapter.attention_modules(), True
+
+
 def capture_attention(
     loaded: LoadedModel,
     inputs: dict[str, torch.Tensor],
     query_positions: Sequence[int],
     key_positions: Sequence[int],
 ) -> np.ndarray:
-    """Attention of every decoder layer and head from the given queries to the given keys.
+    """Attention of every decoder layer that sees the image, per head, from the given queries to
+    the given keys (``image_attention_modules``: self-attention, or Mllama's cross-attention).
 
     Returns a float32 array [layers, heads, queries, keys]. Runs one eager forward over
-    ``inputs``; each layer's weights are sliced in a forward hook and then dropped.
+    ``inputs``; each layer's weights are sliced in a forward hook, on the device that holds the
+    layer, and only the slice moves to the CPU.
     """
     rows, _ = _capture(loaded, inputs, query_positions, key_positions, key_means=False)
     return rows
@@ -57,7 +71,8 @@ def capture_attention_and_key_means(
     """``capture_attention`` plus, per layer and head, the mean attention each key receives.
 
     The second array is float32 [layers, heads, keys]: for key k, the mean of A[q, k] over every
-    query q of the pass that can see it (q >= k under causal attention). It finds attention sinks,
+    query q of the pass that can see it (q >= k under causal attention; every query under
+    cross-attention). It finds attention sinks,
     keys that draw attention from everywhere; the sum over query rows is taken inside the hook, so
     no T x T tensor outlives its layer.
     """
@@ -70,7 +85,7 @@ def capture_attention_and_key_means(
 def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) -> tuple[np.ndarray, np.ndarray | None]:
     queries = torch.as_tensor(list(query_positions), dtype=torch.long)
     keys = torch.as_tensor(list(key_positions), dtype=torch.long)
-    modules = loaded.adapter.attention_modules()
+    modules, causal = image_attention_modules(loaded)
     kept: list[torch.Tensor | None] = [None] * len(modules)
     received: list[torch.Tensor | None] = [None] * len(modules)
 
@@ -85,7 +100,8 @@ def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) ->
             if key_means:
                 length = weights.shape[-2]
                 totals = weights[0].sum(dim=1, dtype=torch.float32).index_select(1, key_index)  # [heads, keys]
-                received[index] = (totals / (length - key_index).clamp(min=1)).cpu()
+                seen_by = (length - key_index).clamp(min=1) if causal else torch.full_like(key_index, length)
+                received[index] = (totals / seen_by).cpu()
 
         return hook
 

@@ -153,7 +153,8 @@ def answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, torch.T
     extras = {k: v.to(loaded.device) for k, v in extras.items()}
     # Token p is predicted at p - 1: the last n + 1 positions hold every answer token's logits
     # (and one more, after the last token, which is dropped).
-    out = loaded.model(**forward_inputs(ids, extras, loaded.model.dtype), use_cache=False, logits_to_keep=n + 1)
+    inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
+    out = loaded.model(**inputs, use_cache=False, logits_to_keep=n + 1)
     logprobs = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
     answer = torch.as_tensor(trace.answer_ids, device=logprobs.device).long()
     return logprobs.gather(1, answer[:, None])[:, 0].cpu().numpy()

@@ -94,7 +94,7 @@ class Trace:
         exclusive; the whole sequence by default), on the model's input device and dtype."""
         ids = torch.as_tensor(self.sequence_ids[: upto if upto is not None else None], device=loaded.device)
         extras = {k: torch.as_tensor(v, device=loaded.device) for k, v in self.model_inputs.items()}
-        return forward_inputs(ids[None].long(), extras, loaded.model.dtype)
+        return forward_inputs(ids[None].long(), extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
 
     # -- saving -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -310,20 +310,28 @@ def generate_trace(
     )
 
 
-# Processor outputs with one entry per prompt token; a longer or shorter pass needs them refitted.
-TOKEN_ALIGNED_INPUTS = ("mm_token_type_ids", "token_type_ids")
+# Processor outputs with one entry per prompt token (axis 1); a longer or shorter pass needs them refitted.
+TOKEN_ALIGNED_INPUTS = ("mm_token_type_ids", "token_type_ids", "cross_attention_mask")
 
 
-def forward_inputs(ids: torch.Tensor, extras: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def forward_inputs(ids: torch.Tensor, extras: dict[str, torch.Tensor], dtype: torch.dtype,
+                   generated: dict[str, int | None] | None = None) -> dict[str, torch.Tensor]:
     """Inputs for a forward pass over ``ids`` [1, L]: the processor's extras with floating tensors
-    cast to the model's dtype, and per-token extras cut or extended (as text, 0) to length L."""
+    cast to the model's dtype, and per-token extras cut or extended to length L. Extension uses the
+    value generated tokens take (``generated``, from the adapter's ``generated_token_inputs``: 0,
+    "text", unless the family says otherwise; None repeats the last prompt entry, as Mllama's
+    cross-attention mask does)."""
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     length = ids.shape[1]
+    generated = generated or {}
     for key, value in extras.items():
         if key in TOKEN_ALIGNED_INPUTS:
             value = value[:, :length]
-            if value.shape[1] < length:
-                value = torch.cat([value, value.new_zeros((value.shape[0], length - value.shape[1]))], dim=1)
+            missing = length - value.shape[1]
+            if missing > 0:
+                fill = generated.get(key, 0)
+                tail = value[:, -1:] if fill is None else torch.full_like(value[:, -1:], fill)
+                value = torch.cat([value, tail.expand(-1, missing, *value.shape[2:])], dim=1)
         elif value.is_floating_point():
             value = value.to(dtype)
         inputs[key] = value
@@ -344,7 +352,8 @@ def _final_hidden_states(loaded: LoadedModel, inputs: dict[str, torch.Tensor], a
     try:
         ids = torch.cat([inputs["input_ids"], answer.to(inputs["input_ids"].device)[None]], dim=1)
         extras = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        loaded.model(**forward_inputs(ids, extras, loaded.model.dtype), use_cache=False, logits_to_keep=1)
+        inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
+        loaded.model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
     return captured[-1][0].float().cpu().numpy()

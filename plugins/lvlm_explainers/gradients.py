@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lvlm_studio.core.capture import split_by_region
-from lvlm_studio.core.contracts import Explainer, Param
+from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
 from lvlm_studio.core.jobs import Progress
@@ -80,6 +80,9 @@ class _ImageFeatureGradients(Explainer):
     """One forward, one backward per target; subclasses turn (gradient, features) into a map."""
 
     needs = frozenset({"model", "gradients"})
+
+    def applies_to(self, model, params: dict[str, Any]) -> str | None:
+        return image_tokens_reason(model, f"{self.title} (on the decoder's input embeddings at the image positions)")
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:

@@ -23,6 +23,9 @@ from lvlm_studio.core.jobs import Progress
 class RawAttention(Explainer):
     """A_l[h, p-1, image] on the grid, aggregated over the chosen layers and heads.
 
+    Where the image enters by cross-attention (Mllama), the layers are the cross-attention layers
+    and the keys their vision tokens; ``layers`` then counts cross-attention layers.
+
     The answer token at position p is predicted from position p-1, so that row is read. Heads that
     share keys and values (grouped-query attention) are reduced within their group first, then
     across groups; with "mean" this equals the plain mean over heads.
@@ -68,6 +71,8 @@ class RawAttention(Explainer):
         provenance = {
             "method": self.id,
             "attention": "eager for this pass (the model's default is restored afterwards)",
+            "layers": ("the decoder's cross-attention layers (the image enters there)"
+                       if model.adapter.image_entry == "cross_attention" else "the decoder's self-attention layers"),
             "model": model.describe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -28,6 +28,14 @@ projector drops the CLS token (LLaVA's "default" feature selection), the CLS row
 read never reaches the answer, gets no gradient and adds nothing: the map is what the CLS token
 gathered through the earlier layers.
 
+Where the image enters through cross-attention layers (Mllama), the same backward runs over the
+decoder's self- and cross-attention layers in order: self-attention layers fold into the row as
+above, and each cross-attention layer l adds ``v A_bar_l`` (the row as it stands when l's gradient
+arrives, times its gradient-weighted attention over the vision tokens) to the map, which is read at
+the vision tokens the regions index. This is the paper's rule for a decoder reading an encoder
+(R^ti += R^tt A_bar^ti R^ii), with R^ii = I because the decoder never updates the vision tokens,
+and the gradient taken from the pixels.
+
 Display normalisation: the paper also defines R_bar = rownorm(R - I) + I. At the image columns
 of a text row (and at the patch columns of the CLS row) the identity is zero, so R_bar there is R
 divided by one number per row; the overlay's min-max scaling cancels it. It is not applied.
@@ -58,11 +66,21 @@ class RowRelevancy:
     and registers a gradient hook on them. ``backward(score, leaf, rows)`` then runs one backward
     from ``score`` and returns ``rows`` [batch, k, T] multiplied through every layer whose
     gradient it met.
+
+    Layers listed in ``cross`` are cross-attention layers (queries: the sequence, keys: the image's
+    vision tokens; Mllama). They do not mix the sequence's rows; each adds what it reads from the
+    image, ``rows @ A_bar_l`` [batch, k, K], to ``image`` (Chefer et al. 2021's rule for a decoder
+    attending to an encoder, R^ti += R^tt A_bar^ti, with the relevance of the vision tokens to
+    themselves the identity, since the decoder never updates them, and the rows R^tt those of the
+    layers after it, which are the ones a backward pass has folded in when layer l's gradient
+    arrives).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cross: frozenset[int] = frozenset()) -> None:
         self.weights: dict[int, torch.Tensor] = {}  # layer -> A_l, detached (the graph keeps it anyway)
         self.rows = torch.zeros(0)  # set by each backward
+        self.image: torch.Tensor | None = None  # relevance to the vision tokens (cross layers only)
+        self.cross = cross
         self.previous_layer: int | None = None
 
     def hook(self, layer: int) -> Callable:
@@ -79,12 +97,16 @@ class RowRelevancy:
         if self.previous_layer is not None and layer >= self.previous_layer:
             raise RuntimeError(f"the gradient of layer {layer} arrived after layer {self.previous_layer}'s")
         self.previous_layer = layer
-        a_bar = (grad.float() * self.weights[layer].float()).clamp(min=0).mean(dim=1)  # [batch, T, T]
+        a_bar = (grad.float() * self.weights[layer].float()).clamp(min=0).mean(dim=1)  # [batch, T, T or K]
         rows = self.rows.to(a_bar.device)  # layers may sit on different devices
-        self.rows = rows + rows @ a_bar
+        if layer in self.cross:
+            read = rows @ a_bar
+            self.image = read if self.image is None else self.image.to(read.device) + read
+        else:
+            self.rows = rows + rows @ a_bar
 
     def backward(self, score: torch.Tensor, leaf: torch.Tensor, rows: torch.Tensor, keep_graph: bool) -> torch.Tensor:
-        self.rows, self.previous_layer = rows, None
+        self.rows, self.previous_layer, self.image = rows, None, None
         torch.autograd.grad(score, leaf, retain_graph=keep_graph)
         return self.rows
 
@@ -104,17 +126,23 @@ class Relevancy(Explainer):
                                   "(read at its CLS token)", choices=("language", "vision")),
     )
 
+    def applies_to(self, model, params: dict[str, Any]) -> str | None:
+        if params["side"] == "vision":
+            return vision_side_reason(model)
+        return None  # image tokens: self-attention; cross-attention families: through their cross-attention
+
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:
             raise InputError("relevancy needs the model, not only a saved trace.", "Load the model first.")
         queries = query_positions(trace, targets)
         vision = params["side"] == "vision"
-        modules = vision_layers_read(model) if vision else model.adapter.attention_modules()
+        crossing = not vision and model.adapter.image_entry == "cross_attention"
+        modules, cross = (vision_layers_read(model), frozenset()) if vision else decoder_attention(model)
         inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
         yield Progress(0, len(targets) + 1, "forward pass")
 
-        relevancy = RowRelevancy()
-        if vision:  # differentiate from the pixels, so the decoder stays connected to the vision tower
+        relevancy = RowRelevancy(cross)
+        if vision or crossing:  # differentiate from the pixels: the image reaches the answer through them
             inputs["pixel_values"] = inputs["pixel_values"].detach().requires_grad_(True)
             leaves = nullcontext([inputs["pixel_values"]])
         else:
@@ -127,7 +155,8 @@ class Relevancy(Explainer):
             for handle in handles:
                 handle.remove()
         leaf = leaf_holder[-1]
-        batch, length = relevancy.weights[0].shape[0], relevancy.weights[0].shape[-1]
+        first_self = min(set(range(len(modules))) - cross)
+        batch, length = relevancy.weights[first_self].shape[0], relevancy.weights[first_self].shape[-1]
         # Where each image position reads R: (batch entry, column). The decoder has one sequence;
         # the vision encoder one per tile, read at the patch that fills the position.
         if vision:
@@ -142,18 +171,33 @@ class Relevancy(Explainer):
             yield Progress(i + 1, len(targets) + 1, f"backward pass for token {target}")
             start = one_hot_rows(batch, length, 0 if vision else query, leaf.device)
             rows = relevancy.backward(scores[i], leaf, start, keep_graph=i + 1 < len(targets))
+            if crossing:  # the region positions index the vision tokens, the cross-attention's keys
+                rows = relevancy.image if relevancy.image is not None else rows.new_zeros(batch, 1, 0)
             values = rows[tiles, 0, columns]
             maps[target] = split_by_region(values.detach().double().cpu().numpy(), trace.regions)
         provenance = {
             "method": self.id,
             "side": params["side"],
             "score": "logit of the target token at the position that predicts it",
-            "layers": f"{len(modules)} {'vision encoder' if vision else 'decoder'} layers",
+            "layers": f"{len(modules)} {'vision encoder' if vision else 'decoder'} layers"
+                      + (f", {len(cross)} of them cross-attention (the image enters there)" if cross else ""),
             "attention": "eager for this pass (the model's default is restored afterwards)",
             "model": model.describe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         return Explanation(self.id, maps, params, provenance)
+
+
+def decoder_attention(model) -> tuple[list[torch.nn.Module], frozenset[int]]:
+    """The decoder's attention modules in the order they run, and which of them are cross-attention."""
+    self_attention = model.adapter.attention_modules()
+    cross_attention = model.adapter.cross_attention_modules()
+    if not cross_attention:
+        return self_attention, frozenset()
+    order = {id(m): i for i, m in enumerate(model.adapter.language_model().modules())}
+    modules = sorted([*self_attention, *cross_attention], key=lambda m: order[id(m)])
+    crossing = {id(m) for m in cross_attention}
+    return modules, frozenset(i for i, m in enumerate(modules) if id(m) in crossing)
 
 
 # -- vision side ---------------------------------------------------------------------------------
@@ -167,13 +211,10 @@ def vision_layers_read(model) -> list[torch.nn.Module]:
     do not reach the language model. A list of indices (features concatenated) reads up to the
     deepest. Refuses towers without a CLS token: relevancy is read at the CLS row.
     """
-    tower = model.adapter.vision_tower()
-    if getattr(getattr(tower, "embeddings", None), "class_embedding", None) is None:
-        raise InputError(
-            f"vision-side relevancy reads the vision encoder's CLS token, and this model's vision encoder "
-            f"({type(tower).__name__}) has none.",
-            "Use side=language, which explains the answer through the language model's attention.",
-        )
+    reason = vision_side_reason(model)
+    if reason is not None:
+        raise InputError(f"{reason}.", "Use side=language, which explains the answer through the language model's "
+                                       "attention.")
     modules = model.adapter.vision_attention_modules()
     chosen = getattr(model.model.config, "vision_feature_layer", -1)
     indices = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
@@ -182,6 +223,21 @@ def vision_layers_read(model) -> list[torch.nn.Module]:
         raise InputError("this model's projector reads the vision embeddings before any encoder layer, so no "
                          "vision attention reaches the answer.", "Use side=language.")
     return modules[:used]
+
+
+def vision_side_reason(model) -> str | None:
+    """Why vision-side relevancy cannot run on ``model`` (None when it can): it reads the encoder's CLS
+    row, and draws each patch's value at the one image position its feature fills."""
+    if model.adapter.image_entry != "tokens":
+        return f"vision-side relevancy follows vision tokens into the sequence, and {model.adapter.family} has none"
+    tower = model.adapter.vision_tower()
+    if getattr(getattr(tower, "embeddings", None), "class_embedding", None) is None:
+        return (f"vision-side relevancy reads the vision encoder's CLS token, and this model's vision encoder "
+                f"({type(tower).__name__}) has none")
+    if model.adapter.merges_vision_tokens:
+        return ("vision-side relevancy draws each encoder patch at the image token it fills, and this model's "
+                "projector folds several patches into each image token")
+    return None
 
 
 class _StopForward(Exception):

@@ -29,7 +29,7 @@ import torch
 
 from lvlm_explainers.gradients import query_positions
 from lvlm_studio.core.capture import attention_implementation, split_by_region
-from lvlm_studio.core.contracts import Explainer, Param
+from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
 from lvlm_studio.core.jobs import Progress
@@ -58,6 +58,9 @@ class AttentionRollout(Explainer):
         Param("position_prior", "divide", "divide by the rollout of uniform causal attention, or keep it",
               choices=("divide", "keep")),
     )
+
+    def applies_to(self, model, params: dict[str, Any]) -> str | None:
+        return image_tokens_reason(model, "attention rollout (over the decoder's self-attention)")
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:

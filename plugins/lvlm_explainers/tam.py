@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lvlm_studio.core.capture import split_by_region
-from lvlm_studio.core.contracts import Explainer, Param
+from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
 
@@ -106,6 +106,9 @@ class TokenActivationMap(Explainer):
         Param("rank_filter", True, "denoise with the rank Gaussian filter"),
     )
 
+    def applies_to(self, model, params: dict[str, Any]) -> str | None:
+        return image_tokens_reason(model, "TAM (a logit lens at the image positions)")
+
     def explain(self, trace, model, targets, params: dict[str, Any]) -> Explanation:
         head = _lm_head_weight(trace, model)
         hidden = trace.hidden.astype(np.float64)
@@ -162,5 +165,5 @@ def _lm_head_weight(trace, model) -> np.ndarray:
     if model is None:
         raise InputError("TAM needs the model's output layer (LM head) to read the hidden states.",
                          "Load the model that produced this trace.")
-    weight = model.adapter.lm_head().weight.detach()
+    weight = model.adapter.lm_head_weight()
     return weight.float().cpu().numpy().astype(np.float64)

@@ -6,6 +6,7 @@ safetensors unless the user opts into pickle files; remote code stays off unless
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lvlm_studio.core.errors import ModelLoadError
+from lvlm_studio.core.errors import InputError, ModelLoadError
 from lvlm_studio.core.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -24,17 +25,22 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")
+QUANTIZATIONS = ("4bit", "8bit")
 
 
 @dataclass
 class LoadOptions:
     """How to load. ``placement="auto"`` spreads a model too large for one GPU over the GPUs and
-    CPU with accelerate (``max_memory`` caps each device, e.g. {"0": "20GiB", "cpu": "64GiB"})."""
+    CPU with accelerate (``max_memory`` caps each device, e.g. {"0": "20GiB", "cpu": "64GiB"}; what
+    fits nowhere goes to ``offload_folder`` on disk). ``quantization`` "4bit" or "8bit" loads the
+    weights with bitsandbytes (the ``quant`` extra; CUDA GPUs only), placed by accelerate."""
 
     device: str = "auto"
     dtype: str = "auto"
     placement: str | None = None  # None: one device; "auto": accelerate's device_map="auto"
     max_memory: dict[str, str] | None = None
+    offload_folder: str | None = None  # with placement="auto": disk space for weights that fit nowhere
+    quantization: str | None = None  # None, "4bit" or "8bit" (bitsandbytes)
     attn_implementation: str | None = None  # None: the model's default (usually SDPA)
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -89,6 +95,27 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def quantization_config(quantization: str | None, dtype: torch.dtype) -> Any:
+    """The transformers ``BitsAndBytesConfig`` for "4bit" (NF4, computing in ``dtype``) or "8bit"
+    (LLM.int8), or None. Refuses, with the fix, where bitsandbytes cannot run: it needs a CUDA GPU
+    and the optional ``quant`` extra."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise InputError(f"unknown quantization {quantization!r}.", f"Choose one of: {', '.join(QUANTIZATIONS)}.")
+    if not torch.cuda.is_available():
+        raise InputError(f"{quantization} loading needs a CUDA GPU (bitsandbytes), and PyTorch sees none.",
+                         "Load without quantization (float32 on the CPU), or use a machine with an NVIDIA GPU.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InputError(f"{quantization} loading needs bitsandbytes, which is not installed.",
+                         "Install the optional extra: pip install 'lvlm-studio[quant]' (or pip install bitsandbytes).")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
@@ -146,19 +173,27 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
 
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
+    quantized = quantization_config(options.quantization, dtype)
+    if options.placement not in (None, "auto"):
+        raise InputError(f"unknown placement {options.placement!r}.", "Use placement 'auto' or none.")
     kwargs: dict[str, Any] = {**common, "dtype": dtype, "use_safetensors": not options.allow_pickle or None}
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
+    if quantized is not None:  # bitsandbytes weights cannot be moved after loading: place them now
+        kwargs["quantization_config"] = quantized
+        kwargs["device_map"] = "auto" if options.placement == "auto" else {"": device}
     if options.placement == "auto":
         kwargs["device_map"] = "auto"
         if options.max_memory:
             kwargs["max_memory"] = {(int(k) if k.isdigit() else k): v for k, v in options.max_memory.items()}
+        if options.offload_folder:
+            kwargs["offload_folder"] = str(options.offload_folder)
     try:
         model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load the weights in {folder}: {_first_line(exc)}",
                              "Check that the folder is complete (all shards present) and not corrupted.") from None
-    if options.placement != "auto":
+    if "device_map" not in kwargs:
         model.to(device)
     model.eval()
     try:

@@ -27,6 +27,7 @@ from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_tok
 class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl",)
     family = "Qwen2-VL"
+    merges_vision_tokens = True  # its merger joins 2 x 2 patches into one token
 
     def image_regions(self, inputs: dict[str, Any], image_sizes: list[tuple[int, int]]) -> list[ImageRegion]:
         config = self.model.config
@@ -61,6 +62,22 @@ class Qwen2VLAdapter(ModelAdapter):
 
     def vision_attention_modules(self) -> list[nn.Module]:
         return [block.attn for block in self.model.model.visual.blocks]
+
+    def vision_blocks(self) -> nn.ModuleList:
+        return self.model.model.visual.blocks
+
+    def vision_patch_grids(self, inputs: dict[str, Any]) -> list[np.ndarray]:
+        """The ViT sees each image's patches window by window: ``merge x merge`` blocks in row-major
+        order, row-major inside each block (the order the merger joins them in), images one after
+        another in a flat [patches, features] sequence."""
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        grids, start = [], 0
+        for frames, height, width in np.asarray(_as_numpy(inputs["image_grid_thw"]), dtype=np.int64).reshape(-1, 3):
+            rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+            window = (rows // merge) * (width // merge) + cols // merge
+            grids.append(start + window * merge * merge + (rows % merge) * merge + cols % merge)
+            start += int(frames * height * width)
+        return grids
 
     @classmethod
     def load_processor(cls, folder: Path, **kwargs: Any) -> Any:

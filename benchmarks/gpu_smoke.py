@@ -1,0 +1,147 @@
+"""GPU smoke test: every family's tiny model on the GPU, every method that applies, in half precision.
+
+    python benchmarks/gpu_smoke.py [--dtype bfloat16|float16] [--families a,b] [--methods a,b]
+    python benchmarks/gpu_smoke.py --device cpu       # the same loop on the CPU, in float32
+
+For each family of ``lvlm_studio.tiny_models`` a tiny random model is built, loaded through
+``load_model`` onto the device in the chosen dtype, and asked about a wide noise image; then every
+registered explainer that applies to the family (``Explainer.applies_to``) explains the first two
+answer tokens. Printed as a Markdown table: time per method (wall clock, device synchronised) and
+peak device memory above what the loaded model and its trace already held, and whether the maps
+came back finite and of each region's grid shape. The tiny models check plumbing on a real
+accelerator (dtype casts, devices of hooks and reductions, eager-attention switching, autograd in
+half precision), not speed at scale.
+
+Without a GPU (and without ``--device cpu``) the script prints one line saying so and exits 0.
+It exits 1 if any applicable method failed or returned bad maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lvlm_studio.tiny_models import TINY_FAMILIES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"],
+                        help="half precision on the GPU (the CPU run is always float32)")
+    parser.add_argument("--families", default=",".join(TINY_FAMILIES))
+    parser.add_argument("--methods", default="", help="explainer ids (default: every registered one)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_smoke: no CUDA GPU visible to PyTorch; nothing to do (use --device cpu for the CPU loop).")
+        return 0
+    dtype = "float32" if args.device == "cpu" else args.dtype
+    rows, failures = run(args.device, dtype, [f for f in args.families.split(",") if f],
+                         [m for m in args.methods.split(",") if m])
+    print(header(args.device, dtype))
+    print()
+    print(table(rows))
+    return 1 if failures else 0
+
+
+def header(device: str, dtype: str) -> str:
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return f"GPU smoke test, {date}, {name}, {dtype}, torch {torch.__version__}"
+
+
+def run(device: str, dtype: str, families: list[str], methods: list[str]) -> tuple[list[dict], int]:
+    from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.core.models.loading import LoadOptions, load_model
+    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.tiny_models import build_tiny_model
+
+    registry = create_registry()
+    explainers = [registry.explainer(m) for m in methods] if methods else list(registry.explainers().values())
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8))
+    rows, failures = [], 0
+    with tempfile.TemporaryDirectory() as scratch:
+        for family in families:
+            loaded = load_model(build_tiny_model(family, Path(scratch) / family), LoadOptions(device=device,
+                                                                                                dtype=dtype))
+            trace = generate_trace(loaded, image, "describe the image.", max_new_tokens=3)
+            if len(trace.answer_ids) == 0:  # a random model may stop at once; another prompt will do
+                trace = generate_trace(loaded, image, "what color is the circle?", max_new_tokens=3)
+            targets = list(range(min(2, len(trace.answer_ids))))
+            for explainer in explainers:
+                params = explainer.resolve_params({})
+                reason = explainer.applies_to(loaded, params)
+                row = {"family": family, "method": explainer.id, "seconds": None, "peak_mib": None}
+                if reason is not None:
+                    rows.append({**row, "status": "n/a: " + reason.split(":")[0]})
+                    continue
+                baseline = _reset_peak(device)
+                started = time.perf_counter()
+                try:
+                    explanation = run_job(explainer.explain(trace, loaded, targets, params))
+                    _sync(device)
+                    status = _check(explanation, trace, targets)
+                except Exception as exc:  # noqa: BLE001 - report every method, then exit 1
+                    status = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+                seconds = time.perf_counter() - started
+                failures += status != "ok"
+                rows.append({**row, "seconds": seconds, "peak_mib": _peak_mib(device, baseline), "status": status})
+            del loaded
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return rows, failures
+
+
+def _check(explanation, trace, targets: list[int]) -> str:
+    """"ok", or what is wrong with the maps (the contract of ``testing.check_explanation``)."""
+    for token in targets:
+        maps = explanation.maps.get(token)
+        if maps is None or len(maps) != len(trace.regions):
+            return f"token {token}: {0 if maps is None else len(maps)} maps for {len(trace.regions)} regions"
+        for grid_map, region in zip(maps, trace.regions):
+            if tuple(grid_map.shape) != tuple(region.grid):
+                return f"token {token}, {region.name}: shape {grid_map.shape} for grid {region.grid}"
+            if not np.isfinite(grid_map).all():
+                return f"token {token}, {region.name}: values not finite"
+    return "ok"
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> int:
+    if device != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def _peak_mib(device: str, baseline: int) -> float | None:
+    if device != "cuda":
+        return None
+    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| family | method | time (ms) | peak GPU memory (MiB) | result |", "|---|---|---:|---:|---|"]
+    for row in rows:
+        ms = "" if row["seconds"] is None else f"{row['seconds'] * 1000:.0f}"
+        mib = "" if row["peak_mib"] is None else f"{row['peak_mib']:.1f}"
+        lines.append(f"| {row['family']} | {row['method']} | {ms} | {mib} | {row['status']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
