@@ -41,3 +41,11 @@ def test_blend_keeps_and_replaces_pixels():
     assert tuple(out[0, 0]) == (200, 0, 0) and tuple(out[0, 1]) == (0, 0, 100) and tuple(out[0, 2]) == (100, 0, 50)
     with pytest.raises(InputError, match="cannot alter"):
         blend(image, baseline, np.ones((4, 2)))
+
+
+def test_log_odds_order_images_as_probabilities_do(tiny_model, tiny_trace):
+    images = _variants(tiny_trace.image)
+    logp, _ = collect(score_images(tiny_model, tiny_trace, images))
+    odds, _ = collect(score_images(tiny_model, tiny_trace, images, log_odds=True))
+    p = np.exp(logp.astype(np.float64))
+    np.testing.assert_allclose(odds, np.log(p / (1 - p)), rtol=1e-3, atol=1e-3)

@@ -49,11 +49,14 @@ def score_images(
     images: Sequence[Image.Image],
     batch_size: int = DEFAULT_BATCH_SIZE,
     what: str = "scoring images",
+    log_odds: bool = False,
 ) -> Job[np.ndarray]:
     """log p of every answer token, teacher-forced, for each image: an (n_images, n_answer) array.
 
     A job: yields one ``Progress`` per batch (so it cancels within one forward pass) and returns
     the array. ``batch_size=1`` is the unbatched reference the benchmarks compare against.
+    ``log_odds=True`` returns log(p / (1 - p)) instead: the same order as p, but it keeps
+    resolving changes where a confident model's log p rounds to 0 in float32 (p > 0.99999).
     """
     if batch_size < 1:
         raise InputError(f"batch size {batch_size} is not positive.", "Use a batch size of 1 or more.")
@@ -63,7 +66,8 @@ def score_images(
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         if n_answer:
-            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, processed_images(loaded, trace, chunk))
+            extras = processed_images(loaded, trace, chunk)
+            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), log_odds)
         yield Progress(start + len(chunk), len(images), what)
     return scores
 
@@ -86,23 +90,55 @@ def processed_images(loaded: LoadedModel, trace: Trace, images: Sequence[Image.I
 
 
 @torch.no_grad()
-def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any]) -> np.ndarray:
+def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], rows: int,
+                     log_odds: bool = False) -> np.ndarray:
     from lvlm_studio.core.trace import forward_inputs
 
-    rows = _rows(extras)
     n = len(trace.answer_ids)
+    # ``rows`` is the number of images: families that send tiles as rows of pixel_values (InternVL)
+    # have no per-image key to count them by.
     ids = torch.as_tensor(trace.sequence_ids, device=loaded.device).long()[None].expand(rows, -1)
     extras = {k: v.to(loaded.device) for k, v in extras.items()}
-    out = loaded.model(**forward_inputs(ids, extras, loaded.model.dtype), use_cache=False, logits_to_keep=n + 1)
+    inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
+    out = loaded.model(**inputs, use_cache=False, logits_to_keep=n + 1)
     # Token i of the answer is predicted at the position before it: the last n + 1 logits, minus the final one.
-    logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    answer = torch.as_tensor(trace.answer_ids, device=logprobs.device).long()
-    return logprobs.gather(2, answer[None, :, None].expand(rows, -1, -1))[..., 0].cpu().numpy()
+    logits = out.logits[:, :-1].float()
+    answer = torch.as_tensor(trace.answer_ids, device=logits.device).long()[None, :, None].expand(rows, -1, -1)
+    if log_odds:  # the target's logit against the log-sum-exp of every other token's
+        others = logits.scatter(2, answer, float("-inf"))
+        return (logits.gather(2, answer)[..., 0] - torch.logsumexp(others, dim=-1)).cpu().numpy()
+    return torch.log_softmax(logits, dim=-1).gather(2, answer)[..., 0].cpu().numpy()
 
 
-def _rows(extras: dict[str, Any]) -> int:
-    """Batch size of processor outputs (``image_grid_thw`` has a row per image; pixel_values may be flat)."""
-    for key in ("image_grid_thw", "image_sizes", "pixel_values"):
-        if key in extras:
-            return int(extras[key].shape[0])
-    raise InputError("the processor returned no image inputs.", "Check that the model folder has an image processor.")
+def pixels_to_grids(pixel_map: np.ndarray, regions: Sequence[Any], image_index: int = 0) -> list[np.ndarray]:
+    """A (height, width) map over the original image, averaged onto each region's grid.
+
+    The inverse of ``explanation.to_pixels`` for perturbation methods, whose results live in pixel
+    space: each cell takes the mean over the pixels whose centres fall in its part of the region's
+    box; a cell that holds no pixel centre (a box reaching past the image, cells finer than pixels)
+    takes the pixel nearest its centre.
+    """
+    pixel_map = np.asarray(pixel_map, dtype=np.float64)
+    height, width = pixel_map.shape
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    grids = []
+    for region in regions:
+        rows, cols = region.grid
+        if region.image_index != image_index:
+            grids.append(np.zeros((rows, cols)))
+            continue
+        left, top, right, bottom = region.box
+        gy = np.floor((ys - top) / (bottom - top) * rows).astype(int)
+        gx = np.floor((xs - left) / (right - left) * cols).astype(int)
+        inside = (gy >= 0) & (gy < rows) & (gx >= 0) & (gx < cols)
+        cell = gy[inside] * cols + gx[inside]
+        sums = np.bincount(cell, weights=pixel_map[inside], minlength=rows * cols)
+        counts = np.bincount(cell, minlength=rows * cols)
+        cy = top + (np.arange(rows) + 0.5) * (bottom - top) / rows
+        cx = left + (np.arange(cols) + 0.5) * (right - left) / cols
+        py = np.clip(np.floor(cy).astype(int), 0, height - 1)
+        px = np.clip(np.floor(cx).astype(int), 0, width - 1)
+        nearest = pixel_map[np.ix_(py, px)].reshape(-1)
+        values = np.where(counts > 0, sums / np.maximum(counts, 1), nearest)
+        grids.append(values.reshape(rows, cols))
+    return grids

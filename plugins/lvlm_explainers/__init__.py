@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from lvlm_explainers.causal import CausalSubset
 from lvlm_explainers.gradients import GradCAM, GradientTimesInput
+from lvlm_explainers.igos import IGOSPlusPlus
+from lvlm_explainers.perturbation import RISE, Occlusion
 from lvlm_explainers.raw import RawAttention
 from lvlm_explainers.relevancy import Relevancy
 from lvlm_explainers.rollout import AttentionRollout
@@ -12,4 +15,5 @@ from lvlm_studio.core.hookspecs import hookimpl
 
 @hookimpl
 def lvlm_studio_explainers() -> list:
-    return [RawAttention(), AttentionRollout(), Relevancy(), GradientTimesInput(), GradCAM(), TokenActivationMap()]
+    return [RawAttention(), AttentionRollout(), Relevancy(), GradientTimesInput(), GradCAM(), TokenActivationMap(),
+            IGOSPlusPlus(), CausalSubset(), Occlusion(), RISE()]
