@@ -31,6 +31,7 @@ import numpy as np
 from lvlm_studio.core.errors import Cancelled
 from lvlm_studio.core.explanation import to_pixels
 from lvlm_studio.core.jobs import Job, Progress, run_job
+from lvlm_studio.core.plausibility import pointing_hit
 from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, make_scene
 
@@ -119,7 +120,9 @@ def pointing_game(
 
     rng = np.random.default_rng(seed)
     hits = dict.fromkeys([*explainers, RANDOM], 0)
-    failed: dict[str, str] = {}
+    # Methods that declare they cannot explain this model are reported with their reason, not run.
+    failed: dict[str, str] = {m: f"does not apply: {reason}" for m, e in explainers.items()
+                              if (reason := e.applies_to(loaded, e.resolve_params({}))) is not None}
     trials = unscored = 0
     expected = 0.0
     for i in range(n):
@@ -160,11 +163,8 @@ def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any
 
 
 def _hit(maps: list[np.ndarray], trace: Any, mask: np.ndarray) -> bool:
-    pixels = to_pixels(maps, trace.regions, trace.image.size)
-    if not np.isfinite(pixels).any():
-        return False
-    y, x = np.unravel_index(np.nanargmax(pixels), pixels.shape)
-    return bool(mask[y, x])
+    """The shared hit rule (``plausibility.pointing_hit``) on the map resampled to image pixels."""
+    return pointing_hit(to_pixels(maps, trace.regions, trace.image.size), mask)
 
 
 def _cells_inside(trace: Any, mask: np.ndarray) -> float:
