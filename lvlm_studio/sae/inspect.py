@@ -1,0 +1,168 @@
+"""Feature inspection: what a vision SAE sees in one image, where a feature fires across a folder,
+which features the answer leans on, and what the answer becomes without them.
+
+* ``image_features``: the feature activations of every patch of an image, on its patch grid.
+* ``top_features`` / ``feature_map``: a selected patch's strongest features; a feature's map.
+* ``top_patches``: a feature's most activating patches over a folder (the dashboard's rows).
+* ``feature_attribution``: for one answer token, activation x gradient of that token's
+  log-probability with respect to each feature at each patch (the coder is spliced in with its
+  reconstruction error held fixed, so the forward pass is the model's own).
+* ``edited_answer``: ablate or scale features (at every patch, or some) and let the model answer again.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.hooks import hooks
+from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.sae.activations import DEFAULT_PROMPT, image_batch_rows, image_inputs, open_images
+from lvlm_studio.sae.coders import SparseAutoencoder
+from lvlm_studio.sae.splice import row_index, scale_features, splice_hook
+
+if TYPE_CHECKING:
+    from lvlm_studio.core.models.loading import LoadedModel
+    from lvlm_studio.core.trace import Trace
+
+
+def _check_vision(coder: SparseAutoencoder) -> None:
+    if coder.cfg.tokens != "patch":
+        raise InputError(f"this coder reads {coder.cfg.tokens!r} tokens; patch inspection needs a patch coder.",
+                         "Train one with --tokens patch.")
+    if coder.cfg.kind == "crosscoder":
+        raise InputError("patch inspection reads one hook point; this is a crosscoder.", "Use an SAE or transcoder.")
+
+
+@torch.no_grad()
+def image_features(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str = DEFAULT_PROMPT
+                   ) -> np.ndarray:
+    """Feature activations on the image's patch grid, [rows, cols, d_sae] (first image region)."""
+    _check_vision(coder)
+    inputs = image_inputs(loaded, [image.convert("RGB")], prompt)
+    grid = loaded.adapter.vision_patch_grids(inputs)[0].shape
+    (rows,) = image_batch_rows(loaded, [coder.cfg.hook_name], [image.convert("RGB")], "patch", prompt)
+    features = coder.encode(rows.to(coder.W_enc.device)).cpu().numpy()
+    return features[: grid[0] * grid[1]].reshape(*grid, -1)
+
+
+def top_features(features: np.ndarray, row: int, col: int, k: int = 10) -> list[tuple[int, float]]:
+    """The ``k`` strongest active features at patch (row, col): (feature, activation), strongest first."""
+    rows, cols = features.shape[:2]
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise InputError(f"patch ({row}, {col}) is outside the {rows}x{cols} grid.",
+                         f"Rows go 0..{rows - 1}, columns 0..{cols - 1}.")
+    values = features[row, col]
+    order = np.argsort(-values, kind="stable")[:k]
+    return [(int(i), float(values[i])) for i in order if values[i] > 0]
+
+
+def feature_map(features: np.ndarray, feature: int) -> np.ndarray:
+    """One feature's activation over the patch grid, [rows, cols]."""
+    if not 0 <= feature < features.shape[-1]:
+        raise InputError(f"feature {feature} does not exist.", f"This coder has features 0..{features.shape[-1] - 1}.")
+    return features[..., feature]
+
+
+@dataclass(frozen=True, order=True)
+class PatchHit:
+    activation: float
+    image: str
+    row: int
+    col: int
+
+
+def top_patches(loaded: LoadedModel, coder: SparseAutoencoder, images: Sequence[str | Path], feature: int,
+                n: int = 16, batch: int = 16) -> Job[list[PatchHit]]:
+    """The ``n`` patches across ``images`` where ``feature`` is strongest (a job, one pass per batch)."""
+    _check_vision(coder)
+    if not 0 <= feature < coder.cfg.d_sae:
+        raise InputError(f"feature {feature} does not exist.", f"This coder has features 0..{coder.cfg.d_sae - 1}.")
+    best: list[PatchHit] = []
+    paths = [str(p) for p in images]
+    for start in range(0, len(paths), batch):
+        chunk = paths[start:start + batch]
+        opened = list(open_images(chunk))
+        inputs = image_inputs(loaded, opened)
+        grids = loaded.adapter.vision_patch_grids(inputs)
+        (rows,) = image_batch_rows(loaded, [coder.cfg.hook_name], opened, "patch")
+        with torch.no_grad():
+            values = coder.encode(rows.to(coder.W_enc.device))[:, feature].cpu().numpy()
+        offset = 0
+        for path, grid in zip(chunk, grids):
+            r, c = grid.shape
+            for index, value in enumerate(values[offset:offset + r * c]):
+                hit = PatchHit(float(value), path, index // c, index % c)
+                if len(best) < n:
+                    heapq.heappush(best, hit)
+                elif hit > best[0]:
+                    heapq.heapreplace(best, hit)
+            offset += r * c
+        yield Progress(start + len(chunk), len(paths), f"feature {feature}")
+    return sorted(best, reverse=True)
+
+
+def feature_attribution(loaded: LoadedModel, coder: SparseAutoencoder, trace: Trace, token: int) -> np.ndarray:
+    """Activation x gradient of log p(answer token ``token``) for every feature at every patch of
+    the first image, [rows, cols, d_sae]; summed over patches it ranks the features the token used."""
+    _check_vision(coder)
+    position = trace.answer_position(token)
+    inputs = trace.teacher_forced_inputs(loaded, upto=position + 1)
+    kept: dict[str, torch.Tensor] = {}
+
+    def splice(activation: torch.Tensor, point) -> torch.Tensor:
+        index = row_index(loaded, coder, inputs, activation).to(activation.device)
+        flat = activation.reshape(-1, activation.shape[-1])
+        x = flat.index_select(0, index).float()
+        f = coder.encode(x).detach().requires_grad_(True)
+        kept["features"] = f
+        reconstruction = coder.decode(f, x)
+        new = reconstruction + (x - reconstruction).detach()  # the model's own values; gradients reach f
+        out = flat.clone()
+        out[index] = new.to(flat.dtype)
+        return out.reshape(activation.shape)
+
+    with hooks(loaded, [(coder.cfg.hook_name, splice)]), torch.enable_grad():
+        logits = loaded.model(**inputs, use_cache=False, logits_to_keep=2).logits[0, -2].float()
+        logprob = torch.log_softmax(logits, dim=-1)[int(trace.answer_ids[token])]
+        logprob.backward()
+    f = kept["features"]
+    attribution = (f * f.grad).detach().cpu().numpy()
+    grid = loaded.adapter.vision_patch_grids(inputs)[0].shape
+    return attribution[: grid[0] * grid[1]].reshape(*grid, -1)
+
+
+def edited_answer(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str,
+                  features: dict[int, float], patches: Sequence[tuple[int, int]] | None = None,
+                  max_new_tokens: int = 32) -> str:
+    """The model's answer with each feature i scaled by ``features[i]`` (0 ablates) at every patch,
+    or only at ``patches`` [(row, col)]; the reconstruction error stays in place."""
+    return edited_trace(loaded, coder, image, prompt, features, patches, max_new_tokens).answer_text
+
+
+def edited_trace(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str,
+                 features: dict[int, float], patches: Sequence[tuple[int, int]] | None = None,
+                 max_new_tokens: int = 32) -> Trace:
+    from lvlm_studio.core.trace import generate_trace
+
+    for feature in features:
+        if not 0 <= feature < coder.cfg.d_sae:
+            raise InputError(f"feature {feature} does not exist.", f"This coder has features 0..{coder.cfg.d_sae - 1}.")
+    image = image.convert("RGB")
+    inputs = image_inputs(loaded, [image], prompt)
+    rows = None
+    if patches is not None:
+        grid = loaded.adapter.vision_patch_grids(inputs)[0]
+        cols = grid.shape[1]
+        rows = torch.as_tensor([r * cols + c for r, c in patches], dtype=torch.long)
+    hook = splice_hook(loaded, coder, inputs, "edit", scale_features(features), rows=rows)
+    with hooks(loaded, [(coder.cfg.hook_name, hook)]):
+        return generate_trace(loaded, image, prompt, max_new_tokens=max_new_tokens)
