@@ -1,6 +1,6 @@
 """The desktop app, driven like a user would: ask, click tokens, cancel, and survive failures.
 
-Runs offscreen on the demo model. Dialogs are replaced by a recorder, so a test never blocks.
+Runs offscreen on the demo model (fixtures in conftest.py). Dialogs are replaced by a recorder.
 """
 # ruff: noqa: E402 - the Qt platform is chosen before anything Qt is imported
 
@@ -18,17 +18,15 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
+from gui_helpers import JOB_TIMEOUT_MS, ask, wait_idle
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
-from PySide6.QtWidgets import QMessageBox
 
 from lvlm_studio.core.contracts import Explainer
 from lvlm_studio.core.hookspecs import hookimpl
-from lvlm_studio.gui.app import SAMPLE_IMAGE, configure_pyqtgraph
+from lvlm_studio.gui.app import SAMPLE_IMAGE
 from lvlm_studio.gui.main_window import MainWindow
-
-LOAD_TIMEOUT_MS = 180_000  # the demo model loads in seconds, but CI machines can be busy
-JOB_TIMEOUT_MS = 60_000
+from lvlm_studio.gui.token_bar import COLOR_ROLE
 
 
 class BoomExplainer(Explainer):
@@ -53,31 +51,8 @@ def registry():
 
 
 @pytest.fixture
-def dialogs(monkeypatch):
-    """Every error dialog the window opens, as (text, hint, details), instead of showing it."""
-    shown: list[tuple[str, str, str]] = []
-
-    def record(box: QMessageBox) -> int:
-        shown.append((box.text(), box.informativeText(), box.detailedText()))
-        return QMessageBox.StandardButton.Ok
-
-    monkeypatch.setattr(QMessageBox, "exec", record)
-    return shown
-
-
-@pytest.fixture
-def window(qtbot, registry, dialogs):
-    configure_pyqtgraph()
-    window = MainWindow(registry=registry, image=str(SAMPLE_IMAGE))
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: window.ask_button.isEnabled(), timeout=LOAD_TIMEOUT_MS)
-    return window
-
-
-def ask(qtbot, window: MainWindow) -> None:
-    assert window.ask() is not None
-    qtbot.waitUntil(lambda: window.state.trace is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+def window(make_window, registry):
+    return make_window(registry)
 
 
 def click_token(qtbot, window: MainWindow, index: int) -> None:
@@ -85,10 +60,22 @@ def click_token(qtbot, window: MainWindow, index: int) -> None:
     qtbot.mouseClick(bar.viewport(), Qt.MouseButton.LeftButton, pos=bar.visualItemRect(bar.item(index)).center())
 
 
+def overlay_panel(window: MainWindow):
+    return window.dock("overlay").widget()
+
+
 def overlay_ready(window: MainWindow) -> bool:
-    overlay = window.image_view.overlay
+    overlay = overlay_panel(window).view.overlay
     width, height = window.state.trace.image.size
     return overlay is not None and overlay.shape == (height, width) and not window.runner.busy
+
+
+def test_the_window_opens_on_the_demo_model_with_the_default_panels(window):
+    assert window.model_combo.currentText().startswith("Demo model")
+    assert "llava" in window.model_label.text()
+    assert window.state.image_name == SAMPLE_IMAGE.name
+    assert sorted(window.open_panels()) == ["overlay", "timeline"]
+    assert set(window.panel_specs) >= {"overlay", "timeline", "heads", "compare", "metrics"}
 
 
 def test_ask_click_a_token_and_step_with_the_arrow_keys(qtbot, window, dialogs):
@@ -98,35 +85,50 @@ def test_ask_click_a_token_and_step_with_the_arrow_keys(qtbot, window, dialogs):
     qtbot.keyClick(window.prompt_edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: window.state.trace is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
     trace = window.state.trace
-    assert started == ["Answering"]
+    assert started[0] == "Answering"
 
     assert window.token_bar.count() == len(trace.answer_tokens) > 1
     assert "%" in window.token_bar.item(0).toolTip()  # the alternatives and their probabilities
-    assert window.state.selected is None and window.image_view.overlay is None
+    assert window.state.selected is None and overlay_panel(window).view.overlay is None
 
     click_token(qtbot, window, 0)
     assert window.state.selected == 0
     qtbot.waitUntil(lambda: overlay_ready(window), timeout=JOB_TIMEOUT_MS)
-    first = window.image_view.overlay.copy()
+    first = overlay_panel(window).view.overlay.copy()
     assert np.isfinite(first).any()
 
     qtbot.keyClick(window.token_bar, Qt.Key.Key_Right)
-    assert window.state.selected == 1
-    assert window.token_bar.currentRow() == 1
-    assert not np.allclose(window.image_view.overlay, first, equal_nan=True)
+    assert window.state.selected == 1 and window.token_bar.currentRow() == 1
+    assert not np.allclose(overlay_panel(window).view.overlay, first, equal_nan=True)
     qtbot.keyClick(window.token_bar, Qt.Key.Key_Left)
     assert window.state.selected == 0
-    np.testing.assert_array_equal(window.image_view.overlay, first)
+    np.testing.assert_array_equal(overlay_panel(window).view.overlay, first)
 
     # One explanation job for the whole answer: stepping between tokens only redraws.
-    assert started == ["Answering", "Explaining with Raw attention"]
-    assert not window.runner.busy and dialogs == []
+    assert started.count("Explaining with Raw attention") == 1
+    assert "Raw attention" in window.map_caption.text()
+    assert dialogs == []
+
+
+def test_chips_can_be_coloured_by_visual_relevance(qtbot, window):
+    ask(qtbot, window)
+    assert window.token_bar.item(1).data(COLOR_ROLE) is None  # by probability
+    window.chip_combo.setCurrentIndex(window.chip_combo.findData("relevance"))
+    qtbot.waitUntil(lambda: window.state.stats is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    stats = window.state.stats
+    colours = [window.token_bar.item(i).data(COLOR_ROLE) for i in range(window.token_bar.count())]
+    assert all(c is not None for c in colours)
+    # A visually relevant word is more saturated than a function word the image did not make likely.
+    relevant = int(np.flatnonzero(stats.relevant)[0])
+    plain = int(np.argmin(stats.llr))
+    assert colours[relevant].saturationF() > colours[plain].saturationF()
+    assert "Visual relevance" in window.token_bar.item(relevant).toolTip()
 
 
 def test_cancel_leaves_the_window_usable(qtbot, window, dialogs):
     window.ask()
     qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    wait_idle(qtbot, window)
     assert window.state.trace is None
     assert "Cancelled" in window.statusBar().currentMessage()
     assert not window.cancel_button.isVisible() and window.ask_button.isEnabled()
@@ -136,11 +138,24 @@ def test_cancel_leaves_the_window_usable(qtbot, window, dialogs):
     assert dialogs == []
 
 
+def test_cancelling_an_explanation_keeps_the_answer(qtbot, window, dialogs):
+    ask(qtbot, window)
+    window.state.set_method("tam")
+    window.state.select(1)
+    assert window.analysis.is_running("explain:tam")
+    window.cancel()
+    wait_idle(qtbot, window)
+    assert window.state.trace is not None and "tam" not in window.state.explanations
+    click_token(qtbot, window, 1)  # clicking again computes it after all
+    qtbot.waitUntil(lambda: "tam" in window.state.explanations, timeout=JOB_TIMEOUT_MS)
+    assert dialogs == []
+
+
 def test_a_file_that_is_no_image_shows_one_error(qtbot, window, dialogs, tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is text, not pixels")
     window.open_image(not_an_image)
-    qtbot.waitUntil(lambda: not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    wait_idle(qtbot, window)
 
     assert len(dialogs) == 1
     text, hint, details = dialogs[0]
@@ -155,8 +170,10 @@ def test_a_file_that_is_no_image_shows_one_error(qtbot, window, dialogs, tmp_pat
 
 def test_a_failing_explainer_does_not_take_the_window_down(qtbot, window, dialogs):
     ask(qtbot, window)
-    combo = window.method_combo
+    combo = overlay_panel(window).method_combo
     combo.setCurrentIndex(combo.findData("boom"))
+    combo.activated.emit(combo.currentIndex())
+    assert window.state.method == "boom"
     click_token(qtbot, window, 0)
     qtbot.waitUntil(lambda: not window.runner.busy and bool(dialogs), timeout=JOB_TIMEOUT_MS)
 
@@ -164,8 +181,8 @@ def test_a_failing_explainer_does_not_take_the_window_down(qtbot, window, dialog
     text, hint, details = dialogs[0]
     assert "RuntimeError: boom from a broken plugin" in text
     assert "bug" in hint and "Traceback" in details
-    assert window.image_view.overlay is None
-    assert "failed" in window.map_caption.text()
+    assert overlay_panel(window).view.overlay is None
+    assert "failed" in overlay_panel(window).caption.text()
 
     qtbot.keyClick(window.token_bar, Qt.Key.Key_Right)  # no retry, no second dialog
     assert not window.runner.busy and len(dialogs) == 1
@@ -173,6 +190,7 @@ def test_a_failing_explainer_does_not_take_the_window_down(qtbot, window, dialog
     qtbot.waitUntil(lambda: not window.runner.busy and len(dialogs) == 2, timeout=JOB_TIMEOUT_MS)
 
     combo.setCurrentIndex(combo.findData("raw_attention"))
+    combo.activated.emit(combo.currentIndex())
     qtbot.waitUntil(lambda: overlay_ready(window), timeout=JOB_TIMEOUT_MS)
     assert len(dialogs) == 2
 
@@ -187,3 +205,36 @@ def test_dropping_an_image_opens_it_and_clears_the_answer(qtbot, window):
     window.dropEvent(event)
     qtbot.waitUntil(lambda: window.state.image_name == "triangle.png", timeout=JOB_TIMEOUT_MS)
     assert window.state.trace is None and window.token_bar.count() == 0
+
+
+def test_a_demo_scene_comes_with_its_masks(qtbot, window):
+    from lvlm_studio.demo.scenes import make_scene
+
+    window.open_demo_scene(seed=11)
+    qtbot.waitUntil(lambda: window.state.image_name == "demo scene 11", timeout=JOB_TIMEOUT_MS)
+    scene = make_scene(11)
+    for obj in scene.objects:
+        assert obj.colour in window.state.masks and obj.shape in window.state.masks
+        assert window.state.masks[obj.colour][obj.mask].all()
+    assert "object masks" in window.image_label.text()
+
+
+def test_recent_models_device_and_dtype_are_remembered(make_window, registry, gui_settings, tmp_path):
+    gui_settings.add_recent_model(str(tmp_path / "my-llava"))
+    window = make_window(registry)
+    items = [window.model_combo.itemText(i) for i in range(window.model_combo.count())]
+    assert items[0].startswith("Demo model") and "my-llava" in items
+    window.device_combo.setCurrentText("cpu")
+    window.dtype_combo.setCurrentText("float32")
+    assert (gui_settings.device(), gui_settings.dtype()) == ("cpu", "float32")
+
+
+def test_a_model_folder_that_fails_to_load_shows_one_error_and_keeps_the_demo_model(qtbot, window, dialogs,
+                                                                                     tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    window.load_model(empty)
+    wait_idle(qtbot, window)
+    assert len(dialogs) == 1 and "not-a-model" in dialogs[0][0] + dialogs[0][2]
+    assert window.state.model is not None and window.ask_button.isEnabled()
+    assert "not-a-model" not in window.settings.recent_models()

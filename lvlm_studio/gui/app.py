@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from lvlm_studio.gui.main_window import MainWindow
+from lvlm_studio.gui.settings import StudioSettings
 
 #: Opened with the demo model when no image is given, so a first run has something to ask about.
 SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "resources" / "samples" / "shapes.png"
@@ -27,17 +29,27 @@ def create_application() -> QApplication:
     return app  # type: ignore[return-value]
 
 
-def create_window(model: str | None = None, image: str | None = None, prompt: str | None = None) -> MainWindow:
+def create_window(model: str | None = None, image: str | None = None, prompt: str | None = None,
+                  settings: StudioSettings | None = None) -> MainWindow:
     """The main window as ``run`` opens it (the sample image goes with the demo model)."""
     if image is None and model is None and SAMPLE_IMAGE.exists():
         image = str(SAMPLE_IMAGE)
-    return MainWindow(model=model, image=image, prompt=prompt)
+    return MainWindow(model=model, image=image, prompt=prompt, settings=settings)
+
+
+def launch(model: str | None = None, image: str | None = None, prompt: str | None = None,
+           settings: StudioSettings | None = None) -> tuple[QApplication, MainWindow]:
+    """Everything ``run`` does before the event loop: the window is shown at once, while plugins
+    and the model load on the worker thread."""
+    app = create_application()
+    window = create_window(model, image, prompt, settings)
+    app.aboutToQuit.connect(window.runner.shutdown)  # however the app ends, the worker stops first
+    window.show()
+    QTimer.singleShot(0, window.offer_restore)  # after a crash: the autosaved analysis, if the user wants it
+    return app, window
 
 
 def run(model: str | None = None, image: str | None = None, prompt: str | None = None) -> int:
     """Open the main window (the demo model when ``model`` is None) and run until it closes."""
-    app = create_application()
-    window = create_window(model, image, prompt)
-    app.aboutToQuit.connect(window.runner.shutdown)  # however the app ends, the worker stops first
-    window.show()
+    app, _window = launch(model, image, prompt)
     return app.exec()

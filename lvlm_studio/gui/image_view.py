@@ -1,9 +1,10 @@
-"""The image, with the selected token's explanation map laid over it and a colour bar beside it.
+"""An image with a map laid over it and, optionally, a colour bar: the view every map panel uses.
 
 Two stacked ``ImageItem``s in one aspect-locked ``ViewBox`` (wheel zooms, drag pans): the image
-below, the map above with a colormap and the state's opacity. The map arrives already resampled to
-image pixels by the core (``to_pixels``); this view only colours and draws it. Its levels are set
-explicitly, so redraws never rescan the data.
+below, the map above with a colormap and an opacity. Maps arrive already on image pixels (the
+core's ``to_pixels``), with their levels; this view only colours and draws them, and sets levels
+explicitly so that a redraw never rescans the data. NaN pixels (not covered, or under the
+threshold) draw transparent.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QStackedLayout, QWidget
 
-from lvlm_studio.gui.state import StudioState, display_levels
-
-COLORMAP = "inferno"
 BACKGROUND = "#202124"
 FOREGROUND = "#dadce0"
 COLOR_BAR_WIDTH = 16
@@ -24,72 +22,92 @@ EMPTY_HINT = "Open an image (File \u203a Open image\u2026), or drop one here."
 
 
 class ImageView(QWidget):
-    """Shows ``state.image`` and, when there is one, the map of ``state.selected`` token."""
+    """An image, a map over it, a title above and (with ``color_bar``) a colour bar beside it."""
 
-    def __init__(self, state: StudioState, parent: QWidget | None = None) -> None:
+    def __init__(self, color_bar: bool = True, parent: QWidget | None = None, hint: str = EMPTY_HINT) -> None:
         super().__init__(parent)
-        self.state = state
-        self.colormap = pg.colormap.get(COLORMAP)
-
+        self._colormap_name = ""
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
-        self.view = self.graphics.addViewBox(row=0, col=0, lockAspect=True, invertY=True)
+        self.title_item = self.graphics.addLabel("", row=0, col=0, color=FOREGROUND, size="10pt")
+        self.title_item.hide()
+        self.view = self.graphics.addViewBox(row=1, col=0, lockAspect=True, invertY=True)
+        self.view.setMenuEnabled(False)
         self.image_item = pg.ImageItem()
         self.overlay_item = pg.ImageItem()
-        self.overlay_item.setColorMap(self.colormap)
         self.overlay_item.setZValue(1)
-        self.overlay_item.setOpacity(state.opacity)
         self.view.addItem(self.image_item)
         self.view.addItem(self.overlay_item)
-        # Not linked to the overlay item: the overlay's levels are set in one place, _show_map.
-        self.color_bar = pg.ColorBarItem(colorMap=self.colormap, values=(0, 1), width=COLOR_BAR_WIDTH,
-                                         interactive=False, colorMapMenu=False)
-        self.color_bar.axis.setTextPen(FOREGROUND)
-        self.graphics.addItem(self.color_bar, row=0, col=1)
-        self.graphics.ci.layout.setColumnFixedWidth(1, COLOR_BAR_COLUMN)
-        self.color_bar.hide()
+        self.color_bar: pg.ColorBarItem | None = None
+        if color_bar:
+            self.color_bar = pg.ColorBarItem(colorMap=pg.colormap.get("inferno"), values=(0, 1),
+                                             width=COLOR_BAR_WIDTH, interactive=False, colorMapMenu=False)
+            self.color_bar.axis.setTextPen(FOREGROUND)
+            self.graphics.addItem(self.color_bar, row=1, col=1)
+            self.graphics.ci.layout.setColumnFixedWidth(1, COLOR_BAR_COLUMN)
+            self.color_bar.hide()
+        self.set_colormap("inferno")
 
-        self.empty_hint = QLabel(EMPTY_HINT)
+        self.empty_hint = QLabel(hint)
+        self.empty_hint.setWordWrap(True)
         self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.empty_hint.setStyleSheet(f"background: {BACKGROUND}; color: #bdc1c6; font-size: 15px;")
+        self.empty_hint.setStyleSheet(f"background: {BACKGROUND}; color: #bdc1c6; font-size: 14px; padding: 12px;")
         self.stack = QStackedLayout(self)
         self.stack.addWidget(self.empty_hint)
         self.stack.addWidget(self.graphics)
-
-        state.subscribe(self._on_state)
+        self._image_shape: tuple[int, ...] | None = None
+        self._pixels: np.ndarray | None = None
 
     def set_hint(self, text: str | None = None) -> None:
         """What the view says while it has no image (None: how to open one)."""
         self.empty_hint.setText(text or EMPTY_HINT)
 
-    def _on_state(self, name: str) -> None:
-        if name == "image":
-            self._show_image()
-        elif name == "opacity":
-            self.overlay_item.setOpacity(self.state.opacity)
-        if name in ("image", "trace", "selected", "method", "explanations"):
-            self._show_map()
+    def set_title(self, text: str) -> None:
+        self.title_item.setText(text)
+        self.title_item.setVisible(bool(text))
 
-    def _show_image(self) -> None:
-        image = self.state.image
-        if image is None:
+    def set_image(self, pixels: np.ndarray | None) -> None:
+        """An RGB uint8 (rows, cols, 3) image, or None for the empty hint."""
+        if pixels is None:
+            self._image_shape = None
+            self._pixels = None
+            self.image_item.clear()
             self.stack.setCurrentWidget(self.empty_hint)
             return
-        pixels = np.asarray(image.convert("RGB"))
+        if pixels is self._pixels:  # the same array again: nothing to redraw
+            return
+        self._pixels = pixels
         self.image_item.setImage(pixels, autoLevels=False, levels=(0, 255))
-        self.view.autoRange(padding=0.02)
+        if pixels.shape != self._image_shape:
+            self._image_shape = pixels.shape
+            self.view.autoRange(padding=0.02)
         self.stack.setCurrentWidget(self.graphics)
 
-    def _show_map(self) -> None:
-        pixels = self.state.selected_pixels()
+    def set_colormap(self, name: str) -> None:
+        if name == self._colormap_name:
+            return
+        self._colormap_name = name
+        colormap = pg.colormap.get(name)
+        self.overlay_item.setColorMap(colormap)
+        if self.color_bar is not None:
+            self.color_bar.setColorMap(colormap)
+
+    def set_map(self, pixels: np.ndarray | None, levels: tuple[float, float] = (0.0, 1.0),
+                opacity: float = 0.6) -> None:
+        """Draw ``pixels`` (same size as the image; NaN transparent) with ``levels``, or clear the map."""
         if pixels is None:
             self.overlay_item.clear()
-            self.color_bar.hide()
+            if self.color_bar is not None:
+                self.color_bar.hide()
             return
-        levels = display_levels(pixels)
         self.overlay_item.setImage(pixels, autoLevels=False, levels=levels)
-        self.color_bar.setLevels(values=levels)
-        self.color_bar.show()
+        self.overlay_item.setOpacity(opacity)
+        if self.color_bar is not None:
+            self.color_bar.setLevels(values=levels)
+            self.color_bar.show()
+
+    def reset_zoom(self) -> None:
+        self.view.autoRange(padding=0.02)
 
     @property
     def overlay(self) -> np.ndarray | None:

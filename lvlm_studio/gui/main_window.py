@@ -1,23 +1,25 @@
-"""The main window: the image and its map on the left; model, image, question, answer and method on
-the right; the running job's progress and a Cancel button in the status bar.
+"""The main window: the question and its answer in the middle, every other view a dockable panel.
 
-The window turns user actions into jobs (load, open, ask, explain) for the worker thread and puts
-their results into the ``StudioState``; the views redraw from the state. Core modules that import
-torch are imported inside the jobs, so the window appears at once while the model loads.
+The middle (central widget) is where an analysis starts: the model, the image, the question and
+the answer as token chips. Everything else (the image overlay, the token timeline, the attention
+grid, method comparison, metrics, and any third-party panel) is contributed by plugins through the
+``lvlm_studio_panels`` hook and added by one function, ``toggle_panel``. Work runs as jobs of the
+window's ``Analysis`` on a worker thread; the views redraw from the Qt-free ``StudioState``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QSize, Qt, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
@@ -27,38 +29,48 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSlider,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.gui.analysis import Analysis
 from lvlm_studio.gui.dialogs import error_box
-from lvlm_studio.gui.image_view import ImageView
-from lvlm_studio.gui.state import DEFAULT_METHOD, StudioState, finite_range
+from lvlm_studio.gui.panels import PanelContext, build_panel
+from lvlm_studio.gui.settings import DEVICES, DTYPES, StudioSettings
+from lvlm_studio.gui.state import StudioState
 from lvlm_studio.gui.token_bar import TokenBar
-from lvlm_studio.gui.worker import Job, JobRunner
+from lvlm_studio.gui.worker import Job
 
 if TYPE_CHECKING:
-    from lvlm_studio.core.contracts import Explainer
+    from lvlm_studio.core.contracts import PanelSpec
     from lvlm_studio.core.plugins import PluginRegistry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "describe the image."
 DEFAULT_SIZE = QSize(1280, 800)
-PANEL_WIDTH = 400
+DEFAULT_PANELS = ("overlay", "timeline")  # open on a first start; the others wait in View > Panels
+LEFT_WIDTH = 700  # the overlay's share of the default width
+BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
 HINT_STYLE = "color: palette(placeholder-text);"
+AUTOSAVE_MS = 60_000
+DEMO_MODEL = "Demo model (built in)"
+AREAS = {
+    "left": Qt.DockWidgetArea.LeftDockWidgetArea,
+    "right": Qt.DockWidgetArea.RightDockWidgetArea,
+    "top": Qt.DockWidgetArea.TopDockWidgetArea,
+    "bottom": Qt.DockWidgetArea.BottomDockWidgetArea,
+}
 
 
 class MainWindow(QMainWindow):
     """Ask a model about an image and see which parts of the image each answer token came from.
 
-    ``registry`` is the plugin registry to take explanation methods from (built on the worker
-    thread when None); ``model`` a model folder (None: the embedded demo model); ``image`` an image
-    to open at once; ``prompt`` the question to start with.
+    ``registry`` is the plugin registry (built on the worker thread when None); ``model`` a model
+    folder (None: the demo model); ``image`` an image to open at once; ``prompt`` the question to
+    start with; ``settings`` where layout and recent files are kept (the user's settings when None);
+    ``autosave_ms`` how often the analysis is autosaved (0: never).
     """
 
     def __init__(
@@ -67,112 +79,146 @@ class MainWindow(QMainWindow):
         model: str | None = None,
         image: str | None = None,
         prompt: str | None = None,
+        settings: StudioSettings | None = None,
+        autosave_ms: int = AUTOSAVE_MS,
     ) -> None:
         super().__init__()
         self.setWindowTitle("LVLM Studio")
         self.resize(DEFAULT_SIZE)
         self.setAcceptDrops(True)
+        self.setDockNestingEnabled(True)
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.TopLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.settings = settings or StudioSettings()
         self.state = StudioState()
-        self.registry = registry
-        self.explainers: dict[str, Explainer] = {}
-        self.runner = JobRunner(self)
-        self._explaining: dict[str, Job] = {}  # method id -> its job for the current trace
-        self._explain_failed: set[str] = set()  # methods that failed on the current trace
+        self.analysis = Analysis(self.state, self)
+        self.runner = self.analysis.runner
+        self.panel_specs: dict[str, PanelSpec] = {}
+        self.contexts: dict[str, PanelContext] = {}
+        self.session_path: Path | None = None
         self._showing_error = False
+        self._saved_revision = 0
+        self._pending_layout: tuple[Any, Any, list[str]] | None = None
 
-        self._build_panels(prompt or DEFAULT_PROMPT)
+        self._build_center(prompt or DEFAULT_PROMPT)
         self._build_menus()
         self._build_status_bar()
         self.state.subscribe(self._on_state)
+        self.analysis.message.connect(self.statusBar().showMessage)
+        self.analysis.error.connect(self.show_error)
+        self.analysis.registry_ready.connect(self._on_registry)
+        self.analysis.activity.connect(self._update_caption)
         self.runner.job_started.connect(self._on_job_started)
         self.runner.busy_changed.connect(self._on_busy_changed)
 
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.timeout.connect(self.autosave)
+        if autosave_ms > 0:
+            self.autosave_timer.start(autosave_ms)
+
         if registry is not None:
-            self._set_registry(registry)
+            self.analysis.set_registry(registry)
+        else:
+            self.analysis.load_registry()
         if image:
             self.open_image(image)
         self.load_model(model)
         self._update_actions()
-        self._update_answer_label()
-        self._update_map_caption()
+        self._update_caption()
 
-    # -- building ----------------------------------------------------------------------------
-    def _build_panels(self, prompt: str) -> None:
-        self.image_view = ImageView(self.state)
-
-        self.model_label = _wrapping_label("")
-        self.open_model_button = QPushButton("Open model folder\u2026")
+    # -- building ------------------------------------------------------------------------------
+    def _build_center(self, prompt: str) -> None:
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The model to ask; recent model folders are remembered")
+        self._fill_model_combo()
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.open_model_button = QPushButton("Open folder\u2026")
         self.open_model_button.clicked.connect(self.choose_model)
-        model_box = _group("Model", self.model_label, self.open_model_button)
+        self.device_combo = _combo(DEVICES, self.settings.device(), "Where the model runs (next load)")
+        self.dtype_combo = _combo(DTYPES, self.settings.dtype(), "Number format of the weights (next load)")
+        self.device_combo.currentTextChanged.connect(self.settings.set_device)
+        self.dtype_combo.currentTextChanged.connect(self.settings.set_dtype)
+        self.model_label = _wrapping_label("")
+        self.model_label.setStyleSheet(HINT_STYLE)
+        model_box = _group(
+            "Model",
+            _row(self.model_combo, self.open_model_button, stretch=0),
+            _row(QLabel("Device"), self.device_combo, QLabel("Weights"), self.dtype_combo, self.model_label, stretch=4),
+        )
 
         self.image_label = _wrapping_label("No image yet.")
         self.open_image_button = QPushButton("Open image\u2026")
         self.open_image_button.clicked.connect(self.choose_image)
-        image_box = _group("Image", self.image_label, self.open_image_button)
+        self.demo_scene_button = QPushButton("Demo scene")
+        self.demo_scene_button.setToolTip("Draw a random demo scene; it comes with object masks for the metrics")
+        self.demo_scene_button.clicked.connect(lambda: self.open_demo_scene())
+        image_box = _group("Image", _row(self.image_label, self.open_image_button, self.demo_scene_button, stretch=0))
 
         self.prompt_edit = QPlainTextEdit(prompt)
         self.prompt_edit.setPlaceholderText("Ask something about the image")
         self.prompt_edit.setTabChangesFocus(True)
         line = self.prompt_edit.fontMetrics().lineSpacing()
-        self.prompt_edit.setFixedHeight(3 * line + 14)
-        self.ask_button = QPushButton("Ask   (Ctrl+Enter)")
+        self.prompt_edit.setFixedHeight(2 * line + 14)
+        self.ask_button = QPushButton("Ask\nCtrl+Enter")
+        self.ask_button.setToolTip("Ask the model (Ctrl+Enter)")
+        self.ask_button.setMinimumHeight(2 * line + 14)
         self.ask_button.setDefault(True)
         self.ask_button.clicked.connect(self.ask)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(keys), self, self.ask)
-        question_box = _group("Question", self.prompt_edit, self.ask_button)
+        question_box = _group("Question", _row(self.prompt_edit, self.ask_button, stretch=0))
 
         self.token_bar = TokenBar(self.state)
-        self.token_bar.itemClicked.connect(self._ensure_explanation)  # a click also retries a cancelled map
-        self.answer_label = _wrapping_label("", lines=3)
+        chip_row = self.token_bar.fontMetrics().height() + 18
+        self.token_bar.setMinimumHeight(2 * chip_row + 8)
+        self.token_bar.setMaximumHeight(4 * chip_row + 8)  # longer answers scroll
+        self.token_bar.itemClicked.connect(lambda: self._follow_selection(retry=True))
+        self.chip_combo = QComboBox()
+        self.chip_combo.addItem("probability", "probability")
+        self.chip_combo.addItem("visual relevance", "relevance")
+        self.chip_combo.setToolTip("Colour the chips by the model's confidence, or by how much the image made "
+                                   "each token likely (LLR against a blurred image)")
+        self.chip_combo.currentIndexChanged.connect(self._on_chip_mode)
+        self.answer_label = _wrapping_label("", lines=2)
         self.answer_label.setStyleSheet(HINT_STYLE)
-        answer_box = _group("Answer", self.token_bar, self.answer_label)
-
-        self.method_combo = QComboBox()
-        self.method_combo.setToolTip("The explanation method that makes the map")
-        self.method_combo.currentIndexChanged.connect(self._on_method_chosen)
-        self.method_combo.activated.connect(self._retry_method)
-        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
-        self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(round(self.state.opacity * 100))
-        self.opacity_slider.setToolTip("How strongly the map covers the image")
-        self.opacity_value = QLabel()
-        self.opacity_value.setMinimumWidth(self.opacity_value.fontMetrics().horizontalAdvance("100 %") + 4)
-        self.opacity_slider.valueChanged.connect(self._on_opacity)
-        self._on_opacity(self.opacity_slider.value())
         self.map_caption = _wrapping_label("", lines=2)
-        explanation_box = _group(
-            "Explanation",
-            _row(QLabel("Method"), self.method_combo, stretch=1),
-            _row(QLabel("Opacity"), self.opacity_slider, self.opacity_value, stretch=1),
-            self.map_caption,
-        )
+        answer_box = _group("Answer", self.token_bar,
+                            _row(self.answer_label, QLabel("Colour by"), self.chip_combo, stretch=0),
+                            self.map_caption)
 
-        panel = QWidget()
-        panel.setMinimumWidth(320)
-        layout = QVBoxLayout(panel)
-        layout.setContentsMargins(6, 6, 8, 6)
-        for box in (model_box, image_box, question_box):
+        center = QWidget()
+        center.setMinimumWidth(360)
+        layout = QVBoxLayout(center)
+        layout.setContentsMargins(6, 6, 6, 6)
+        for box in (model_box, image_box, question_box, answer_box):
             layout.addWidget(box)
-        layout.addWidget(answer_box, stretch=1)
-        layout.addWidget(explanation_box)
-
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(self.image_view)
-        splitter.addWidget(panel)
-        splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(1, 0)
-        splitter.setSizes([DEFAULT_SIZE.width() - PANEL_WIDTH, PANEL_WIDTH])
-        self.setCentralWidget(splitter)
+        layout.addStretch(1)
+        self.setCentralWidget(center)
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self.open_image_action = _action(self, "Open &image\u2026", QKeySequence.StandardKey.Open, self.choose_image)
         self.open_model_action = _action(self, "Open &model folder\u2026", "Ctrl+Shift+O", self.choose_model)
         file_menu.addAction(self.open_image_action)
+        file_menu.addAction(_action(self, "New &demo scene", "Ctrl+D", lambda: self.open_demo_scene()))
         file_menu.addAction(self.open_model_action)
         file_menu.addSeparator()
+        file_menu.addAction(_action(self, "Open &session\u2026", "Ctrl+Shift+S", self.choose_session))
+        self.recent_menu = file_menu.addMenu("&Recent sessions")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_sessions)
+        self.save_action = _action(self, "&Save session", QKeySequence.StandardKey.Save, self.save_session)
+        file_menu.addAction(self.save_action)
+        file_menu.addAction(_action(self, "Save session &as\u2026", None, lambda: self.save_session(ask=True)))
+        self.report_action = _action(self, "Export &report (PDF)\u2026", "Ctrl+P", self.choose_report)
+        file_menu.addAction(self.report_action)
+        file_menu.addSeparator()
         file_menu.addAction(_action(self, "&Quit", QKeySequence.StandardKey.Quit, self.close))
+
+        view_menu = self.menuBar().addMenu("&View")
+        self.panels_menu = view_menu.addMenu("&Panels")
+        self.panels_menu.aboutToShow.connect(self._sync_panel_actions)
+        self.panel_actions: dict[str, QAction] = {}
+        view_menu.addAction(_action(self, "Reset &layout", None, self.reset_layout))
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(_action(self, "&About LVLM Studio", None, self.show_about))
 
@@ -188,7 +234,113 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.cancel_button)
         self._on_busy_changed(False)
 
-    # -- actions -----------------------------------------------------------------------------
+    # -- panels --------------------------------------------------------------------------------
+    def toggle_panel(self, panel_id: str, visible: bool | None = None) -> QDockWidget | None:
+        """Show or hide a panel: the one place docks are made. The first request builds the panel
+        (importing its factory) in its default area, tabbed with a panel already there; later
+        requests toggle the same dock (``visible`` forces a state). None when it cannot be built."""
+        dock = self.dock(panel_id)
+        if dock is not None:
+            show = dock.isHidden() if visible is None else visible
+            dock.setVisible(show)
+            if show:
+                dock.raise_()
+            return dock
+        if visible is False:
+            return None
+        spec = self.panel_specs.get(panel_id)
+        if spec is None:
+            return None
+        context = PanelContext(self.analysis, panel_id)
+        try:
+            widget = build_panel(spec, context)
+        except Exception as exc:  # noqa: BLE001 - a broken panel plugin must not take the window down
+            import traceback
+
+            context._broken = True
+            self.state.unsubscribe(context._dispatch)
+            self.show_error(f"Opening panel \u201c{spec.title}\u201d", exc, traceback.format_exc())
+            return None
+        self.contexts[panel_id] = context
+        dock = QDockWidget(spec.title, self)
+        dock.setObjectName(f"panel:{panel_id}")  # stable: saved layouts find it again
+        dock.setWidget(widget)
+        area = AREAS.get(spec.area, Qt.DockWidgetArea.RightDockWidgetArea)
+        neighbour = next((d for d in self.findChildren(QDockWidget)
+                          if d is not dock and not d.isHidden() and self.dockWidgetArea(d) == area), None)
+        self.addDockWidget(area, dock)
+        if neighbour is not None:
+            self.tabifyDockWidget(neighbour, dock)
+        dock.show()  # a child added to a shown window stays hidden until shown
+        dock.raise_()
+        return dock
+
+    def dock(self, panel_id: str) -> QDockWidget | None:
+        return self.findChild(QDockWidget, f"panel:{panel_id}")
+
+    def open_panels(self) -> list[str]:
+        return [d.objectName().split(":", 1)[1] for d in self.findChildren(QDockWidget) if not d.isHidden()]
+
+    def _on_registry(self) -> None:
+        registry = self.analysis.registry
+        assert registry is not None
+        self.panel_specs = registry.panels()
+        self.panels_menu.clear()
+        self.panel_actions = {}
+        for panel_id, spec in self.panel_specs.items():
+            action = QAction(spec.title, self)
+            action.setCheckable(True)
+            action.triggered.connect(lambda checked, p=panel_id: self.toggle_panel(p, checked))
+            self.panels_menu.addAction(action)
+            self.panel_actions[panel_id] = action
+        self._restore_layout()
+        if self.state.method not in self.analysis.explainers and self.analysis.explainers:
+            self.state.set_method(next(iter(self.analysis.explainers)))
+        self._update_caption()
+
+    def _sync_panel_actions(self) -> None:
+        for panel_id, action in self.panel_actions.items():
+            dock = self.dock(panel_id)
+            action.setChecked(dock is not None and not dock.isHidden())
+
+    def _restore_layout(self) -> None:
+        """The saved layout of this version, or the default when there is none or it fails."""
+        saved = self.settings.layout()
+        if saved is not None:
+            state, geometry, panels = saved
+            for panel_id in panels:
+                if panel_id in self.panel_specs:
+                    self.toggle_panel(panel_id, True)
+            if not geometry.isEmpty():
+                self.restoreGeometry(geometry)
+            if self.restoreState(state, _layout_version()):
+                return
+            log.warning("the saved window layout could not be restored; using the default layout")
+        self.reset_layout()
+
+    def reset_layout(self) -> None:
+        """The default layout: the image overlay on the left, the token timeline under the question."""
+        for dock in self.findChildren(QDockWidget):
+            dock.hide()
+        for panel_id, spec in self.panel_specs.items():
+            dock = self.dock(panel_id)
+            if dock is not None:
+                self.removeDockWidget(dock)
+                self.addDockWidget(AREAS.get(spec.area, Qt.DockWidgetArea.RightDockWidgetArea), dock)
+                dock.hide()
+        shown = [self.toggle_panel(p, True) for p in DEFAULT_PANELS if p in self.panel_specs]
+        overlay = self.dock("overlay")
+        if overlay is not None:
+            self.resizeDocks([overlay], [LEFT_WIDTH], Qt.Orientation.Horizontal)
+        timeline = self.dock("timeline")
+        if timeline is not None:
+            self.resizeDocks([timeline], [BOTTOM_HEIGHT], Qt.Orientation.Vertical)
+        del shown
+
+    def save_layout(self) -> None:
+        self.settings.save_layout(self.saveState(_layout_version()), self.saveGeometry(), self.open_panels())
+
+    # -- actions -------------------------------------------------------------------------------
     def choose_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open image", "", IMAGE_FILTER)
         if path:
@@ -202,72 +354,42 @@ class MainWindow(QMainWindow):
     def open_image(self, path: str | Path) -> Job:
         """Read ``path`` as an image on the worker thread, then show it (the answer is cleared)."""
         path = Path(path)
+        return self.analysis.open_image(path)
 
-        def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.images import open_image
-
-            return open_image(path)
-
-        def done(image: Any) -> None:
-            self.state.set_image(image, path.name)
-            self.statusBar().showMessage(f"Opened {path.name}.")
-
-        job = self._start(f"Opening {path.name}", work, done)
-        self.image_view.set_hint(f"Opening {path.name}\u2026")
-        job.ended.connect(self.image_view.set_hint)
-        return job
+    def open_demo_scene(self, seed: int | None = None) -> Job:
+        """A random demo scene (or scene ``seed``), with its object masks."""
+        return self.analysis.open_demo_scene(random.randrange(1_000_000) if seed is None else seed)
 
     def load_model(self, path: str | Path | None) -> Job:
         """Load the model in folder ``path`` (None: the demo model) on the worker thread."""
         name = Path(path).name if path else "the demo model"
-        registry = self.registry
 
-        def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.models.loading import LoadOptions, load_model
-            from lvlm_studio.core.plugins import create_registry
-
-            used = registry or create_registry()
-            return used, load_model(path, LoadOptions(), used)
-
-        def done(result: Any) -> None:
-            used, loaded = result
-            if self.registry is None:
-                self._set_registry(used)
-            self.state.set_model(loaded)
-            self.statusBar().showMessage(f"Loaded {name}. Ask a question about the image.")
+        def done(model: Any) -> None:
+            if path:
+                self.settings.add_recent_model(str(Path(path).resolve()))
+            self._fill_model_combo()
+            self.model_label.setText(_describe(model))
 
         def failed(error: BaseException, details: str) -> None:
             if self.state.model is None:
                 self.model_label.setText("No model loaded: open a model folder.")
+            self._fill_model_combo()
 
         if self.state.model is None:
             self.model_label.setText(f"Loading {name}\u2026")
-        return self._start(f"Loading {name}", work, done, failed)
+        return self.analysis.load_model(path, self.device_combo.currentText(), self.dtype_combo.currentText(),
+                                        done, failed)
 
     def ask(self) -> Job | None:
         """Generate an answer to the prompt about the image (ignored until both are ready)."""
-        model, image, prompt = self.state.model, self.state.image, self.prompt_edit.toPlainText()
-        if not self.ask_button.isEnabled() or model is None or image is None:
+        if not self.ask_button.isEnabled():
             return None
-
-        def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.trace import generate_trace
-
-            return generate_trace(model, image, prompt, cancel=cancel)
-
-        def done(trace: Any) -> None:
-            self.state.set_trace(trace)
-            self.statusBar().showMessage(
-                f"Answered in {sum(trace.timings.values()):.1f} s. Click a token to see where it came from.")
-
-        job = self._start("Answering", work, done)
+        job = self.analysis.ask(self.prompt_edit.toPlainText())
         self._update_actions()
         return job
 
     def cancel(self) -> None:
-        if self.runner.busy:
-            self.statusBar().showMessage("Cancelling\u2026")
-            self.runner.cancel_all()
+        self.analysis.cancel()
 
     def show_about(self) -> None:
         model = self.state.model
@@ -278,74 +400,161 @@ class MainWindow(QMainWindow):
             "of the image each word of its answer came from.</p>" + about,
         )
 
-    # -- explanations ------------------------------------------------------------------------
-    def _ensure_explanation(self) -> None:
-        """Run the chosen method for every answer token once per trace, when a token is selected;
-        stepping through tokens afterwards only redraws."""
-        state, method = self.state, self.state.method
-        trace, model = state.trace, state.model
-        if trace is None or state.selected is None or method not in self.explainers:
-            return
-        if method in state.explanations or method in self._explaining or method in self._explain_failed:
-            return
-        explainer = self.explainers[method]
-        targets = list(range(len(trace.answer_tokens)))
+    # -- sessions ------------------------------------------------------------------------------
+    def current_session(self) -> Any:
+        """The analysis as a ``Session`` (what Save writes)."""
+        from lvlm_studio.core.session import MetricRecord, Session
 
-        def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.jobs import run_job
+        state = self.state
+        return Session(
+            prompt=self.prompt_edit.toPlainText(),
+            image=state.image,
+            image_name=state.image_name,
+            model_source=state.model_source,
+            trace=state.trace,
+            explanations=dict(state.explanations),
+            metrics=[MetricRecord(m, t, k, r) for (m, t, k), r in state.metrics.items()],
+            masks=dict(state.masks),
+            view={"selected": state.selected, "method": state.method, "opacity": state.opacity,
+                  "colormap": state.colormap, "threshold": state.threshold, "chip_mode": state.chip_mode,
+                  "stats": _stats_to_json(state.stats)},
+        )
 
-            params = explainer.resolve_params({})
-            return run_job(explainer.explain(trace, model, targets, params), report, cancel)
+    def save_session(self, path: str | Path | None = None, ask: bool = False) -> Path | None:
+        """Save the analysis (to ``path``, the current session file, or a file the user picks)."""
+        from lvlm_studio.core.session import FILE_FILTER, save_session
 
-        def done(explanation: Any) -> None:
-            state.add_explanation(trace, method, explanation)
-            self.statusBar().showMessage(f"{explainer.title}: maps for all {len(targets)} tokens ready.")
+        if path is None and (ask or self.session_path is None):
+            chosen, _ = QFileDialog.getSaveFileName(self, "Save session", "analysis.lvlm", FILE_FILTER)
+            if not chosen:
+                return None
+            path = chosen
+        target = Path(path) if path is not None else self.session_path
+        assert target is not None
+        try:
+            saved = save_session(self.current_session(), target)
+        except Exception as exc:  # noqa: BLE001 - shown, never raised into Qt
+            import traceback
 
-        def failed(error: BaseException, details: str) -> None:
-            if trace is state.trace:
-                self._explain_failed.add(method)
+            self.show_error("Saving the session", exc, traceback.format_exc())
+            return None
+        self.session_path = saved
+        self._saved_revision = self.state.revision
+        self.settings.add_recent_session(str(saved.resolve()))
+        self.statusBar().showMessage(f"Saved {saved.name}.")
+        return saved
 
-        def ended() -> None:
-            if self._explaining.get(method) is job:
-                del self._explaining[method]
-            self._update_map_caption()
+    def choose_session(self) -> None:
+        from lvlm_studio.core.session import FILE_FILTER
 
-        job = self._start(f"Explaining with {explainer.title}", work, done, failed)
-        job.ended.connect(ended)
-        self._explaining[method] = job
-        self._update_map_caption()
+        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", FILE_FILTER)
+        if path:
+            self.open_session(path)
 
-    def _forget_explanation_jobs(self) -> None:
-        """A new answer: maps still being computed for the old one are no use."""
-        for job in self._explaining.values():
-            job.cancel()
-        self._explaining.clear()
-        self._explain_failed.clear()
+    def open_session(self, path: str | Path, remember: bool = True) -> Job:
+        """Read a session on the worker thread, then show it as it was saved."""
+        path = Path(path)
 
-    # -- jobs --------------------------------------------------------------------------------
-    def _start(
-        self,
-        title: str,
-        work: Callable[[Callable[[Progress], None], threading.Event], Any],
-        done: Callable[[Any], None],
-        failed: Callable[[BaseException, str], None] | None = None,
-    ) -> Job:
-        job = self.runner.start(title, work)
-        job.finished.connect(done)
+        def work(report: Callable[..., None], cancel: Any) -> Any:
+            from lvlm_studio.core.session import load_session
 
-        def report_failure(error: BaseException, details: str) -> None:
-            if failed is not None:
-                failed(error, details)
-            self.show_error(title, error, details)
+            return load_session(path)
 
-        job.failed.connect(report_failure)
-        job.cancelled.connect(lambda: self.statusBar().showMessage(f"Cancelled: {title.lower()}."))
-        return job
+        def done(session: Any) -> None:
+            self.apply_session(session)
+            if remember:
+                self.session_path = path
+                self.settings.add_recent_session(str(path.resolve()))
+            self.statusBar().showMessage(f"Opened {path.name}.")
 
+        return self.analysis.start(f"Opening {path.name}", work, done)
+
+    def apply_session(self, session: Any) -> None:
+        """Show a loaded session: image, masks, prompt, answer, maps, metrics and the view."""
+        state, view = self.state, session.view
+        if session.image is not None:
+            state.set_image(session.image, session.image_name, session.masks)
+        self.prompt_edit.setPlainText(session.prompt)
+        if session.trace is not None:
+            state.set_trace(session.trace)
+            stats = _stats_from_json(view.get("stats"), session.trace)
+            if stats is not None:
+                state.set_stats(session.trace, stats)
+            for method, explanation in session.explanations.items():
+                state.add_explanation(session.trace, method, explanation)
+            for record in session.metrics:
+                state.add_metric(session.trace, (record.method, record.token, record.metric), record.result)
+        state.set_view(**{k: view[k] for k in ("opacity", "colormap", "threshold", "chip_mode") if k in view})
+        if isinstance(view.get("method"), str):
+            state.set_method(view["method"])
+        if isinstance(view.get("selected"), int):
+            state.select(view["selected"])
+        self._saved_revision = state.revision
+
+    def _fill_recent_sessions(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.recent_sessions()
+        for path in recent:
+            self.recent_menu.addAction(_action(self, Path(path).name, None, lambda p=path: self.open_session(p)))
+        if not recent:
+            self.recent_menu.addAction("No recent sessions").setEnabled(False)
+
+    def choose_report(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export report", "report.pdf", "PDF (*.pdf)")
+        if path:
+            self.export_report(path)
+
+    def export_report(self, path: str | Path) -> Job:
+        """Write the PDF report on the worker thread (matplotlib, no Qt)."""
+        session = self.current_session()
+        session.record = {}
+
+        def work(report: Callable[..., None], cancel: Any) -> Any:
+            from lvlm_studio.core.report import write_report
+            from lvlm_studio.core.session import run_record
+
+            session.record = run_record(session.trace)
+            return write_report(session, path)
+
+        return self.analysis.start("Writing the report", work,
+                                   lambda written: self.statusBar().showMessage(f"Wrote {Path(written).name}."))
+
+    def autosave(self) -> Path | None:
+        """Save the analysis to the autosave file when it changed since the last save."""
+        if self.state.trace is None and self.state.image is None:
+            return None
+        if self.state.revision == self._saved_revision and self.settings.autosave_path.exists():
+            return None
+        from lvlm_studio.core.session import save_session
+
+        try:
+            path = save_session(self.current_session(), self.settings.autosave_path)
+        except Exception:  # noqa: BLE001 - an autosave failure must not interrupt the user
+            log.warning("autosave failed", exc_info=True)
+            return None
+        self._saved_revision = self.state.revision
+        return path
+
+    def offer_restore(self) -> bool:
+        """After a run that did not end cleanly, offer the autosaved analysis (True: restoring)."""
+        path = self.settings.autosave_path
+        if not path.exists():
+            return False
+        box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: restore the last analysis?",
+                          "LVLM Studio did not close normally last time.",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setInformativeText("Restore the analysis that was autosaved? (No discards it.)")
+        if box.exec() == QMessageBox.StandardButton.Yes:
+            self.open_session(path, remember=False)
+            return True
+        path.unlink(missing_ok=True)
+        return False
+
+    # -- errors and jobs -----------------------------------------------------------------------
     def show_error(self, title: str, error: BaseException, details: str = "") -> None:
         """One dialog per failure; a failure that arrives while a dialog is open goes to the
         status bar instead of stacking a second dialog."""
-        log.warning("%s failed: %s", title, error, exc_info=(type(error), error, error.__traceback__))
+        log.warning("%s failed: %s", title, error)
         if self._showing_error:
             self.statusBar().showMessage(f"{title} failed too: {error}")
             return
@@ -355,6 +564,7 @@ class MainWindow(QMainWindow):
             error_box(self, title, error, details).exec()
         finally:
             self._showing_error = False
+        self._update_caption()
 
     @Slot(object)
     def _on_job_started(self, job: Job) -> None:
@@ -378,55 +588,46 @@ class MainWindow(QMainWindow):
         self.cancel_button.setVisible(busy)
         self._update_actions()
 
-    # -- following the state -----------------------------------------------------------------
-    def _set_registry(self, registry: PluginRegistry) -> None:
-        self.registry = registry
-        self.explainers = registry.explainers()
-        self.method_combo.blockSignals(True)
-        self.method_combo.clear()
-        for method_id, explainer in self.explainers.items():
-            self.method_combo.addItem(explainer.title or method_id, method_id)
-            self.method_combo.setItemData(self.method_combo.count() - 1, method_id, Qt.ItemDataRole.ToolTipRole)
-        self.method_combo.blockSignals(False)
-        preferred = self.state.method if self.state.method in self.explainers else DEFAULT_METHOD
-        index = self.method_combo.findData(preferred)
-        self.method_combo.setCurrentIndex(max(index, 0))
-        self._on_method_chosen(self.method_combo.currentIndex())
+    # -- following the state -------------------------------------------------------------------
+    def _follow_selection(self, retry: bool = False) -> None:
+        """A token is selected: make sure the chosen method's maps exist (one job per answer)."""
+        if self.state.trace is not None and self.state.selected is not None:
+            self.analysis.explain(self.state.method, retry=retry)
+        self._update_caption()
 
-    def _on_method_chosen(self, index: int) -> None:
-        method = self.method_combo.itemData(index)
-        if method:
-            self.state.set_method(method)
-
-    def _retry_method(self, index: int) -> None:
-        """The user picked a method in the list, perhaps the one that failed: try it again."""
-        self._explain_failed.discard(self.method_combo.itemData(index))
-        self._ensure_explanation()
-        self._update_map_caption()
-
-    def _on_opacity(self, value: int) -> None:
-        self.opacity_value.setText(f"{value} %")
-        self.state.set_opacity(value / 100)
+    def _on_chip_mode(self, index: int) -> None:
+        mode = self.chip_combo.itemData(index)
+        self.state.set_view(chip_mode=mode)
+        if mode == "relevance":
+            self.analysis.token_stats()
 
     def _on_state(self, name: str) -> None:
         if name == "model" and self.state.model is not None:
             self.model_label.setText(_describe(self.state.model))
-        elif name == "image" and self.state.image is not None:
-            width, height = self.state.image.size
-            self.image_label.setText(f"{self.state.image_name} \u00b7 {width} \u00d7 {height} px")
+        elif name == "image":
+            if self.state.image is not None:
+                width, height = self.state.image.size
+                masks = f" \u00b7 {len(self.state.masks)} object masks" if self.state.masks else ""
+                self.image_label.setText(f"{self.state.image_name} \u00b7 {width} \u00d7 {height} px{masks}")
         elif name == "trace":
-            self._forget_explanation_jobs()
             self._update_answer_label()
+            if self.state.trace is not None and self.state.chip_mode == "relevance":
+                self.analysis.token_stats()
         elif name in ("selected", "method"):
-            self._ensure_explanation()
-        if name in ("model", "image"):
+            self._follow_selection()
+        elif name == "view":
+            index = self.chip_combo.findData(self.state.chip_mode)
+            if index != self.chip_combo.currentIndex():
+                self.chip_combo.setCurrentIndex(index)
+        if name in ("model", "image", "trace"):
             self._update_actions()
-        self._update_map_caption()
+        if name in ("trace", "selected", "method", "explanations"):
+            self._update_caption()
 
     def _update_actions(self) -> None:
         ready = self.state.model is not None and self.state.image is not None
         self.ask_button.setEnabled(ready and not self.runner.busy)
-        self.method_combo.setEnabled(bool(self.explainers))
+        self.report_action.setEnabled(self.state.trace is not None)
 
     def _update_answer_label(self) -> None:
         trace = self.state.trace
@@ -435,34 +636,52 @@ class MainWindow(QMainWindow):
             return
         count = len(trace.answer_tokens)
         self.answer_label.setText(
-            f"{count} token{'s' * (count != 1)}, coloured by how sure the model was: red unsure, green sure. "
-            "Hover for alternatives; click, or press \u2190\u00a0\u2192, for the map."
+            f"{count} token{'s' * (count != 1)}. Hover a chip for the alternatives; click it, or press "
+            "\u2190\u00a0\u2192, to see where it came from."
         )
 
-    def _update_map_caption(self) -> None:
-        state, method = self.state, self.state.method
-        title = self.explainers[method].title if method in self.explainers else method
+    def _update_caption(self) -> None:
+        state, method, analysis = self.state, self.state.method, self.analysis
+        if not hasattr(self, "map_caption"):
+            return
+        explainer = analysis.explainers.get(method)
+        made = state.explanations.get(method)
+        title = explainer.title if explainer is not None else made.provenance.get("method", method) if made else method
+        key = f"explain:{method}"
         if state.trace is None:
             text = "Ask a question, then click a token of the answer to see its map over the image."
         elif state.selected is None:
             text = "Click a token of the answer to see its map over the image."
         elif method in state.explanations:
-            pixels = state.selected_pixels()
             token = state.selected_token or ""
-            count = len(state.trace.answer_tokens)
-            text = f"<b>{title}</b> for \u201c{token}\u201d, token {state.selected + 1} of {count}"
-            span = finite_range(pixels) if pixels is not None else None
-            if span is not None:
-                text += f"<br>values from {span[0]:.3g} to {span[1]:.3g} (colour bar)"
-        elif method in self._explaining:
+            text = (f"<b>{title}</b> for \u201c{token.strip()}\u201d, token {state.selected + 1} of "
+                    f"{len(state.trace.answer_tokens)} (Image overlay panel).")
+        elif analysis.is_running(key):
             text = f"Computing {title} for every token\u2026"
-        elif method in self._explain_failed:
-            text = f"{title} failed on this answer. Choose the method again to retry."
+        elif analysis.has_failed(key):
+            text = f"{title} failed on this answer. Click a token, or choose the method again, to retry."
         else:
             text = f"No {title} map yet: click a token to compute it."
         self.map_caption.setText(text)
 
-    # -- Qt events ---------------------------------------------------------------------------
+    def _fill_model_combo(self) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem(DEMO_MODEL, None)
+        for folder in self.settings.recent_models():
+            self.model_combo.addItem(Path(folder).name, folder)
+            self.model_combo.setItemData(self.model_combo.count() - 1, folder, Qt.ItemDataRole.ToolTipRole)
+        current = self.state.model_source
+        index = self.model_combo.findData(current) if current else 0
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+
+    def _on_model_chosen(self, index: int) -> None:
+        folder = self.model_combo.itemData(index)
+        if folder != self.state.model_source or self.state.model is None:
+            self.load_model(folder)
+
+    # -- Qt events -----------------------------------------------------------------------------
     def keyPressEvent(self, event: QKeyEvent) -> None:
         # Arrow keys that no focused widget used step through the answer tokens.
         steps = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
@@ -476,13 +695,15 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        """A dropped file opens as the image; a dropped folder loads as the model."""
+        """A dropped session opens, a dropped folder loads as the model, any other file as the image."""
         path = _dropped_path(event)
         if path is None:
             return
         event.acceptProposedAction()
         if path.is_dir():
             self.load_model(path)
+        elif path.suffix == ".lvlm":
+            self.open_session(path)
         else:
             self.open_image(path)
 
@@ -490,10 +711,40 @@ class MainWindow(QMainWindow):
         # Stop the worker before the widgets go: a late result must find a living window.
         if not self.runner.shutdown():
             log.warning("a job did not stop in time; closing anyway")
+        self.autosave_timer.stop()
+        if self.panel_specs:
+            self.save_layout()
+        self.settings.autosave_path.unlink(missing_ok=True)  # a clean exit: nothing to restore
         super().closeEvent(event)
 
 
 # -- small helpers ------------------------------------------------------------------------------
+def _layout_version() -> int:
+    from lvlm_studio.gui.settings import LAYOUT_VERSION
+
+    return LAYOUT_VERSION
+
+
+def _stats_to_json(stats: Any) -> dict[str, list] | None:
+    if stats is None:
+        return None
+    return {"llr": stats.llr.tolist(), "relevant": stats.relevant.tolist(), "entropy": stats.entropy.tolist()}
+
+
+def _stats_from_json(data: Any, trace: Any) -> Any:
+    if not isinstance(data, dict):
+        return None
+    import numpy as np
+
+    from lvlm_studio.core.token_stats import TokenStats
+
+    try:
+        return TokenStats(np.asarray(trace.logprobs, dtype=np.float64), np.asarray(data["llr"], dtype=np.float64),
+                          np.asarray(data["relevant"], dtype=bool), np.asarray(data["entropy"], dtype=np.float64))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _describe(model: Any) -> str:
     info = model.describe()
     source = "demo model" if Path(model.source).name == "demo-model" else Path(model.source).name
@@ -508,8 +759,7 @@ def _dropped_path(event: QDragEnterEvent | QDropEvent) -> Path | None:
 
 
 def _wrapping_label(text: str, lines: int = 1) -> QLabel:
-    """A label that wraps; it keeps room for ``lines`` lines, because the splitter that holds the
-    panel does not pass wrapped heights on and a longer text would otherwise be cut off."""
+    """A label that wraps and keeps room for ``lines`` lines."""
     label = QLabel(text)
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -520,19 +770,28 @@ def _wrapping_label(text: str, lines: int = 1) -> QLabel:
 def _group(title: str, *items: QWidget) -> QGroupBox:
     box = QGroupBox(title)
     layout = QVBoxLayout(box)
+    layout.setContentsMargins(8, 6, 8, 6)
     for item in items:
         layout.addWidget(item)
     return box
 
 
 def _row(*widgets: QWidget, stretch: int) -> QWidget:
-    """Widgets side by side; the second one takes the spare width."""
+    """Widgets side by side; the one at index ``stretch`` takes the spare width."""
     row = QWidget()
     layout = QHBoxLayout(row)
     layout.setContentsMargins(0, 0, 0, 0)
     for i, widget in enumerate(widgets):
-        layout.addWidget(widget, stretch=stretch if i == 1 else 0)
+        layout.addWidget(widget, stretch=1 if i == stretch else 0)
     return row
+
+
+def _combo(items: tuple[str, ...], current: str, tip: str) -> QComboBox:
+    combo = QComboBox()
+    combo.addItems(list(items))
+    combo.setCurrentText(current)
+    combo.setToolTip(tip)
+    return combo
 
 
 def _action(parent: QWidget, text: str, shortcut: Any, slot: Callable[[], Any]) -> QAction:
@@ -541,3 +800,5 @@ def _action(parent: QWidget, text: str, shortcut: Any, slot: Callable[[], Any]) 
         action.setShortcut(shortcut)
     action.triggered.connect(slot)
     return action
+
+

@@ -1,4 +1,5 @@
-"""The answer as a row of token chips, coloured by how sure the model was of each token.
+"""The answer as a row of token chips, coloured by how sure the model was of each token, or by how
+much the image made it likely (visual relevance).
 
 A ``QListWidget`` in wrapping left-to-right mode gives the flow layout, hit testing, selection and
 tooltips; a small delegate paints each item as a rounded chip. Selection lives in the state: a
@@ -26,6 +27,8 @@ from PySide6.QtWidgets import (
 from lvlm_studio.gui.state import StudioState
 
 PROBABILITY_ROLE = Qt.ItemDataRole.UserRole
+COLOR_ROLE = Qt.ItemDataRole.UserRole + 1
+RELEVANCE_SCALE = 3.0  # nats of LLR that colour a chip fully
 CHIP_PADDING = QSize(9, 5)  # inside a chip, around its text
 CHIP_MARGIN = 3  # between chips
 
@@ -35,6 +38,15 @@ def probability_color(probability: float) -> QColor:
     stays readable on every chip)."""
     p = float(np.clip(probability, 0.0, 1.0))
     return QColor.fromHsvF(p / 3.0, 0.5, 0.96)  # hue 0 (red) to 1/3 (green)
+
+
+def relevance_color(llr: float, relevant: bool) -> QColor:
+    """Grey for a token the image did not make likely, through to strong blue for one it did
+    (LLR of ``RELEVANCE_SCALE`` nats or more); visually relevant tokens are never grey."""
+    strength = float(np.clip(llr / RELEVANCE_SCALE, 0.0, 1.0))
+    if relevant:
+        strength = max(strength, 0.35)
+    return QColor.fromHsvF(0.6, 0.08 + 0.5 * strength, 0.93)
 
 
 def chip_text(token: str) -> str:
@@ -70,7 +82,7 @@ class ChipDelegate(QStyledItemDelegate):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         selected = bool(option.state & QStyle.StateFlag.State_Selected)
         rect = QRect(option.rect).adjusted(1, 1, -1, -1)
-        fill = probability_color(index.data(PROBABILITY_ROLE))
+        fill = index.data(COLOR_ROLE) or probability_color(index.data(PROBABILITY_ROLE))
         outline = option.palette.color(QPalette.ColorRole.Highlight) if selected else fill.darker(130)
         painter.setPen(QPen(outline, 3 if selected else 1))
         painter.setBrush(fill)
@@ -102,6 +114,8 @@ class TokenBar(QListWidget):
             self._rebuild()
         elif name == "selected":
             self._show_selection()
+        elif name in ("stats", "view"):
+            self._recolor()
 
     def _rebuild(self) -> None:
         self.blockSignals(True)
@@ -112,10 +126,27 @@ class TokenBar(QListWidget):
                 probability = float(trace.probabilities[i])
                 item = QListWidgetItem(chip_text(token))
                 item.setData(PROBABILITY_ROLE, probability)
-                item.setToolTip(tooltip(token, probability, trace.top_tokens[i], np.exp(trace.top_logprobs[i])))
                 self.addItem(item)
         self.blockSignals(False)
+        self._recolor()
         self._show_selection()
+
+    def _recolor(self) -> None:
+        """Chip colours (and tooltips) for the chosen colouring; relevance needs the token statistics."""
+        trace, stats = self.state.trace, self.state.stats
+        if trace is None:
+            return
+        by_relevance = self.state.chip_mode == "relevance" and stats is not None
+        for i in range(self.count()):
+            item = self.item(i)
+            probability = float(trace.probabilities[i])
+            text = tooltip(trace.answer_tokens[i], probability, trace.top_tokens[i], np.exp(trace.top_logprobs[i]))
+            if stats is not None:
+                text += (f"<br>Visual relevance: {stats.llr[i]:+.2f} nats"
+                         f"{' (relevant)' if stats.relevant[i] else ''}; entropy {stats.entropy[i]:.2f} nats")
+            item.setToolTip(text)
+            item.setData(COLOR_ROLE, relevance_color(stats.llr[i], bool(stats.relevant[i])) if by_relevance else None)
+        self.viewport().update()
 
     def _show_selection(self) -> None:
         self.blockSignals(True)

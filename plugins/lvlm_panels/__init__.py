@@ -1,0 +1,21 @@
+"""First-party GUI panels, declared through the same hook a third-party plugin uses.
+
+Declaring them is free: this module imports no Qt (the core loads it to list plugins), and each
+panel's module is imported only when the user first opens the panel.
+"""
+
+from __future__ import annotations
+
+from lvlm_studio.core.contracts import PanelSpec
+from lvlm_studio.core.hookspecs import hookimpl
+
+
+@hookimpl
+def lvlm_studio_panels() -> list:
+    return [
+        PanelSpec("overlay", "Image overlay", "lvlm_panels.overlay:OverlayPanel", "left"),
+        PanelSpec("timeline", "Token timeline", "lvlm_panels.timeline:TimelinePanel", "bottom"),
+        PanelSpec("heads", "Attention grid", "lvlm_panels.heads:AttentionGridPanel", "bottom"),
+        PanelSpec("compare", "Compare methods", "lvlm_panels.compare:ComparePanel", "left"),
+        PanelSpec("metrics", "Metrics", "lvlm_panels.metrics:MetricsPanel", "bottom"),
+    ]

@@ -1,0 +1,212 @@
+"""Compare methods: several methods' maps of the selected token side by side, and how they agree.
+
+Agreement is read on the token grids (``lvlm_studio.core.agreement``): Spearman's rank correlation
+over every cell, the overlap of the top 10 % of cells, and the core's flag for a pair that
+disagrees too much to trust either map alone. Ticking a method computes its maps for the whole
+answer (a job), like choosing it in the overlay.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lvlm_studio.gui.image_view import ImageView
+from lvlm_studio.gui.panels import PanelContext
+
+DEFAULT_METHODS = ("raw_attention", "rollout", "tam")
+MAX_SHOWN = 4
+
+
+class ComparePanel(QWidget):
+    def __init__(self, context: PanelContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.context = context
+        self.method_list = QListWidget()
+        self.method_list.setToolTip("Tick up to four methods to compare")
+        self.method_list.itemChanged.connect(self._on_ticked)
+        self.method_list.setMaximumWidth(180)
+        self.method_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.method_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.views_grid = QGridLayout()
+        self.views_grid.setSpacing(4)
+        self.views: list[ImageView] = []
+        self._image_cache: tuple[object, np.ndarray | None] = (None, None)
+        self._agreement_cache: dict[tuple[int, int, int], object] = {}
+        self.titles: list[QLabel] = []
+        self.columns: list[QWidget] = []
+        views_widget = QWidget()
+        views_widget.setLayout(self.views_grid)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["pair", "\u03c1", "top 10 %", "verdict"])
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeaderItem(1).setToolTip("Spearman rank correlation of all grid cells")
+        self.table.horizontalHeaderItem(2).setToolTip("Share of the top 10 % of cells that both maps put there")
+        self.table.setMaximumHeight(110)
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(views_widget)
+        right.addWidget(self.table)
+        right.setStretchFactor(0, 1)
+        body = QHBoxLayout()
+        body.addWidget(self.method_list)
+        body.addWidget(right, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(body, 1)
+        layout.addWidget(self.caption)
+        self._fill_methods()
+        context.subscribe(self._on_change, self)
+        self.redraw()
+
+    def _fill_methods(self) -> None:
+        ticked = set(self.ticked()) or set(DEFAULT_METHODS)
+        self.method_list.blockSignals(True)
+        self.method_list.clear()
+        for method, title in self.context.methods().items():
+            item = QListWidgetItem(short_title(title))
+            item.setToolTip(title)
+            item.setData(Qt.ItemDataRole.UserRole, method)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if method in ticked else Qt.CheckState.Unchecked)
+            self.method_list.addItem(item)
+        self.method_list.blockSignals(False)
+
+    def ticked(self) -> list[str]:
+        return [self.method_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.method_list.count())
+                if self.method_list.item(i).checkState() == Qt.CheckState.Checked][:MAX_SHOWN]
+
+    def set_ticked(self, methods: list[str]) -> None:
+        self.method_list.blockSignals(True)
+        for i in range(self.method_list.count()):
+            item = self.method_list.item(i)
+            on = item.data(Qt.ItemDataRole.UserRole) in methods
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+        self.method_list.blockSignals(False)
+        self.redraw()
+
+    def _on_ticked(self, item: QListWidgetItem) -> None:
+        self.redraw()
+
+    def _on_change(self, name: str) -> None:
+        if name == "registry":
+            self._fill_methods()
+        if name == "trace":
+            self._agreement_cache.clear()
+        if name in ("registry", "trace", "selected", "explanations", "view", "activity"):
+            self.redraw()
+
+    def redraw(self) -> None:
+        context = self.context
+        methods = self.ticked()
+        if context.selected is not None and self.isVisible():
+            for method in methods:
+                context.request_explanation(method)
+        while len(self.views) < len(methods):
+            column = QWidget()
+            column_layout = QVBoxLayout(column)
+            column_layout.setContentsMargins(0, 0, 0, 0)
+            column_layout.setSpacing(2)
+            label = QLabel()
+            label.setWordWrap(True)
+            label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            view = ImageView(color_bar=False, hint="")
+            column_layout.addWidget(label)
+            column_layout.addWidget(view, 1)
+            self.views.append(view)
+            self.titles.append(label)
+            self.columns.append(column)
+        per_row = 2 if len(methods) > 2 else max(1, len(methods))  # 3 or 4 maps: two rows of two
+        for i, column in enumerate(self.columns):
+            self.views_grid.addWidget(column, i // per_row, i % per_row)
+        image = self._image_pixels()
+        view_settings = context.view
+        for i, view in enumerate(self.views):
+            self.columns[i].setVisible(i < len(methods))
+            if i >= len(methods):
+                continue
+            method = methods[i]
+            view.set_image(image)
+            view.set_colormap(view_settings["colormap"])
+            found = context.pixels(method, context.selected) if context.selected is not None else None
+            view.set_map(None if found is None else found[0], found[1] if found else (0, 1),
+                         view_settings["opacity"])
+            state = "" if found is not None or not context.is_running(f"explain:{method}") else " \u2026"
+            self.titles[i].setText(short_title(context.title_of(method)) + state)
+        self._fill_table(methods)
+
+    def _image_pixels(self) -> np.ndarray | None:
+        """The image as an array, converted once per image (redraws reuse it)."""
+        image = self.context.image
+        if image is None:
+            return None
+        if self._image_cache[0] is not image:
+            self._image_cache = (image, np.asarray(image.convert("RGB")))
+        return self._image_cache[1]
+
+    def agreements(self) -> list[tuple[str, str, float, float, bool]]:
+        """(method a, method b, Spearman rho, top-k overlap, inconsistent) for every ticked pair with
+        maps of the selected token."""
+        from lvlm_studio.core.agreement import agreement, flatten
+
+        context, token = self.context, self.context.selected
+        if token is None:
+            return []
+        explanations = context.explanations
+        ready = [m for m in self.ticked() if m in explanations and token in explanations[m].maps]
+        rows = []
+        for a, b in itertools.combinations(ready, 2):
+            key = (id(explanations[a]), id(explanations[b]), token)
+            if key not in self._agreement_cache:
+                self._agreement_cache[key] = agreement(flatten(explanations[a].maps[token]),
+                                                       flatten(explanations[b].maps[token]))
+            result = self._agreement_cache[key]
+            rows.append((a, b, result.rank_correlation, result.top_k_overlap, result.inconsistent))
+        return rows
+
+    def _fill_table(self, methods: list[str]) -> None:
+        rows = self.agreements()
+        self.table.setRowCount(len(rows))
+        for r, (a, b, rho, overlap, inconsistent) in enumerate(rows):
+            pair = f"{short_title(self.context.title_of(a))} \u00b7 {short_title(self.context.title_of(b))}"
+            for c, text in enumerate((pair, "-" if np.isnan(rho) else f"{rho:+.2f}", f"{overlap:.0%}",
+                                      "disagree" if inconsistent else "agree")):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        if self.context.trace is None:
+            text = "After an answer, select a token to compare the ticked methods' maps."
+        elif self.context.selected is None:
+            text = "Select a token to compare the ticked methods' maps."
+        elif len(methods) < 2:
+            text = "Tick at least two methods."
+        else:
+            text = (f"\u201c{(self.context.selected_token or '').strip()}\u201d: agreement on the token grid "
+                    "(\u03c1 = rank correlation of all cells; overlap of the top 10 % of cells).")
+        self.caption.setText(text)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self.redraw()
+
+
+def short_title(title: str) -> str:
+    """A method's title without its parenthesised gloss ("Relevancy (gradient-weighted ...)")."""
+    return title.split(" (")[0]

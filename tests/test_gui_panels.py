@@ -1,0 +1,267 @@
+"""Panels are plugin contributions: every first-party panel opens, follows the selection, and works;
+a third-party panel appears; a panel that raises is reported once and the window goes on."""
+# ruff: noqa: E402 - the Qt platform is chosen before anything Qt is imported
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from gui_helpers import JOB_TIMEOUT_MS, ask, wait_idle
+from PIL import Image
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtWidgets import QDockWidget, QLabel
+
+from lvlm_studio.core.contracts import Metric, MetricResult, PanelSpec
+from lvlm_studio.core.explanation import overlay, to_pixels
+from lvlm_studio.core.hookspecs import hookimpl
+
+FIRST_PARTY_PANELS = ("overlay", "timeline", "heads", "compare", "metrics")
+
+
+# -- a third party's plugin: a panel, a metric, and a panel that breaks --------------------------
+class ThirdPartyPanel(QLabel):
+    """Shows the selected token; built only from the context it is given."""
+
+    built = 0
+
+    def __init__(self, context):
+        super().__init__("third party: nothing selected")
+        ThirdPartyPanel.built += 1
+        self.context = context
+        context.subscribe(self._on_change)
+
+    def _on_change(self, name):
+        if name == "selected":
+            self.setText(f"third party: {self.context.selected_token}")
+
+
+class RaisingPanel(QLabel):
+    """Builds fine, then raises on the first selection."""
+
+    def __init__(self, context):
+        super().__init__("raises later")
+        context.subscribe(self._on_change)
+
+    def _on_change(self, name):
+        if name == "selected":
+            raise ValueError("panel bug on selection")
+
+
+def failing_factory(context):
+    raise RuntimeError("cannot build this panel")
+
+
+class PeakMetric(Metric):
+    """A hand-checkable metric: the map's largest cell, and its cells sorted (as a curve)."""
+
+    id = "peak"
+    title = "Peak value"
+
+    def score(self, trace, explanation, model, masks, params):
+        (token,) = explanation.targets
+        cells = np.concatenate([m.ravel() for m in explanation.maps[token]])
+        ordered = np.sort(cells)[::-1]
+        return MetricResult(values={"peak": float(ordered[0]), "masks": float(len(masks or {}))},
+                            curves={"sorted": (np.arange(ordered.size) / ordered.size, ordered)})
+
+
+class ThirdPartyPlugin:
+    @hookimpl
+    def lvlm_studio_panels(self):
+        return [PanelSpec("third", "Third party", "test_gui_panels:ThirdPartyPanel", "right"),
+                PanelSpec("raising", "Raising", "test_gui_panels:RaisingPanel", "right"),
+                PanelSpec("unbuildable", "Unbuildable", "test_gui_panels:failing_factory", "right"),
+                PanelSpec("missing", "Missing", "no_such_module_here:Panel", "right")]
+
+    @hookimpl
+    def lvlm_studio_metrics(self):
+        return [PeakMetric()]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from lvlm_studio.core.plugins import create_registry
+
+    return create_registry(load_third_party=False, extra=[(ThirdPartyPlugin(), "third_party")])
+
+
+@pytest.fixture
+def window(make_window, registry):
+    return make_window(registry)
+
+
+def answered(qtbot, window, token=1):
+    ask(qtbot, window)
+    window.state.select(token)
+    qtbot.waitUntil(lambda: window.state.explanation is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+
+
+def click_scene(qtbot, graphics, scene_point: QPointF) -> None:
+    qtbot.mouseClick(graphics.viewport(), Qt.MouseButton.LeftButton, pos=graphics.mapFromScene(scene_point))
+
+
+# -- the dock function ---------------------------------------------------------------------------
+def test_every_panel_opens_and_closes_and_a_second_request_toggles(qtbot, window, dialogs):
+    ThirdPartyPanel.built = 0
+    for panel_id in (*FIRST_PARTY_PANELS, "third"):
+        dock = window.toggle_panel(panel_id, True)
+        assert dock is not None and dock.objectName() == f"panel:{panel_id}" and dock.isVisible()
+        assert window.toggle_panel(panel_id) is dock and dock.isHidden()  # the second request hides it
+        assert window.toggle_panel(panel_id) is dock and not dock.isHidden()  # and the third shows it again
+        names = [d.objectName() for d in window.findChildren(QDockWidget)]
+        assert names.count(f"panel:{panel_id}") == 1
+    assert ThirdPartyPanel.built == 1
+    window.panels_menu.aboutToShow.emit()
+    assert all(action.isChecked() for pid, action in window.panel_actions.items() if pid in FIRST_PARTY_PANELS)
+    assert dialogs == []
+
+
+def test_panel_factories_are_imported_only_when_shown(make_window, registry):
+    import sys
+
+    for module in ("lvlm_panels.heads", "lvlm_panels.compare", "lvlm_panels.metrics"):
+        sys.modules.pop(module, None)
+    window = make_window(registry)
+    assert "lvlm_panels.heads" not in sys.modules
+    window.toggle_panel("heads")
+    assert "lvlm_panels.heads" in sys.modules
+
+
+def test_a_third_party_panel_follows_the_selection(qtbot, window):
+    dock = window.toggle_panel("third")
+    ask(qtbot, window)
+    window.state.select(1)
+    assert dock.widget().text() == f"third party: {window.state.trace.answer_tokens[1]}"
+    assert "Third party" in [a.text() for a in window.panels_menu.actions()]
+
+
+def test_panels_that_fail_are_reported_once_and_the_window_goes_on(qtbot, window, dialogs):
+    assert window.toggle_panel("unbuildable") is None
+    assert window.toggle_panel("missing") is None
+    assert len(dialogs) == 2
+    assert "cannot build this panel" in dialogs[0][0] and "no_such_module_here" in dialogs[1][0]
+    assert window.dock("unbuildable") is None
+
+    raising = window.toggle_panel("raising")
+    third = window.toggle_panel("third")
+    ask(qtbot, window)
+    window.state.select(0)
+    assert len(dialogs) == 3 and "panel bug on selection" in dialogs[2][0]
+    window.state.select(2)  # disconnected: no second dialog, and the others still follow
+    assert len(dialogs) == 3
+    assert window.contexts["raising"].broken and raising.widget().text() == "raises later"
+    assert third.widget().text().endswith(window.state.trace.answer_tokens[2])
+    wait_idle(qtbot, window)
+
+
+# -- first-party panels --------------------------------------------------------------------------
+def test_overlay_controls_threshold_tiles_and_export(qtbot, window, tmp_path):
+    answered(qtbot, window)
+    panel = window.dock("overlay").widget()
+    pixels, levels = window.state.pixels("raw_attention", 1)
+    np.testing.assert_array_equal(panel.view.overlay, pixels)
+
+    panel.colormap_combo.setCurrentText("viridis")
+    panel.opacity_slider.setValue(30)
+    panel.threshold_slider.setValue(50)
+    assert (window.state.colormap, window.state.opacity, window.state.threshold) == ("viridis", 0.3, 0.5)
+    cut = levels[0] + 0.5 * (levels[1] - levels[0])
+    shown = panel.view.overlay
+    assert np.isnan(shown[pixels < cut]).all() and np.array_equal(shown[pixels >= cut], pixels[pixels >= cut])
+    assert panel.view.overlay_item.opacity() == pytest.approx(0.3)
+
+    path = panel.export_png(tmp_path / "map.png")
+    expected = overlay(window.state.trace.image, shown, "viridis", 0.3)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(expected))
+
+    panel.tiles_box.setChecked(True)
+    regions = window.state.trace.regions
+    visible = [v for v in panel.tile_views if not v.isHidden()]
+    assert len(visible) == len(regions) and panel.stack.currentWidget() is panel.tiles_widget
+    assert visible[0].overlay.shape[:2] == visible[0].image_item.image.shape[:2]
+
+
+def test_timeline_plots_the_three_series_and_a_click_selects(qtbot, window):
+    answered(qtbot, window, token=0)
+    panel = window.dock("timeline").widget()
+    qtbot.waitUntil(lambda: window.state.stats is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    trace, stats = window.state.trace, window.state.stats
+    x, y = panel.curves["logprob"].getData()
+    np.testing.assert_allclose(y, trace.logprobs, rtol=1e-6)
+    np.testing.assert_allclose(panel.curves["llr"].getData()[1], stats.llr)
+    np.testing.assert_allclose(panel.curves["entropy"].getData()[1], stats.entropy)
+    assert (stats.entropy >= 0).all()
+
+    target = len(trace.answer_tokens) - 1
+    plot = panel.plots["llr"]
+    point = QPointF(target, float(stats.llr[target]))
+    qtbot.waitUntil(lambda: panel.graphics.viewport().rect().contains(
+        panel.graphics.mapFromScene(plot.vb.mapViewToScene(point))), timeout=JOB_TIMEOUT_MS)
+    click_scene(qtbot, panel.graphics, plot.vb.mapViewToScene(QPointF(target, float(stats.llr[target]))))
+    assert window.state.selected == target
+    assert panel.marked == target
+
+
+def test_attention_grid_click_shows_that_heads_map(qtbot, window):
+    answered(qtbot, window)
+    dock = window.toggle_panel("heads")
+    panel = dock.widget()
+    qtbot.waitUntil(lambda: window.state.heads is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    heads = window.state.heads
+    np.testing.assert_allclose(panel.image.image, heads.image_mass(1))
+    layers, count = heads.shape
+    layer, head = layers - 1, count - 1
+    cell = QPointF(head + 0.5, layer + 0.5)
+    # The view's transform follows its range once the event loop has laid it out.
+    qtbot.waitUntil(lambda: panel.graphics.viewport().rect().contains(
+        panel.graphics.mapFromScene(panel.image.mapToScene(cell))), timeout=JOB_TIMEOUT_MS)
+    click_scene(qtbot, panel.graphics, panel.image.mapToScene(cell))
+    assert window.state.method == f"head:L{layer}.H{head}"
+    expected = to_pixels(list(heads.head_explanation(window.state.trace, layer, head).maps[1]),
+                         window.state.trace.regions, window.state.trace.image.size)
+    np.testing.assert_allclose(window.dock("overlay").widget().view.overlay, expected)
+
+
+def test_compare_shows_maps_side_by_side_with_their_agreement(qtbot, window):
+    from lvlm_studio.core.agreement import agreement, flatten
+
+    answered(qtbot, window)
+    panel = window.toggle_panel("compare").widget()
+    panel.set_ticked(["raw_attention", "tam"])
+    qtbot.waitUntil(lambda: "tam" in window.state.explanations and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    shown = [v for v, column in zip(panel.views, panel.columns) if not column.isHidden()]
+    assert len(shown) == 2 and all(v.overlay is not None for v in shown)
+    maps = window.state.explanations
+    expected = agreement(flatten(maps["raw_attention"].maps[1]), flatten(maps["tam"].maps[1]))
+    rows = panel.agreements()
+    assert len(rows) == 1 and rows[0][2] == pytest.approx(expected.rank_correlation)
+    assert panel.table.item(0, 1).text() == f"{expected.rank_correlation:+.2f}"
+    assert panel.table.item(0, 3).text() == ("disagree" if expected.inconsistent else "agree")
+
+
+def test_metrics_panel_scores_the_shown_map_and_draws_curve_and_mask(qtbot, window):
+    window.open_demo_scene(seed=5)
+    qtbot.waitUntil(lambda: bool(window.state.masks) and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    answered(qtbot, window)
+    panel = window.toggle_panel("metrics").widget()
+    panel.metric_combo.setCurrentIndex(panel.metric_combo.findData("peak"))
+    panel.run()
+    qtbot.waitUntil(lambda: panel.result() is not None, timeout=JOB_TIMEOUT_MS)
+    cells = np.concatenate([m.ravel() for m in window.state.explanations["raw_attention"].maps[1]])
+    assert panel.table.item(0, 0).text() == "peak"
+    assert float(panel.table.item(0, 1).text()) == pytest.approx(cells.max(), rel=1e-3)
+    assert float(panel.table.item(1, 1).text()) == len(window.state.masks)  # the masks reached the metric
+    curve = panel.plot.getPlotItem().listDataItems()[0]
+    np.testing.assert_allclose(curve.getData()[1], np.sort(cells)[::-1])
+    word = window.state.trace.answer_tokens[1].strip()
+    if word in window.state.masks:
+        assert panel.mask_combo.currentData() == word
+    assert panel.mask_view.overlay is not None
