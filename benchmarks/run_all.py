@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("attention_memory.py", "rank_filter_speed.py", "tam_cost.py", "relevancy_cost.py")
+BENCHMARKS = ("attention_memory.py", "rank_filter_speed.py", "tam_cost.py", "relevancy_cost.py",
+              "grounded_throughput.py", "gui_startup.py", "gui_redraw.py", "gui_heartbeat.py", "sae_throughput.py",
+              "igos_cost.py", "perturbation_throughput.py",
+              "gpu_smoke.py")  # gpu_smoke: every family and method on a CUDA GPU; says so and passes without one
 
 
 def main() -> int:

@@ -6,7 +6,10 @@
     lvlm-studio plugins                             list plugins, methods and their status
     lvlm-studio demo accuracy                       the demo model's held-out exact-match accuracy
     lvlm-studio demo pointing --n 200               pointing game of every method on held-out scenes
+    lvlm-studio demo causal --n 100                 causal token subsets against random ones
     lvlm-studio demo scene --seed N --out FILE.png  draw a demo scene
+    lvlm-studio sae train|eval|inspect|hooks        sparse autoencoders on the vision tower (see `sae -h`)
+    lvlm-studio benchmark --methods tam,relevancy --n 100 --out DIR   grounded benchmark (resumable)
 
 Bad input ends with one line on stderr and a non-zero exit, never a traceback (``--debug`` shows it).
 """
@@ -42,6 +45,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--placement", choices=["auto"], help="spread a large model over GPUs and CPU (accelerate)")
     group.add_argument("--max-memory", action="append", default=[], metavar="DEVICE=SIZE",
                        help="with --placement auto: cap a device, e.g. 0=20GiB or cpu=64GiB (repeatable)")
+    group.add_argument("--offload-folder", help="with --placement auto: a folder for weights that fit on no device")
+    group.add_argument("--quantize", choices=["4bit", "8bit"],
+                       help="load the weights in 4 or 8 bits (bitsandbytes: pip install 'lvlm-studio[quant]'; CUDA)")
     group.add_argument("--allow-pickle", action="store_true", 
                        help="allow pickle weights (.bin) from a source you trust")
     group.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
@@ -66,7 +72,8 @@ def _load(args: argparse.Namespace):
             raise InputError(f"--max-memory {item!r} is not DEVICE=SIZE.", "Example: --max-memory 0=20GiB.")
         max_memory[device] = size
     options = LoadOptions(device=args.device, dtype=args.dtype, placement=args.placement,
-                          max_memory=max_memory or None, allow_pickle=args.allow_pickle,
+                          max_memory=max_memory or None, offload_folder=args.offload_folder,
+                          quantization=args.quantize, allow_pickle=args.allow_pickle,
                           trust_remote_code=args.trust_remote_code)
     _status(f"loading {args.model or 'the demo model'} ...")
     started = time.perf_counter()
@@ -138,6 +145,7 @@ def _parse_tokens(text: str | None, count: int) -> list[int]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.contracts import require_applicable
     from lvlm_studio.core.explanation import overlay, to_pixels
     from lvlm_studio.core.jobs import run_job
     from lvlm_studio.core.plugins import create_registry
@@ -150,6 +158,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise InputError(f"output folder {out} is not empty.", "Choose another --out or pass --overwrite.")
 
     loaded, load_s = _load(args)
+    require_applicable(explainer, loaded, params)  # before generating: a refusal should cost nothing
     trace = _trace(args, loaded)
     targets = _parse_tokens(args.tokens, len(trace.answer_ids))
     _status(f"answer: {trace.answer_text}")
@@ -321,12 +330,76 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from lvlm_studio.benchmark import PROMPT, RESULTS, BenchmarkSettings, read_results, run_benchmark
+    from lvlm_studio.benchmark_report import write_report
+    from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.core.plugins import create_registry
+
+    if (args.images is None) != (args.coco is None):
+        raise InputError("--images and --coco go together.", "Pass both (a folder and its COCO JSON), or neither "
+                                                             "for the held-out demo scenes.")
+    registry = create_registry()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(registry.explainers())
+    for method in methods:
+        registry.explainer(method)  # an unknown method fails before the model loads
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
+    metric_params: dict[str, dict[str, str]] = {}
+    for item in args.metric_param:
+        name, sep, rest = item.partition(".")
+        if not sep:
+            raise InputError(f"--metric-param {item!r} is not METRIC.NAME=VALUE.",
+                             "Example: --metric-param deletion_insertion.steps=20.")
+        metric_params.setdefault(name, {}).update(_parse_params([rest]))
+    settings = BenchmarkSettings(methods=methods, n=args.n, prompt=args.prompt or PROMPT, images=args.images,
+                                 coco=args.coco, metrics=metrics, metric_params=metric_params,
+                                 max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples)
+    out = Path(args.out)
+    loaded, _ = _load(args)
+    try:
+        with _progress_bar("benchmark") as on_progress:
+            records = run_job(run_benchmark(loaded, settings, out, registry), on_progress)
+    except (Cancelled, KeyboardInterrupt):
+        done = len(read_results(out))
+        _status(f"interrupted; the finished samples ({done}) are kept in {out / RESULTS}. Run the same command "
+                "again to resume.")
+        return EXIT_CANCELLED
+    dataset = f"{args.n} held-out demo scenes" if args.images is None else f"{len(records)} images of {args.coco}"
+    title = f"Grounded benchmark: {dataset}, prompt {settings.prompt!r}, model {loaded.describe().get('source')}."
+    print(write_report(out, records, title), end="")
+    _status(f"tables, curves.png, examples.png, {RESULTS} and run.json written to {out}")
+    return 0
+
+
+def cmd_demo_causal(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.demo.causal_check import causal_check, format_check
+
+    if args.n < 1:
+        raise InputError(f"--n {args.n} leaves nothing to check.", "Use at least 1 scene, e.g. --n 100.")
+    loaded, _ = _load(args)
+    with _progress_bar("causal subsets") as on_progress:
+        check = run_job(causal_check(loaded, args.n, params=_parse_params(args.param)), on_progress)
+    print(format_check(check), end="")
+    return 0
+
+
 def cmd_demo_scene(args: argparse.Namespace) -> int:
     from lvlm_studio.demo.scenes import make_scene
 
     scene = make_scene(args.seed)
     scene.image.save(args.out)
     print(f"{args.out}: {scene.caption()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.report import write_report
+    from lvlm_studio.core.session import load_session
+
+    session = load_session(args.session)
+    tokens = _parse_tokens(args.tokens, len(session.trace.answer_tokens)) if args.tokens and session.trace else None
+    print(write_report(session, args.out, tokens))
     return 0
 
 
@@ -372,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugins, model families, methods and their status")
     plugins.set_defaults(func=cmd_plugins)
 
+    from lvlm_studio.sae.cli import add_parser as add_sae_parser  # sae hooks|train|eval|inspect
+
+    add_sae_parser(sub)
+
     demo = sub.add_parser("demo", help="the embedded demo model and its synthetic scenes")
     demo_sub = demo.add_subparsers(dest="demo_command", metavar="WHAT", required=True)
     accuracy = demo_sub.add_parser("accuracy", help="exact-match accuracy per task on held-out scenes")
@@ -386,10 +463,37 @@ def build_parser() -> argparse.ArgumentParser:
     pointing.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
     pointing.add_argument("--out", help="also write the table (Markdown) to this file")
     pointing.set_defaults(func=cmd_demo_pointing)
+    causal = demo_sub.add_parser("causal", help="does each causal token subset matter more than a random one?")
+    _add_model_options(causal)
+    causal.add_argument("--n", type=int, default=100, help="held-out scenes (default 100)")
+    causal.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="parameter of the causal method (repeatable), e.g. --param radius=2")
+    causal.set_defaults(func=cmd_demo_causal)
     scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
     scene.add_argument("--seed", type=int, default=0)
     scene.add_argument("--out", default="scene.png")
     scene.set_defaults(func=cmd_demo_scene)
+    bench = sub.add_parser("benchmark", help="grounded benchmark: methods x metrics over a dataset, resumable")
+    _add_model_options(bench)
+    bench.add_argument("--methods", help="comma-separated method ids (default: every method)")
+    bench.add_argument("--n", type=int, default=100, help="samples: held-out demo scenes, or images (default 100)")
+    bench.add_argument("--images", help="folder of images (with --coco; default: held-out demo scenes)")
+    bench.add_argument("--coco", help="COCO-format annotation file with the images' object masks")
+    bench.add_argument("--prompt", help="prompt for every image (default: 'describe the image.')")
+    bench.add_argument("--metrics", help="comma-separated metric ids (default: every metric)")
+    bench.add_argument("--metric-param", action="append", default=[], metavar="METRIC.NAME=VALUE",
+                       help="metric parameter (repeatable), e.g. deletion_insertion.steps=20")
+    bench.add_argument("--max-new-tokens", type=int, default=32)
+    bench.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    bench.add_argument("--examples", type=int, default=4, help="samples drawn in examples.png (default 4)")
+    bench.add_argument("--out", default="lvlm-studio-benchmark",
+                       help="output folder; rerun into it to resume (default: lvlm-studio-benchmark)")
+    bench.set_defaults(func=cmd_benchmark)
+    report = sub.add_parser("report", help="write the PDF report of a session saved by the app")
+    report.add_argument("session", help="a .lvlm session file (File > Save session in the app)")
+    report.add_argument("--out", default="report.pdf", help="the PDF to write (default: report.pdf)")
+    report.add_argument("--tokens", help="answer tokens to show, e.g. 1,5 (default: selected and relevant ones)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

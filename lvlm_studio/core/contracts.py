@@ -132,6 +132,18 @@ class Explainer(_Described):
 
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    def applies_to(self, model: LoadedModel, params: dict[str, Any]) -> str | None:
+        """Why this method cannot explain ``model`` with ``params``, as one plain sentence; None when it can.
+
+        Families differ in how the image reaches the language model (``model.adapter.image_entry``:
+        "tokens", or "cross_attention" for Mllama, whose sequence holds no image tokens) and in
+        their vision towers (with or without a CLS token). A method that cannot work on a family
+        says so here instead of failing inside ``explain``; the application asks before running
+        (``require_applicable``) and the support table is built from the answers. ``params`` have
+        been through ``resolve_params``. The default: the method applies to every model.
+        """
+        return None
+
     def explain(
         self, trace: Trace, model: LoadedModel | None, targets: list[int], params: dict[str, Any]
     ) -> Explanation | Job[Explanation]:
@@ -142,6 +154,33 @@ class Explainer(_Described):
         cancelled) and returns the ``Explanation``.
         """
         raise NotImplementedError
+
+
+def image_tokens_reason(model: LoadedModel, method: str) -> str | None:
+    """The reason a method that reads image positions of the sequence cannot run on ``model``, or None.
+
+    For explainers whose ``applies_to`` needs the image as tokens in the sequence (logit lens,
+    gradients of the decoder's input embeddings, attention propagated over self-attention).
+    """
+    if model.adapter.image_entry == "tokens":
+        return None
+    return (f"{method} reads the image tokens of the sequence, and {model.adapter.family} has none: its image enters "
+            f"through {model.adapter.image_entry.replace('_', '-')} layers")
+
+
+def require_applicable(explainer: Explainer, model: LoadedModel | None, params: dict[str, Any]) -> None:
+    """Raise ``InputError`` with the explainer's reason when it does not apply to ``model``.
+
+    Called by the CLI, the GUI and the benchmarks before ``explain``; without a model (a saved trace
+    only) there is nothing to check here, and methods that need one say so themselves.
+    """
+    if model is None:
+        return
+    reason = explainer.applies_to(model, params)
+    if reason is not None:
+        raise InputError(f"{explainer.id} does not apply to this model: {reason}.",
+                         "Choose another method (`lvlm-studio plugins` lists them; the README's support table "
+                         "says which apply to which family).")
 
 
 @dataclass
@@ -171,10 +210,15 @@ class Metric(_Described):
         trace: Trace,
         explanation: Explanation,
         model: LoadedModel | None,
-        masks: dict[str, Any] | None,
+        masks: dict[Any, Any] | None,
         params: dict[str, Any],
     ) -> MetricResult | Job[MetricResult]:
-        """Score the maps of ``explanation``; may be a job (see ``Explainer.explain``)."""
+        """Score the maps of ``explanation``; may be a job (see ``Explainer.explain``).
+
+        ``masks`` (for metrics that need "masks") maps a word ("dog", "red") to a boolean mask of
+        the image and may pin an answer-token index to its own object's mask
+        (``lvlm_studio.core.masks.ObjectMasks``; ``token_masks`` resolves a token to its mask).
+        """
         raise NotImplementedError
 
 

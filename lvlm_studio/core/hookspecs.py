@@ -36,7 +36,9 @@ def lvlm_studio_model_adapters() -> list[type]:
     An adapter declares the ``config.model_type`` values it serves and returns, for a processed
     input, each image region's token positions, grid and box in the original image
     (``lvlm_studio.core.models.adapter``). When two adapters claim a model type, the one
-    registered first (first-party) wins.
+    registered first (first-party) wins. An adapter also says how the image reaches the language
+    model (``image_entry``: "tokens" in the sequence, or "cross_attention" layers, whose keys the
+    region positions then index) and how per-token inputs extend over generated tokens.
     """
 
 
@@ -46,7 +48,10 @@ def lvlm_studio_explainers() -> list:
 
     Each has a unique ``id`` (used by ``lvlm-studio explain --method ID``), a ``title``, declared
     ``params`` and ``needs``, and ``explain(trace, model, targets, params)`` returning an
-    ``Explanation`` with one map per region grid for each target token.
+    ``Explanation`` with one map per region grid for each target token. ``applies_to(model,
+    params)`` returns None, or one plain sentence saying why the method cannot explain that model
+    (e.g. a method that reads image tokens of the sequence, on a family whose image enters by
+    cross-attention); the application asks it before running and shows the reason.
     """
 
 
@@ -54,8 +59,12 @@ def lvlm_studio_explainers() -> list:
 def lvlm_studio_metrics() -> list:
     """Metrics that judge explanations: a list of ``Metric`` instances.
 
-    ``score(trace, explanation, model, masks, params)`` returns named numbers; faithfulness
-    metrics need the model, plausibility metrics need ground-truth masks.
+    ``score(trace, explanation, model, masks, params)`` returns a ``MetricResult`` (named values,
+    curves to plot, JSON-able details), or is a job; faithfulness metrics need the model,
+    plausibility metrics need ground-truth masks (``lvlm_studio.core.masks.ObjectMasks``). The
+    computations behind the built-in metrics are public for plugins to reuse:
+    ``lvlm_studio.core.faithfulness``, ``plausibility``, ``agreement``, ``sanity`` and ``masks``.
+    Every metric registered runs in ``lvlm-studio benchmark``.
     """
 
 
@@ -69,6 +78,13 @@ def lvlm_studio_panels() -> list:
     """Dockable GUI panels: a list of ``PanelSpec`` (id, title, factory "module:attr", area).
 
     Declaring a panel costs nothing: the factory module is imported, and the panel built, only
-    when the user first opens it. The factory receives the panel context (current trace,
-    explanations, selected token, signals), never the main window.
+    when the user first opens it (View > Panels), so the module declaring it must not import Qt.
+    The factory is called with a ``lvlm_studio.gui.panels.PanelContext`` and returns a QWidget.
+    The context is all a panel gets, never the main window: it reads the current trace,
+    explanations, selected token, token statistics and metric results; ``subscribe(callback,
+    widget)`` hears every change (held while the panel is hidden); and it asks for work with
+    ``request_explanation``, ``request_metric``, ``request_stats``, ``request_heads`` or
+    ``run_job`` (a worker-thread job with progress and Cancel). A panel that raises while being
+    built or while following a change is reported once and disconnected; the window goes on.
+    ``area`` is the default dock area: "left", "right", "top" or "bottom".
     """

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "lvlm_studio.plugins"
 DISABLE_ENV = "LVLM_STUDIO_DISABLE_PLUGINS"
 #: Built-in plugins, registered explicitly and in this order (first wins on conflicts).
-FIRST_PARTY = ("lvlm_studio.core.models.families", "lvlm_explainers")
+FIRST_PARTY = ("lvlm_studio.core.models.families", "lvlm_explainers", "lvlm_metrics", "lvlm_panels", "lvlm_sae")
 
 
 @dataclass
