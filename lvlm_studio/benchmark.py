@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.explanation import Explanation, overlay, to_pixels
 from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.records import environment, jsonable
 
 PROMPT = "describe the image."
 RANDOM = "uniform random"
@@ -277,23 +276,22 @@ def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[
     record_path = out / RECORD
     if record_path.exists():
         previous = json.loads(record_path.read_text())
-        if previous.get("settings_key") != _jsonable(settings.key()):
+        if previous.get("settings_key") != jsonable(settings.key()):
             raise InputError(f"{out} holds a benchmark run with other settings.",
                              "Rerun with the same settings to resume it, or choose another --out.")
         if previous.get("model", {}).get("source") != loaded.describe().get("source"):
             raise InputError(f"{out} holds a benchmark run of another model.", "Choose another --out.")
     record = {
-        "settings": _jsonable(asdict(settings)),
-        "settings_key": _jsonable(settings.key()),
-        "model": _jsonable(loaded.describe()),
+        "settings": jsonable(asdict(settings)),
+        "settings_key": jsonable(settings.key()),
+        "model": jsonable(loaded.describe()),
         "command": command or ["lvlm-studio", *sys.argv[1:]],
         "seeds": {"random_baseline": settings.seed,
                   "samples": "held-out demo scenes, seeds HELDOUT_SEED_BASE + i" if settings.images is None
                   else f"first {settings.n} images of {settings.coco} present in {settings.images}, by name"},
         "generation": "greedy",
-        "versions": {name: _version(name) for name in
-                     ("lvlm-studio", "torch", "transformers", "numpy", "scipy", "scikit-image", "pycocotools")}
-        | {"python": platform.python_version(), "platform": platform.platform()},
+        "versions": environment(("lvlm-studio", "torch", "transformers", "numpy", "scipy", "scikit-image",
+                                 "pycocotools")),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record_path.write_text(json.dumps(record, indent=2))
@@ -336,12 +334,4 @@ def _finish(out: Path, records: list[dict[str, Any]], seconds: float) -> None:
     record_path.write_text(json.dumps(record, indent=2))
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"

@@ -20,16 +20,15 @@ import argparse
 import hashlib
 import json
 import logging
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
+from lvlm_studio.core.records import environment, jsonable, package_version
 
 EXIT_INPUT = 2
 EXIT_BUG = 1
@@ -202,11 +201,11 @@ def _safe(token: str) -> str:
 def _run_record(args, loaded, trace, explanation, targets, files, timings) -> dict[str, Any]:
     image_path = Path(args.image)
     return {
-        "lvlm_studio": _version("lvlm-studio"),
+        "lvlm_studio": package_version("lvlm-studio"),
         "command": ["lvlm-studio", *sys.argv[1:]],
         "model": loaded.describe(),
-        "method": {"id": explanation.method, "params": _jsonable(explanation.params)},
-        "provenance": _jsonable(explanation.provenance),
+        "method": {"id": explanation.method, "params": jsonable(explanation.params)},
+        "provenance": jsonable(explanation.provenance),
         "image": {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
                   "size": list(trace.image.size)},
         "prompt": trace.prompt,
@@ -218,20 +217,11 @@ def _run_record(args, loaded, trace, explanation, targets, files, timings) -> di
         "seed": args.seed,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "files": files,
-        "versions": {name: _version(name) for name in ("torch", "transformers", "numpy", "pluggy")}
-        | {"python": platform.python_version(), "platform": platform.platform()},
+        "versions": environment(("torch", "transformers", "numpy", "pluggy")),
     }
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 class _progress_bar:

@@ -32,6 +32,7 @@ from PIL import Image
 from lvlm_studio.core.contracts import MetricResult
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.records import jsonable
 
 if TYPE_CHECKING:
     from lvlm_studio.core.trace import Trace
@@ -142,7 +143,7 @@ def save_session(session: Session, path: str | Path) -> Path:
                 manifest["metrics"].append({
                     "method": item.method, "token": item.token, "metric": item.metric,
                     "values": {k: float(v) for k, v in item.result.values.items()},
-                    "details": _jsonable(item.result.details), "curves": names,
+                    "details": jsonable(item.result.details), "curves": names,
                 })
             if curves:
                 archive.writestr("metric_curves.npz", _npz_bytes(curves))
@@ -170,11 +171,6 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
-
-
-def _jsonable(value: Any) -> Any:
-    """Details as JSON keeps them: arrays become lists, numpy scalars numbers."""
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 # -- opening ------------------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""Run records: what a saved result needs so that it can be trusted and reproduced."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON keeps it: arrays become lists, numpy scalars numbers, anything else text."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def package_version(name: str) -> str:
+    """The installed version of distribution ``name``, or "not installed"."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment(packages: Iterable[str]) -> dict[str, str]:
+    """Versions of ``packages`` plus the Python version and platform."""
+    return {name: package_version(name) for name in packages} | {
+        "python": platform.python_version(), "platform": platform.platform()}
