@@ -221,8 +221,9 @@ def _demo_checks(args, loaded, name: str, coder, report: dict) -> str:
 
     if args.data != "demo" or loaded.source != "demo" and "demo-model" not in str(loaded.source):
         raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
-    if hook_part(loaded, coder) != "vision" or coder.cfg.tokens != "patch":
-        return ""
+    if hook_part(loaded, coder) not in ("vision", "projector") or coder.cfg.tokens != "patch":
+        return (f"{name}: --concepts and --ablate read image patches; this coder is at {coder.cfg.hook_name} "
+                f"({coder.cfg.tokens} tokens), so they were skipped.\n")
     with _progress_bar(f"concepts of {name}") as on_progress:
         rows = run_job(concept_table(loaded, coder), on_progress)
     text = format_concept_table(rows, coder)
