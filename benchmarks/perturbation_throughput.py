@@ -17,29 +17,23 @@ from __future__ import annotations
 import sys
 import time
 
+from demo_setup import load_demo
+
 TARGET = 3.0
 REPEATS = 3
 RISE_MASKS = 256
 PROMPT = "describe the image."
 
 
-def quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
 
 def main() -> int:
     from lvlm_explainers.perturbation import RISE, Occlusion
     from lvlm_studio.core.jobs import run_job
-    from lvlm_studio.core.models.loading import LoadOptions, load_model
     from lvlm_studio.core.trace import generate_trace
     from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
     from lvlm_studio.demo.scenes import make_scene
 
-    quiet_transformers()
-    loaded = load_model(None, LoadOptions(device="cpu"))
+    loaded = load_demo()
     trace = generate_trace(loaded, make_scene(HELDOUT_SEED_BASE).image, PROMPT)
     target = next((i for i, t in enumerate(trace.answer_tokens) if t in {"red", "green", "blue", "yellow"}), 0)
 

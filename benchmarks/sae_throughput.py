@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 import time
 
+from demo_setup import load_demo
+
 HOOK = "blocks.1.hook_resid_post"
 IMAGES = 256
 PER_PASS = 32
@@ -26,22 +28,14 @@ CACHE_TARGET = 1.3
 TRAIN_TARGET = 1.0
 
 
-def quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
 
 def main() -> int:
     import torch
 
-    from lvlm_studio.core.models.loading import LoadOptions, load_model
     from lvlm_studio.sae.activations import demo_images, image_batch_rows, image_inputs
     from lvlm_studio.sae.training import TrainSettings, _Trainer
 
-    quiet_transformers()
-    loaded = load_model(None, LoadOptions(device="cpu"))
+    loaded = load_demo()
     images = list(demo_images(IMAGES))
     chunks = [images[i:i + PER_PASS] for i in range(0, IMAGES, PER_PASS)]
 

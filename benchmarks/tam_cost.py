@@ -17,30 +17,23 @@ from __future__ import annotations
 import sys
 import time
 
+from demo_setup import load_demo
+
 TARGET = 0.3
 SCENES_SCANNED = 12
 REPEATS = 3
 PROMPT = "describe the image."
 
 
-def quiet_transformers() -> None:
-    """No loading bars or backend notices between the numbers."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
 
 def main() -> int:
     from lvlm_explainers.tam import TokenActivationMap
     from lvlm_studio.core.jobs import run_job
-    from lvlm_studio.core.models.loading import LoadOptions, load_model
     from lvlm_studio.core.trace import generate_trace
     from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
     from lvlm_studio.demo.scenes import make_scene
 
-    quiet_transformers()
-    loaded = load_model(None, LoadOptions(device="cpu"))
+    loaded = load_demo()
     scenes = [make_scene(HELDOUT_SEED_BASE + i) for i in range(SCENES_SCANNED)]
     traces = [generate_trace(loaded, scene.image, PROMPT) for scene in scenes]
     best = max(range(len(traces)), key=lambda i: len(traces[i].answer_ids))
