@@ -10,6 +10,10 @@ borders by a fraction of a token but never the box.
 The vision tower cuts the resized image into ``grid_h x grid_w`` patches (``image_grid_thw``) and its
 merger joins each ``merge x merge`` block into one token, in row-major order over the blocks, so
 an image becomes ``(grid_h / merge) x (grid_w / merge)`` ``<|image_pad|>`` tokens.
+
+A video (``video_grid_thw`` rows ``(t, h, w)``) goes through the same tower with frames taken
+``temporal_patch_size`` at a time, so it becomes ``t`` groups of ``(h / merge) x (w / merge)``
+``<|video_pad|>`` tokens; each group is a region over the whole frame (see ``image_regions``).
 """
 
 from __future__ import annotations
@@ -30,20 +34,35 @@ class Qwen2VLAdapter(ModelAdapter):
     merges_vision_tokens = True  # its merger joins 2 x 2 patches into one token
 
     def image_regions(self, inputs: dict[str, Any], image_sizes: list[tuple[int, int]]) -> list[ImageRegion]:
+        """One region per image, then one per temporal group of each video.
+
+        Videos (``video_grid_thw``, rows ``(t, h, w)`` in patches) enter as ``<|video_pad|>`` tokens:
+        ``t`` groups of ``(h / merge) x (w / merge)`` tokens, each group the merger output of
+        ``temporal_patch_size`` consecutive frames. Each group becomes a region named
+        ``"video {v} frames {a}-{b}"`` (``a``/``b``: the first and last sampled frame it encodes),
+        whose box is the whole frame. Its positions are taken from the video-token positions in
+        order, never from offsets, since text (Qwen3-VL's timestamps) may sit between groups.
+
+        ``image_sizes`` lists each image's (width, height), then each video's frame (width, height),
+        each kind in prompt order; a video region's ``image_index`` is ``number of images + v``, so
+        ``image_sizes[region.image_index]`` is always the size its box refers to.
+        """
         config = self.model.config
-        positions = image_token_positions(inputs["input_ids"], config.image_token_id)
+        merge = int(config.vision_config.spatial_merge_size)
+        image_grids = _grids(inputs.get("image_grid_thw"))
+        video_grids = _grids(inputs.get("video_grid_thw"))
         if not image_sizes:
             return []
-        grids = np.asarray(_as_numpy(inputs["image_grid_thw"]), dtype=np.int64).reshape(-1, 3)
-        if len(grids) != len(image_sizes):
-            raise ValueError(f"{len(grids)} image grids for {len(image_sizes)} images")
-        merge = int(config.vision_config.spatial_merge_size)
-        counts = [int(t * h * w) // (merge * merge) for t, h, w in grids]
+        if len(image_grids) + len(video_grids) != len(image_sizes):
+            raise ValueError(f"{len(image_grids)} image grids and {len(video_grids)} video grids "
+                             f"for {len(image_sizes)} image/frame sizes")
+        regions = []
+        positions = image_token_positions(inputs["input_ids"], config.image_token_id)
+        counts = [int(t * h * w) // (merge * merge) for t, h, w in image_grids]
         if sum(counts) != len(positions):
             raise ValueError(f"{len(positions)} image tokens, but the image grids need {sum(counts)}")
-        regions = []
         start = 0
-        for index, ((frames, height, width), count) in enumerate(zip(grids, counts, strict=True)):
+        for index, ((frames, height, width), count) in enumerate(zip(image_grids, counts, strict=True)):
             if frames != 1:
                 raise ValueError(f"image {index} has {frames} frames; only still images are supported")
             img_w, img_h = image_sizes[index]
@@ -51,6 +70,30 @@ class Qwen2VLAdapter(ModelAdapter):
             box = (0.0, 0.0, float(img_w), float(img_h))
             regions.append(ImageRegion(f"image {index}", index, positions[start : start + count], grid, box))
             start += count
+        if len(video_grids):
+            regions += self._video_regions(inputs, video_grids, image_sizes[len(image_grids) :], len(image_grids))
+        return regions
+
+    def _video_regions(self, inputs: dict[str, Any], grids: np.ndarray, frame_sizes: list[tuple[int, int]],
+                       first_index: int) -> list[ImageRegion]:
+        config = self.model.config
+        merge = int(config.vision_config.spatial_merge_size)
+        temporal = int(getattr(config.vision_config, "temporal_patch_size", 1) or 1)
+        positions = image_token_positions(inputs["input_ids"], config.video_token_id)
+        need = sum(int(t * h * w) // (merge * merge) for t, h, w in grids)
+        if need != len(positions):
+            raise ValueError(f"{len(positions)} video tokens, but the video grids need {need}")
+        regions, start = [], 0
+        for video, (groups, height, width) in enumerate(grids):
+            grid = (int(height) // merge, int(width) // merge)
+            per_group = grid[0] * grid[1]
+            frame_w, frame_h = frame_sizes[video]
+            box = (0.0, 0.0, float(frame_w), float(frame_h))
+            for group in range(int(groups)):
+                first, last = group * temporal, (group + 1) * temporal - 1
+                regions.append(ImageRegion(f"video {video} frames {first}-{last}", first_index + video,
+                                           positions[start : start + per_group], grid, box))
+                start += per_group
         return regions
 
     # -- parts: the vision encoder lives in ``model.model.visual`` and ends in its patch merger ---
@@ -116,6 +159,13 @@ def __getattr__(name: str) -> Any:
     if name == "Qwen2VLImageOnlyProcessor":
         return image_only_processor_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _grids(value: Any) -> np.ndarray:
+    """``image_grid_thw`` / ``video_grid_thw`` as an [n, 3] int array (empty when absent)."""
+    if value is None:
+        return np.zeros((0, 3), dtype=np.int64)
+    return np.asarray(_as_numpy(value), dtype=np.int64).reshape(-1, 3)
 
 
 def _as_numpy(value: Any) -> np.ndarray:
