@@ -35,7 +35,7 @@ from PIL import Image
 from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.explanation import Explanation, overlay, to_pixels
-from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.jobs import Job, Progress, relay
 from lvlm_studio.core.records import environment, jsonable
 
 PROMPT = "describe the image."
@@ -232,16 +232,7 @@ def _score_method(loaded, trace, method, explainer, metrics, masks, masks_error,
 def _forwarded(job: Any, index: int, total: int, message: str) -> Job[Any]:
     """Drive a job (or take a plain result); each of its progress reports becomes one of the run's
     (sample ``index`` of ``total``), so the bar counts samples and the message says what is running."""
-    import inspect
-
-    if not inspect.isgenerator(job):
-        return job
-    try:
-        while True:
-            progress = next(job)
-            yield Progress(index, total, f"{message}: {progress.message}")
-    except StopIteration as stop:
-        return stop.value
+    return relay(job, lambda progress: Progress(index, total, f"{message}: {progress.message}"))
 
 
 def _number(value: Any) -> float | None:

@@ -49,3 +49,4 @@ def test_log_odds_order_images_as_probabilities_do(tiny_model, tiny_trace):
     odds, _ = collect(score_images(tiny_model, tiny_trace, images, log_odds=True))
     p = np.exp(logp.astype(np.float64))
     np.testing.assert_allclose(odds, np.log(p / (1 - p)), rtol=1e-3, atol=1e-3)
+

@@ -30,7 +30,7 @@ from PIL import Image
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import normalise, to_pixels
-from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.jobs import Job, Progress, relay
 from lvlm_studio.core.perturb import DEFAULT_BATCH_SIZE, blend, score_images
 
 if TYPE_CHECKING:
@@ -174,14 +174,9 @@ def deletion_insertion(
 def _scored(loaded: LoadedModel, trace: Trace, images: list[Image.Image], batch_size: int, index: int,
             total: int) -> Job[np.ndarray]:
     """score_images, with its progress re-expressed over all orderings (in images)."""
-    job = score_images(loaded, trace, images, batch_size, "deletion/insertion")
     n = len(images)
-    try:
-        while True:
-            progress = next(job)
-            yield Progress(index * n + progress.done, total * n, f"deletion/insertion {index + 1} of {total}")
-    except StopIteration as stop:
-        return stop.value
+    return relay(score_images(loaded, trace, images, batch_size, "deletion/insertion"),
+                 lambda p: Progress(index * n + p.done, total * n, f"deletion/insertion {index + 1} of {total}"))
 
 
 def normalised(curves: FaithfulnessCurves) -> FaithfulnessCurves:

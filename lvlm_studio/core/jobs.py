@@ -54,6 +54,19 @@ def run_job(
         return stop.value
 
 
+def relay(job: Job[T] | T, report: Callable[[Progress], Progress]) -> Job[T]:
+    """Drive a sub-job inside a larger one (``result = yield from relay(sub, report)``), yielding
+    ``report(progress)`` for each of its reports (the same step counted in the larger job's terms)
+    and returning its result; a plain result passes straight through."""
+    if not inspect.isgenerator(job):
+        return job  # type: ignore[return-value]
+    try:
+        while True:
+            yield report(next(job))
+    except StopIteration as stop:
+        return stop.value
+
+
 def collect(job: Job[T] | T) -> tuple[T, list[Progress]]:
     """Run a job and keep every progress report (handy in tests)."""
     seen: list[Progress] = []

@@ -44,7 +44,7 @@ from lvlm_studio.core.capture import attention_implementation, split_by_region
 from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason, require_applicable
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.jobs import Progress, relay
 from lvlm_studio.core.perturb import blend, score_images
 from lvlm_studio.core.relevance import blurred_baseline
 
@@ -240,13 +240,10 @@ class CausalSubset(Explainer):
         draws = [sorted(rng.choice(positions, size=len(subset), replace=False).tolist())
                  for _ in range(params["random_draws"])]
         images = [trace.image] + [blend(trace.image, baseline, token_keep(trace, s)) for s in [subset, *draws]]
-        job = score_images(model, trace, images, params["batch_size"], "validation images", log_odds=True)
-        try:
-            while True:
-                step = next(job)
-                yield Progress(progress.done, progress.total, f"{progress.message}: {step.done}/{step.total} images")
-        except StopIteration as stop:
-            scores = stop.value
+        scores = yield from relay(
+            score_images(model, trace, images, params["batch_size"], "validation images", log_odds=True),
+            lambda step: Progress(progress.done, progress.total,
+                                  f"{progress.message}: {step.done}/{step.total} images"))
         log_odds = scores[:, target].astype(np.float64)
         p = 1.0 / (1.0 + np.exp(-log_odds))
         drops, odds_drops = p[0] - p[1:], log_odds[0] - log_odds[1:]

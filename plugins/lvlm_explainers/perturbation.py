@@ -29,7 +29,6 @@ in memory and the result does not depend on the batch size.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from lvlm_studio.core.contracts import Explainer, Param
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.jobs import Progress, relay
 from lvlm_studio.core.perturb import blend, pixels_to_grids, score_images
 from lvlm_studio.core.relevance import blurred_baseline
 
@@ -52,16 +51,6 @@ def _check(trace, model, targets: list[int], title: str) -> None:
         raise InputError("no answer tokens were chosen to explain.", "Pick at least one answer token.")
     for t in targets:
         trace.answer_position(t)  # raises for a token that does not exist
-
-
-def _relay(job: Generator[Progress, None, Any], offset: int, total: int, message: str):
-    """Drive a sub-job, re-reporting its progress as part of a larger count; return its result."""
-    try:
-        while True:
-            progress = next(job)
-            yield Progress(offset + progress.done, total, message)
-    except StopIteration as stop:
-        return stop.value
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -190,7 +179,8 @@ class RISE(Explainer):
             chunk = slice(start, start + batch)
             masks = rise_masks(grids[chunk], dy[chunk], dx[chunk], image.size)
             images = [blend(image, baseline, m) for m in masks]
-            scores = yield from _relay(score_images(model, trace, images, batch), start, total, "masked images")
+            scores = yield from relay(score_images(model, trace, images, batch),
+                                      lambda p, start=start: Progress(start + p.done, total, "masked images"))
             probabilities = np.exp(scores[:, targets].astype(np.float64))  # [batch, targets]
             flat = masks.reshape(len(masks), -1).astype(np.float64)
             weighted += probabilities.T @ flat
