@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import merged_embeddings
 from PIL import Image
 
 from lvlm_studio.core.errors import ModelLoadError, UnsupportedModelError
@@ -48,24 +49,6 @@ def process(lm: LoadedModel, images: list[Image.Image], prompt: str = "what colo
     messages = [{"role": "user", "content": content}]
     return lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                             return_dict=True, return_tensors="pt")
-
-
-def merged_embeddings(lm: LoadedModel, inputs: dict) -> torch.Tensor:
-    """Run the model and return what its decoder received: text embeddings with the image features
-    scattered in, [T, D]."""
-    seen = {}
-
-    def grab(_module, _args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"].detach()
-
-    handle = lm.adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            logits = lm.model(**inputs).logits
-    finally:
-        handle.remove()
-    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
-    return seen["embeds"][0]
 
 
 def clip_tile_features(lm: LoadedModel, tiles: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from model_helpers import merged_embeddings
 from PIL import Image
 
 from lvlm_studio.core.contracts import require_applicable
@@ -50,23 +51,6 @@ def process(lm: LoadedModel, images: list, **kwargs) -> dict:
     text = lm.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True) \
         if lm.processor.chat_template else "<image>" * count + "what color is the circle?"
     return lm.processor(images=images, text=[text], return_tensors="pt", **kwargs)
-
-
-def merged_embeddings(lm: LoadedModel, inputs: dict) -> torch.Tensor:
-    """What the decoder received: text embeddings with the image features scattered in, [T, D]."""
-    seen = {}
-
-    def grab(_module, _args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"].detach()
-
-    handle = lm.adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            logits = lm.model(**inputs).logits
-    finally:
-        handle.remove()
-    assert torch.isfinite(logits).all()
-    return seen["embeds"][0]
 
 
 def view_features(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_families import merged_embeddings, noise_image, process
+from model_helpers import merged_embeddings
+from test_families import noise_image, process
 
 from lvlm_studio.core.models.adapter import all_image_positions, image_token_positions
 from lvlm_studio.core.models.loading import LoadedModel, LoadOptions, load_model
