@@ -32,15 +32,13 @@ def main() -> int:
     from PySide6.QtCore import QTimer
 
     from lvlm_studio.gui.app import launch
-    from lvlm_studio.gui.screenshots import settle, wait_until
+    from lvlm_studio.gui.screenshots import ask_when_ready, settle, wait_until
     from lvlm_studio.gui.settings import StudioSettings
 
     with tempfile.TemporaryDirectory() as folder:
         app, window = launch(settings=StudioSettings(Path(folder) / "settings.ini"))
         idle = lambda: not window.runner.busy  # noqa: E731
-        wait_until(lambda: window.ask_button.isEnabled(), "the demo model")
-        window.ask()
-        wait_until(lambda: window.state.trace is not None and idle(), "the answer")
+        ask_when_ready(window)
         wait_until(lambda: window.state.stats is not None and idle(), "the timeline's statistics")
         method = next(m for m in HEAVY if m in window.analysis.explainers)
         settle(0.5)

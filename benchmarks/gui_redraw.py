@@ -32,15 +32,13 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     from lvlm_studio.gui.app import launch
-    from lvlm_studio.gui.screenshots import settle, wait_until
+    from lvlm_studio.gui.screenshots import ask_when_ready, settle, wait_until
     from lvlm_studio.gui.settings import StudioSettings
 
     with tempfile.TemporaryDirectory() as folder:
         app, window = launch(settings=StudioSettings(Path(folder) / "settings.ini"))
         idle = lambda: not window.runner.busy  # noqa: E731
-        wait_until(lambda: window.ask_button.isEnabled(), "the demo model")
-        window.ask()
-        wait_until(lambda: window.state.trace is not None and idle(), "the answer")
+        ask_when_ready(window)
         state = window.state
         count = len(state.trace.answer_tokens)
         state.select(0)

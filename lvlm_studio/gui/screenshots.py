@@ -50,6 +50,13 @@ def settle(seconds: float = 0.3) -> None:
         QThread.msleep(10)
 
 
+def ask_when_ready(window) -> None:
+    """Wait for the model to load, ask the window's question and wait for the answer."""
+    wait_until(lambda: window.ask_button.isEnabled(), "the demo model")
+    window.ask()
+    wait_until(lambda: window.state.trace is not None and not window.runner.busy, "the answer")
+
+
 def take(out: Path) -> list[Path]:
     """Drive a fresh window through the main states, saving one PNG in each."""
     from lvlm_studio.core.errors import InputError
@@ -74,9 +81,7 @@ def take(out: Path) -> list[Path]:
         wait_until(lambda: window.panel_specs != {}, "the plugins")
         shoot("01-started.png")
 
-        wait_until(lambda: window.ask_button.isEnabled(), "the demo model")
-        window.ask()
-        wait_until(lambda: window.state.trace is not None and idle(), "the answer")
+        ask_when_ready(window)
         window.state.select(1)
         wait_until(lambda: window.state.explanation is not None and idle(), "the map")
         shoot("02-answered.png")
