@@ -107,7 +107,8 @@ def test_the_demo_subsets_lie_among_the_most_attended_tokens(demo_model, demo_tr
     linked = 0
     for t in targets:
         found = explanation.provenance["tokens"][str(t)]
-        assert set(found["subset"]) <= set(found["nodes"][: found["image_nodes"]])
+        assert set(found["subset"]) <= set(found["image_nodes"])
+        assert set(found["heads"]) == {"0", "1", "2", "3"}, "every head of the layer by default"
         assert found["probability"] > 0.5
         weights = np.concatenate([m.ravel() for m in explanation.maps[t]])
         assert (weights > 0).sum() == len(found["subset"])
