@@ -26,6 +26,15 @@ def test_batches_match_one_image_per_pass_and_the_trace(tiny_model, tiny_trace):
     assert [p.done for p in progress] == [0, 4, 5], "one report per forward pass"
 
 
+def test_scoring_the_first_tokens_only_stops_the_pass_early(tiny_model, tiny_trace):
+    images = _variants(tiny_trace.image)[:3]
+    full, _ = collect(score_images(tiny_model, tiny_trace, images))
+    for upto in range(1, len(tiny_trace.answer_ids) + 1):
+        first, _ = collect(score_images(tiny_model, tiny_trace, images, upto=upto))
+        assert first.shape == (len(images), upto)
+        np.testing.assert_allclose(first, full[:, :upto], atol=1e-4)
+
+
 def test_blurring_the_demo_scene_makes_its_colour_word_unlikely(demo_model, demo_trace):
     scores, _ = collect(score_images(demo_model, demo_trace, _variants(demo_trace.image)[:2]))
     colour = next(i for i, t in enumerate(demo_trace.answer_tokens) if t in {"red", "green", "blue", "yellow"})

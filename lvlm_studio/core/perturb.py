@@ -50,6 +50,7 @@ def score_images(
     batch_size: int = DEFAULT_BATCH_SIZE,
     what: str = "scoring images",
     log_odds: bool = False,
+    upto: int | None = None,
 ) -> Job[np.ndarray]:
     """log p of every answer token, teacher-forced, for each image: an (n_images, n_answer) array.
 
@@ -57,17 +58,20 @@ def score_images(
     the array. ``batch_size=1`` is the unbatched reference the benchmarks compare against.
     ``log_odds=True`` returns log(p / (1 - p)) instead: the same order as p, but it keeps
     resolving changes where a confident model's log p rounds to 0 in float32 (p > 0.99999).
+    ``upto`` scores only the answer's first ``upto`` tokens (an (n_images, upto) array): the
+    forward pass then stops at the last of them instead of running over the whole answer, which
+    is what a method that explains one early token needs.
     """
     if batch_size < 1:
         raise InputError(f"batch size {batch_size} is not positive.", "Use a batch size of 1 or more.")
-    n_answer = len(trace.answer_ids)
+    n_answer = len(trace.answer_ids) if upto is None else min(int(upto), len(trace.answer_ids))
     scores = np.zeros((len(images), n_answer), dtype=np.float32)
     yield Progress(0, len(images), what)
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         if n_answer:
             extras = processed_images(loaded, trace, chunk)
-            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), log_odds)
+            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), log_odds, n_answer)
         yield Progress(start + len(chunk), len(images), what)
     return scores
 
@@ -91,19 +95,20 @@ def processed_images(loaded: LoadedModel, trace: Trace, images: Sequence[Image.I
 
 @torch.no_grad()
 def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], rows: int,
-                     log_odds: bool = False) -> np.ndarray:
+                     log_odds: bool = False, n: int | None = None) -> np.ndarray:
+    """Scores of the answer's first ``n`` tokens (all by default) for ``rows`` images."""
     from lvlm_studio.core.trace import forward_inputs
 
-    n = len(trace.answer_ids)
-    # ``rows`` is the number of images: families that send tiles as rows of pixel_values (InternVL)
-    # have no per-image key to count them by.
-    ids = torch.as_tensor(trace.sequence_ids, device=loaded.device).long()[None].expand(rows, -1)
+    n = len(trace.answer_ids) if n is None else n
+    # Answer token i is predicted at the position before it, so the pass runs over the prompt and
+    # the answer's first n - 1 tokens and keeps the last n logits. ``rows`` is the number of
+    # images: families that send tiles as rows of pixel_values (InternVL) have no per-image key.
+    ids = torch.as_tensor(trace.sequence_ids[: trace.answer_start + n - 1], device=loaded.device)
+    ids = ids.long()[None].expand(rows, -1)
     extras = {k: v.to(loaded.device) for k, v in extras.items()}
     inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
-    out = loaded.model(**inputs, use_cache=False, logits_to_keep=n + 1)
-    # Token i of the answer is predicted at the position before it: the last n + 1 logits, minus the final one.
-    logits = out.logits[:, :-1].float()
-    answer = torch.as_tensor(trace.answer_ids, device=logits.device).long()[None, :, None].expand(rows, -1, -1)
+    logits = loaded.model(**inputs, use_cache=False, logits_to_keep=n).logits.float()
+    answer = torch.as_tensor(trace.answer_ids[:n], device=logits.device).long()[None, :, None].expand(rows, -1, -1)
     if log_odds:  # the target's logit against the log-sum-exp of every other token's
         others = logits.scatter(2, answer, float("-inf"))
         return (logits.gather(2, answer)[..., 0] - torch.logsumexp(others, dim=-1)).cpu().numpy()

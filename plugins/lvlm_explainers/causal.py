@@ -260,7 +260,8 @@ class CausalSubset(Explainer):
                  for _ in range(params["random_draws"])]
         images = [trace.image] + [blend(trace.image, baseline, token_keep(trace, s)) for s in [subset, *draws]]
         scores = yield from relay(
-            score_images(model, trace, images, params["batch_size"], "validation images", log_odds=True),
+            score_images(model, trace, images, params["batch_size"], "validation images", log_odds=True,
+                         upto=target + 1),
             lambda step: Progress(progress.done, progress.total,
                                   f"{progress.message}: {step.done}/{step.total} images"))
         log_odds = scores[:, target].astype(np.float64)

@@ -132,7 +132,8 @@ class Occlusion(Explainer):
             keep = np.ones((height, width), dtype=np.float32)
             keep[top:bottom, left:right] = 0.0
             images.append(blend(image, baseline, keep))
-        scores = yield from score_images(model, trace, images, params["batch_size"], "occluded images")
+        scores = yield from score_images(model, trace, images, params["batch_size"], "occluded images",
+                                         upto=max(targets) + 1)
         drops = scores[0][None, :] - scores[1:]  # [placements, answer tokens]
         tents = [tent(box) for box in boxes]
         coverage = np.zeros((height, width))
@@ -179,7 +180,7 @@ class RISE(Explainer):
             chunk = slice(start, start + batch)
             masks = rise_masks(grids[chunk], dy[chunk], dx[chunk], image.size)
             images = [blend(image, baseline, m) for m in masks]
-            scores = yield from relay(score_images(model, trace, images, batch),
+            scores = yield from relay(score_images(model, trace, images, batch, upto=max(targets) + 1),
                                       lambda p, start=start: Progress(start + p.done, total, "masked images"))
             probabilities = np.exp(scores[:, targets].astype(np.float64))  # [batch, targets]
             flat = masks.reshape(len(masks), -1).astype(np.float64)
