@@ -58,6 +58,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["sae", "eval", "--device", "cpu", "--sae", str(tmp_path / "missing")]) == 2
     assert main(["sae", "train", "--device", "cpu", "--hook", "blocks.1.hook_resid_post", "--resume",
                  "--out", str(tmp_path / "y")]) == 2
+    for nested in ("8,x", "32,8"):
+        assert main(["sae", "train", "--device", "cpu", "--hook", "blocks.1.hook_resid_post", "--nested", nested,
+                     "--out", str(tmp_path / "z")]) == 2
+        assert "--nested" in capsys.readouterr().err
+
+
+def test_a_matryoshka_coder_records_its_prefixes(tmp_path):
+    out = tmp_path / "nested"
+    assert main(["sae", "train", "--device", "cpu", "--hook", "blocks.1.hook_resid_post", "--count", "8",
+                 "--nested", "8,32", "--out", str(out)]) == 0
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["lvlm_studio"]["extra"]["nested"] == [8, 32]
+    assert json.loads((out / "training.json").read_text())["settings"]["nested"] == [8, 32]
 
 
 def test_the_analyzer_plugin_reports_features_and_attribution(lvlm_registry, demo_model, demo_trace):

@@ -78,6 +78,17 @@ def test_relu_loss_is_squared_error_plus_decoder_weighted_l1():
     torch.testing.assert_close(losses["loss"], torch.tensor(1.25 + 0.1 * (2 + 0.5 * 2 ** 0.5)))
 
 
+def test_matryoshka_loss_averages_the_prefix_reconstructions():
+    coder = _coder()
+    losses = coder.loss(X, X, coefficient=0.1, nested=(1, 2))
+    # f = [2, 0, 0.5]. First feature only: x̂ = 2·[1,0] + [1,1] = [3, 1], error [0, 0.5] → 0.25;
+    # first two: the same (f₂ = 0) → 0.25; all three: [3.5, 1.5], error [0.5, 1.0] → 1.25.
+    torch.testing.assert_close(losses["mse"], torch.tensor(1.25))  # the whole dictionary's, for explained variance
+    torch.testing.assert_close(losses["loss"], torch.tensor((0.25 + 0.25 + 1.25) / 3 + 0.1 * (2 + 0.5 * 2 ** 0.5)))
+    same = coder.loss(X, X, coefficient=0.1, nested=(3, 7))  # sizes that are the whole dictionary or more: ignored
+    torch.testing.assert_close(same["loss"], coder.loss(X, X, coefficient=0.1)["loss"])
+
+
 def test_transcoder_predicts_another_space_with_a_skip_path():
     coder = Transcoder(CoderConfig(d_in=2, d_sae=3, d_out=1, kind="transcoder", skip=True))
     assert not coder.cfg.apply_b_dec_to_input

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--architecture", default="standard", choices=["standard", "topk", "jumprelu"])
     train.add_argument("--expansion", type=int, default=4, help="features per input dimension (default 4)")
     train.add_argument("--k", type=int, default=16, help="TopK: active features per token (default 16)")
+    train.add_argument("--nested", default="", metavar="M1,M2,...",
+                       help="Matryoshka: the first M1, M2, ... features must also reconstruct on their own "
+                            "(general concepts first), e.g. 8,32,128")
     train.add_argument("--coefficient", type=float, default=None,
                        help="sparsity coefficient (default: 0.15 for standard, 0.003 for jumprelu)")
     train.add_argument("--lr", type=float, default=1e-3)
@@ -97,6 +100,17 @@ def cmd_hooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """"8,32,128" -> (8, 32, 128), increasing; an empty string gives ()."""
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--nested {text!r} is not a list of whole numbers.", "Example: --nested 8,32,128.") from None
+    if any(b <= a for a, b in zip(sizes, sizes[1:])) or any(m < 1 for m in sizes):
+        raise InputError(f"--nested {text!r} must be increasing positive sizes.", "Example: --nested 8,32,128.")
+    return sizes
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lvlm_studio.cli import _load, _progress_bar, _status
     from lvlm_studio.core.jobs import run_job
@@ -116,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "crosscoder" and hook_names and hook_names[0] != args.hook:
         hook_names = (args.hook, *hook_names)
     settings = TrainSettings(hook_name=args.hook, architecture=args.architecture, kind=args.kind,
-                             expansion=args.expansion, k=args.k, coefficient=coefficient, lr=args.lr,
+                             expansion=args.expansion, k=args.k, nested=_sizes(args.nested),
+                             coefficient=coefficient, lr=args.lr,
                              batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=tokens,
                              hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed)
     with _progress_bar(f"training {args.kind} at {args.hook}") as on_progress:

@@ -137,12 +137,21 @@ class SparseAutoencoder(nn.Module):
         """‖W_dec,ᵢ‖ per feature (over every source for a crosscoder)."""
         return self.W_dec.flatten(1).norm(dim=1)
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor, coefficient: float) -> dict[str, torch.Tensor]:
-        """Reconstruction and sparsity losses on a batch of tokens (``target`` is ``x`` for an SAE)."""
+    def loss(self, x: torch.Tensor, target: torch.Tensor, coefficient: float,
+             nested: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+        """Reconstruction and sparsity losses on a batch of tokens (``target`` is ``x`` for an SAE).
+
+        ``nested`` makes it a Matryoshka coder (Bussmann et al. 2025; Nabeshima 2024): the first m
+        features must also reconstruct the input on their own, for each m in ``nested``, and the
+        reconstruction loss is the mean over those prefixes and the whole dictionary. The first
+        features then hold general concepts (a colour on every patch it covers) instead of the
+        many narrow ones a plain coder splits them into ("red top edge", "red interior", ...).
+        """
         pre = self.pre_activation(x)
         f = self.activate(pre)
-        error = self.decode(f, x) - target
-        mse = error.pow(2).flatten(1).sum(dim=1).mean()
+        prefixes = [m for m in nested if 0 < m < f.shape[-1]]
+        errors = [self._squared_error(f, x, target, m) for m in [*prefixes, f.shape[-1]]]
+        mse = errors[-1]  # the whole dictionary's: what explained variance is computed from
         architecture = self.cfg.architecture
         if architecture == "standard":
             sparsity = (f * self.decoder_norms()).sum(dim=-1).mean()
@@ -150,7 +159,14 @@ class SparseAutoencoder(nn.Module):
             sparsity = _Step.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1).mean()
         else:
             sparsity = torch.zeros((), device=x.device)
-        return {"mse": mse, "sparsity": sparsity, "loss": mse + coefficient * sparsity, "features": f}
+        reconstruction = torch.stack(errors).mean()
+        return {"mse": mse, "sparsity": sparsity, "loss": reconstruction + coefficient * sparsity, "features": f}
+
+    def _squared_error(self, f: torch.Tensor, x: torch.Tensor, target: torch.Tensor, used: int) -> torch.Tensor:
+        """Mean over tokens of ‖x̂ − target‖² when only the first ``used`` features are kept."""
+        if used < f.shape[-1]:
+            f = torch.cat([f[..., :used], torch.zeros_like(f[..., used:])], dim=-1)
+        return (self.decode(f, x) - target).pow(2).flatten(1).sum(dim=1).mean()
 
     @torch.no_grad()
     def initialise(self, sample: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0) -> None:

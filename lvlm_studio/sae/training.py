@@ -58,6 +58,7 @@ class TrainSettings:
     kind: str = "sae"
     expansion: int = 4
     k: int = 16
+    nested: tuple[int, ...] = ()  # Matryoshka prefix sizes (see SparseAutoencoder.loss)
     coefficient: float = 1e-3
     lr: float = 1e-3
     batch_tokens: int = 256
@@ -226,7 +227,8 @@ class _Trainer:
             else settings.hook_names[0], hook_name_out=settings.hook_name_out, hook_names=tuple(settings.hook_names),
             d_out=target.shape[-1], n_sources=x.shape[1] if crosscoder else 1, skip=settings.skip,
             tokens=settings.tokens, model_name=Path(str(loaded.source)).name,
-            extra={"trained_on": settings.data, "count": settings.count, "start_seed": settings.start_seed},
+            extra={"trained_on": settings.data, "count": settings.count, "start_seed": settings.start_seed,
+                   **({"nested": list(settings.nested)} if settings.nested else {})},
         )
         scale_in = _scale(x)
         scale_out = scale_in if settings.kind != "transcoder" else _scale(target)
@@ -241,7 +243,7 @@ class _Trainer:
         x, target = x[order] * self.scale_in, target[order] * self.scale_out
         for start in range(0, len(x) - settings.batch_tokens + 1, settings.batch_tokens):
             xb, tb = x[start:start + settings.batch_tokens], target[start:start + settings.batch_tokens]
-            losses = coder.loss(xb, tb, settings.coefficient)
+            losses = coder.loss(xb, tb, settings.coefficient, settings.nested)
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             self.optimizer.step()
@@ -344,6 +346,7 @@ class _Trainer:
 def _settings_dict(settings: TrainSettings) -> dict[str, Any]:
     data = asdict(settings)
     data["hook_names"] = list(settings.hook_names)
+    data["nested"] = list(settings.nested)
     return data
 
 
