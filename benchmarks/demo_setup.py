@@ -13,9 +13,9 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_demo() -> Any:
-    """The embedded demo model on the CPU, with transformers quiet."""
+def load_demo(device: str = "cpu") -> Any:
+    """The embedded demo model (on the CPU unless told), with transformers quiet."""
     from lvlm_studio.core.models.loading import LoadOptions, load_model
 
     quiet_transformers()
-    return load_model(None, LoadOptions(device="cpu"))
+    return load_model(None, LoadOptions(device=device))
