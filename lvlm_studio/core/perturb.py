@@ -71,7 +71,7 @@ def score_images(
         chunk = images[start:start + batch_size]
         if n_answer:
             extras = processed_images(loaded, trace, chunk)
-            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), log_odds, n_answer)
+            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), n_answer, log_odds)
         yield Progress(start + len(chunk), len(images), what)
     return scores
 
@@ -94,12 +94,11 @@ def processed_images(loaded: LoadedModel, trace: Trace, images: Sequence[Image.I
 
 
 @torch.no_grad()
-def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], rows: int,
-                     log_odds: bool = False, n: int | None = None) -> np.ndarray:
-    """Scores of the answer's first ``n`` tokens (all by default) for ``rows`` images."""
+def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], rows: int, n: int,
+                     log_odds: bool = False) -> np.ndarray:
+    """Scores of the answer's first ``n`` tokens (``n`` >= 1) for ``rows`` images."""
     from lvlm_studio.core.trace import forward_inputs
 
-    n = len(trace.answer_ids) if n is None else n
     # Answer token i is predicted at the position before it, so the pass runs over the prompt and
     # the answer's first n - 1 tokens and keeps the last n logits. ``rows`` is the number of
     # images: families that send tiles as rows of pixel_values (InternVL) have no per-image key.

@@ -225,7 +225,6 @@ class CausalSubset(Explainer):
     def _explain_one(a: np.ndarray, image_positions: np.ndarray, query: int,
                      params: dict[str, Any]) -> dict[str, Any]:
         """One head's graph and explanation; ``a`` is its attention [T, T]."""
-
         image_nodes, text_nodes = select_nodes(a, image_positions, query, params["threshold"],
                                                params["max_image_tokens"])
         nodes = np.concatenate([image_nodes, text_nodes, [query]]).astype(int)
