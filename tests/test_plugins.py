@@ -21,7 +21,7 @@ from lvlm_studio.core.errors import InputError, UnsupportedModelError
 from lvlm_studio.core.explanation import Explanation
 from lvlm_studio.core.hookspecs import hookimpl
 from lvlm_studio.core.models.llava import LlavaAdapter
-from lvlm_studio.core.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, create_registry
+from lvlm_studio.core.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, create_registry, distribution_of
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN_ADAPTERS = "lvlm_studio.core.models.families"
@@ -426,3 +426,83 @@ def test_a_method_without_params_says_so():
 
     with pytest.raises(InputError, match="Its parameters: none"):
         Bare().resolve_params({"x": 1})
+
+
+# -- what a hook returns is checked; sys.exit is caught ----------------------------------------
+
+
+def test_a_hook_returning_one_object_fails_its_plugin_and_the_built_in_panels_stay():
+    class OnePanel:
+        @hookimpl
+        def lvlm_studio_panels(self):
+            return PanelSpec("lonely", "Lonely", "nowhere:factory")  # not in a list
+
+    registry = create_registry(load_third_party=False, extra=[(OnePanel(), "one")])
+    panels = registry.panels()
+    assert {"overlay", "timeline", "heads"} <= set(panels) and "lonely" not in panels
+    assert status_of(registry, "one").state == "failed"
+    assert status_of(registry, "one").error == "lvlm_studio_panels returned a PanelSpec, not a list"
+
+
+def test_sys_exit_in_a_hook_fails_the_plugin_and_ctrl_c_goes_through():
+    class Exits:
+        @hookimpl
+        def lvlm_studio_explainers(self):
+            sys.exit("bye")
+
+    class Interrupted:
+        @hookimpl
+        def lvlm_studio_metrics(self):
+            raise KeyboardInterrupt
+
+    registry = create_registry(load_third_party=False, extra=[(Exits(), "exits"), (Interrupted(), "interrupted")])
+    assert "tam" in registry.explainers()
+    assert status_of(registry, "exits").error == "SystemExit: the plugin called sys.exit('bye')"
+    with pytest.raises(KeyboardInterrupt):
+        registry.metrics()
+
+
+def test_one_bad_item_fails_the_whole_plugin_and_it_is_not_asked_again():
+    class Mixed:
+        calls = 0
+
+        @hookimpl
+        def lvlm_studio_explainers(self):
+            Mixed.calls += 1
+            return [ConstantExplainer(), None]
+
+    registry = create_registry(load_third_party=False, extra=[(Mixed(), "mixed")])
+    assert "test-constant" not in registry.explainers()
+    assert "returned None, not a Explainer" in status_of(registry, "mixed").error
+    registry.explainers()
+    assert Mixed.calls == 1
+
+
+def test_an_explainer_without_an_id_is_named_with_the_fix():
+    class Anonymous(ConstantExplainer):
+        id = ""
+
+    class Plugin:
+        @hookimpl
+        def lvlm_studio_explainers(self):
+            return [Anonymous()]
+
+    registry = create_registry(load_third_party=False, extra=[(Plugin(), "anonymous")])
+    registry.explainers()
+    assert status_of(registry, "anonymous").error == (
+        'lvlm_studio_explainers returned Anonymous with no id (give its class one, e.g. id = "my-method")')
+
+
+def test_an_unknown_method_names_the_plugins_that_failed():
+    registry = create_registry(load_third_party=False, extra=[(BrokenPlugin(), "broken")])
+    failed = r"no explanation method 'x'; plugin broken \[given\] failed \(RuntimeError: boom\)"
+    with pytest.raises(InputError, match=failed):
+        registry.explainer("x")
+
+
+def test_the_distribution_of_a_plugin_object(site):
+    site("fake_plugin", GOOD, GOOD_SOURCES)
+    registry = create_registry()
+    assert distribution_of(registry.explainers()["fake-method"]) == "fake_plugin 0.1"
+    assert distribution_of(registry.explainers()["tam"]).startswith("lvlm-studio ")
+    assert distribution_of(ConstantExplainer()) == "module test_plugins"
