@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lvlm_studio.core.checks import check_explanation, check_metric_result
 from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.explanation import Explanation, overlay, to_pixels
@@ -198,6 +199,8 @@ def _score_method(loaded, trace, method, explainer, metrics, masks, masks_error,
     except Exception as exc:  # noqa: BLE001 - one broken method must not stop the benchmark
         result["errors"]["explain"] = f"{type(exc).__name__}: {exc}"
         return result
+    if explainer is not None:  # a method that breaks the contract stops the run: its every row would be wrong
+        check_explanation(explanation, trace, targets, explainer)
     result["seconds"]["explain"] = round(time.perf_counter() - started, 4)
     for metric_id, metric in metrics.items():
         started = time.perf_counter()
@@ -211,6 +214,7 @@ def _score_method(loaded, trace, method, explainer, metrics, masks, masks_error,
             params = metric.resolve_params(given)
             scored = yield from _forwarded(metric.score(trace, explanation, loaded, masks, params), index,
                                            settings.n, f"{message}, {metric_id}")
+            check_metric_result(scored, metric)
         except (Cancelled, KeyboardInterrupt):
             raise
         except LVLMError as exc:  # a metric that does not apply here (a method it cannot re-run, ...)

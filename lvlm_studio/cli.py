@@ -144,6 +144,7 @@ def _parse_tokens(text: str | None, count: int) -> list[int]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.checks import check_explanation
     from lvlm_studio.core.contracts import require_applicable
     from lvlm_studio.core.explanation import overlay, to_pixels
     from lvlm_studio.core.jobs import run_job
@@ -165,6 +166,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _progress_bar(f"{explainer.title}") as on_progress:
         explanation = run_job(explainer.explain(trace, loaded, targets, params), on_progress)
+    check_explanation(explanation, trace, targets, explainer)
     explain_s = time.perf_counter() - started
 
     # Write into a scratch folder and move it into place at the end: an interrupted run leaves

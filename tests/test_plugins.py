@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from lvlm_studio.core import hookspecs
-from lvlm_studio.core.contracts import Explainer, PanelSpec, Param
-from lvlm_studio.core.errors import InputError, UnsupportedModelError
+from lvlm_studio.core.checks import check_explanation, check_metric_result
+from lvlm_studio.core.contracts import Explainer, Metric, MetricResult, PanelSpec, Param
+from lvlm_studio.core.errors import InputError, PluginError, UnsupportedModelError
 from lvlm_studio.core.explanation import Explanation
 from lvlm_studio.core.hookspecs import hookimpl
 from lvlm_studio.core.models.llava import LlavaAdapter
@@ -506,3 +507,64 @@ def test_the_distribution_of_a_plugin_object(site):
     assert distribution_of(registry.explainers()["fake-method"]) == "fake_plugin 0.1"
     assert distribution_of(registry.explainers()["tam"]).startswith("lvlm-studio ")
     assert distribution_of(ConstantExplainer()) == "module test_plugins"
+
+
+# -- the contract checks on explanations and metric results ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_region_trace():
+    return types.SimpleNamespace(regions=[types.SimpleNamespace(grid=(2, 3)), types.SimpleNamespace(grid=(4, 4))])
+
+
+def good_maps(targets):
+    return {t: [np.zeros((2, 3)), np.ones((4, 4))] for t in targets}
+
+
+def test_a_good_explanation_passes_and_extra_tokens_are_allowed(two_region_trace):
+    explanation = Explanation("test-constant", good_maps([0, 1, 2]))
+    assert check_explanation(explanation, two_region_trace, [0, 2], ConstantExplainer()) is explanation
+
+
+@pytest.mark.parametrize(("made", "problem"), [
+    ({0: [np.zeros((2, 3)), np.ones((4, 4))]}, "returned a dict, not an Explanation"),
+    (Explanation("m", good_maps([0])), "gave no map for answer token 2."),
+    (Explanation("m", {**good_maps([2]), 0: [np.zeros((2, 3))]}), "gave 1 maps for answer token 0; it must give one"),
+    (Explanation("m", {**good_maps([2]), 0: np.zeros((2, 3))}), "gave a ndarray of maps for answer token 0"),
+    (Explanation("m", {**good_maps([0]), 2: [np.zeros((2, 3)), np.ones((3, 5))]}),
+     "gave a 3x5 map for answer token 2, region 1, whose grid is 4x4."),
+    (Explanation("m", {**good_maps([0]), 2: [np.zeros((2, 3)), np.full((4, 4), np.inf)]}),
+     "gave NaN or infinite values in the map of answer token 2, region 1."),
+    (Explanation("m", {**good_maps([0]), 2: [np.zeros((2, 3)), "a map"]}),
+     "gave a str as the map of answer token 2, region 1, not an array."),
+])
+def test_a_wrong_explanation_is_refused_naming_the_method_and_distribution(two_region_trace, made, problem):
+    with pytest.raises(PluginError) as info:
+        check_explanation(made, two_region_trace, [0, 2], ConstantExplainer())
+    assert info.value.message.startswith("explanation method 'test-constant' (module test_plugins) ")
+    assert problem in info.value.message
+    assert "report it to its authors" in info.value.hint
+
+
+class FakeMetric(Metric):
+    id = "fake-metric"
+
+
+def test_a_metric_result_may_say_undefined_with_nan():
+    result = MetricResult({"auc": float("nan"), "n": 3}, {"deletion": ([0.0, 1.0], np.array([0.5, np.nan]))})
+    assert check_metric_result(result, FakeMetric()) is result
+
+
+@pytest.mark.parametrize(("result", "problem"), [
+    ({"auc": 0.5}, "returned a dict, not a MetricResult"),
+    (MetricResult({"auc": float("-inf")}), "returned -inf as its value 'auc'"),
+    (MetricResult({"auc": "high"}), "returned 'high' as its value 'auc'"),
+    (MetricResult({"auc": 0.5}, {"deletion": ([0, 1], [1, 2, 3])}), "curve 'deletion' whose x and y"),
+    (MetricResult({"auc": 0.5}, {"deletion": [0.5]}), "curve 'deletion' that is not a pair"),
+    (MetricResult([0.5]), "values or curves that are not dicts"),
+])
+def test_a_wrong_metric_result_is_refused_naming_the_metric(result, problem):
+    with pytest.raises(PluginError) as info:
+        check_metric_result(result, FakeMetric())
+    assert info.value.message.startswith("metric 'fake-metric' (module test_plugins) ")
+    assert problem in info.value.message

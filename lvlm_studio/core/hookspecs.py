@@ -15,9 +15,15 @@ Third-party plugins are found through the ``lvlm_studio.plugins`` entry-point gr
     my_plugin = "my_package.plugin"
 
 Every hook is optional and returns a list; results from all plugins are concatenated. A plugin
-that raises while loading, registering or answering a hook is reported (``lvlm-studio plugins``)
-and skipped; the others keep working. Set ``LVLM_STUDIO_DISABLE_PLUGINS=1`` to load no third-party
-plugin, or to a comma-separated list of plugin names to skip just those.
+that raises (or calls ``sys.exit()``) while loading, registering or answering a hook, or whose hook
+returns anything but a list of the documented objects, each with a non-empty ``id``, is reported as
+failed (``lvlm-studio plugins`` shows why) and skipped; the others keep working. Set
+``LVLM_STUDIO_DISABLE_PLUGINS=1`` to load no third-party plugin, or to a comma-separated list of
+plugin names to skip just those.
+
+What an explainer or a metric returns is checked where it enters the CLI, the app and the benchmark
+(``lvlm_studio.core.checks``); a result that breaks the contract described below is refused with
+a message naming the method and the distribution that installed it.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ def lvlm_studio_explainers() -> list:
 
     Each has a unique ``id`` (used by ``lvlm-studio explain --method ID``), a ``title``, declared
     ``params`` and ``needs``, and ``explain(trace, model, targets, params)`` returning an
-    ``Explanation`` with one map per region grid for each target token. ``applies_to(model,
+    ``Explanation`` with, for each target token, one map per image region (``trace.regions``
+    order), each a finite array of its region's ``grid`` shape (rows, cols). ``applies_to(model,
     params)`` returns None, or one plain sentence saying why the method cannot explain that model
     (e.g. a method that reads image tokens of the sequence, on a family whose image enters by
     cross-attention); the application asks it before running and shows the reason.
@@ -60,7 +67,8 @@ def lvlm_studio_metrics() -> list:
     """Metrics that judge explanations: a list of ``Metric`` instances.
 
     ``score(trace, explanation, model, masks, params)`` returns a ``MetricResult`` (named values,
-    curves to plot, JSON-able details), or is a job; faithfulness metrics need the model,
+    curves to plot, JSON-able details), or is a job; a value is a number, NaN where it is undefined
+    (never infinite), and a curve a pair of equally long 1-D arrays; faithfulness metrics need the model,
     plausibility metrics need ground-truth masks (``lvlm_studio.core.masks.ObjectMasks``). The
     computations behind the built-in metrics are public for plugins to reuse:
     ``lvlm_studio.core.faithfulness``, ``plausibility``, ``agreement``, ``sanity`` and ``masks``.

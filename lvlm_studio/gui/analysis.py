@@ -223,9 +223,11 @@ class Analysis(QObject):
         targets = list(range(len(trace.answer_tokens)))
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
+            from lvlm_studio.core.checks import check_explanation
             from lvlm_studio.core.jobs import run_job
 
-            return run_job(explainer.explain(trace, model, targets, explainer.resolve_params({})), report, cancel)
+            made = run_job(explainer.explain(trace, model, targets, explainer.resolve_params({})), report, cancel)
+            return check_explanation(made, trace, targets, explainer)
 
         def done(explanation: Any) -> None:
             if state.add_explanation(trace, method, explanation):
@@ -298,9 +300,11 @@ class Analysis(QObject):
         masks = dict(state.masks) or None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
+            from lvlm_studio.core.checks import check_metric_result
             from lvlm_studio.core.jobs import run_job
 
-            return run_job(metric.score(trace, one, model, masks, metric.resolve_params({})), report, cancel)
+            return check_metric_result(run_job(metric.score(trace, one, model, masks, metric.resolve_params({})),
+                                               report, cancel), metric)
 
         def done(result: Any) -> None:
             if state.add_metric(trace, (method, token, metric_id), result):
