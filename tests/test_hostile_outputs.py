@@ -30,11 +30,16 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*"))
 
 
-def _partial_then(code: int):
-    """A stand-in for a library writer: it writes a few bytes to the target, then the disk fails."""
+def _partial_then(code: int, safetensors: bool = False):
+    """A stand-in for a library writer: it writes a few bytes to the target, then the disk fails
+    (safetensors reports that as a SafetensorError with the OS error's number in its text)."""
     def write(*args, **kwargs):
         target = next(a for a in (*args, *kwargs.values()) if isinstance(a, (str, Path)))
         Path(target).write_bytes(b"partial")
+        if safetensors:
+            from safetensors import SafetensorError
+
+            raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(code)} (os error {code})")
         raise _fault(code)
     return write
 
@@ -200,7 +205,7 @@ def test_a_saved_trace_survives_a_failing_disk(tmp_path, monkeypatch, saved_sess
     session, _ = saved_session
     path = session.trace.save(tmp_path / "t.safetensors")
     before = snapshot(tmp_path)
-    monkeypatch.setattr(safetensors.numpy, "save_file", _partial_then(code))
+    monkeypatch.setattr(safetensors.numpy, "save_file", _partial_then(code, safetensors=True))
     with pytest.raises(InputError, match=words) as refused:
         session.trace.save(path)
     assert str(path) in str(refused.value)
@@ -246,7 +251,7 @@ def test_a_saved_sae_survives_a_failing_disk(tmp_path, monkeypatch, code, words)
     coder = build_coder(CoderConfig(d_in=8, d_sae=16, hook_name="blocks.1.hook_resid_post"))
     folder = save_saelens(coder, tmp_path / "sae")
     before = snapshot(tmp_path)
-    monkeypatch.setattr(safetensors.torch, "save_file", _partial_then(code))
+    monkeypatch.setattr(safetensors.torch, "save_file", _partial_then(code, safetensors=True))
     with pytest.raises(InputError, match=words):
         save_saelens(coder, folder)
     assert_untouched(tmp_path, before)
@@ -326,3 +331,53 @@ def test_a_benchmark_into_a_folder_of_the_users_is_refused(capsys, tmp_path, mon
     before = snapshot(tmp_path)
     assert_refused(run_cli(capsys, *BENCHMARK, "--out", tmp_path), 2, "not written by LVLM Studio")
     assert_untouched(tmp_path, before)
+
+
+@pytest.mark.hostile("filesystem")
+@pytest.mark.parametrize("case", ["report into a folder", "out below a file", "trace below a file"])
+def test_a_file_where_a_folder_belongs_and_back(capsys, tmp_path, monkeypatch, saved_session, case):
+    import lvlm_studio.cli as cli
+
+    monkeypatch.setattr(cli, "_load", _no_model_load)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    argv, words = {
+        "report into a folder": (("report", saved_session[1], "--out", tmp_path / "folder"), "is a folder"),
+        "out below a file": ((*EXPLAIN, "--out", tmp_path / "notes.txt" / "run"), "is a file"),
+        "trace below a file": (("ask", "--image", SAMPLE, "--prompt", "hi", "--save-trace",
+                                tmp_path / "notes.txt" / "t.safetensors"), "is a file"),
+    }[case]
+    assert_refused(run_cli(capsys, *argv), 2, words)
+    assert_untouched(tmp_path, before)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB tmpfs (Linux, as root); skipped where one cannot be mounted."""
+    import subprocess
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.name != "posix" or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("needs root and mount to make a small tmpfs")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.hostile("filesystem")
+def test_a_real_full_disk_and_a_read_only_one(capsys, small_disk):
+    import subprocess
+
+    out = small_disk / "run"
+    assert run_cli(capsys, *EXPLAIN, "--out", out).code == 0
+    before = snapshot(out)
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(b"\0" * (free - 100_000))
+    explain_all = [a for a in EXPLAIN if a not in ("--tokens", "0")]  # eleven overlays: more than is left
+    assert_refused(run_cli(capsys, *explain_all, "--out", out, "--overwrite"), 2, "no space", str(out))
+    assert_untouched(out, before)
+    assert _leftovers(small_disk) == []
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert_refused(run_cli(capsys, "report", "missing.lvlm", "--out", small_disk / "r.pdf"), 2, "read-only")

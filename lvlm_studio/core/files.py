@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -43,19 +44,35 @@ _ADVICE = {
 }
 
 
-def file_error(exc: OSError, path: str | Path) -> InputError:
-    """The one line a user reads for a file-system fault while writing ``path``."""
-    message, hint = _ADVICE.get(exc.errno or 0, ("cannot write {path} ({reason}).", "Check the path and the disk."))
-    return InputError(message.format(path=path, reason=exc.strerror or exc), hint)
+class FileError(InputError):
+    """A file-system fault while writing ``path``: what the user reads, and the fault itself."""
+
+    def __init__(self, error: OSError, path: str | Path):
+        message, hint = _ADVICE.get(error.errno or 0, ("cannot write {path} ({reason}).",
+                                                       "Check the path and the disk."))
+        super().__init__(message.format(path=path, reason=error.strerror or error), hint)
+        self.error = error
+        self.path = Path(path)
+
+
+#: safetensors (Rust) reports a failed write as ``SafetensorError("... I/O error: ... (os error 28)")``.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 @contextmanager
 def reporting(path: str | Path) -> Iterator[None]:
-    """Turn an ``OSError`` raised inside the block into ``file_error(..., path)``."""
+    """Turn an ``OSError`` raised inside the block (or a library's error that carries one's number)
+    into ``FileError(..., path)``."""
     try:
         yield
     except OSError as exc:
-        raise file_error(exc, path) from exc
+        raise FileError(exc, path) from exc
+    except Exception as exc:
+        found = _RUST_OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise FileError(OSError(code, os.strerror(code)), path) from exc
 
 
 def _fsync(path: Path) -> None:
@@ -207,7 +224,12 @@ def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         staging = _sibling(out, "new")
         staging.mkdir()
         try:
-            yield staging
+            try:
+                yield staging
+            except FileError as exc:  # name the file as the user will know it, not its staging copy
+                if not exc.path.is_relative_to(staging):
+                    raise
+                raise FileError(exc.error, out / exc.path.relative_to(staging)) from exc
             for written in staging.rglob("*"):
                 if written.is_file():
                     _fsync(written)
