@@ -20,7 +20,9 @@ JSON lines alone.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -36,14 +38,19 @@ from lvlm_studio.core.checks import check_explanation, check_metric_result
 from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.explanation import Explanation, overlay, to_pixels
+from lvlm_studio.core.files import atomic_path, check_output_folder, read_run_record, reporting, write_text
 from lvlm_studio.core.jobs import Job, Progress, relay
-from lvlm_studio.core.records import environment, jsonable
+from lvlm_studio.core.records import environment, jsonable, package_version
+
+log = logging.getLogger(__name__)
 
 PROMPT = "describe the image."
 RANDOM = "uniform random"
 RESULTS = "results.jsonl"
 RECORD = "run.json"
 EXAMPLES = "examples"
+#: What ``benchmark_report`` writes from the results: removed when a run (re)starts.
+REPORTS = ("summary.md", "summary.csv", "tables", "curves.png", "examples.png")
 #: Settings that may differ between a run and its resumption (they do not change any result).
 RESUMABLE_CHANGES = frozenset({"n", "examples"})
 
@@ -250,14 +257,15 @@ def _save_example(trace: Any, explanation: Explanation, method: str, index: int,
     relevant = relevance.relevant_indices if relevance is not None else []
     token = next((t for t in relevant if t in explanation.maps), explanation.targets[0])
     pixels = to_pixels(explanation.maps[token], trace.regions, trace.image.size)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = f"{index:04d}_{_safe(method)}"
-    overlay(trace.image, pixels).save(folder / f"{stem}.png")
-    (folder / f"{stem}.json").write_text(json.dumps({"method": method, "token": token,
-                                                     "word": trace.answer_tokens[token]}))
+    with atomic_path(folder / f"{stem}.png") as temporary:
+        overlay(trace.image, pixels).save(temporary)
+    write_text(folder / f"{stem}.json", json.dumps({"method": method, "token": token,
+                                                   "word": trace.answer_tokens[token]}))
     image_path = folder / f"{index:04d}_image.png"
     if not image_path.exists():
-        trace.image.save(image_path)
+        with atomic_path(image_path) as temporary:
+            trace.image.save(temporary)
 
 
 def _safe(name: str) -> str:
@@ -266,17 +274,18 @@ def _safe(name: str) -> str:
 
 # -- files --------------------------------------------------------------------------------------
 def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None) -> list[dict[str, Any]]:
-    """Create or reopen the output folder; return the samples already done."""
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / RECORD
-    if record_path.exists():
-        previous = json.loads(record_path.read_text())
+    """Create or reopen the output folder (refused when it is not ours); return the samples already
+    done. The reports of an earlier run are removed, so that nothing old looks complete."""
+    check_output_folder(out, resume=True)
+    previous = read_run_record(out)
+    if previous is not None:
         if previous.get("settings_key") != jsonable(settings.key()):
             raise InputError(f"{out} holds a benchmark run with other settings.",
                              "Rerun with the same settings to resume it, or choose another --out.")
         if previous.get("model", {}).get("source") != loaded.describe().get("source"):
             raise InputError(f"{out} holds a benchmark run of another model.", "Choose another --out.")
     record = {
+        "lvlm_studio": package_version("lvlm-studio"),
         "settings": jsonable(asdict(settings)),
         "settings_key": jsonable(settings.key()),
         "model": jsonable(loaded.describe()),
@@ -289,32 +298,59 @@ def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[
                                  "pycocotools")),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    record_path.write_text(json.dumps(record, indent=2))
+    for stale in REPORTS:
+        with reporting(out / stale):
+            if (out / stale).is_dir():
+                shutil.rmtree(out / stale)
+            else:
+                (out / stale).unlink(missing_ok=True)
+    write_text(out / RECORD, json.dumps(record, indent=2))
     return read_results(out)
 
 
 def read_results(out: str | Path) -> list[dict[str, Any]]:
-    """The finished samples in ``out``; a last line cut short by an interruption is dropped (and
-    removed from the file, so that appending continues on a clean line)."""
+    """The finished samples in ``out``. A damaged line is skipped (its sample runs again) with a
+    warning; only a last line cut short by an interruption is removed, so that appending continues
+    on a clean line."""
     path = Path(out) / RESULTS
     if not path.exists():
         return []
-    records, good = [], 0
-    with path.open("rb") as handle:
-        for line in handle:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good += len(line)
-    if good < path.stat().st_size:
-        with path.open("r+b") as handle:
-            handle.truncate(good)
+    with reporting(path):
+        data = path.read_bytes()
+    lines = data.split(b"\n")
+    unfinished = lines.pop()  # what follows the last newline: empty unless a write was cut short
+    records = [record for record in map(_sample_record, lines) if record is not None]
+    damaged = sum(1 for line in lines if line.strip()) - len(records)
+    if unfinished:
+        record = _sample_record(unfinished)
+        with reporting(path), path.open("r+b") as handle:
+            if record is None:  # cut off mid-write: drop it
+                handle.truncate(len(data) - len(unfinished))
+            else:  # complete but for its newline
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\n")
+        if record is not None:
+            records.append(record)
+    if damaged:
+        log.warning("%s: %d damaged line%s skipped; %s run again.", path, damaged, "s" if damaged > 1 else "",
+                    "their samples are" if damaged > 1 else "its sample is")
     return records
 
 
+def _sample_record(line: bytes) -> dict[str, Any] | None:
+    """One line of results.jsonl as a sample's record, or None when it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("sample"), str) \
+            or not isinstance(record.get("index"), int):
+        return None
+    return record
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as handle:
+    with reporting(path), path.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -322,11 +358,9 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 def _finish(out: Path, records: list[dict[str, Any]], seconds: float) -> None:
     record_path = out / RECORD
-    record = json.loads(record_path.read_text())
+    record = json.loads(record_path.read_text())  # written by _prepare in this run
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record["samples_done"] = len(records)
     record["seconds_this_session"] = round(seconds, 2)
-    record_path.write_text(json.dumps(record, indent=2))
-
-
+    write_text(record_path, json.dumps(record, indent=2))
 

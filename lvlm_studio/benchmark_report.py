@@ -15,12 +15,15 @@ Files written into the run folder:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lvlm_studio.core.files import atomic_path, write_text
 
 BOOTSTRAP = 2000
 #: The headline columns of the summary, in order (others follow alphabetically).
@@ -107,32 +110,27 @@ def write_tables(out: Path, records: list[dict[str, Any]], title: str = "") -> s
     """Per-method CSV and Markdown tables and the side-by-side summary; returns the summary text."""
     summary = summarise(records)
     tables = out / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
     for method, rows in summary.items():
         stem = "".join(c if c.isalnum() else "_" for c in method)
-        with (tables / f"{stem}.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["metric", "mean", "ci95_low", "ci95_high", "samples"])
-            for name in ordered(rows):
-                mean, low, high, n = rows[name]
-                writer.writerow([name, _cell(mean), _cell(low), _cell(high), n])
+        write_text(tables / f"{stem}.csv", _csv([["metric", "mean", "ci95_low", "ci95_high", "samples"]] + [
+            [name, _cell(rows[name][0]), _cell(rows[name][1]), _cell(rows[name][2]), rows[name][3]]
+            for name in ordered(rows)]))
         lines = [f"# {method}", "", "| metric | better | mean | 95% CI | samples |", "|---|---|---:|---:|---:|"]
         for name in ordered(rows):
             mean, low, high, n = rows[name]
             ci = f"{low:.3f}-{high:.3f}" if math.isfinite(low) else "n/a"
             lines.append(f"| {name} | {BETTER.get(name.split('.', 1)[-1], '')} | "
                          f"{mean:.3f} | {ci} | {n} |" if n else f"| {name} | | n/a | n/a | 0 |")
-        (tables / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        write_text(tables / f"{stem}.md", "\n".join(lines) + "\n")
     columns = ordered({name for rows in summary.values() for name in rows})
-    with (out / "summary.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", *[f"{c} {part}" for c in columns for part in ("mean", "ci95_low", "ci95_high")]])
-        for method, rows in summary.items():
-            cells = []
-            for c in columns:
-                mean, low, high, _ = rows.get(c, (math.nan, math.nan, math.nan, 0))
-                cells += [_cell(mean), _cell(low), _cell(high)]
-            writer.writerow([method, *cells])
+    table = [["method", *[f"{c} {part}" for c in columns for part in ("mean", "ci95_low", "ci95_high")]]]
+    for method, rows in summary.items():
+        cells = []
+        for c in columns:
+            mean, low, high, _ = rows.get(c, (math.nan, math.nan, math.nan, 0))
+            cells += [_cell(mean), _cell(low), _cell(high)]
+        table.append([method, *cells])
+    write_text(out / "summary.csv", _csv(table))
     header = [c.split(".", 1)[-1] + (f" ({BETTER[c.split('.', 1)[-1]]} better)" if c.split(".", 1)[-1] in BETTER
                                       else "") for c in columns]
     lines = [title, ""] if title else []
@@ -143,8 +141,14 @@ def write_tables(out: Path, records: list[dict[str, Any]], title: str = "") -> s
     lines += [f"{method}: {metric} did not apply on {count} samples ({example})"
               for method, metric, count, example in skipped(records)]
     text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
+    write_text(out / "summary.md", text)
     return text
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
 
 
 def skipped(records: list[dict[str, Any]]) -> list[tuple[str, str, int, str]]:
@@ -197,8 +201,11 @@ def plot_curves(out: Path, records: list[dict[str, Any]]) -> Path | None:
     axes[1].legend(fontsize=8)
     figure.tight_layout()
     path = out / "curves.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120)
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -230,8 +237,11 @@ def example_grid(out: Path, methods: list[str]) -> Path | None:
             axis.axis("off")
     figure.tight_layout()
     path = out / "examples.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
+from lvlm_studio.core.files import (
+    atomic_path,
+    check_output_file,
+    check_output_folder,
+    staged_folder,
+    write_record,
+    write_text,
+)
 from lvlm_studio.core.records import environment, jsonable, package_version
 
 EXIT_INPUT = 2
@@ -95,6 +100,8 @@ def _status(message: str) -> None:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_ask(args: argparse.Namespace) -> int:
+    if args.save_trace:
+        check_output_file(args.save_trace)
     loaded, _ = _load(args)
     trace = _trace(args, loaded)
     print(trace.answer_text)
@@ -153,9 +160,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     registry = create_registry()
     explainer = registry.explainer(args.method)  # unknown method: fail before loading anything
     params = explainer.resolve_params(_parse_params(args.param))
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InputError(f"output folder {out} is not empty.", "Choose another --out or pass --overwrite.")
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
 
     loaded, load_s = _load(args)
     require_applicable(explainer, loaded, params)  # before generating: a refusal should cost nothing
@@ -169,10 +174,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     check_explanation(explanation, trace, targets, explainer)
     explain_s = time.perf_counter() - started
 
-    # Write into a scratch folder and move it into place at the end: an interrupted run leaves
-    # nothing that looks complete.
-    scratch = Path(tempfile.mkdtemp(prefix=".lvlm-", dir=out.parent if out.parent.exists() else None))
-    try:
+    # Written beside --out and moved into place at the end: an interrupted run leaves nothing that
+    # looks complete, and a failed --overwrite leaves the previous output.
+    with staged_folder(out, args.overwrite) as scratch:
         files = []
         for t in targets:
             pixels = to_pixels(explanation.maps[t], trace.regions, trace.image.size)
@@ -183,14 +187,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         trace.save(scratch / "trace.safetensors")
         record = _run_record(args, loaded, trace, explanation, targets, files,
                              {"load_s": load_s, **trace.timings, "explain_s": explain_s})
-        (scratch / "run.json").write_text(json.dumps(record, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch.rename(out)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        write_record(scratch, record)
     print(f"{len(files)} overlays, maps.npz, trace.safetensors and run.json written to {out}")
     return 0
 
@@ -309,6 +306,8 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     for method in methods or []:
         registry.explainer(method)  # an unknown method fails before the model loads
+    if args.out:
+        check_output_file(args.out)
     loaded, _ = _load(args)
     with _progress_bar("pointing game") as on_progress:
         result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed), on_progress)
@@ -317,7 +316,7 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
     for method, error in result.failed.items():
         _status(f"{method} failed and was skipped: {error}")
     if args.out:
-        Path(args.out).write_text(table)
+        write_text(args.out, table)
         _status(f"table written to {args.out}")
     return 0
 
@@ -346,7 +345,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     settings = BenchmarkSettings(methods=methods, n=args.n, prompt=args.prompt or PROMPT, images=args.images,
                                  coco=args.coco, metrics=metrics, metric_params=metric_params,
                                  max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples)
-    out = Path(args.out)
+    out = check_output_folder(args.out, resume=True)  # a run of ours is resumed, never replaced
     loaded, _ = _load(args)
     try:
         with _progress_bar("benchmark") as on_progress:
@@ -379,8 +378,10 @@ def cmd_demo_causal(args: argparse.Namespace) -> int:
 def cmd_demo_scene(args: argparse.Namespace) -> int:
     from lvlm_studio.demo.scenes import make_scene
 
+    out = check_output_file(args.out)
     scene = make_scene(args.seed)
-    scene.image.save(args.out)
+    with atomic_path(out) as temporary:
+        scene.image.save(temporary)
     print(f"{args.out}: {scene.caption()}")
     return 0
 
@@ -389,6 +390,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lvlm_studio.core.report import write_report
     from lvlm_studio.core.session import load_session
 
+    check_output_file(args.out)
     session = load_session(args.session)
     tokens = _parse_tokens(args.tokens, len(session.trace.answer_tokens)) if args.tokens and session.trace else None
     print(write_report(session, args.out, tokens))

@@ -32,12 +32,14 @@ class Outcome:
 
     @property
     def err_lines(self) -> list[str]:
-        """What the user reads on stderr, without progress chatter ("loading ...", "generating ...")."""
-        return [line for line in self.err.splitlines() if line.strip() and not _is_status(line)]
+        """What the user reads on stderr, without progress chatter ("loading ...", "generating ...", the
+        answer, and progress bars, which redraw themselves with carriage returns)."""
+        lines = [line.rsplit("\r", 1)[-1] for line in self.err.split("\n")]
+        return [line for line in lines if line.strip() and not _is_status(line)]
 
 
 def _is_status(line: str) -> bool:
-    return line.startswith(("loading ", "loaded ", "generating ", "explaining ", "wrote ", "resuming "))
+    return line.startswith(("loading ", "loaded ", "generating ", "explaining ", "wrote ", "resuming ", "answer: "))
 
 
 def run_cli(capsys, *argv: str) -> Outcome:

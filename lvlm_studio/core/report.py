@@ -15,6 +15,7 @@ import numpy as np
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import overlay, to_pixels
+from lvlm_studio.core.files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,8 +55,7 @@ def write_report(session: Session, path: str | Path, tokens: list[int] | None = 
     if bad:
         raise InputError(f"answer token {bad[0]} does not exist.", f"This answer has tokens 0 to {count - 1}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with PdfPages(path) as pdf:
+    with atomic_path(path) as temporary, PdfPages(temporary) as pdf:  # a full disk leaves the old PDF
         pdf.savefig(_summary_page(session))
         if session.explanations and tokens:
             pdf.savefig(_overlay_page(session, tokens))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from PIL import Image
 from lvlm_studio.core.contracts import MetricResult
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.files import atomic_path
 from lvlm_studio.core.records import jsonable
 
 if TYPE_CHECKING:
@@ -101,7 +101,6 @@ def save_session(session: Session, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "prompt": session.prompt,
@@ -116,9 +115,7 @@ def save_session(session: Session, path: str | Path) -> Path:
         "has_trace": session.trace is not None,
     }
     curves: dict[str, np.ndarray] = {}
-    descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
+    with atomic_path(path) as temporary:  # a full disk or a crash leaves the previous file
         with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
             if session.image is not None:
                 buffer = io.BytesIO()
@@ -151,10 +148,6 @@ def save_session(session: Session, path: str | Path) -> Path:
                 masks = {_mask_key(k): np.asarray(v, dtype=bool) for k, v in session.masks.items()}
                 archive.writestr("masks.npz", _npz_bytes(masks))
             archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

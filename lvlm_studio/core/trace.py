@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from lvlm_studio.core.errors import Cancelled, InputError
+from lvlm_studio.core.files import atomic_path
 from lvlm_studio.core.images import open_image
 from lvlm_studio.core.models.adapter import ImageRegion, all_image_positions
 from lvlm_studio.core.models.loading import LoadedModel
@@ -132,8 +133,8 @@ class Trace:
         }
         if relevance is not None:
             meta["visual_relevance"] = {"blur_sigma": relevance.blur_sigma, "threshold": relevance.threshold}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"lvlm_studio": json.dumps(meta)})
+        with atomic_path(path) as temporary:
+            save_file(tensors, str(temporary), metadata={"lvlm_studio": json.dumps(meta)})
         return path
 
     @classmethod

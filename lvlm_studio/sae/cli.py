@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.files import check_output_folder, staged_folder, write_record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                        help="weights' type on disk (float16 halves the file)")
     train.add_argument("--out", required=True, help="output folder (SAELens format + training.json + curve PNG)")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     train.set_defaults(func=cmd_train)
 
     evaluate = sae_sub.add_parser("eval", help="L0, explained variance, dead features, CE recovered (+ demo checks)")
@@ -70,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           help="demo: ablate the best feature for this colour (e.g. red) and count changed answers")
     evaluate.add_argument("--factor", type=float, default=0.0,
                           help="with --ablate: scale the feature by this (0 ablates, -10 pushes against it)")
-    evaluate.add_argument("--out", help="write eval.md and eval.json here")
+    evaluate.add_argument("--out", help="write eval.md and eval.json into this folder")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     evaluate.set_defaults(func=cmd_eval)
 
     inspect = sae_sub.add_parser("inspect", help="top features of a patch, feature maps, top patches, attribution")
@@ -85,7 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--token", type=int, help="answer token for feature attribution (default: none)")
     inspect.add_argument("--scale", action="append", default=[], metavar="FEATURE=FACTOR",
                          help="re-answer with a feature scaled (0 ablates; repeatable)")
-    inspect.add_argument("--out", required=True)
+    inspect.add_argument("--out", required=True, help="output folder (inspect.md and PNGs)")
+    inspect.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     inspect.set_defaults(func=cmd_inspect)
 
 
@@ -117,9 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lvlm_studio.sae.formats import save_saelens
     from lvlm_studio.sae.training import TrainSettings, train_coder
 
-    out = Path(args.out)
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint FOLDER.", "Give the folder the first run checkpointed to.")
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     loaded, _ = _load(args)
     from lvlm_studio.core.hooks import hook_points
 
@@ -136,15 +141,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                              hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed)
     with _progress_bar(f"training {args.kind} at {args.hook}") as on_progress:
         result = run_job(train_coder(loaded, settings, args.checkpoint, args.resume), on_progress)
-    save_saelens(result.coder, out, args.save_dtype)
     last = result.history[-1] if result.history else {}
     record = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
               "tokens_seen": result.tokens_seen, "seconds": round(result.seconds, 2),
               "activation_seconds": round(result.activation_seconds, 2),
               "training_tokens_per_second": round(result.tokens_per_second, 1), "last": last,
               "history": result.history}
-    (out / "training.json").write_text(json.dumps(record, indent=1))
-    _curve(result.history, out / "training_curve.png")
+    with staged_folder(out, args.overwrite) as folder:
+        save_saelens(result.coder, folder, args.save_dtype)
+        (folder / "training.json").write_text(json.dumps(record, indent=1))
+        _curve(result.history, folder / "training_curve.png")
+        _mark(folder)
     _status(f"{result.tokens_seen} tokens in {result.seconds:.0f} s")
     print(f"saved to {out}: explained variance {last.get('explained_variance', float('nan')):.3f}, "
           f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead', 0)} (last training batch)")
@@ -203,6 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvlm_studio.core.jobs import run_job
     from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations
 
+    out = check_output_folder(args.out, args.overwrite) if args.out else None
     coders = _coders(args.sae)
     loaded, _ = _load(args)
     points = hook_points(loaded)
@@ -221,11 +229,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.concepts or args.ablate:
             text += "\n" + _demo_checks(args, loaded, name, coder, report)
     print(text, end="")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.md").write_text(text)
-        (out / "eval.json").write_text(json.dumps(report, indent=1))
+    if out is not None:
+        with staged_folder(out, args.overwrite) as folder:
+            (folder / "eval.md").write_text(text)
+            (folder / "eval.json").write_text(json.dumps(report, indent=1))
+            _mark(folder)
     return 0
 
 
@@ -286,11 +294,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lvlm_studio.sae.render import dashboard, map_overlay
     from lvlm_studio.sae.shipped import demo_sae_path
 
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     coder = load_coder(args.sae or demo_sae_path())
     loaded, _ = _load(args)
     image = open_image(args.image).convert("RGB")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     features = image_features(loaded, coder, image, args.prompt)
     if args.patch:
         try:
@@ -303,42 +310,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     lines = [f"# Features at patch ({row}, {col}) of {args.image}", "", "| feature | activation |", "|---:|---:|"]
     lines += [f"| {f} | {v:.3f} |" for f, v in top]
     chosen = args.feature or [f for f, _ in top[:3]]
-    files = []
-    for feature in chosen:
-        name = f"feature{feature:05d}_map.png"
-        map_overlay(image, feature_map(features, feature), f"feature {feature}").save(out / name)
-        files.append(name)
-        if args.folder:
-            from lvlm_studio.sae.activations import folder_images
-
-            paths = folder_images(args.folder)
-            with _progress_bar(f"top patches of feature {feature}") as on_progress:
-                hits = run_job(top_patches(loaded, coder, paths, feature), on_progress)
-            name = f"feature{feature:05d}_top_patches.png"
-            dashboard(hits, features.shape[:2], f"feature {feature}: top patches").save(out / name)
+    with staged_folder(out, args.overwrite) as folder:  # written beside --out, moved into place at the end
+        files = []
+        for feature in chosen:
+            name = f"feature{feature:05d}_map.png"
+            map_overlay(image, feature_map(features, feature), f"feature {feature}").save(folder / name)
             files.append(name)
-    if args.token is not None:
-        from lvlm_studio.core.trace import generate_trace
+            if args.folder:
+                from lvlm_studio.sae.activations import folder_images
 
-        trace = generate_trace(loaded, image, args.prompt)
-        attribution = feature_attribution(loaded, coder, trace, args.token)
-        totals = attribution.sum(axis=(0, 1))
-        order = np.argsort(-np.abs(totals))[:10]
-        lines += ["", f"# Attribution to answer token {args.token} ({trace.answer_tokens[args.token]!r}) "
-                  f"of {trace.answer_text!r}", "", "| feature | activation x gradient |", "|---:|---:|"]
-        lines += [f"| {int(f)} | {totals[f]:+.4f} |" for f in order]
-    if args.scale:
-        from lvlm_studio.core.trace import generate_trace
+                paths = folder_images(args.folder)
+                with _progress_bar(f"top patches of feature {feature}") as on_progress:
+                    hits = run_job(top_patches(loaded, coder, paths, feature), on_progress)
+                name = f"feature{feature:05d}_top_patches.png"
+                dashboard(hits, features.shape[:2], f"feature {feature}: top patches").save(folder / name)
+                files.append(name)
+        if args.token is not None:
+            from lvlm_studio.core.trace import generate_trace
 
-        scales = _parse_scales(args.scale)
-        before = generate_trace(loaded, image, args.prompt).answer_text
-        after = edited_answer(loaded, coder, image, args.prompt, scales)
-        lines += ["", "# Edited answer", "", f"scales {scales}: {before!r} -> {after!r}"]
-    text = "\n".join(lines) + "\n"
-    (out / "inspect.md").write_text(text)
+            trace = generate_trace(loaded, image, args.prompt)
+            attribution = feature_attribution(loaded, coder, trace, args.token)
+            totals = attribution.sum(axis=(0, 1))
+            order = np.argsort(-np.abs(totals))[:10]
+            lines += ["", f"# Attribution to answer token {args.token} ({trace.answer_tokens[args.token]!r}) "
+                      f"of {trace.answer_text!r}", "", "| feature | activation x gradient |", "|---:|---:|"]
+            lines += [f"| {int(f)} | {totals[f]:+.4f} |" for f in order]
+        if args.scale:
+            from lvlm_studio.core.trace import generate_trace
+
+            scales = _parse_scales(args.scale)
+            before = generate_trace(loaded, image, args.prompt).answer_text
+            after = edited_answer(loaded, coder, image, args.prompt, scales)
+            lines += ["", "# Edited answer", "", f"scales {scales}: {before!r} -> {after!r}"]
+        text = "\n".join(lines) + "\n"
+        (folder / "inspect.md").write_text(text)
+        _mark(folder)
     print(text, end="")
     _status(f"inspect.md and {len(files)} PNGs written to {out}")
     return 0
+
+
+def _mark(folder: Path) -> None:
+    """The run record that marks ``folder`` as ours (so that --overwrite may replace it)."""
+    write_record(folder, {"command": ["lvlm-studio", *sys.argv[1:]]})
 
 
 def _parse_scales(items: list[str]) -> dict[int, float]:

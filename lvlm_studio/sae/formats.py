@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.files import atomic_path, write_text
 from lvlm_studio.sae.coders import CoderConfig, SparseAutoencoder, build_coder
 
 SAELENS_CONFIG = "cfg.json"
@@ -44,7 +45,6 @@ def save_saelens(coder: SparseAutoencoder, folder: str | Path, dtype: str = "flo
     if dtype not in SAVE_DTYPES:
         raise InputError(f"cannot save weights as {dtype!r}.", f"Choose one of: {', '.join(SAVE_DTYPES)}.")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg = coder.cfg
     parts = {name: getattr(coder, name) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if cfg.architecture == "jumprelu":
@@ -70,8 +70,9 @@ def save_saelens(coder: SparseAutoencoder, folder: str | Path, dtype: str = "flo
     }
     if cfg.architecture == "topk":
         config["k"] = cfg.k
-    save_file(tensors, str(folder / SAELENS_WEIGHTS))
-    (folder / SAELENS_CONFIG).write_text(json.dumps(config, indent=2))
+    with atomic_path(folder / SAELENS_WEIGHTS) as temporary:  # a full disk leaves the previous file
+        save_file(tensors, str(temporary))
+    write_text(folder / SAELENS_CONFIG, json.dumps(config, indent=2))
     return folder
 
 

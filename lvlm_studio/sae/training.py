@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.files import atomic_path, write_text
 from lvlm_studio.core.jobs import Job, Progress
 from lvlm_studio.sae.activations import (
     DEFAULT_PROMPT,
@@ -326,7 +327,6 @@ class _Trainer:
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"coder.{k}": v.detach().contiguous() for k, v in self.coder.state_dict().items()}
         for index, parameter in enumerate(self.coder.parameters()):
             for key, value in self.optimizer.state.get(parameter, {}).items():
@@ -338,9 +338,9 @@ class _Trainer:
         state = {"settings": _settings_dict(self.settings), "coder": self.coder.cfg.to_dict(), "step": self.step,
                  "tokens_seen": self.tokens_seen, "items_done": self.items_done, "history": self.history,
                  "scale_shape": list(self.scale_in.shape)}
-        save_file(tensors, str(folder / (CHECKPOINT_TENSORS + ".tmp")))
-        (folder / (CHECKPOINT_TENSORS + ".tmp")).replace(folder / CHECKPOINT_TENSORS)
-        (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1))
+        with atomic_path(folder / CHECKPOINT_TENSORS) as temporary:
+            save_file(tensors, str(temporary))
+        write_text(folder / CHECKPOINT_STATE, json.dumps(state, indent=1))
 
 
 def _settings_dict(settings: TrainSettings) -> dict[str, Any]:
