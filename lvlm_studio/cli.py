@@ -406,6 +406,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                                              "for the held-out demo scenes.")
     registry = create_registry()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(registry.explainers())
+    if not methods:
+        raise InputError(f"--methods {args.methods!r} names no method.", "Example: --methods tam,relevancy.")
     for method in methods:
         registry.explainer(method)  # an unknown method fails before the model loads
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
@@ -493,6 +495,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lvlm_studio.core.report import write_report
     from lvlm_studio.core.session import load_session
 
+    _token_numbers(args.tokens)
     session = load_session(args.session)
     tokens = _parse_tokens(args.tokens, len(session.trace.answer_tokens)) if args.tokens and session.trace else None
     print(write_report(session, args.out, tokens))

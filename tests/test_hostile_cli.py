@@ -141,8 +141,10 @@ def test_bad_explain_option_is_refused_before_loading(capsys, no_model, tmp_path
     (("--metrics", "deletion_insertion", "--metric-param", "iou.threshold=0.5"), ("iou",)),
     (("--metrics", "agreement", "--metric-param", "agreement.other=tamm"), ("tamm",)),
     (("--n", "0"), ("--n",)),
+    (("--methods", ","), ("--methods",)),
+    (("--images", "no-such-folder", "--coco", "no.json"), ("no-such-folder",)),
 ], ids=["metric", "metric-param-name", "metric-param-bound", "metric-param-nan", "metric-not-run",
-        "agreement-other", "n"])
+        "agreement-other", "n", "no-methods", "images-folder"])
 def test_bad_benchmark_option_is_refused_before_loading(capsys, no_model, tmp_path, args, mentions):
     outcome = run_cli(capsys, *BENCH, "--out", tmp_path / "bench", *args)
     assert_refused(outcome, 2, *mentions)
@@ -164,6 +166,13 @@ def test_bad_benchmark_option_is_refused_before_loading(capsys, no_model, tmp_pa
         "sae-scale"])
 def test_bad_demo_and_sae_option_is_refused_before_loading(capsys, no_model, args, mentions):
     assert_refused(run_cli(capsys, *args), 2, *mentions)
+
+
+@pytest.mark.hostile("options")
+def test_bad_report_tokens_are_refused_before_the_session_is_read(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("lvlm_studio.core.session.load_session", lambda *a: pytest.fail("the session was read"))
+    outcome = run_cli(capsys, "report", tmp_path / "s.lvlm", "--tokens", "1,x", "--out", tmp_path / "r.pdf")
+    assert_refused(outcome, 2, "--tokens")
 
 
 @pytest.mark.hostile("options")

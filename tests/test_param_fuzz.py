@@ -69,3 +69,17 @@ def test_non_finite_numbers_are_refused_even_without_bounds(text: str) -> None:
         Param("keep", 0.5).parse(text)
     with pytest.raises(InputError, match="not a finite number"):
         Param("keep", 0.5, minimum=0.01, maximum=1.0).parse(float(text))
+
+
+def test_records_hold_strict_json() -> None:
+    """A NaN that reaches a run record (a plugin's provenance, a metric's detail) is written as null:
+    run.json stays readable by strict JSON parsers."""
+    import json
+
+    import numpy as np
+
+    from lvlm_studio.core.records import jsonable
+
+    record = jsonable({"keep": float("nan"), "curve": np.array([np.inf, 1.0, -np.inf]), "n": np.int64(3)})
+    assert record == {"keep": None, "curve": [None, 1.0, None], "n": 3}
+    json.dumps(record, allow_nan=False)
