@@ -160,9 +160,10 @@ def test_bad_benchmark_option_is_refused_before_loading(capsys, no_model, tmp_pa
     (("sae", "train", "--hook", "blocks.1.hook_resid_post", "--data", "no-such-folder", "--out", "o"),
      ("no-such-folder",)),
     (("sae", "eval", "--factor", "inf"), ("--factor",)),
+    (("sae", "eval", "--ablate", "purple"), ("purple",)),
     (("sae", "inspect", "--image", str(SAMPLE), "--patch", "3", "--out", "o"), ("--patch",)),
     (("sae", "inspect", "--image", str(SAMPLE), "--scale", "17=nan", "--out", "o"), ("--scale",)),
-], ids=["accuracy-n", "accuracy-minimum", "causal-param", "sae-lr", "sae-data", "sae-factor", "sae-patch",
+], ids=["accuracy-n", "accuracy-minimum", "causal-param", "sae-lr", "sae-data", "sae-factor", "sae-ablate", "sae-patch",
         "sae-scale"])
 def test_bad_demo_and_sae_option_is_refused_before_loading(capsys, no_model, args, mentions):
     assert_refused(run_cli(capsys, *args), 2, *mentions)

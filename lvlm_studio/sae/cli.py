@@ -213,6 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvlm_studio.cli import _check_at_least, _check_number, _load, _progress_bar
     from lvlm_studio.core.hooks import hook_points
     from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.demo.scenes import COLOURS
     from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations
 
     _check_at_least("--n", args.n)
@@ -220,6 +221,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_data(args.data)
     if (args.concepts or args.ablate) and args.data != "demo":
         raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
+    if args.ablate and args.ablate not in COLOURS:
+        raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
     coders = _coders(args.sae)
     loaded, _ = _load(args)
     points = hook_points(loaded)
