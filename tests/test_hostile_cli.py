@@ -8,10 +8,13 @@ before anything is generated. Ctrl-C at any moment ends with exit 130 and no tra
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
-from hostile_helpers import EXIT_CANCELLED, SAMPLE, assert_refused, run_cli, run_cli_process
+from hostile_helpers import EXIT_CANCELLED, ROOT, SAMPLE, Outcome, assert_refused, run_cli, run_cli_process
 
 ASK = ("ask", "--device", "cpu", "--image", SAMPLE)
 EXPLAIN = ("explain", "--device", "cpu", "--image", SAMPLE, "--prompt", "what color is the square?")
@@ -242,6 +245,20 @@ def test_ctrl_c_at_any_moment_ends_with_130_and_no_traceback(tmp_path, moment, e
     if seen:
         assert seen in outcome.err, f"the interrupt came before the {moment}"
     assert line.startswith("cancelled")
+
+
+@pytest.mark.hostile("options")
+def test_ctrl_c_while_the_installed_command_imports_the_cli(tmp_path):
+    """The console script imports pyproject's entry point and calls it, as pip's wrapper does; an
+    interrupt while that imports the command line ends the same way."""
+    module, function = re.search(r'^lvlm-studio = "(.+):(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).groups()
+    (tmp_path / "sitecustomize.py").write_text(_SIGINT_TRIGGER)
+    env = {**os.environ, "LVLM_TEST_SIGINT_IMPORT": "lvlm_studio.cli",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    wrapper = f"import sys\nfrom {module} import {function}\nsys.exit({function}())"
+    done = subprocess.run([sys.executable, "-c", wrapper, *map(str, ASK), "--prompt", "x"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert_refused(Outcome(done.returncode, done.stdout, done.stderr), EXIT_CANCELLED, "cancelled")
 
 
 @pytest.mark.hostile("options")
