@@ -38,6 +38,20 @@ EXIT_CANCELLED = 130
 
 
 # -- shared options -----------------------------------------------------------------------------
+MAX_SEED = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """The type of every --seed: a number each random generator involved accepts (torch, NumPy)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed; give a whole number from 0 to {MAX_SEED}")
+    return value
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", help="local model folder (default: the embedded demo model)")
@@ -59,7 +73,7 @@ def _add_question_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="question or instruction about the image")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for sampling (default 0)")
     parser.add_argument("--temperature", type=float, default=1.0)
 
 
@@ -565,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(pointing)
     pointing.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
     pointing.add_argument("--methods", help="comma-separated method ids (default: every method)")
-    pointing.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    pointing.add_argument("--seed", type=seed, default=0, help="seed of the random baseline (default 0)")
     pointing.add_argument("--out", help="also write the table (Markdown) to this file")
     pointing.set_defaults(func=cmd_demo_pointing)
     causal = demo_sub.add_parser("causal", help="does each causal token subset matter more than a random one?")
@@ -575,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="parameter of the causal method (repeatable), e.g. --param radius=2")
     causal.set_defaults(func=cmd_demo_causal)
     scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
-    scene.add_argument("--seed", type=int, default=0)
+    scene.add_argument("--seed", type=seed, default=0)
     scene.add_argument("--out", default="scene.png")
     scene.set_defaults(func=cmd_demo_scene)
     bench = sub.add_parser("benchmark", help="grounded benchmark: methods x metrics over a dataset, resumable")
@@ -589,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--metric-param", action="append", default=[], metavar="METRIC.NAME=VALUE",
                        help="metric parameter (repeatable), e.g. deletion_insertion.steps=20")
     bench.add_argument("--max-new-tokens", type=int, default=32)
-    bench.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    bench.add_argument("--seed", type=seed, default=0, help="seed of the random baseline (default 0)")
     bench.add_argument("--examples", type=int, default=4, help="samples drawn in examples.png (default 4)")
     bench.add_argument("--out", default="lvlm-studio-benchmark",
                        help="output folder; rerun into it to resume (default: lvlm-studio-benchmark)")

@@ -180,9 +180,14 @@ def test_bad_report_tokens_are_refused_before_the_session_is_read(capsys, monkey
 
 
 @pytest.mark.hostile("options")
-def test_argument_the_parser_rejects_is_one_line(capsys):
-    outcome = run_cli(capsys, *ASK, "--prompt", "x", "--max-new-tokens", "many")
-    assert_refused(outcome, 2, "--max-new-tokens", "many")
+@pytest.mark.parametrize("args, mentions", [
+    ((*ASK, "--prompt", "x", "--max-new-tokens", "many"), ("--max-new-tokens", "many")),
+    ((*ASK, "--prompt", "x", "--sample", "--seed", "-1"), ("--seed", "-1")),
+    (("demo", "scene", "--seed", str(2**64)), ("--seed",)),
+    (("sae", "train", "--hook", "blocks.1.hook_resid_post", "--seed", "x", "--out", "o"), ("--seed",)),
+], ids=["int", "negative-seed", "huge-seed", "sae-seed"])
+def test_argument_the_parser_rejects_is_one_line(capsys, no_model, args, mentions):
+    assert_refused(run_cli(capsys, *args), 2, *mentions)
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from lvlm_studio.core.errors import InputError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``sae`` and its subcommands to the main parser."""
-    from lvlm_studio.cli import _add_model_options
+    from lvlm_studio.cli import _add_model_options, seed
 
     sae = sub.add_parser("sae", help="sparse autoencoders, transcoders and crosscoders on hook points")
     sae_sub = sae.add_subparsers(dest="sae_command", metavar="WHAT", required=True)
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--count", type=int, default=2000, help="images (or, for text, examples) to read")
     train.add_argument("--tokens", default=None, choices=["patch", "cls", "all", "text"],
                        help="which tokens to read (default: patch; text for language hook points)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--checkpoint", help="folder for checkpoints (saved every 200 steps and on Ctrl-C)")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     train.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
