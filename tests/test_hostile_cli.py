@@ -88,6 +88,23 @@ def test_prompt_longer_than_the_context_is_refused_with_the_numbers(capsys):
 
 
 @pytest.mark.hostile("prompts")
+@pytest.mark.parametrize("prompt, options, words", [
+    ("<image> what is this?", {}, ("<image>",)),
+    ("what color is the square? " * 60, {}, ("256",)),
+    ("what color is the square?", {"max_new_tokens": 10_000}, ("10000",)),
+    ("what color is the square?", {"do_sample": True, "temperature": float("nan")}, ("temperature",)),
+], ids=["placeholder", "long-prompt", "many-new-tokens", "temperature"])
+def test_the_core_refuses_what_the_model_cannot_take(demo_model, prompt, options, words):
+    """The app and the benchmark generate through the same core: they get the same refusals."""
+    from lvlm_studio.core.errors import InputError
+    from lvlm_studio.core.trace import generate_trace
+
+    with pytest.raises(InputError) as refused:
+        generate_trace(demo_model, SAMPLE, prompt, **options)
+    assert all(word in str(refused.value) for word in words), str(refused.value)
+
+
+@pytest.mark.hostile("prompts")
 @pytest.mark.parametrize("error", ["MemoryError", "OutOfMemoryError"])
 def test_out_of_memory_during_generation_says_what_to_try(capsys, monkeypatch, error):
     import torch

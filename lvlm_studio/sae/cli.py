@@ -210,7 +210,7 @@ def _examples(args: argparse.Namespace, language: bool):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lvlm_studio.cli import _check_at_least, _check_number, _load, _progress_bar
+    from lvlm_studio.cli import _check_at_least, _check_number, _check_prompt, _load, _progress_bar
     from lvlm_studio.core.hooks import hook_points
     from lvlm_studio.core.jobs import run_job
     from lvlm_studio.demo.scenes import COLOURS
@@ -218,6 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_at_least("--n", args.n)
     _check_number("--factor", args.factor, "0")
+    _check_prompt(args.prompt)
     _check_data(args.data)
     if (args.concepts or args.ablate) and args.data != "demo":
         raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
