@@ -366,7 +366,7 @@ def _refuse_placeholder(processor: Any, config: Any, prompt: str) -> None:
                          "Remove it from the prompt: the image is placed for you.")
 
 
-def context_length(config: Any) -> int | None:
+def _context_length(config: Any) -> int | None:
     """The language model's context in tokens (``max_position_embeddings`` or its older names), or None."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
@@ -378,7 +378,7 @@ def context_length(config: Any) -> int | None:
 
 def _refuse_over_context(config: Any, prompt_tokens: int, image_tokens: int, max_new_tokens: int) -> None:
     """Past its context a model answers garbage without complaint; refuse with the numbers instead."""
-    context = context_length(config)
+    context = _context_length(config)
     if context is not None and prompt_tokens + max_new_tokens > context:
         raise InputError(
             f"the prompt takes {prompt_tokens} tokens ({image_tokens} of them the image) and up to {max_new_tokens} "
