@@ -1,7 +1,24 @@
-"""``python -m lvlm_studio``: the same as the ``lvlm-studio`` command."""
+"""``python -m lvlm_studio`` and the ``lvlm-studio`` command (``run``).
+
+The entry point imports the command line inside its own Ctrl-C handling, so an interrupt while
+Python is still importing ends as every other cancellation does: "cancelled", exit 130, no
+traceback. (``main`` handles the slow imports, torch and transformers, itself.)
+"""
 
 import sys
 
-from lvlm_studio.cli import main
+EXIT_CANCELLED = 130  # lvlm_studio.cli.EXIT_CANCELLED, which may not be imported yet
 
-sys.exit(main())
+
+def run() -> int:
+    try:
+        from lvlm_studio.cli import main
+
+        return main()
+    except KeyboardInterrupt:
+        print("cancelled; nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.files import (
@@ -41,6 +43,20 @@ EXIT_CANCELLED = 130
 
 
 # -- shared options -----------------------------------------------------------------------------
+MAX_SEED = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """The type of every --seed: a number each random generator involved accepts (torch, NumPy)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed; give a whole number from 0 to {MAX_SEED}")
+    return value
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", help="local model folder (default: the embedded demo model)")
@@ -62,7 +78,7 @@ def _add_question_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="question or instruction about the image")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for sampling (default 0)")
     parser.add_argument("--temperature", type=float, default=1.0)
 
 
@@ -86,11 +102,11 @@ def _load(args: argparse.Namespace):
     return loaded, time.perf_counter() - started
 
 
-def _trace(args: argparse.Namespace, loaded):
+def _trace(args: argparse.Namespace, loaded, image):
     from lvlm_studio.core.trace import generate_trace
 
     _status("generating ...")
-    return generate_trace(loaded, args.image, args.prompt, max_new_tokens=args.max_new_tokens,
+    return generate_trace(loaded, image, args.prompt, max_new_tokens=args.max_new_tokens,
                           do_sample=args.sample, seed=args.seed, temperature=args.temperature)
 
 
@@ -98,12 +114,69 @@ def _status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# -- checks before the model loads: a mistake should fail in a second, not after a minute of work ----
+def _open_image(path: str):
+    """The user's image, opened (and decoded) before any model work; one clear line if it cannot be."""
+    from lvlm_studio.core.images import open_image
+
+    image = Path(path)
+    if image.is_dir():
+        raise InputError(f"image {image} is a folder, not an image file.", "Give the path of one image file.")
+    if image.exists() and not os.access(image, os.R_OK):
+        raise InputError(f"image {image} cannot be read: permission denied.", "Check the file's permissions.")
+    return open_image(image)
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise InputError("the prompt is empty.", "Type a question or instruction about the image, e.g. "
+                                                 "--prompt 'describe the image.'.")
+
+
+def _check_at_least(option: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise InputError(f"{option} is {value}; it must be at least {minimum}.",
+                         f"Example: {option} {max(minimum, 1)}.")
+
+
+def _check_number(option: str, value: float | None, example: str, minimum: float | None = None,
+                  maximum: float | None = None, above: bool = False) -> None:
+    """A finite number within bounds (``above``: strictly greater than ``minimum``); None (not given) passes.
+    argparse's float() takes "nan" and "inf", and NaN passes every comparison."""
+    if value is None:
+        return
+    low = minimum is not None and (value <= minimum if above else value < minimum)
+    if not math.isfinite(value) or low or (maximum is not None and value > maximum):
+        bounds = [f"{'above' if above else 'at least'} {minimum:g}" if minimum is not None else "",
+                  f"at most {maximum:g}" if maximum is not None else ""]
+        wanted = " and ".join(b for b in bounds if b)
+        raise InputError(f"{option} is {value}; it must be a finite number{' ' + wanted if wanted else ''}.",
+                         f"Example: {option} {example}.")
+
+
+def _check_question(args: argparse.Namespace):
+    """Prompt, generation options and image of ``ask`` and ``explain``; returns the opened image."""
+    _check_prompt(args.prompt)
+    _check_at_least("--max-new-tokens", args.max_new_tokens)
+    _check_number("--temperature", args.temperature, "0.7", minimum=0, above=True)
+    return _open_image(args.image)
+
+
+def _check_colormap(name: str) -> None:
+    from matplotlib import colormaps
+
+    if name not in colormaps:
+        raise InputError(f"--colormap {name!r} is not a matplotlib colormap.",
+                         "Try inferno, viridis, magma or turbo.")
+
+
 # -- commands -----------------------------------------------------------------------------------
 def cmd_ask(args: argparse.Namespace) -> int:
+    image = _check_question(args)
     if args.save_trace:
         check_output_file(args.save_trace)
     loaded, _ = _load(args)
-    trace = _trace(args, loaded)
+    trace = _trace(args, loaded, image)
     print(trace.answer_text)
     print()
     print(f"{'#':>3}  {'token':<14} {'prob':>6}   top alternatives")
@@ -134,16 +207,27 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
+def _token_numbers(text: str | None) -> list[int] | None:
+    """The answer tokens ``--tokens`` names (None: all); its form is checked before any work."""
+    if not text or text == "all":
+        return None
+    try:
+        chosen = [int(t) for t in text.split(",")]
+    except ValueError:
+        chosen = []
+    if not chosen or min(chosen) < 0:
+        raise InputError(f"--tokens {text!r} is not a list of answer token numbers (0 is the first).",
+                         "Example: --tokens 0,2.")
+    return chosen
+
+
 def _parse_tokens(text: str | None, count: int) -> list[int]:
     if count == 0:
         raise InputError("the model gave an empty answer; there is no token to explain.",
                          "Try another prompt or more --max-new-tokens.")
-    if not text or text == "all":
+    chosen = _token_numbers(text)
+    if chosen is None:
         return list(range(count))
-    try:
-        chosen = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise InputError(f"--tokens {text!r} is not a list of token numbers.", "Example: --tokens 0,2.") from None
     bad = [t for t in chosen if not 0 <= t < count]
     if bad:
         raise InputError(f"answer token {bad[0]} does not exist.", f"The answer has tokens 0 to {count - 1}.")
@@ -157,14 +241,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from lvlm_studio.core.jobs import run_job
     from lvlm_studio.core.plugins import create_registry
 
+    image = _check_question(args)
     registry = create_registry()
     explainer = registry.explainer(args.method)  # unknown method: fail before loading anything
     params = explainer.resolve_params(_parse_params(args.param))
+    _check_colormap(args.colormap)
+    _token_numbers(args.tokens)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
 
     loaded, load_s = _load(args)
     require_applicable(explainer, loaded, params)  # before generating: a refusal should cost nothing
-    trace = _trace(args, loaded)
+    trace = _trace(args, loaded, image)
     targets = _parse_tokens(args.tokens, len(trace.answer_ids))
     _status(f"answer: {trace.answer_text}")
 
@@ -283,6 +370,8 @@ def cmd_demo_accuracy(args: argparse.Namespace) -> int:
     from lvlm_studio.demo.evaluate import evaluate
     from lvlm_studio.demo.scenes import TASKS
 
+    _check_at_least("--n", args.n)
+    _check_number("--minimum", args.minimum, "0.9", minimum=0, maximum=1)
     loaded, _ = _load(args)
     with tqdm(total=args.n * len(TASKS), desc="held-out answers", file=sys.stderr, leave=False) as bar:
         accuracy = evaluate(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
@@ -332,6 +421,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                                              "for the held-out demo scenes.")
     registry = create_registry()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(registry.explainers())
+    if not methods:
+        raise InputError(f"--methods {args.methods!r} names no method.", "Example: --methods tam,relevancy.")
     for method in methods:
         registry.explainer(method)  # an unknown method fails before the model loads
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
@@ -342,6 +433,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise InputError(f"--metric-param {item!r} is not METRIC.NAME=VALUE.",
                              "Example: --metric-param deletion_insertion.steps=20.")
         metric_params.setdefault(name, {}).update(_parse_params([rest]))
+    _check_benchmark(args, registry, metrics, metric_params)
     settings = BenchmarkSettings(methods=methods, n=args.n, prompt=args.prompt or PROMPT, images=args.images,
                                  coco=args.coco, metrics=metrics, metric_params=metric_params,
                                  max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples)
@@ -362,15 +454,45 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_benchmark(args: argparse.Namespace, registry, metrics: list[str],
+                     metric_params: dict[str, dict[str, str]]) -> None:
+    """What a benchmark run would otherwise find wrong in every sample's row, after the model loaded."""
+    if args.prompt is not None:
+        _check_prompt(args.prompt)
+    _check_at_least("--n", args.n)
+    _check_at_least("--max-new-tokens", args.max_new_tokens)
+    _check_at_least("--examples", args.examples, 0)
+    for option, value, is_right, kind in (("--images", args.images, Path.is_dir, "folder"),
+                                          ("--coco", args.coco, Path.is_file, "file")):
+        if value is not None and not is_right(Path(value)):
+            raise InputError(f"{option} {value} is not a {kind}.", f"Check the path of the {kind}.")
+    available = registry.metrics()
+    chosen = metrics or list(available)
+    for metric_id in [*metrics, *metric_params]:
+        if metric_id not in available:
+            raise InputError(f"no metric {metric_id!r}.", f"Available: {', '.join(sorted(available))}.")
+    for metric_id, given in metric_params.items():
+        if metric_id not in chosen:
+            raise InputError(f"--metric-param names {metric_id}, which this run does not score.",
+                             "Add the metric to --metrics, or drop the --metric-param.")
+        available[metric_id].resolve_params(given)
+        if metric_id == "agreement" and "other" in given:  # the method it compares with
+            registry.explainer(given["other"])
+
+
 def cmd_demo_causal(args: argparse.Namespace) -> int:
     from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.core.plugins import create_registry
     from lvlm_studio.demo.causal_check import causal_check, format_check
 
     if args.n < 1:
         raise InputError(f"--n {args.n} leaves nothing to check.", "Use at least 1 scene, e.g. --n 100.")
+    params = _parse_params(args.param)
+    registry = create_registry()
+    registry.explainer("causal").resolve_params(params)  # a typo fails before the model loads
     loaded, _ = _load(args)
     with _progress_bar("causal subsets") as on_progress:
-        check = run_job(causal_check(loaded, args.n, params=_parse_params(args.param)), on_progress)
+        check = run_job(causal_check(loaded, args.n, registry, params=params), on_progress)
     print(format_check(check), end="")
     return 0
 
@@ -390,6 +512,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lvlm_studio.core.report import write_report
     from lvlm_studio.core.session import load_session
 
+    _token_numbers(args.tokens)
     check_output_file(args.out)
     session = load_session(args.session)
     tokens = _parse_tokens(args.tokens, len(session.trace.answer_tokens)) if args.tokens and session.trace else None
@@ -408,9 +531,15 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other refusal (it prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"error: {message}. See `{self.prog} -h`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lvlm-studio", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="lvlm-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--model", help="model folder for the app (default: the demo model)")
     parser.add_argument("--image", help="image to open in the app")
@@ -454,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(pointing)
     pointing.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
     pointing.add_argument("--methods", help="comma-separated method ids (default: every method)")
-    pointing.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    pointing.add_argument("--seed", type=seed, default=0, help="seed of the random baseline (default 0)")
     pointing.add_argument("--out", help="also write the table (Markdown) to this file")
     pointing.set_defaults(func=cmd_demo_pointing)
     causal = demo_sub.add_parser("causal", help="does each causal token subset matter more than a random one?")
@@ -464,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="parameter of the causal method (repeatable), e.g. --param radius=2")
     causal.set_defaults(func=cmd_demo_causal)
     scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
-    scene.add_argument("--seed", type=int, default=0)
+    scene.add_argument("--seed", type=seed, default=0)
     scene.add_argument("--out", default="scene.png")
     scene.set_defaults(func=cmd_demo_scene)
     bench = sub.add_parser("benchmark", help="grounded benchmark: methods x metrics over a dataset, resumable")
@@ -478,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--metric-param", action="append", default=[], metavar="METRIC.NAME=VALUE",
                        help="metric parameter (repeatable), e.g. deletion_insertion.steps=20")
     bench.add_argument("--max-new-tokens", type=int, default=32)
-    bench.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default 0)")
+    bench.add_argument("--seed", type=seed, default=0, help="seed of the random baseline (default 0)")
     bench.add_argument("--examples", type=int, default=4, help="samples drawn in examples.png (default 4)")
     bench.add_argument("--out", default="lvlm-studio-benchmark",
                        help="output folder; rerun into it to resume (default: lvlm-studio-benchmark)")
@@ -492,12 +621,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_libraries(args.debug)
+    """Run one command. Argument parsing and the slow imports (torch, transformers) happen inside the
+    handlers, so Ctrl-C at any moment ends with "cancelled" and exit 130, never a traceback."""
+    debug = False
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, or a refused argument (already printed): a code, for callers too
+            return exc.code if isinstance(exc.code, int) else 0
+        debug = args.debug
+        _quiet_libraries(debug)
         return args.func(args)
     except LVLMError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -505,8 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         print("cancelled; nothing was written", file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if args.debug:
+        if debug:
             raise
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's, without torch
+            print("error: out of memory. Try a smaller image, fewer --max-new-tokens, --dtype bfloat16, "
+                  "--quantize 4bit, or another --device (--device cpu when the GPU is full).", file=sys.stderr)
+            return EXIT_INPUT
         print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; rerun with --debug and report it)",
               file=sys.stderr)
         return EXIT_BUG

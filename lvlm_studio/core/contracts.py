@@ -8,6 +8,7 @@ only built, by the GUI, when it is first shown.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,11 +38,14 @@ class Param:
         """Convert (from CLI text, JSON or Python) and validate; raise ``InputError`` with the fix."""
         try:
             value = _convert(value, self.default)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(
                 f"parameter {self.name!r} got {value!r}, which is not a {_type_name(self.default)}.",
                 f"Example: {self.name}={_format(self.default)}.",
             ) from None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every bound check below
+            raise InputError(f"parameter {self.name!r} got {value!r}, which is not a finite number.",
+                             f"Example: {self.name}={_format(self.default)}.")
         if self.choices is not None and value not in self.choices:
             raise InputError(
                 f"parameter {self.name!r} got {value!r}.",

@@ -132,7 +132,7 @@ def write_record(folder: str | Path, record: dict[str, Any]) -> Path:
     """Write ``run.json`` into ``folder``; its "lvlm_studio" key marks the folder as ours, so a later
     ``--overwrite`` may replace it."""
     return write_text(Path(folder) / RUN_RECORD, json.dumps({"lvlm_studio": package_version("lvlm-studio"),
-                                                             **record}, indent=2))
+                                                             **record}, indent=2, allow_nan=False))
 
 
 # -- checks before any work -----------------------------------------------------------------------

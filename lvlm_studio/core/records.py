@@ -10,8 +10,10 @@ from typing import Any
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON keeps it: arrays become lists, numpy scalars numbers, anything else text."""
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    """``value`` as strict JSON keeps it: arrays become lists, numpy scalars numbers, NaN and infinities
+    null (JSON has no such numbers; other readers reject them), anything else text."""
+    text = json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    return json.loads(text, parse_constant=lambda _: None)
 
 
 def package_version(name: str) -> str:

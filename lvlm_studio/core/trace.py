@@ -12,6 +12,7 @@ file's metadata. No pickle is involved in saving or loading.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -228,14 +229,20 @@ def generate_trace(
         raise InputError("the prompt is empty.", "Type a question or instruction about the image.")
     if max_new_tokens < 1:
         raise InputError("max_new_tokens must be at least 1.", "Try 32.")
+    if do_sample and not (math.isfinite(temperature) and temperature > 0):
+        raise InputError(f"the sampling temperature is {temperature}; it must be a positive number.",
+                         "Try 0.7, or decode greedily.")
     image = open_image(image)
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
     tokenizer = processor.tokenizer
+    _refuse_placeholder(processor, model.config, prompt)
     started = time.perf_counter()
 
     prompt_text = prompt_with_template(processor, prompt)
     encoded = processor(images=[image], text=[prompt_text], return_tensors="pt")
     regions = adapter.image_regions(encoded, [image.size])
+    _refuse_over_context(model.config, encoded["input_ids"].shape[1], len(all_image_positions(regions)),
+                         max_new_tokens)
     extras = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
     inputs = {k: v.to(loaded.device) for k, v in encoded.items()}
     if "pixel_values" in inputs:
@@ -344,6 +351,40 @@ def _placeholder_ids(config: Any) -> list[int]:
     otherwise emit one, and a placeholder in the answer breaks every later pass over the image)."""
     names = ("image_token_id", "image_token_index", "video_token_id")
     return sorted({int(v) for n in names if isinstance(v := getattr(config, n, None), int)})
+
+
+def _refuse_placeholder(processor: Any, config: Any, prompt: str) -> None:
+    """A placeholder typed into the prompt would be taken for a second image that is not there: the
+    processor fails, or the model reads garbage at that position."""
+    markers = [t for t in (getattr(processor, "image_token", None), getattr(processor, "video_token", None))
+               if isinstance(t, str) and t]
+    found = next((m for m in markers if m in prompt), None)
+    if found is None:
+        ids = set(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]) & set(_placeholder_ids(config))
+        found = processor.tokenizer.convert_ids_to_tokens(min(ids)) if ids else None
+    if found is not None:
+        raise InputError(f"the prompt contains {found!r}, the model's image placeholder.",
+                         "Remove it from the prompt: the image is placed for you.")
+
+
+def _context_length(config: Any) -> int | None:
+    """The language model's context in tokens (``max_position_embeddings`` or its older names), or None."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _refuse_over_context(config: Any, prompt_tokens: int, image_tokens: int, max_new_tokens: int) -> None:
+    """Past its context a model answers garbage without complaint; refuse with the numbers instead."""
+    context = _context_length(config)
+    if context is not None and prompt_tokens + max_new_tokens > context:
+        raise InputError(
+            f"the prompt takes {prompt_tokens} tokens ({image_tokens} of them the image) and up to {max_new_tokens} "
+            f"new tokens would follow: {prompt_tokens + max_new_tokens}, more than the model's context of "
+            f"{context} tokens.", "Use a shorter prompt or ask for fewer new tokens.")
 
 
 def _final_hidden_states(loaded: LoadedModel, inputs: dict[str, torch.Tensor], answer: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from lvlm_studio.core.files import check_output_folder, staged_folder, write_rec
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``sae`` and its subcommands to the main parser."""
-    from lvlm_studio.cli import _add_model_options
+    from lvlm_studio.cli import _add_model_options, seed
 
     sae = sub.add_parser("sae", help="sparse autoencoders, transcoders and crosscoders on hook points")
     sae_sub = sae.add_subparsers(dest="sae_command", metavar="WHAT", required=True)
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--count", type=int, default=2000, help="images (or, for text, examples) to read")
     train.add_argument("--tokens", default=None, choices=["patch", "cls", "all", "text"],
                        help="which tokens to read (default: patch; text for language hook points)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--checkpoint", help="folder for checkpoints (saved every 200 steps and on Ctrl-C)")
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     train.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -116,14 +117,25 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _check_data(data: str) -> None:
+    if data != "demo" and not Path(data).is_dir():
+        raise InputError(f"--data {data} is not a folder of images.", "Give a folder, or 'demo' for generated scenes.")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from lvlm_studio.cli import _load, _progress_bar, _status
+    from lvlm_studio.cli import _check_at_least, _check_number, _load, _progress_bar, _status
     from lvlm_studio.core.jobs import run_job
     from lvlm_studio.sae.formats import save_saelens
     from lvlm_studio.sae.training import TrainSettings, train_coder
 
     if args.resume and not args.checkpoint:
         raise InputError("--resume needs --checkpoint FOLDER.", "Give the folder the first run checkpointed to.")
+    for option in ("expansion", "k", "batch_tokens", "count"):
+        _check_at_least(f"--{option.replace('_', '-')}", getattr(args, option))
+    _check_number("--lr", args.lr, "1e-3", minimum=0, above=True)
+    _check_number("--coefficient", args.coefficient, "0.15", minimum=0)
+    nested = _sizes(args.nested)
+    _check_data(args.data)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     loaded, _ = _load(args)
     from lvlm_studio.core.hooks import hook_points
@@ -135,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "crosscoder" and hook_names and hook_names[0] != args.hook:
         hook_names = (args.hook, *hook_names)
     settings = TrainSettings(hook_name=args.hook, architecture=args.architecture, kind=args.kind,
-                             expansion=args.expansion, k=args.k, nested=_sizes(args.nested),
+                             expansion=args.expansion, k=args.k, nested=nested,
                              coefficient=coefficient, lr=args.lr,
                              batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=tokens,
                              hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed)
@@ -205,12 +217,21 @@ def _examples(args: argparse.Namespace, language: bool):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lvlm_studio.cli import _load, _progress_bar
+    from lvlm_studio.cli import _check_at_least, _check_number, _check_prompt, _load, _progress_bar
     from lvlm_studio.core.hooks import hook_points
     from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.demo.scenes import COLOURS
     from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations
 
     out = check_output_folder(args.out, args.overwrite) if args.out else None
+    _check_at_least("--n", args.n)
+    _check_number("--factor", args.factor, "0")
+    _check_prompt(args.prompt)
+    _check_data(args.data)
+    if (args.concepts or args.ablate) and args.data != "demo":
+        raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
+    if args.ablate and args.ablate not in COLOURS:
+        raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
     coders = _coders(args.sae)
     loaded, _ = _load(args)
     points = hook_points(loaded)
@@ -279,8 +300,7 @@ def hook_part(loaded, coder) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lvlm_studio.cli import _load, _progress_bar, _status
-    from lvlm_studio.core.images import open_image
+    from lvlm_studio.cli import _check_prompt, _load, _open_image, _progress_bar, _status
     from lvlm_studio.core.jobs import run_job
     from lvlm_studio.sae.formats import load_coder
     from lvlm_studio.sae.inspect import (
@@ -294,16 +314,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lvlm_studio.sae.render import dashboard, map_overlay
     from lvlm_studio.sae.shipped import demo_sae_path
 
+    image = _open_image(args.image).convert("RGB")
+    _check_prompt(args.prompt)
+    patch = _patch(args.patch)
+    scales = _parse_scales(args.scale)
+    if any(f < 0 for f in args.feature) or (args.token is not None and args.token < 0):
+        raise InputError("--feature and --token count from 0.", "Example: --feature 17 --token 0.")
+    if args.folder:
+        from lvlm_studio.sae.activations import folder_images
+
+        paths = folder_images(args.folder)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     coder = load_coder(args.sae or demo_sae_path())
     loaded, _ = _load(args)
-    image = open_image(args.image).convert("RGB")
     features = image_features(loaded, coder, image, args.prompt)
-    if args.patch:
-        try:
-            row, col = (int(v) for v in args.patch.split(","))
-        except ValueError:
-            raise InputError(f"--patch {args.patch!r} is not ROW,COL.", "Example: --patch 3,4.") from None
+    if patch:
+        row, col = patch
     else:
         row, col = np.unravel_index(int(features.sum(axis=-1).argmax()), features.shape[:2])
     top = top_features(features, int(row), int(col), k=10)
@@ -317,9 +343,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             map_overlay(image, feature_map(features, feature), f"feature {feature}").save(folder / name)
             files.append(name)
             if args.folder:
-                from lvlm_studio.sae.activations import folder_images
-
-                paths = folder_images(args.folder)
                 with _progress_bar(f"top patches of feature {feature}") as on_progress:
                     hits = run_job(top_patches(loaded, coder, paths, feature), on_progress)
                 name = f"feature{feature:05d}_top_patches.png"
@@ -338,7 +361,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if args.scale:
             from lvlm_studio.core.trace import generate_trace
 
-            scales = _parse_scales(args.scale)
             before = generate_trace(loaded, image, args.prompt).answer_text
             after = edited_answer(loaded, coder, image, args.prompt, scales)
             lines += ["", "# Edited answer", "", f"scales {scales}: {before!r} -> {after!r}"]
@@ -355,6 +377,17 @@ def _mark(folder: Path) -> None:
     write_record(folder, {"command": ["lvlm-studio", *sys.argv[1:]]})
 
 
+def _patch(text: str | None) -> tuple[int, int] | None:
+    """``--patch ROW,COL`` (None: the most active patch)."""
+    if not text:
+        return None
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--patch {text!r} is not ROW,COL.", "Example: --patch 3,4.") from None
+    return row, col
+
+
 def _parse_scales(items: list[str]) -> dict[int, float]:
     scales = {}
     for item in items:
@@ -363,4 +396,6 @@ def _parse_scales(items: list[str]) -> dict[int, float]:
             scales[int(feature)] = float(factor) if sep else 0.0
         except ValueError:
             raise InputError(f"--scale {item!r} is not FEATURE=FACTOR.", "Example: --scale 17=0.") from None
+    if not all(math.isfinite(factor) for factor in scales.values()):
+        raise InputError(f"--scale {' '.join(items)}: a factor is not a finite number.", "Example: --scale 17=0.")
     return scales
