@@ -271,3 +271,13 @@ def test_an_unreadable_session_says_so(valid, monkeypatch):
 
     monkeypatch.setattr("lvlm_studio.core.session.open", denied, raising=False)  # as chmod 000 does, even for root
     refused(valid, "permission denied")
+
+
+@pytest.mark.hostile("sessions")
+def test_no_room_to_unpack_the_trace_says_so(valid, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lvlm_studio.core.session_checks.open", full, raising=False)
+    message = refused(valid, "no space left")
+    assert "damaged" not in message

@@ -184,10 +184,14 @@ def load_session(path: str | Path) -> Session:
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a session file.", f"Open a {SUFFIX} file saved by LVLM Studio.")
     try:
-        with open(path, "rb") as file, checks.reading("the file"), zipfile.ZipFile(file) as archive:
-            return _read(checks.SessionArchive(archive))
-    except PermissionError:
-        raise InputError(f"{path} cannot be read: permission denied.", "Check the file's permissions.") from None
+        with open(path, "rb") as file:
+            with checks.reading("the file"):
+                archive = zipfile.ZipFile(file)
+            with archive:
+                return _read(checks.SessionArchive(archive))
+    except OSError as exc:  # unreadable, or no room to unpack the trace (a damaged archive is a BadSession)
+        raise InputError(f"{path} could not be opened: {exc.strerror or exc}.",
+                         f"Check that the file is readable and that {tempfile.gettempdir()} has room.") from None
     except checks.BadSession as exc:
         raise InputError(f"{path} is not a readable LVLM Studio session: {exc}.", exc.hint) from None
 

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import re
-import shutil
 import struct
 import zipfile
 import zlib
@@ -90,10 +89,12 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 def check_member(info: zipfile.ZipInfo, where: str = "") -> None:
     """One zip member, from the directory alone: a plain relative name, a method we write, an
-    inflated size and compression ratio no real session comes near."""
+    inflated size and compression ratio no real session comes near. (Names are never used as paths;
+    one that would escape a folder only shows the file was made to attack.) ``where`` names the
+    .npz a member is inside of: array names there may be any word, "C:" included."""
     name = info.filename
     parts = name.rstrip("/").split("/")
-    if (not name or name.startswith("/") or "\\" in name or "\0" in name or _DRIVE.match(name)
+    if (not name or name.startswith("/") or "\\" in name or "\0" in name or (not where and _DRIVE.match(name))
             or any(part in ("", ".", "..") for part in parts)):
         raise BadSession(f"{where}member name {name!r} is a path outside the session")
     if info.flag_bits & 0x1:
@@ -144,10 +145,18 @@ class SessionArchive:
             return self.archive.read(name)
 
     def extract(self, name: str, target: Path) -> None:
-        """Copy a member to a file in chunks (a trace is never held in memory as one blob)."""
+        """Copy a member to a file in chunks (a trace is never held in memory as one blob). A
+        failing write (a full disk) is an OSError, not a damaged session."""
         self.info(name)
-        with reading(name), self.archive.open(name) as source, open(target, "wb") as sink:
-            shutil.copyfileobj(source, sink, 1 << 20)
+        with reading(name):
+            source = self.archive.open(name)
+        with source, open(target, "wb") as sink:
+            while True:
+                with reading(name):
+                    chunk = source.read(1 << 20)
+                if not chunk:
+                    return
+                sink.write(chunk)
 
 
 # -- JSON ---------------------------------------------------------------------------------------
@@ -172,7 +181,7 @@ def typed(value: Any, kind: str, where: str, optional: bool = False) -> Any:
         return value
     ok = isinstance(value, _KINDS[kind]) and (kind == "true or false" or not isinstance(value, bool))
     if not ok:
-        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+        shown = repr(value) if len(repr(value)) <= 40 else f"a long {type(value).__name__}"
         raise BadSession(f"{where} is {shown}, not {kind}{' or null' if optional else ''}")
     return value
 
