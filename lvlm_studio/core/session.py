@@ -12,6 +12,9 @@ A session file is a zip archive of plain parts, so that opening one never runs c
 Arrays are read with ``allow_pickle=False`` and member names are never used as paths, so a
 crafted file can at worst fail to open. Saving writes a temporary file and renames it over the
 target, so a crash while saving (or an autosave) never leaves a half-written session.
+
+Opening checks every part before anything large is read (``lvlm_studio.core.session_checks``), so
+a damaged or hostile file ends in one clear ``InputError``, and opening is all or nothing.
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ def _mask_key(name: str | int) -> str:
 
 
 def _mask_name(key: str) -> str | int:
-    return int(key[6:]) if key.startswith("token:") and key[6:].isdigit() else key
+    return int(key[6:]) if key.startswith("token:") and key[6:].isascii() and key[6:].isdigit() else key
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -200,9 +203,9 @@ def _read(archive: checks.SessionArchive) -> Session:
     """Check everything, then build the session: the trace first, since maps, masks, metrics and the
     view are checked against its answer and image grids."""
     manifest = checks.check_manifest(checks.parse_json(archive.read(MANIFEST, checks.MAX_JSON_BYTES), MANIFEST), FORMAT)
+    checks.check_members(manifest, archive)
     trace = _read_trace(archive) if manifest["has_trace"] else None
-    answer_length = len(trace.answer_tokens) if trace is not None else None
-    checks.check_references(manifest, archive, answer_length)
+    checks.check_tokens(manifest, len(trace.answer_tokens) if trace is not None else None)
     image = _read_image(archive) if manifest["has_image"] else trace.image if trace is not None else None
     session = Session(prompt=manifest["prompt"], image=image, image_name=manifest["image_name"],
                       model_source=manifest["model_source"], trace=trace, view=manifest["view"],

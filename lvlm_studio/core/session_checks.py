@@ -13,7 +13,8 @@ trusts nothing in it:
 
 Every problem raises ``BadSession`` with one line saying what is wrong; ``load_session`` turns it
 into an ``InputError`` naming the file. So a loader either returns a session the app can show as
-it is, or nothing. The limits are far above what LVLM Studio writes for any image Pillow opens.
+it is, or nothing. The limits are far above what LVLM Studio writes; the one a real session could
+meet is the ratio, for a member that inflates past 32 MB at more than 200:1 (a huge, nearly flat image).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import json
 import math
 import re
+import reprlib
 import struct
 import zipfile
 import zlib
@@ -40,7 +42,7 @@ RATIO_FREE_BYTES = 32 << 20
 MAX_JSON_BYTES = 64 << 20  # session.json, an explanation's header
 MAX_JSON_DEPTH = 64  # nesting of free-form JSON (run record, metric details)
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default limit: larger images are refused, not warned about
-COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+COMPRESSIONS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}  # bzip2 and lzma would allow far larger bombs
 NUMPY_SAFETENSORS = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64"}
 DAMAGED_HINT = "Open a .lvlm file saved by LVLM Studio; this one is damaged or was not written by it."
 
@@ -72,15 +74,12 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _size(count: float) -> str:
+def _size(count: int) -> str:
     """A byte count as people read it (1.2 GB)."""
     if count < 1000:
-        return f"{int(count)} bytes"
-    units = iter(("KB", "MB", "GB", "TB"))
-    unit = next(units)
-    while (count := count / 1000) >= 1000 and unit != "TB":
-        unit = next(units)
-    return f"{count:.1f} {unit}"
+        return f"{count} bytes"
+    exponent = min(int(math.log10(count)) // 3, 4)
+    return f"{count / 1000 ** exponent:.1f} {('KB', 'MB', 'GB', 'TB')[exponent - 1]}"
 
 
 # -- the zip directory --------------------------------------------------------------------------
@@ -181,8 +180,7 @@ def typed(value: Any, kind: str, where: str, optional: bool = False) -> Any:
         return value
     ok = isinstance(value, _KINDS[kind]) and (kind == "true or false" or not isinstance(value, bool))
     if not ok:
-        shown = repr(value) if len(repr(value)) <= 40 else f"a long {type(value).__name__}"
-        raise BadSession(f"{where} is {shown}, not {kind}{' or null' if optional else ''}")
+        raise BadSession(f"{where} is {reprlib.repr(value)}, not {kind}{' or null' if optional else ''}")
     return value
 
 
@@ -222,14 +220,13 @@ JSON = "session.json: "  # where a problem of the manifest is
 
 
 def check_manifest(manifest: Any, expected_format: str) -> dict[str, Any]:
-    """session.json's keys and types (what needs the trace is checked by ``check_references``)."""
+    """session.json's keys and types (members: ``check_members``; token indices: ``check_tokens``)."""
     typed(manifest, "an object", "session.json")
     found = field(manifest, "format", "a string", JSON)
     if found != expected_format:
         family, _, version = expected_format.rpartition("/")
-        newer = found.startswith(family + "/") and found[len(family) + 1:].isdigit() and int(
-            found[len(family) + 1:]) > int(version)
-        if newer:
+        theirs = re.fullmatch(re.escape(family) + r"/([0-9]+)", found)
+        if theirs is not None and int(theirs[1]) > int(version):
             raise BadSession(f"it was saved by a newer LVLM Studio (format {found!r})",
                              f"This version reads {expected_format}: update LVLM Studio to open it.")
         raise BadSession(f"{JSON}format is {found!r}, not {expected_format}")
@@ -264,7 +261,7 @@ def check_manifest(manifest: Any, expected_format: str) -> dict[str, Any]:
 def check_view(view: dict[str, Any]) -> None:
     """What the app reads back from the view; other keys are kept as they are."""
     where = f"{JSON}view."
-    free_json(view, where)
+    free_json(view, f"{JSON}view")
     for key in ("method", "colormap", "chip_mode"):
         if key in view:
             typed(view[key], "a string", f"{where}{key}")
@@ -277,8 +274,8 @@ def check_view(view: dict[str, Any]) -> None:
         typed(view["stats"], "an object", f"{where}stats")
 
 
-def check_references(manifest: dict[str, Any], archive: SessionArchive, answer_length: int | None) -> None:
-    """What session.json refers to exists: members, and answer tokens (``answer_length`` None: no trace)."""
+def check_members(manifest: dict[str, Any], archive: SessionArchive) -> None:
+    """Every member session.json refers to exists (before any of them is read)."""
     if manifest["has_image"]:
         archive.info("image.png")
     if manifest["has_trace"]:
@@ -289,6 +286,10 @@ def check_references(manifest: dict[str, Any], archive: SessionArchive, answer_l
         archive.info("metric_curves.npz")
     if manifest["masks"]:
         archive.info("masks.npz")
+
+
+def check_tokens(manifest: dict[str, Any], answer_length: int | None) -> None:
+    """Every answer token session.json names exists (``answer_length`` None: there is no trace)."""
     if answer_length is None:
         if manifest["explanations"] or manifest["metrics"]:
             raise BadSession("it holds maps or metrics but no trace of the answer they explain")
@@ -361,14 +362,14 @@ def wanted(member: str, key: str, dtype: np.dtype, shape: tuple[int, ...], kinds
            want: tuple[int | None, ...], what: str) -> None:
     """One array has a dtype kind in ``kinds`` and shape ``want`` (None: any length on that axis)."""
     if dtype.kind not in kinds:
-        raise BadSession(f"{member}: {key} is {dtype}, but {what} holds {'true/false' if kinds == 'b' else 'numbers'}")
+        raise BadSession(f"{member}: {key} is {dtype}, not {'true/false' if kinds == 'b' else 'numbers'}")
     if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)):
         shown = "x".join(str(s) for s in shape) or "a single value"
         expected = "x".join("N" if w is None else str(w) for w in want)
         raise BadSession(f"{member}: {key} is {shown}, but {what} is {expected}")
 
 
-_MAP_KEY = re.compile(r"token(\d+)_region(\d+)")
+_MAP_KEY = re.compile(r"token([0-9]+)_region([0-9]+)")
 
 
 def explanation_expect(member: str, answer_length: int, grids: list[tuple[int, int]]) -> Expect:
@@ -453,7 +454,7 @@ def check_trace(meta: Any, tensors: dict[str, tuple[str, list[int]]], expected_f
     if len(meta["token_strings"]) not in (0, length):
         raise BadSession(f"{where}token_strings has {len(meta['token_strings'])} entries for {length} prompt tokens")
     for i, region in enumerate(field(meta, "regions", "a list", where)):
-        check_region(region, length, f"{where}regions[{i}]")
+        check_region(region, f"{where}regions[{i}]")
     expected = {"image", "input_ids", "answer_ids", "logprobs", "top_ids", "top_logprobs", "hidden"}
     relevance = meta.get("visual_relevance")
     if relevance is not None:
@@ -470,7 +471,7 @@ def check_trace(meta: Any, tensors: dict[str, tuple[str, list[int]]], expected_f
             raise BadSession(f"{where}unexpected tensor {name} ({dtype})")
 
 
-def check_region(region: Any, length: int, where: str) -> None:
+def check_region(region: Any, where: str) -> None:
     """One image region: a grid of prompt positions and the box of the image it shows."""
     typed(region, "an object", where)
     field(region, "name", "a string", f"{where}.")
@@ -482,9 +483,9 @@ def check_region(region: Any, length: int, where: str) -> None:
     positions = field(region, "positions", "a list", f"{where}.")
     if len(positions) != grid[0] * grid[1]:
         raise BadSession(f"{where} has {len(positions)} positions for a {grid[0]}x{grid[1]} grid")
-    for position in positions:
-        if not (isinstance(position, int) and not isinstance(position, bool) and 0 <= position < length):
-            raise BadSession(f"{where}.positions holds {position!r}, not a prompt position below {length}")
+    for position in positions:  # prompt positions, or vision keys for cross-attention families (Mllama)
+        if not (isinstance(position, int) and not isinstance(position, bool) and position >= 0):
+            raise BadSession(f"{where}.positions holds {reprlib.repr(position)}, not a position")
     box = field(region, "box", "a list", f"{where}.")
     if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                 for v in box):
