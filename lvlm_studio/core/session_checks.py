@@ -448,7 +448,7 @@ def check_trace(meta: Any, tensors: dict[str, tuple[str, list[int]]], expected_f
     _, k = tensor("top_ids", {"I64"}, (n, None))
     tensor("top_logprobs", {"F32"}, (n, k))
     tensor("hidden", {"F16", "F32", "F64"}, (length + n, None))
-    top = typed(field(meta, "top_tokens", "a list", where), "a list", f"{where}top_tokens")
+    top = field(meta, "top_tokens", "a list", where)
     if len(top) != n or any(len(strings(row, f"{where}top_tokens[{i}]")) != k for i, row in enumerate(top)):
         raise BadSession(f"{where}top_tokens is not {n} lists of {k} tokens")
     if len(meta["token_strings"]) not in (0, length):
@@ -479,7 +479,7 @@ def check_region(region: Any, where: str) -> None:
         raise BadSession(f"{where}.image_index is negative")
     grid = field(region, "grid", "a list", f"{where}.")
     if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid):
-        raise BadSession(f"{where}.grid is {grid!r}, not two positive whole numbers")
+        raise BadSession(f"{where}.grid is {reprlib.repr(grid)}, not two positive whole numbers")
     positions = field(region, "positions", "a list", f"{where}.")
     if len(positions) != grid[0] * grid[1]:
         raise BadSession(f"{where} has {len(positions)} positions for a {grid[0]}x{grid[1]} grid")
