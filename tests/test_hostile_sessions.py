@@ -69,8 +69,7 @@ def _set(manifest: dict, dotted: str, value) -> None:
         target[last] = value
 
 
-@pytest.mark.hostile("sessions")
-def test_the_valid_session_opens(valid):
+def test_the_valid_session_opens(valid):  # the control: every damaged copy below starts from it
     session = load_session(valid)
     assert session.trace is not None and set(session.explanations) == {"a", "b"}
     assert session.view["opacity"] == 0.4 and set(session.masks) == {"red", 3}
