@@ -12,6 +12,9 @@ A session file is a zip archive of plain parts, so that opening one never runs c
 Arrays are read with ``allow_pickle=False`` and member names are never used as paths, so a
 crafted file can at worst fail to open. Saving writes a temporary file and renames it over the
 target, so a crash while saving (or an autosave) never leaves a half-written session.
+
+Opening checks every part before anything large is read (``lvlm_studio.core.session_checks``), so
+a damaged or hostile file ends in one clear ``InputError``, and opening is all or nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from lvlm_studio.core import session_checks as checks
 from lvlm_studio.core.contracts import MetricResult
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
@@ -157,7 +161,7 @@ def _mask_key(name: str | int) -> str:
 
 
 def _mask_name(key: str) -> str | int:
-    return int(key[6:]) if key.startswith("token:") and key[6:].isdigit() else key
+    return int(key[6:]) if key.startswith("token:") and key[6:].isascii() and key[6:].isdigit() else key
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -168,60 +172,125 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 # -- opening ------------------------------------------------------------------------------------
 def load_session(path: str | Path) -> Session:
-    """Open a session file; anything that is not one raises ``InputError`` with what to do."""
+    """Open a session file: a session the app can show as it is, or one ``InputError`` saying what
+    is wrong (nothing large is read before the parts are checked: ``lvlm_studio.core.session_checks``)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"session file {path} does not exist.", "Check the path, or pick one from File \u203a Recent.")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a session file.", f"Open a {SUFFIX} file saved by LVLM Studio.")
     try:
-        with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(archive.read(MANIFEST))
-            if manifest.get("format") != FORMAT:
-                raise InputError(f"{path} has session format {manifest.get('format')!r}.",
-                                 f"This version reads {FORMAT}.")
-            return _read(archive, manifest)
-    except InputError:
-        raise
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as exc:
-        raise InputError(f"{path} is not a readable LVLM Studio session ({type(exc).__name__}: {exc}).",
-                         f"Open a {SUFFIX} file saved by LVLM Studio.") from None
+        with open(path, "rb") as file:
+            with checks.reading("the file"):
+                archive = zipfile.ZipFile(file)
+            with archive:
+                return _read(checks.SessionArchive(archive))
+    except OSError as exc:  # unreadable, or no room to unpack the trace (a damaged archive is a BadSession)
+        raise InputError(f"{path} could not be opened: {exc.strerror or exc}.",
+                         f"Check that the file is readable and that {tempfile.gettempdir()} has room.") from None
+    except checks.BadSession as exc:
+        raise InputError(f"{path} is not a readable LVLM Studio session: {exc}.", exc.hint) from None
 
 
-def _read(archive: zipfile.ZipFile, manifest: dict[str, Any]) -> Session:
-    session = Session(
-        prompt=str(manifest.get("prompt", "")),
-        image_name=str(manifest.get("image_name", "")),
-        model_source=manifest.get("model_source"),
-        view=dict(manifest.get("view") or {}),
-        record=dict(manifest.get("record") or {}),
-    )
-    if manifest.get("has_image"):
-        image = Image.open(io.BytesIO(archive.read("image.png")))
-        image.load()
-        session.image = image.convert("RGB")
-    if manifest.get("has_trace"):
-        from lvlm_studio.core.trace import Trace  # torch: only when there is a trace to read
-
-        with tempfile.TemporaryDirectory() as folder:
-            trace_file = Path(folder) / "trace.safetensors"
-            trace_file.write_bytes(archive.read("trace.safetensors"))
-            session.trace = Trace.load(trace_file)
-        if session.image is None:
-            session.image = session.trace.image
-    for method, member in manifest.get("explanations", {}).items():
-        session.explanations[method] = Explanation.load_npz(io.BytesIO(archive.read(member)))  # type: ignore[arg-type]
-    curves = _npz(archive, "metric_curves.npz") if "metric_curves.npz" in archive.namelist() else {}
-    for i, item in enumerate(manifest.get("metrics", [])):
-        result = MetricResult(
-            values={k: float(v) for k, v in item["values"].items()},
-            curves={name: (curves[f"{i}/{name}/x"], curves[f"{i}/{name}/y"]) for name in item.get("curves", [])},
-            details=item.get("details", {}),
-        )
-        session.metrics.append(MetricRecord(str(item["method"]), int(item["token"]), str(item["metric"]), result))
-    if manifest.get("masks"):
-        session.masks = {_mask_name(k): v.astype(bool) for k, v in _npz(archive, "masks.npz").items()}
+def _read(archive: checks.SessionArchive) -> Session:
+    """Check everything, then build the session: the trace first, since maps, masks, metrics and the
+    view are checked against its answer and image grids."""
+    manifest = checks.check_manifest(checks.parse_json(archive.read(MANIFEST, checks.MAX_JSON_BYTES), MANIFEST), FORMAT)
+    checks.check_members(manifest, archive)
+    trace = _read_trace(archive) if manifest["has_trace"] else None
+    checks.check_tokens(manifest, len(trace.answer_tokens) if trace is not None else None)
+    image = _read_image(archive) if manifest["has_image"] else trace.image if trace is not None else None
+    session = Session(prompt=manifest["prompt"], image=image, image_name=manifest["image_name"],
+                      model_source=manifest["model_source"], trace=trace, view=manifest["view"],
+                      record=manifest["record"])
+    if trace is not None:
+        grids = [region.grid for region in trace.regions]
+        for method, member in manifest["explanations"].items():
+            expect = checks.explanation_expect(member, len(trace.answer_tokens), grids)
+            arrays = checks.read_npz(archive, member, expect)
+            session.explanations[method] = Explanation(*checks.explanation_from(member, arrays, len(grids)))
+    session.metrics = _read_metrics(archive, manifest["metrics"])
+    if manifest["masks"]:
+        session.masks = _read_masks(archive, manifest["masks"], image)
     return session
 
 
-def _npz(archive: zipfile.ZipFile, member: str) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(archive.read(member)), allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+def _read_trace(archive: checks.SessionArchive) -> Trace:
+    """The trace, copied to a temporary file in chunks and checked from its header before any
+    tensor is read (safetensors then maps the file instead of holding a second copy)."""
+    from safetensors import safe_open
+
+    from lvlm_studio.core.trace import FORMAT as TRACE_FORMAT
+    from lvlm_studio.core.trace import Trace  # torch: only when there is a trace to read
+
+    member = "trace.safetensors"
+    with tempfile.TemporaryDirectory() as folder:
+        trace_file = Path(folder) / member
+        archive.extract(member, trace_file)
+        with checks.reading(member), safe_open(str(trace_file), framework="numpy") as handle:
+            meta = (handle.metadata() or {}).get("lvlm_studio")
+            tensors = {key: (handle.get_slice(key).get_dtype(), handle.get_slice(key).get_shape())
+                       for key in handle.keys()}
+        if meta is None:
+            raise checks.BadSession(f"{member} has no LVLM Studio metadata")
+        checks.check_trace(checks.parse_json(meta, f"{member} metadata"), tensors, TRACE_FORMAT)
+        try:
+            with checks.reading(member):
+                return Trace.load(trace_file)
+        except InputError as exc:  # it names the temporary file, which means nothing to the user
+            raise checks.BadSession(f"{member} is damaged ({exc.message})") from None
+
+
+def _read_image(archive: checks.SessionArchive) -> Image.Image:
+    """image.png, its size read from the header before Pillow decodes it."""
+    data = archive.read("image.png")
+    checks.png_size(data, "image.png")
+    with checks.reading("image.png"):
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        image.load()
+        return image.convert("RGB")
+
+
+def _read_metrics(archive: checks.SessionArchive, items: list[dict[str, Any]]) -> list[MetricRecord]:
+    """Each metric's numbers (checked with session.json) and curves: x and y of one length."""
+    member = "metric_curves.npz"
+    keys = {f"{i}/{name}/{axis}" for i, item in enumerate(items) for name in item["curves"] for axis in "xy"}
+
+    def expect(key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if key not in keys:
+            raise checks.BadSession(f"{member}: unexpected array {key!r}")
+        checks.wanted(member, key, dtype, shape, "biuf", (None,), "a curve")
+
+    curves = checks.read_npz(archive, member, expect) if keys else {}
+    records = []
+    for i, item in enumerate(items):
+        pairs = {}
+        for name in item["curves"]:
+            x, y = (curves.get(f"{i}/{name}/{axis}") for axis in "xy")
+            if x is None or y is None or len(x) != len(y):
+                raise checks.BadSession(f"{member}: curve {i}/{name} is missing, or its x and y differ in length")
+            pairs[name] = (x, y)
+        values = {name: float(value) for name, value in item["values"].items()}
+        result = MetricResult(values=values, curves=pairs, details=item["details"])
+        records.append(MetricRecord(item["method"], item["token"], item["metric"], result))
+    return records
+
+
+def _read_masks(archive: checks.SessionArchive, keys: list[str],
+                image: Image.Image | None) -> dict[str | int, np.ndarray]:
+    """The masks session.json names, each a boolean array of the image's size."""
+    member = "masks.npz"
+    if image is None:
+        raise checks.BadSession("it holds object masks but no image")
+    width, height = image.size
+
+    def expect(key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if key not in keys:
+            raise checks.BadSession(f"{member}: unexpected mask {key!r}")
+        checks.wanted(member, key, dtype, shape, "b", (height, width), "the image")
+
+    masks = checks.read_npz(archive, member, expect)
+    missing = sorted(set(keys) - set(masks))
+    if missing:
+        raise checks.BadSession(f"{member}: mask {missing[0]!r} is missing")
+    return {_mask_name(key): masks[key] for key in keys}
