@@ -1,0 +1,159 @@
+"""Hostile inputs to the Qt-free core through the command line: model folders, images, SAE files.
+
+Every case must end with exit 2 and one line that says what went wrong and what to do
+(``hostile_helpers.assert_refused``); none may load or answer with something silently wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hostile_helpers import SAMPLE, assert_refused, run_cli
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+
+ASK = ("ask", "--device", "cpu", "--max-new-tokens", "3", "--prompt", "describe the image.")
+WEIGHTS = "model.safetensors"
+
+
+def ask_with_model(capsys, folder: Path, *extra: str):
+    return run_cli(capsys, *ASK, "--image", SAMPLE, "--model", folder, *extra)
+
+
+@pytest.fixture
+def model_copy(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL_DIR, folder)
+    return folder
+
+
+def edit_weights(folder: Path, edit) -> None:
+    tensors = load_file(folder / WEIGHTS)
+    edit(tensors)
+    save_file(tensors, folder / WEIGHTS, metadata={"format": "pt"})
+
+
+def edit_config(folder: Path, edit) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+# -- model folders ------------------------------------------------------------------------------
+@pytest.mark.hostile("models")
+def test_missing_weights_are_refused_by_name(capsys, model_copy):
+    """The reported case: no lm_head and three layer tensors used to load as random weights."""
+
+    def drop(tensors):
+        layer = sorted(k for k in tensors if ".layers.0." in k and k.startswith("language_model"))[:3]
+        for key in ["language_model.lm_head.weight", *layer]:
+            del tensors[key]
+
+    edit_weights(model_copy, drop)
+    line = assert_refused(ask_with_model(capsys, model_copy), 2, "4 missing", "lm_head.weight", "and 1 more")
+    assert "do not match its config.json" in line
+
+
+@pytest.mark.hostile("models")
+def test_unexpected_weights_are_refused_by_name(capsys, model_copy):
+    edit_weights(model_copy, lambda t: t.update({"vision_tower.extra_head.weight": torch.zeros(3, 3)}))
+    assert_refused(ask_with_model(capsys, model_copy), 2, "1 unexpected", "extra_head")
+
+
+@pytest.mark.hostile("models")
+def test_weights_of_another_shape_are_refused(capsys, model_copy):
+    text = json.loads((model_copy / "config.json").read_text())["text_config"]
+    edit_config(model_copy, lambda c: c["text_config"].update(intermediate_size=text["intermediate_size"] + 64))
+    assert_refused(ask_with_model(capsys, model_copy), 2, "of the wrong shape", "mlp")
+
+
+def test_tied_lm_head_may_be_absent(capsys, model_copy):
+    """A head tied to the embeddings is not stored; that is not a missing weight."""
+    edit_config(model_copy, lambda c: c.update(tie_word_embeddings=True) or c["text_config"].update(
+        tie_word_embeddings=True))
+    edit_weights(model_copy, lambda t: t.pop("language_model.lm_head.weight"))
+    outcome = ask_with_model(capsys, model_copy)
+    assert outcome.code == 0, outcome.err
+
+
+def _truncate(folder: Path) -> None:
+    data = (folder / WEIGHTS).read_bytes()
+    (folder / WEIGHTS).write_bytes(data[: len(data) // 2])
+
+
+def _garbage(folder: Path) -> None:
+    (folder / WEIGHTS).write_bytes(np.random.default_rng(0).bytes(5000))
+
+
+def _header_only(folder: Path) -> None:
+    (folder / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes()[:5000])
+
+
+def _config_garbage(folder: Path) -> None:
+    (folder / "config.json").write_text("{not json")
+
+
+def _config_binary(folder: Path) -> None:
+    (folder / "config.json").write_bytes(np.random.default_rng(1).bytes(300))
+
+
+def _config_list(folder: Path) -> None:
+    (folder / "config.json").write_text("[1, 2, 3]")
+
+
+def _config_unknown_type(folder: Path) -> None:
+    edit_config(folder, lambda c: c.update(model_type="no_such_model"))
+
+
+def _config_no_type(folder: Path) -> None:
+    edit_config(folder, lambda c: c.pop("model_type"))
+
+
+def _config_wrong_value_type(folder: Path) -> None:
+    edit_config(folder, lambda c: c["text_config"].update(hidden_size="big"))
+
+
+def _no_weights(folder: Path) -> None:
+    (folder / WEIGHTS).unlink()
+
+
+def _pickle_only(folder: Path) -> None:
+    (folder / WEIGHTS).rename(folder / "pytorch_model.bin")
+
+
+def _empty(folder: Path) -> None:
+    shutil.rmtree(folder)
+    folder.mkdir()
+
+
+def _a_file(folder: Path) -> None:
+    shutil.rmtree(folder)
+    folder.write_text("not a model")
+
+
+@pytest.mark.hostile("models")
+@pytest.mark.parametrize(("damage", "words"), [
+    (_truncate, ("could not load the weights",)),
+    (_garbage, ("could not load the weights",)),
+    (_header_only, ("could not load the weights",)),
+    (_config_garbage, ("not valid JSON",)),
+    (_config_binary, ("not valid JSON",)),
+    (_config_list, ("not an object",)),
+    (_config_unknown_type, ("no_such_model",)),
+    (_config_no_type, ("model_type",)),
+    (_config_wrong_value_type, ("hidden_size",)),
+    (_no_weights, ("has no weights",)),
+    (_pickle_only, ("pickle", "--allow-pickle")),
+    (_empty, ("no config.json",)),
+    (_a_file, ("is a file",)),
+], ids=lambda v: v.__name__.strip("_") if callable(v) else None)
+def test_damaged_model_folder_is_refused(capsys, model_copy, damage, words):
+    damage(model_copy)
+    assert_refused(ask_with_model(capsys, model_copy), 2, *words)
