@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +159,79 @@ def _a_file(folder: Path) -> None:
 def test_damaged_model_folder_is_refused(capsys, model_copy, damage, words):
     damage(model_copy)
     assert_refused(ask_with_model(capsys, model_copy), 2, *words)
+
+
+# -- images -------------------------------------------------------------------------------------
+def ask_about(capsys, image: Path):
+    return run_cli(capsys, *ASK, "--image", image)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _zero_size_png(path: Path) -> None:
+    header = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b""))
+                     + _png_chunk(b"IEND", b""))
+
+
+def _truncated_png(path: Path) -> None:
+    data = SAMPLE.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage_png(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(2).bytes(2000))
+
+
+def _text_as_jpeg(path: Path) -> None:
+    path.write_text("my thesis, chapter one\n" * 20)
+
+
+def _empty_file(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _tiny_image(path: Path) -> None:
+    Image.new("RGB", (2, 2)).save(path, format="PNG")
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+
+
+@pytest.mark.hostile("images")
+@pytest.mark.parametrize(("make", "words"), [
+    (_truncated_png, ("could not be read as an image",)),
+    (_garbage_png, ("could not be read as an image",)),
+    (_text_as_jpeg, ("could not be read as an image",)),
+    (_empty_file, ("could not be read as an image",)),
+    (_zero_size_png, ("could not be read as an image",)),
+    (_tiny_image, ("too small",)),
+    (_folder, ("is a folder",)),
+], ids=lambda v: v.__name__.strip("_") if callable(v) else None)
+def test_bad_image_is_refused(capsys, tmp_path, make, words):
+    path = tmp_path / ("image.jpg" if make is _text_as_jpeg else "image.png")
+    make(path)
+    assert_refused(ask_about(capsys, path), 2, *words)
+
+
+@pytest.mark.hostile("images")
+def test_decompression_bomb_is_refused_in_one_line(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    assert_refused(ask_about(capsys, path), 2, "too large to open safely", "Downscale")
+
+
+@pytest.mark.hostile("images")
+def test_16_bit_image_is_answered_like_its_8_bit_version(capsys, tmp_path):
+    """The reported case: a 16-bit greyscale PNG was read as solid white and answered as such."""
+    grey = np.asarray(Image.open(SAMPLE).convert("L"), dtype=np.uint16)
+    deep, flat = tmp_path / "deep.png", tmp_path / "flat.png"
+    Image.fromarray(grey * 257).save(deep)
+    Image.fromarray(grey.astype(np.uint8)).save(flat)
+    answers = [run_cli(capsys, *ASK, "--image", path) for path in (deep, flat)]
+    assert [a.code for a in answers] == [0, 0], answers
+    assert answers[0].out.splitlines()[0] == answers[1].out.splitlines()[0]
