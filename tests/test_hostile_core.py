@@ -235,3 +235,104 @@ def test_16_bit_image_is_answered_like_its_8_bit_version(capsys, tmp_path):
     answers = [run_cli(capsys, *ASK, "--image", path) for path in (deep, flat)]
     assert [a.code for a in answers] == [0, 0], answers
     assert answers[0].out.splitlines()[0] == answers[1].out.splitlines()[0]
+
+
+# -- SAE files ----------------------------------------------------------------------------------
+SAE_CONFIG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+
+
+@pytest.fixture
+def sae_copy(tmp_path) -> Path:
+    from lvlm_studio.sae.shipped import demo_sae_path
+
+    folder = tmp_path / "sae"
+    shutil.copytree(demo_sae_path(), folder)
+    return folder
+
+
+def edit_sae_config(folder: Path, edit) -> None:
+    config = json.loads((folder / SAE_CONFIG).read_text())
+    edit(config)
+    (folder / SAE_CONFIG).write_text(json.dumps(config))
+
+
+def as_saelens(edit):
+    """An edit to a plain SAELens config (without the section LVLM Studio adds)."""
+    def apply(config):
+        del config["lvlm_studio"]
+        edit(config)
+    return apply
+
+
+def _sae_truncated(folder: Path) -> None:
+    data = (folder / SAE_WEIGHTS).read_bytes()
+    (folder / SAE_WEIGHTS).write_bytes(data[: len(data) // 2])
+
+
+def _sae_garbage(folder: Path) -> None:
+    (folder / SAE_WEIGHTS).write_bytes(np.random.default_rng(3).bytes(3000))
+
+
+def _sae_nan(folder: Path) -> None:
+    tensors = load_file(folder / SAE_WEIGHTS)
+    tensors["W_dec"][3, 3] = float("nan")
+    save_file(tensors, folder / SAE_WEIGHTS)
+
+
+SAE_DAMAGE = {
+    "weights truncated": (_sae_truncated, ("not a safetensors file",)),
+    "weights garbage": (_sae_garbage, ("not a safetensors file",)),
+    "weights NaN": (_sae_nan, ("W_dec", "NaN")),
+    "weights missing": (lambda f: (f / SAE_WEIGHTS).unlink(), ("no sae_weights.safetensors",)),
+    "config garbage": (lambda f: (f / SAE_CONFIG).write_text("{{"), ("not readable JSON",)),
+    "config list": (lambda f: (f / SAE_CONFIG).write_text("[]"), ("not a JSON object",)),
+    "section lacks d_in": (lambda f: edit_sae_config(f, lambda c: c["lvlm_studio"].pop("d_in")), ("lacks d_in",)),
+    "section d_in text": (lambda f: edit_sae_config(f, lambda c: c["lvlm_studio"].update(d_in="big")),
+                          ("d_in", "whole number")),
+    "section unknown field": (lambda f: edit_sae_config(f, lambda c: c["lvlm_studio"].update(colour=1)),
+                              ("unknown fields: colour",)),
+    "section not an object": (lambda f: edit_sae_config(f, lambda c: c.update(lvlm_studio=[1])), ("not an object",)),
+    "hook name a number": (lambda f: edit_sae_config(f, lambda c: c["lvlm_studio"].update(hook_name=7)),
+                           ("hook_name", "string")),
+    "saelens d_in text": (lambda f: edit_sae_config(f, as_saelens(lambda c: c.update(d_in="big"))),
+                          ("d_in", "whole number")),
+    "saelens no sizes": (lambda f: edit_sae_config(f, as_saelens(lambda c: [c.pop(k) for k in ("d_in", "d_sae")])),
+                         ("no d_in and d_sae",)),
+    "saelens metadata text": (lambda f: edit_sae_config(f, as_saelens(lambda c: c.update(metadata="x"))),
+                              ("metadata", "not an object")),
+    "shapes do not match": (lambda f: edit_sae_config(f, lambda c: c["lvlm_studio"].update(d_sae=256)),
+                            ("has shape (128, 512), expected (128, 256)",)),
+    "huge d_sae": (lambda f: edit_sae_config(f, lambda c: c["lvlm_studio"].update(d_sae=10 ** 12)),
+                   ("expected (128, 1000000000000)",)),
+}
+
+
+@pytest.mark.hostile("sae")
+@pytest.mark.parametrize("case", list(SAE_DAMAGE))
+def test_damaged_sae_is_refused_by_inspect(capsys, tmp_path, sae_copy, case):
+    damage, words = SAE_DAMAGE[case]
+    damage(sae_copy)
+    outcome = run_cli(capsys, "sae", "inspect", "--sae", sae_copy, "--image", SAMPLE, "--device", "cpu",
+                      "--out", tmp_path / "inspected")
+    assert_refused(outcome, 2, *words)
+    assert not (tmp_path / "inspected").exists()
+
+
+@pytest.mark.hostile("sae")
+@pytest.mark.parametrize("command", ["inspect", "eval"])
+def test_sae_at_a_hook_the_model_lacks_is_refused(capsys, tmp_path, sae_copy, command):
+    edit_sae_config(sae_copy, lambda c: c["lvlm_studio"].update(hook_name="blocks.9.hook_resid_post"))
+    extra = ("--image", SAMPLE, "--out", tmp_path / "out") if command == "inspect" else ("--n", "2")
+    outcome = run_cli(capsys, "sae", command, "--sae", sae_copy, "--device", "cpu", *extra)
+    assert_refused(outcome, 2, "blocks.9.hook_resid_post")
+
+
+@pytest.mark.hostile("sae")
+def test_prisma_weights_that_are_not_a_torch_file_are_refused(capsys, tmp_path):
+    folder = tmp_path / "prisma"
+    folder.mkdir()
+    config = {"d_in": 128, "d_sae": 512, "hook_point": "blocks.1.hook_resid_post"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "weights.pt").write_bytes(np.random.default_rng(4).bytes(2000))
+    assert_refused(run_cli(capsys, "sae", "eval", "--sae", folder, "--n", "2", "--device", "cpu"), 2,
+                   "not a torch file")
