@@ -151,3 +151,19 @@ def test_an_unconvertible_mode_is_an_input_error():
     """A PIL image handed in by code, in a mode Pillow cannot turn into RGB (premultiplied LA)."""
     with pytest.raises(InputError, match="cannot be shown as RGB"):
         open_image(Image.new("La", (8, 8)))
+
+
+def test_the_app_opens_a_16_bit_image_with_its_gradient(qtbot, make_window, dialogs, tmp_path):
+    """The app reads images through the same ``open_image`` as the command line."""
+    pytest.importorskip("PySide6")
+    from gui_helpers import wait_idle
+
+    from lvlm_studio.core.plugins import create_registry
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp(0, 65535, np.uint16)).save(path)
+    window = make_window(create_registry())
+    window.open_image(path)
+    wait_idle(qtbot, window)
+    assert dialogs == [] and window.state.image_name == path.name
+    assert_gradient_kept(window.state.image)
