@@ -229,7 +229,8 @@ def check_loading_info(info: dict[str, Any], folder: Path) -> None:
             problems.append(f"{len(keys)} {kind} ({_some(sorted(keys))})")
     mismatched = info.get("mismatched_keys") or []
     if mismatched:
-        shapes = [f"{key} {tuple(stored)} vs {tuple(expected)}" for key, stored, expected in sorted(mismatched)]
+        shapes = [f"{key}: file {tuple(stored)}, config {tuple(expected)}"
+                  for key, stored, expected in sorted(mismatched)]
         problems.append(f"{len(shapes)} of the wrong shape ({_some(shapes)})")
     if problems:
         raise ModelLoadError(f"the weights in {folder} do not match its config.json: tensors " + "; ".join(problems)
