@@ -40,7 +40,8 @@ def plain_gradients(model, trace, score):
     grads = {}
     for token in TOKENS:
         row = logits[trace.answer_position(token) - 1]
-        value = torch.log_softmax(row, dim=-1) if score == "logprob" else row
+        # log p in float64: float32 log_softmax loses 1 - p for confident tokens (test_confident_tokens.py)
+        value = torch.log_softmax(row.double(), dim=-1) if score == "logprob" else row
         (grad,) = torch.autograd.grad(value[trace.answer_ids[token]], embeds, retain_graph=True)
         grads[token] = grad[0, trace.image_positions].double().numpy()
     return features.double().numpy(), grads

@@ -10,7 +10,8 @@ computes on) or by pixel (after the shared ``to_pixels`` resampling). In ``steps
 
 The score of an image is the mean probability of the scored answer tokens, teacher-forced on the
 trace's prompt + answer: either the token the map explains, or the answer's visually relevant
-tokens (``relevance.py``). ``normalise`` rescales each curve to ``(s - s_blur) / (s_0 - s_blur)``
+tokens (``relevance.py``); it comes from a log p that does not round to 0 for confident tokens
+(``scores.py``). ``normalise`` rescales each curve to ``(s - s_blur) / (s_0 - s_blur)``
 so that curves of different scenes share a scale (1 = the image's score, 0 = the blurred one's).
 The area is the trapezoid rule over the fraction of units removed (or revealed), from 0 to 1.
 

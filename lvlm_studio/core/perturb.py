@@ -22,6 +22,8 @@ from PIL import Image
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.scores import log_odds as target_log_odds
+from lvlm_studio.core.scores import log_probability
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -52,12 +54,13 @@ def score_images(
     log_odds: bool = False,
     upto: int | None = None,
 ) -> Job[np.ndarray]:
-    """log p of every answer token, teacher-forced, for each image: an (n_images, n_answer) array.
+    """log p of every answer token, teacher-forced, for each image: an (n_images, n_answer) float64 array.
 
     A job: yields one ``Progress`` per batch (so it cancels within one forward pass) and returns
     the array. ``batch_size=1`` is the unbatched reference the benchmarks compare against.
-    ``log_odds=True`` returns log(p / (1 - p)) instead: the same order as p, but it keeps
-    resolving changes where a confident model's log p rounds to 0 in float32 (p > 0.99999).
+    log p is exact for confident tokens too (``core.scores``: it does not round to 0 for
+    p = 1 - 1e-11, as float32 log_softmax does). ``log_odds=True`` returns log(p / (1 - p)) instead:
+    the same order as p, on a scale where a confident token's evidence can still move by nats.
     ``upto`` scores only the answer's first ``upto`` tokens (an (n_images, upto) array): the
     forward pass then stops at the last of them instead of running over the whole answer, which
     is what a method that explains one early token needs.
@@ -65,7 +68,7 @@ def score_images(
     if batch_size < 1:
         raise InputError(f"batch size {batch_size} is not positive.", "Use a batch size of 1 or more.")
     n_answer = len(trace.answer_ids) if upto is None else min(int(upto), len(trace.answer_ids))
-    scores = np.zeros((len(images), n_answer), dtype=np.float32)
+    scores = np.zeros((len(images), n_answer), dtype=np.float64)
     yield Progress(0, len(images), what)
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -106,12 +109,10 @@ def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], 
     ids = ids.long()[None].expand(rows, -1)
     extras = {k: v.to(loaded.device) for k, v in extras.items()}
     inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
-    logits = loaded.model(**inputs, use_cache=False, logits_to_keep=n).logits.float()
-    answer = torch.as_tensor(trace.answer_ids[:n], device=logits.device).long()[None, :, None].expand(rows, -1, -1)
-    if log_odds:  # the target's logit against the log-sum-exp of every other token's
-        others = logits.scatter(2, answer, float("-inf"))
-        return (logits.gather(2, answer)[..., 0] - torch.logsumexp(others, dim=-1)).cpu().numpy()
-    return torch.log_softmax(logits, dim=-1).gather(2, answer)[..., 0].cpu().numpy()
+    logits = loaded.model(**inputs, use_cache=False, logits_to_keep=n).logits
+    answer = torch.as_tensor(trace.answer_ids[:n], device=logits.device).long()[None].expand(rows, -1)
+    score = target_log_odds if log_odds else log_probability
+    return score(logits, answer).double().cpu().numpy()
 
 
 def pixels_to_grids(pixel_map: np.ndarray, regions: Sequence[Any], image_index: int = 0) -> list[np.ndarray]:

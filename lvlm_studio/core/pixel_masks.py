@@ -47,6 +47,7 @@ from PIL import Image
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.perturb import processed_images
+from lvlm_studio.core.scores import log_probability
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -243,7 +244,7 @@ def answer_logprobs_with_grad(loaded: LoadedModel, trace: Trace, inputs: dict[st
                               batch: int) -> torch.Tensor:
     """log p of every answer token [batch, n_answer] for ``batch`` processed rows, differentiable
     in them. Teacher-forced over prompt + answer; the model's own attention implementation (only
-    logits are read)."""
+    logits are read). Exact for confident tokens too (``core.scores``)."""
     from lvlm_studio.core.trace import forward_inputs
 
     n = len(trace.answer_ids)
@@ -251,6 +252,6 @@ def answer_logprobs_with_grad(loaded: LoadedModel, trace: Trace, inputs: dict[st
     extras = {k: v.to(loaded.device) for k, v in inputs.items()}
     inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
     out = loaded.model(**inputs, use_cache=False, logits_to_keep=n + 1)
-    logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    answer = torch.as_tensor(trace.answer_ids, device=logprobs.device).long()
-    return logprobs.gather(2, answer[None, :, None].expand(batch, -1, -1))[..., 0]
+    logits = out.logits[:, :-1]
+    answer = torch.as_tensor(trace.answer_ids, device=logits.device).long()
+    return log_probability(logits, answer[None].expand(batch, -1))

@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.scores import log_probability
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -143,7 +144,8 @@ def visual_relevance(
 
 @torch.no_grad()
 def answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, torch.Tensor]) -> np.ndarray:
-    """log p of each answer token, teacher-forced over prompt + answer with the given image inputs."""
+    """log p of each answer token, teacher-forced over prompt + answer with the given image inputs
+    (exact for confident tokens too: ``core.scores``)."""
     from lvlm_studio.core.trace import forward_inputs
 
     n = len(trace.answer_ids)
@@ -155,9 +157,9 @@ def answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, torch.T
     # (and one more, after the last token, which is dropped).
     inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
     out = loaded.model(**inputs, use_cache=False, logits_to_keep=n + 1)
-    logprobs = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
-    answer = torch.as_tensor(trace.answer_ids, device=logprobs.device).long()
-    return logprobs.gather(1, answer[:, None])[:, 0].cpu().numpy()
+    logits = out.logits[0, :-1]
+    answer = torch.as_tensor(trace.answer_ids, device=logits.device).long()
+    return log_probability(logits, answer).float().cpu().numpy()
 
 
 def _processed_extras(loaded: LoadedModel, trace: Trace, image: Image.Image) -> dict[str, Any]:

@@ -16,8 +16,12 @@ that holds any other pickled object is refused before it can run code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import pickle
+import typing
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,8 @@ PRISMA_WEIGHTS = "weights.pt"
 _TENSOR_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "W_skip")
 
 
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               tuple: "a list of strings", dict: "an object"}
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -117,6 +123,8 @@ def load_prisma(folder: str | Path, weights_path: Path | None = None) -> SparseA
     try:
         loaded = torch.load(weights_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(weights_path):  # torch saves a zip archive; random bytes fail unpickling too
+            raise InputError(f"{weights_path} is not a torch file.", "Re-save or re-download it.") from None
         raise InputError(f"{weights_path} holds a pickled object that is not a tensor, so it was not loaded "
                          f"({str(exc).splitlines()[0][:160]}).",
                          "Only weights are read from .pt files (torch.load with weights_only=True); re-save the "
@@ -158,49 +166,114 @@ def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
-    ours = config.get("lvlm_studio")
-    if isinstance(ours, dict):
-        ours = dict(ours)
-        ours["hook_names"] = tuple(ours.get("hook_names", ()))
-        return CoderConfig(**ours)
+    if "lvlm_studio" in config:
+        return _our_config(config["lvlm_studio"], folder)
     normalise = config.get("normalize_activations") or "none"
     if normalise != "none":
         raise InputError(f"{folder}: activations were normalised ({normalise!r}) with a factor this file lacks.",
                          "Fold the scaling into the weights, or save with normalize_activations='none'.")
-    kwargs = config.get("activation_fn_kwargs") or {}
+    kwargs = _section(config, "activation_fn_kwargs", folder)
     architecture = config.get("architecture") or ("topk" if config.get("activation_fn_str") == "topk" else "standard")
     if architecture == "jumprelu" or config.get("activation_fn_str") == "jumprelu":
         architecture = "jumprelu"
     if architecture not in ("standard", "topk", "jumprelu"):
         raise InputError(f"{folder}: architecture {architecture!r} is not supported.",
                          "LVLM Studio reads standard (ReLU), TopK and JumpReLU sparse autoencoders.")
-    d_in = int(config["d_in"]) if "d_in" in config else 0
-    d_sae = config.get("d_sae") or (int(d_in * config["expansion_factor"]) if "expansion_factor" in config else 0)
-    metadata = config.get("metadata") or {}
+    d_in = _number(config, "d_in", folder)
+    d_sae = _number(config, "d_sae", folder) or int(d_in * _number(config, "expansion_factor", folder, float))
+    metadata = _section(config, "metadata", folder)
     hook = config.get("hook_name") or config.get("hook_point") or metadata.get("hook_name") or ""
     if not d_in or not d_sae:
         raise InputError(f"{folder}: the config gives no d_in and d_sae.", "Add them (SAELens: d_in, d_sae).")
+    if not isinstance(hook, str):
+        raise InputError(f"{folder}: hook_name is {hook!r}, not a hook point's name.",
+                         "Set it to a hook point, e.g. blocks.1.hook_resid_post (`lvlm-studio sae hooks`).")
     return CoderConfig(
-        d_in=d_in, d_sae=int(d_sae), architecture=architecture, k=int(config.get("k") or kwargs.get("k") or 0),
-        hook_name=str(hook), apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
+        d_in=d_in, d_sae=d_sae, architecture=architecture,
+        k=_number(config, "k", folder) or _number(kwargs, "k", folder),
+        hook_name=hook, apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
         model_name=str(config.get("model_name") or metadata.get("model_name") or ""),
         tokens="all",
     )
 
 
+def _section(config: dict[str, Any], key: str, folder: Path) -> dict[str, Any]:
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise InputError(f"{folder}: {key} in the config is a {type(value).__name__}, not an object.",
+                         "Fix or replace the config file.")
+    return value
+
+
+def _number(config: dict[str, Any], key: str, folder: Path, kind: type = int) -> Any:
+    """``config[key]`` as ``kind`` (0 when absent or null); a string or a fraction where a count
+    belongs is refused rather than guessed at."""
+    value = config.get(key)
+    if value is None:
+        return kind(0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (kind is int and value != int(value)):
+        raise InputError(f"{folder}: {key} in the config is {value!r}, not {'a whole' if kind is int else 'a'} number.",
+                         "Fix or replace the config file.")
+    return kind(value)
+
+
+def _our_config(section: Any, folder: Path) -> CoderConfig:
+    """The ``lvlm_studio`` section, written by ``save_saelens``: checked field by field against
+    ``CoderConfig`` so that a damaged file is named, not a TypeError deep in the coder."""
+    if not isinstance(section, dict):
+        raise InputError(f"{folder}: the config's lvlm_studio section is a {type(section).__name__}, not an object.",
+                         "Fix or replace the config file.")
+    hints = typing.get_type_hints(CoderConfig)
+    fields = {f.name: f for f in dataclasses.fields(CoderConfig)}
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise InputError(f"{folder}: the config's lvlm_studio section has unknown fields: {', '.join(unknown)}.",
+                         "It was written by another version of LVLM Studio, or edited; fix or replace it.")
+    missing = sorted(name for name, f in fields.items() if f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING and name not in section)
+    if missing:
+        raise InputError(f"{folder}: the config's lvlm_studio section lacks {', '.join(missing)}.",
+                         "Fix or replace the config file.")
+    values = {}
+    for name, value in section.items():
+        expected = typing.get_origin(hints[name]) or hints[name]
+        if expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = tuple(value)
+        fits = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value, fits = float(value), True
+        if not fits:
+            raise InputError(f"{folder}: {name} in the config's lvlm_studio section is {value!r}, not "
+                             f"{_KIND_NAMES.get(expected, expected.__name__)}.", "Fix or replace the config file.")
+        values[name] = value
+    return CoderConfig(**values)
+
+
 def _assemble(cfg: CoderConfig, tensors: dict[str, torch.Tensor], source: Path) -> SparseAutoencoder:
-    coder = build_coder(cfg)
+    """The coder ``cfg`` describes with ``tensors`` as its weights, each checked first.
+
+    The checks run on a coder built on the meta device (shapes, no memory), so a config that
+    claims a huge d_sae is refused for its shapes instead of allocating them.
+    """
     if "threshold" not in tensors and "log_threshold" in tensors:
         tensors["threshold"] = tensors["log_threshold"].exp()
-    for name, parameter in coder.named_parameters():
+    with torch.device("meta"):
+        expected = dict(build_coder(cfg).named_parameters())
+    for name, parameter in expected.items():
         stored = "threshold" if name == "log_threshold" else name
         if stored not in tensors:
             raise InputError(f"{source} has no {stored!r} tensor, which a {cfg.architecture} {cfg.kind} needs.",
                              f"It holds: {', '.join(sorted(tensors)) or 'nothing'}.")
-        value = tensors[stored].float()
+        value = tensors[stored]
         if value.shape != parameter.shape:
             raise InputError(f"{source}: {stored} has shape {tuple(value.shape)}, expected {tuple(parameter.shape)} "
                              f"for d_in={cfg.d_in}, d_sae={cfg.d_sae}.", "The config and weights do not match.")
+        if not torch.isfinite(value).all():
+            raise InputError(f"{source}: {stored} holds NaN or infinite values.", "Re-save or re-download the coder.")
+    coder = build_coder(cfg)
+    for name, parameter in coder.named_parameters():
+        value = tensors["threshold" if name == "log_threshold" else name].float()
         with torch.no_grad():
             parameter.copy_(value.clamp(min=1e-12).log() if name == "log_threshold" else value)
     return coder.eval()

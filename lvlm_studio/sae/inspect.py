@@ -25,6 +25,7 @@ from PIL import Image
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.hooks import hooks
 from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.scores import log_probability
 from lvlm_studio.sae.activations import DEFAULT_PROMPT, image_batch_rows, image_inputs, open_images
 from lvlm_studio.sae.coders import SparseAutoencoder
 from lvlm_studio.sae.splice import row_index, scale_features, splice_hook
@@ -131,8 +132,8 @@ def feature_attribution(loaded: LoadedModel, coder: SparseAutoencoder, trace: Tr
         return out.reshape(activation.shape)
 
     with hooks(loaded, [(coder.cfg.hook_name, splice)]), torch.enable_grad():
-        logits = loaded.model(**inputs, use_cache=False, logits_to_keep=2).logits[0, -2].float()
-        logprob = torch.log_softmax(logits, dim=-1)[int(trace.answer_ids[token])]
+        logits = loaded.model(**inputs, use_cache=False, logits_to_keep=2).logits[0, -2]
+        logprob = log_probability(logits, torch.tensor(int(trace.answer_ids[token]), device=logits.device))
         logprob.backward()
     f = kept["features"]
     attribution = (f * f.grad).detach().cpu().numpy()

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lvlm_studio.core.explanation import overlay
+from lvlm_studio.core.images import open_image
 
 if TYPE_CHECKING:
     from lvlm_studio.sae.inspect import PatchHit
@@ -45,7 +46,7 @@ def dashboard(hits: Sequence[PatchHit], grid: tuple[int, int], title: str = "", 
     cache: dict[str, Image.Image] = {}
     for index, hit in enumerate(hits):
         if hit.image not in cache:
-            cache[hit.image] = Image.open(hit.image).convert("RGB")
+            cache[hit.image] = open_image(hit.image)  # as the coder saw it: same depth, same rotation
         image = cache[hit.image]
         rows, cols = grid
         cell_w, cell_h = image.width / cols, image.height / rows

@@ -13,7 +13,12 @@ even when the weights are frozen (``requires_grad=False``).
 
 The score differentiated is, by default, the log-probability of the target token at the position
 that predicts it (p - 1); the raw logit is offered as well. The log-probability also accounts for
-the competing tokens, which is what "why this token rather than another" asks.
+the competing tokens, which is what "why this token rather than another" asks. It is computed as
+logsigmoid of the log-odds (``lvlm_studio.core.scores``), not with float32 log_softmax: for a token
+the model is sure of (p = 1 - 1e-11, a caption's "a") log_softmax rounds log p to 0 and its
+gradient loses the 1 - p term, which left such maps uncorrelated with the true gradient. The
+gradient of log p equals that of the log-odds times 1 - p, so the maps are the log-odds maps up to
+scale: small numbers for confident tokens, with the right shape.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.explanation import Explanation
 from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.scores import log_probability
 
 SCORES = ("logprob", "logit")
 
@@ -62,11 +68,11 @@ def differentiable_decoder_inputs(loaded) -> Iterator[list[torch.Tensor]]:
 
 def target_scores(logits: torch.Tensor, token_ids: list[int], kind: str) -> torch.Tensor:
     """The score of each target: ``logits`` [Q, vocab] are the rows that predict the targets."""
-    rows = torch.arange(len(token_ids), device=logits.device)
-    ids = torch.as_tensor(token_ids, device=logits.device)
+    ids = torch.as_tensor(token_ids, device=logits.device).long()
     if kind == "logprob":
-        return torch.log_softmax(logits.float(), dim=-1)[rows, ids]
-    return logits.float()[rows, ids]
+        return log_probability(logits, ids)
+    rows = torch.arange(len(token_ids), device=logits.device)
+    return logits[rows, ids].to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def query_positions(trace, targets: list[int]) -> list[int]:

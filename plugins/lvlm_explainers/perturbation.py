@@ -9,7 +9,11 @@ grid (``pixels_to_grids``) like every other map.
 
 Occlusion: a square patch of ``window`` x the image's longer side slides in steps of ``stride``
 (steps shrink evenly so that the last patch ends at the right and bottom edges); each
-placement's score is the drop of the target's log-probability from the unaltered image. Each
+placement's score is the drop of the target's log-odds, log p - log(1 - p), from the unaltered
+image. Log-odds rather than log p: both measure a drop in nats and agree where p is small, but a
+token the model is sure of (p = 1 - 1e-11, a caption's "a") has log p = -1e-11 under every patch,
+so its map would be a blank of 1e-11-sized values, while its log-odds fall by whole nats where the
+evidence for it was hidden (``lvlm_studio.core.scores``). Each
 drop is spread over its patch with a tent that peaks at the patch's centre, and the tents are
 summed (divided by their mean coverage, so the units stay nats): a pixel scores high when the
 patches centred near it hurt the answer. Averaging over the covering patches instead would give
@@ -21,7 +25,9 @@ with 24 px patches over its 32 px cells), hence the default of about a third of 
 RISE (Petsiuk et al. 2018): ``masks`` random binary grids of ``cells`` x ``cells`` cells, each cell
 kept with probability ``keep``, upsampled bilinearly to one cell more than the image and cut at a
 random offset (so that cell borders fall anywhere); saliency = sum_i p_i M_i / (N keep), p_i being
-the target token's probability with mask i applied. The random draws are made at once from a
+the target token's probability with mask i applied (from a log p that is exact for confident tokens
+too, ``lvlm_studio.core.scores``; RISE is defined on p, so it stays p: a token the model is sure of
+gets a faint map of the right shape). The random draws are made at once from a
 seeded generator and the masks built batch by batch, so no more than one batch of images is held
 in memory and the result does not depend on the batch size.
 """
@@ -133,7 +139,7 @@ class Occlusion(Explainer):
             keep[top:bottom, left:right] = 0.0
             images.append(blend(image, baseline, keep))
         scores = yield from score_images(model, trace, images, params["batch_size"], "occluded images",
-                                         upto=max(targets) + 1)
+                                         log_odds=True, upto=max(targets) + 1)
         drops = scores[0][None, :] - scores[1:]  # [placements, answer tokens]
         tents = [tent(box) for box in boxes]
         coverage = np.zeros((height, width))
@@ -147,7 +153,7 @@ class Occlusion(Explainer):
                 total[top:bottom, left:right] += drop * weights
             maps[t] = pixels_to_grids(total / scale, trace.regions)
         provenance = _provenance(self.id, model, {
-            "score": "drop of the target's log-probability when the patch is blurred",
+            "score": "drop of the target's log-odds when the patch is blurred",
             "placements": len(boxes), "forward_passes": math.ceil(len(images) / params["batch_size"]),
             "baseline": "Gaussian blur (the LLR baseline)"})
         return Explanation(self.id, maps, params, provenance)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 
 from lvlm_studio.core.errors import InputError, ModelLoadError
 from lvlm_studio.core.models.adapter import ModelAdapter
@@ -133,6 +135,9 @@ def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{config_path} is not valid JSON ({exc}).", "Re-copy the model folder.") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path} holds a JSON {type(config).__name__}, not an object of settings.",
+                             "Re-copy the model folder.")
     has_safetensors = any(folder.glob("*.safetensors"))
     has_pickle = any((folder / name).exists() for name in PICKLE_WEIGHTS) or any(folder.glob("pytorch_model-*.bin"))
     if not has_safetensors and has_pickle and not allow_pickle:
@@ -165,8 +170,8 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
     common = {"local_files_only": True, "trust_remote_code": options.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(folder, **common)
-    except ValueError as exc:
-        raise ModelLoadError(f"transformers cannot read the config in {folder}: {exc}",
+    except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
+        raise ModelLoadError(f"transformers cannot read the config in {folder}: {_first_line(exc)}",
                              "If it is a custom architecture, allow remote code (--trust-remote-code) "
                              "only if you trust it.") from None
     adapter_class = registry.adapter_for(config)  # raises UnsupportedModelError naming the families
@@ -176,7 +181,9 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
     quantized = quantization_config(options.quantization, dtype)
     if options.placement not in (None, "auto"):
         raise InputError(f"unknown placement {options.placement!r}.", "Use placement 'auto' or none.")
-    kwargs: dict[str, Any] = {**common, "dtype": dtype, "use_safetensors": not options.allow_pickle or None}
+    # Shapes that do not fit are reported with the missing keys below, not raised half-way through.
+    kwargs: dict[str, Any] = {**common, "dtype": dtype, "use_safetensors": not options.allow_pickle or None,
+                              "output_loading_info": True, "ignore_mismatched_sizes": True}
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
     if quantized is not None:  # bitsandbytes weights cannot be moved after loading: place them now
@@ -189,10 +196,11 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
         if options.offload_folder:
             kwargs["offload_folder"] = str(options.offload_folder)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
+        model, loading_info = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ModelLoadError(f"could not load the weights in {folder}: {_first_line(exc)}",
                              "Check that the folder is complete (all shards present) and not corrupted.") from None
+    check_loading_info(loading_info, folder)
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
@@ -205,6 +213,35 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
         raise ModelLoadError(f"could not load the processor in {folder}: {_first_line(exc)}",
                              "Save the processor next to the model (processor.save_pretrained(folder)).") from None
     return LoadedModel(model, processor, adapter_class(model, processor), str(folder), options)
+
+
+def check_loading_info(info: dict[str, Any], folder: Path) -> None:
+    """Refuse weights that do not fit the architecture the config describes.
+
+    transformers fills a parameter the checkpoint lacks (or holds in another shape) with random
+    values and carries on; the model then answers fluent nonsense. Tied parameters (an LM head
+    that shares the embedding matrix) are legitimately absent and not reported by transformers.
+    Unexpected tensors mean the file belongs to another architecture or another configuration.
+    """
+    problems = []
+    for kind, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys"))):
+        if keys:
+            problems.append(f"{len(keys)} {kind} ({_some(sorted(keys))})")
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        shapes = [f"{key}: file {tuple(stored)}, config {tuple(expected)}"
+                  for key, stored, expected in sorted(mismatched)]
+        problems.append(f"{len(shapes)} of the wrong shape ({_some(shapes)})")
+    if problems:
+        raise ModelLoadError(f"the weights in {folder} do not match its config.json: tensors " + "; ".join(problems)
+                             + ".", "Re-copy the complete model folder (every shard), or the config.json that "
+                             "belongs to these weights; a model with missing weights would answer nonsense.")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` names and how many more there are."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _first_line(exc: BaseException) -> str:
