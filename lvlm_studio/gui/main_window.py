@@ -795,10 +795,12 @@ def _combo(items: tuple[str, ...], current: str, tip: str) -> QComboBox:
 
 
 def _action(parent: QWidget, text: str, shortcut: Any, slot: Callable[[], Any]) -> QAction:
+    """A menu action that calls ``slot()`` with no arguments: ``triggered`` sends ``checked``, which a
+    slot with optional parameters would take as its first one (Save session took it as the path)."""
     action = QAction(text, parent)
     if shortcut is not None:
         action.setShortcut(shortcut)
-    action.triggered.connect(slot)
+    action.triggered.connect(lambda: slot())
     return action
 
 
