@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from lvlm_studio.gui.analysis import Analysis
+from lvlm_studio.gui.autosave import Autosave, claim_orphans
 from lvlm_studio.gui.dialogs import error_box
 from lvlm_studio.gui.panels import PanelContext, build_panel
 from lvlm_studio.gui.settings import DEVICES, DTYPES, StudioSettings
@@ -70,7 +71,7 @@ class MainWindow(QMainWindow):
     ``registry`` is the plugin registry (built on the worker thread when None); ``model`` a model
     folder (None: the demo model); ``image`` an image to open at once; ``prompt`` the question to
     start with; ``settings`` where layout and recent files are kept (the user's settings when None);
-    ``autosave_ms`` how often the analysis is autosaved (0: never).
+    ``autosave_ms`` how often the analysis is autosaved besides after every job (0: never autosave).
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class MainWindow(QMainWindow):
         self.panel_specs: dict[str, PanelSpec] = {}
         self.contexts: dict[str, PanelContext] = {}
         self.session_path: Path | None = None
+        self.autosaver = Autosave(self.settings.autosave_folder)
+        self._autosave_after_jobs = autosave_ms > 0
         self._showing_error = False
-        self._saved_revision = 0
+        self._saved_revision = 0  # the state's revision in the autosave file
         self._pending_layout: tuple[Any, Any, list[str]] | None = None
 
         self._build_center(prompt or DEFAULT_PROMPT)
@@ -439,7 +442,6 @@ class MainWindow(QMainWindow):
             self.show_error("Saving the session", exc, traceback.format_exc())
             return None
         self.session_path = saved
-        self._saved_revision = self.state.revision
         self.settings.add_recent_session(str(saved.resolve()))
         self.statusBar().showMessage(f"Saved {saved.name}.")
         return saved
@@ -489,7 +491,6 @@ class MainWindow(QMainWindow):
             state.set_method(view["method"])
         if isinstance(view.get("selected"), int):
             state.select(view["selected"])
-        self._saved_revision = state.revision
 
     def _fill_recent_sessions(self) -> None:
         self.recent_menu.clear()
@@ -519,16 +520,15 @@ class MainWindow(QMainWindow):
         return self.analysis.start("Writing the report", work,
                                    lambda written: self.statusBar().showMessage(f"Wrote {Path(written).name}."))
 
+    @Slot()
     def autosave(self) -> Path | None:
-        """Save the analysis to the autosave file when it changed since the last save."""
+        """Save the analysis to this window's autosave file when it changed since the last autosave."""
         if self.state.trace is None and self.state.image is None:
             return None
-        if self.state.revision == self._saved_revision and self.settings.autosave_path.exists():
+        if self.state.revision == self._saved_revision and self.autosaver.path.exists():
             return None
-        from lvlm_studio.core.session import save_session
-
         try:
-            path = save_session(self.current_session(), self.settings.autosave_path)
+            path = self.autosaver.save(self.current_session())
         except Exception:  # noqa: BLE001 - an autosave failure must not interrupt the user
             log.warning("autosave failed", exc_info=True)
             return None
@@ -536,19 +536,34 @@ class MainWindow(QMainWindow):
         return path
 
     def offer_restore(self) -> bool:
-        """After a run that did not end cleanly, offer the autosaved analysis (True: restoring)."""
-        path = self.settings.autosave_path
-        if not path.exists():
+        """Offer the autosave of a window that did not close normally (True: restoring). Autosaves of
+        windows still open are locked by them and never offered; with several left, the newest is
+        offered and the others wait for a later start."""
+        orphans = claim_orphans(self.settings.autosave_folder)
+        if not orphans:
             return False
+        orphan, *later = orphans
+        for other in later:
+            other.release()
         box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: restore the last analysis?",
                           "LVLM Studio did not close normally last time.",
                           QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
         box.setInformativeText("Restore the analysis that was autosaved? (No discards it.)")
-        if box.exec() == QMessageBox.StandardButton.Yes:
-            self.open_session(path, remember=False)
-            return True
-        path.unlink(missing_ok=True)
-        return False
+        if box.exec() != QMessageBox.StandardButton.Yes:
+            orphan.delete()
+            return False
+        job = self.open_session(orphan.path, remember=False)
+
+        def restored(_session: Any) -> None:  # now in this window's own autosave: the old file can go
+            if self.autosave() is not None:
+                orphan.delete()
+            else:
+                orphan.release()
+
+        job.finished.connect(restored)
+        job.failed.connect(orphan.release)
+        job.cancelled.connect(orphan.release)
+        return True
 
     # -- errors and jobs -----------------------------------------------------------------------
     def show_error(self, title: str, error: BaseException, details: str = "") -> None:
@@ -569,6 +584,8 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_job_started(self, job: Job) -> None:
         job.progress.connect(self._on_job_progress)
+        if self._autosave_after_jobs:  # an answer, a map, a score: autosaved the moment it is there
+            job.ended.connect(self.autosave)
         if self.runner.jobs[0] is job:  # nothing ahead of it: say so now, not when it reports
             self.statusBar().showMessage(f"{job.title}\u2026")
 
@@ -714,7 +731,7 @@ class MainWindow(QMainWindow):
         self.autosave_timer.stop()
         if self.panel_specs:
             self.save_layout()
-        self.settings.autosave_path.unlink(missing_ok=True)  # a clean exit: nothing to restore
+        self.autosaver.discard()  # a clean exit: nothing to restore
         super().closeEvent(event)
 
 
