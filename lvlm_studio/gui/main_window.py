@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_studio.core.errors import UnsafeModelError
 from lvlm_studio.gui.analysis import Analysis
 from lvlm_studio.gui.autosave import Autosave, claim_orphans
 from lvlm_studio.gui.dialogs import error_box
@@ -56,6 +57,16 @@ BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
 HINT_STYLE = "color: palette(placeholder-text);"
 AUTOSAVE_MS = 60_000
+CANCEL_NOTICE_MS = 1_000  # a job still running this long after Cancel is waiting for its plugin
+#: What a risky load option may do, asked before the model is loaded with it (never remembered).
+RISKS = {
+    "allow_pickle": ("Load the pickle weights anyway?",
+                     "Pickle files can run any program on this computer, with your permissions, while they load. "
+                     "Say Yes only if you trust where this model came from."),
+    "trust_remote_code": ("Run the model folder's own Python code?",
+                          "That code runs on this computer with your permissions and can do anything you can. "
+                          "Say Yes only if you trust where this model came from."),
+}
 DEMO_MODEL = "Demo model (built in)"
 AREAS = {
     "left": Qt.DockWidgetArea.LeftDockWidgetArea,
@@ -363,8 +374,9 @@ class MainWindow(QMainWindow):
         """A random demo scene (or scene ``seed``), with its object masks."""
         return self.analysis.open_demo_scene(random.randrange(1_000_000) if seed is None else seed)
 
-    def load_model(self, path: str | Path | None) -> Job:
-        """Load the model in folder ``path`` (None: the demo model) on the worker thread."""
+    def load_model(self, path: str | Path | None, allow_pickle: bool = False, trust_remote_code: bool = False) -> Job:
+        """Load the model in folder ``path`` (None: the demo model) on the worker thread. A folder
+        that needs pickle weights or remote code is loaded with them only after the user confirms."""
         name = Path(path).name if path else "the demo model"
 
         def done(model: Any) -> None:
@@ -373,15 +385,34 @@ class MainWindow(QMainWindow):
             self._fill_model_combo()
             self.model_label.setText(_describe(model))
 
-        def failed(error: BaseException, details: str) -> None:
+        def failed(error: BaseException, details: str) -> bool:
             if self.state.model is None:
                 self.model_label.setText("No model loaded: open a model folder.")
             self._fill_model_combo()
+            if isinstance(error, UnsafeModelError) and error.option in RISKS and path:
+                self._offer_risky_load(path, error, allow_pickle, trust_remote_code)
+                return True
+            return False
 
         if self.state.model is None:
             self.model_label.setText(f"Loading {name}\u2026")
         return self.analysis.load_model(path, self.device_combo.currentText(), self.dtype_combo.currentText(),
-                                        done, failed)
+                                        done, failed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+    def _offer_risky_load(self, path: str | Path, error: UnsafeModelError, allow_pickle: bool,
+                          trust_remote_code: bool) -> None:
+        """The folder needs an option that can run code: say what it risks; load with it on Yes (No is the default)."""
+        question, risk = RISKS[error.option]
+        box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: this model can run code",
+                          f"{error.message} {question}", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                          self)
+        box.setInformativeText(risk)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        if box.exec() != QMessageBox.StandardButton.Yes:
+            self.statusBar().showMessage(f"Did not load {Path(path).name}.")
+            return
+        options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, error.option: True}
+        self.load_model(path, **options)
 
     def ask(self) -> Job | None:
         """Generate an answer to the prompt about the image (ignored until both are ready)."""
@@ -392,7 +423,19 @@ class MainWindow(QMainWindow):
         return job
 
     def cancel(self) -> None:
+        """Ask the running job to stop; if it has not after a moment, its plugin has not checked for
+        Cancel yet (a method that never yields): say so, and that quitting ends it."""
+        running = self.runner.jobs[:1]
         self.analysis.cancel()
+        if running:
+            QTimer.singleShot(CANCEL_NOTICE_MS, lambda: self._still_cancelling(running[0]))
+
+    def _still_cancelling(self, job: Job) -> None:
+        if job in self.runner.jobs:
+            self.statusBar().showMessage(f"Waiting for \u201c{job.title}\u201d to stop: its plugin has not checked "
+                                         "for Cancel yet. Quitting ends it.")
+            self.cancel_button.setText("Waiting for the plugin\u2026")
+            self.cancel_button.setEnabled(False)
 
     def show_about(self) -> None:
         model = self.state.model
@@ -600,6 +643,8 @@ class MainWindow(QMainWindow):
 
     @Slot(bool)
     def _on_busy_changed(self, busy: bool) -> None:
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setVisible(busy)
         self.cancel_button.setVisible(busy)

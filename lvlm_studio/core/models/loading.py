@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lvlm_studio.core.errors import InputError, ModelLoadError
+from lvlm_studio.core.errors import InputError, ModelLoadError, UnsafeModelError
 from lvlm_studio.core.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,10 @@ def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     has_safetensors = any(folder.glob("*.safetensors"))
     has_pickle = any((folder / name).exists() for name in PICKLE_WEIGHTS) or any(folder.glob("pytorch_model-*.bin"))
     if not has_safetensors and has_pickle and not allow_pickle:
-        raise ModelLoadError(
+        raise UnsafeModelError(
             f"{folder} only has pickle weights (pytorch_model*.bin), which can run code when loaded.",
             "Convert them to safetensors, or allow pickle weights (--allow-pickle) only if you trust their source.",
+            option="allow_pickle",
         )
     if not has_safetensors and not has_pickle:
         raise ModelLoadError(f"{folder} has no weights.",
@@ -166,9 +167,9 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
     try:
         config = AutoConfig.from_pretrained(folder, **common)
     except ValueError as exc:
-        raise ModelLoadError(f"transformers cannot read the config in {folder}: {exc}",
-                             "If it is a custom architecture, allow remote code (--trust-remote-code) "
-                             "only if you trust it.") from None
+        raise UnsafeModelError(f"transformers cannot read the config in {folder}: {exc}",
+                               "If it is a custom architecture, allow remote code (--trust-remote-code) "
+                               "only if you trust it.", option="trust_remote_code") from None
     adapter_class = registry.adapter_for(config)  # raises UnsupportedModelError naming the families
 
     device = resolve_device(options.device)
