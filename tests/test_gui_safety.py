@@ -90,6 +90,18 @@ def test_a_second_window_neither_offers_nor_deletes_the_first_windows_autosave(q
     assert autosaves(gui_settings) == [saved]  # a clean close removes its own file only
 
 
+def test_a_job_that_ends_after_a_clean_close_leaves_no_autosave_behind(qtbot, dialogs, registry, gui_settings):
+    window = MainWindow(registry=registry, image=str(SAMPLE_IMAGE), settings=gui_settings)
+    qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.state.model is not None and not window.runner.busy, timeout=LOAD_TIMEOUT_MS)
+    ask(qtbot, window)
+    window.state.select(0)  # its map is being computed while the window closes
+    assert window.runner.busy
+    window.close()
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    assert autosaves(gui_settings) == [] and not any(gui_settings.autosave_folder.glob("*.lock"))
+
+
 def ask_once_then_wait(settings_file: str) -> None:
     """The child of the kill -9 test: the app as ``lvlm-studio`` opens it, asked once; the answer's
     tokens are printed when its job has ended (by then it is autosaved), then the app idles."""

@@ -110,6 +110,7 @@ class MainWindow(QMainWindow):
         self.session_path: Path | None = None
         self.autosaver = Autosave(self.settings.autosave_folder)
         self._autosave_after_jobs = autosave_ms > 0
+        self._closed = False  # a job that ends after the window closed must not autosave again
         self._showing_error = False
         self._saved_revision = 0  # the state's revision in the autosave file
         self._pending_layout: tuple[Any, Any, list[str]] | None = None
@@ -428,7 +429,7 @@ class MainWindow(QMainWindow):
         running = self.runner.jobs[:1]
         self.analysis.cancel()
         if running:
-            QTimer.singleShot(CANCEL_NOTICE_MS, lambda: self._still_cancelling(running[0]))
+            QTimer.singleShot(CANCEL_NOTICE_MS, self, lambda: self._still_cancelling(running[0]))
 
     def _still_cancelling(self, job: Job) -> None:
         if job in self.runner.jobs:
@@ -566,7 +567,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def autosave(self) -> Path | None:
         """Save the analysis to this window's autosave file when it changed since the last autosave."""
-        if self.state.trace is None and self.state.image is None:
+        if self._closed or (self.state.trace is None and self.state.image is None):
             return None
         if self.state.revision == self._saved_revision and self.autosaver.path.exists():
             return None
@@ -770,6 +771,7 @@ class MainWindow(QMainWindow):
             self.open_image(path)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._closed = True
         # Stop the worker before the widgets go: a late result must find a living window.
         if not self.runner.shutdown():
             log.warning("a job did not stop in time; closing anyway")
