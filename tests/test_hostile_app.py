@@ -296,6 +296,20 @@ def test_a_garbage_session_file_keeps_the_analysis_on_screen(qtbot, window, dial
     assert bad.exists()
 
 
+def test_a_damaged_autosave_is_offered_fails_once_and_stays_on_disk(qtbot, make_window, registry, gui_settings,
+                                                                     dialogs):
+    gui_settings.autosave_folder.mkdir(parents=True)
+    damaged = gui_settings.autosave_folder / "4242-0badf00d.lvlm"  # left by a window that crashed mid-disk-fault
+    damaged.write_bytes(os.urandom(300))
+    window = make_window(registry)
+    dialogs.answer = dialogs.answer.Yes
+    assert window.offer_restore()
+    qtbot.waitUntil(lambda: len(dialogs) == 2 and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    assert "did not close normally" in dialogs[0][0] and "not a readable" in dialogs[1][0]
+    assert damaged.exists() and not damaged.with_suffix(".lock").exists()  # kept, and free for a later start
+    assert_still_usable(qtbot, window)
+
+
 def test_saving_to_a_read_only_place_says_so_and_keeps_the_last_save(qtbot, window, dialogs, tmp_path, monkeypatch):
     from lvlm_studio.core import session as sessions
 
