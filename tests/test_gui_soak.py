@@ -1,7 +1,7 @@
 """Soak: thousands of token switches in the real window must neither crash nor leak references.
 
 PySide6 6.12.0 on CPython 3.11 drops a reference to ``True`` on every ``Signal.emit()`` and about
-257 to ``None`` on every token switch; after ~640 switches ``None``'s count reaches zero and the
+250 to ``None`` on every token switch; after ~640 switches ``None``'s count reaches zero and the
 interpreter aborts (``Fatal Python error: none_dealloc``). The switches run in a child process, so
 such a crash is a failed test and not a dead pytest. Run this file as a script to see the numbers.
 """

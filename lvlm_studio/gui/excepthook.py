@@ -3,11 +3,13 @@
 An exception that escapes a slot, a virtual method or a thread reaches ``sys.excepthook`` or
 ``threading.excepthook``. ``ExceptionHandler`` (napari's notification manager, in small) replaces
 both while the app runs and hands each error to the GUI thread through a queued signal, where the
-window shows it with the traceback folded into the dialog's details.
+window shows it with the traceback folded into the dialog's details. The same error again in a row
+(a widget that raises on every repaint would reopen its dialog forever) is logged, not shown again.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import traceback
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
+
+log = logging.getLogger(__name__)
 
 #: How the window shows a failure: title, exception, details (``MainWindow.show_error``).
 Show = Callable[[str, BaseException, str], None]
@@ -29,6 +33,7 @@ class ExceptionHandler(QObject):
         super().__init__(parent)
         self._show = show
         self._previous: tuple | None = None
+        self._last: tuple[type, str] | None = None  # the error shown last
         # Queued even on the GUI thread: the dialog opens after the failing slot has unwound.
         self.caught.connect(self._on_caught, Qt.ConnectionType.QueuedConnection)
 
@@ -59,4 +64,8 @@ class ExceptionHandler(QObject):
 
     @Slot(str, object, str)
     def _on_caught(self, where: str, error: BaseException, details: str) -> None:
+        if (type(error), str(error)) == self._last:
+            log.warning("%s failed again: %s: %s", where, type(error).__name__, error)
+            return
+        self._last = (type(error), str(error))
         self._show(where, error, details)
