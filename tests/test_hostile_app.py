@@ -32,8 +32,6 @@ from lvlm_studio.core.hookspecs import hookimpl
 from lvlm_studio.gui.app import SAMPLE_IMAGE
 from lvlm_studio.gui.excepthook import ExceptionHandler
 
-pytestmark = pytest.mark.hostile("app")
-
 RELEASE = threading.Event()  # lets the explainer that never yields go at the end of its test
 
 
@@ -134,6 +132,7 @@ def directory(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.hostile("app")
 @pytest.mark.parametrize("make", [missing, garbage, empty, directory], ids=lambda f: f.__name__)
 def test_a_bad_image_shows_one_dialog_and_keeps_the_open_one(qtbot, window, dialogs, tmp_path, make):
     window.open_image(make(tmp_path))
@@ -159,6 +158,7 @@ def a_file(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.hostile("app")
 @pytest.mark.parametrize("make", [no_config, broken_config, a_file], ids=lambda f: f.__name__)
 def test_a_folder_that_is_not_a_model_keeps_the_loaded_model(qtbot, window, dialogs, tmp_path, make):
     model = window.state.model
@@ -185,6 +185,7 @@ def custom_code(folder: Path) -> Path:
 RISKY = [(pickle_only, "allow_pickle"), (custom_code, "trust_remote_code")]
 
 
+@pytest.mark.hostile("app")
 @pytest.mark.parametrize(("make", "option"), RISKY, ids=["pickle", "remote-code"])
 def test_a_model_that_can_run_code_is_not_loaded_unless_the_user_agrees(qtbot, window, dialogs, tmp_path,
                                                                         make, option):
@@ -197,6 +198,7 @@ def test_a_model_that_can_run_code_is_not_loaded_unless_the_user_agrees(qtbot, w
     assert_still_usable(qtbot, window)
 
 
+@pytest.mark.hostile("app")
 @pytest.mark.parametrize(("make", "option"), RISKY, ids=["pickle", "remote-code"])
 def test_yes_loads_that_model_with_exactly_that_option(qtbot, window, dialogs, tmp_path, monkeypatch, make, option):
     from lvlm_studio.core.models import loading
@@ -221,6 +223,7 @@ def test_yes_loads_that_model_with_exactly_that_option(qtbot, window, dialogs, t
 
 
 # -- plugins -------------------------------------------------------------------------------------
+@pytest.mark.hostile("app")
 def test_a_panel_that_cannot_be_built_shows_one_dialog(qtbot, window, dialogs):
     assert window.toggle_panel("unbuildable") is None
     one_dialog(dialogs, "this panel cannot be built", bug=True)
@@ -228,6 +231,7 @@ def test_a_panel_that_cannot_be_built_shows_one_dialog(qtbot, window, dialogs):
     assert_still_usable(qtbot, window)
 
 
+@pytest.mark.hostile("app")
 def test_a_method_that_calls_sys_exit_in_its_job_shows_one_dialog(qtbot, window, dialogs):
     ask(qtbot, window)
     window.state.set_method("exiting")
@@ -237,6 +241,7 @@ def test_a_method_that_calls_sys_exit_in_its_job_shows_one_dialog(qtbot, window,
     assert_still_usable(qtbot, window)
 
 
+@pytest.mark.hostile("app")
 def test_cancel_of_a_method_that_never_yields_says_it_waits_for_the_plugin(qtbot, window, dialogs):
     ask(qtbot, window)
     RELEASE.clear()
@@ -256,6 +261,7 @@ def test_cancel_of_a_method_that_never_yields_says_it_waits_for_the_plugin(qtbot
 
 
 # -- uncaught errors -----------------------------------------------------------------------------
+@pytest.mark.hostile("app")
 def test_an_error_nothing_caught_in_a_slot_is_one_dialog_with_the_traceback_folded(qtbot, window, dialogs, capfd):
     def broken_slot():
         raise ZeroDivisionError("a slot divided by zero")
@@ -271,6 +277,7 @@ def test_an_error_nothing_caught_in_a_slot_is_one_dialog_with_the_traceback_fold
     assert_still_usable(qtbot, window)
 
 
+@pytest.mark.hostile("app")
 def test_an_error_nothing_caught_in_a_thread_is_one_dialog(qtbot, window, dialogs, capfd):
     def broken_thread():
         raise KeyError("from a thread")
@@ -286,6 +293,7 @@ def test_an_error_nothing_caught_in_a_thread_is_one_dialog(qtbot, window, dialog
 
 
 # -- sessions and saving -------------------------------------------------------------------------
+@pytest.mark.hostile("app")
 def test_a_garbage_session_file_keeps_the_analysis_on_screen(qtbot, window, dialogs, tmp_path):
     ask(qtbot, window)
     tokens = window.state.trace.answer_tokens
@@ -298,6 +306,7 @@ def test_a_garbage_session_file_keeps_the_analysis_on_screen(qtbot, window, dial
     assert bad.exists()
 
 
+@pytest.mark.hostile("app")
 def test_a_damaged_autosave_is_offered_fails_once_and_stays_on_disk(qtbot, make_window, registry, gui_settings,
                                                                      dialogs):
     gui_settings.autosave_folder.mkdir(parents=True)
@@ -312,6 +321,7 @@ def test_a_damaged_autosave_is_offered_fails_once_and_stays_on_disk(qtbot, make_
     assert_still_usable(qtbot, window)
 
 
+@pytest.mark.hostile("app")
 def test_saving_to_a_read_only_place_says_so_and_keeps_the_last_save(qtbot, window, dialogs, tmp_path, monkeypatch):
     from lvlm_studio.core import session as sessions
 
@@ -332,6 +342,7 @@ def test_saving_to_a_read_only_place_says_so_and_keeps_the_last_save(qtbot, wind
     assert window.save_session() == path  # once the place is writable again, Save works
 
 
+@pytest.mark.hostile("app")
 def test_exporting_the_report_to_a_full_disk_says_so(qtbot, window, dialogs, tmp_path, monkeypatch):
     from lvlm_studio.core import report
 
@@ -366,6 +377,7 @@ def quit_during_a_stuck_job() -> None:
     sys.exit(studio.run())
 
 
+@pytest.mark.hostile("app")
 def test_quitting_while_a_job_never_yields_ends_the_process(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "LVLM_STUDIO_SETTINGS": str(tmp_path / "settings.ini"),
