@@ -95,11 +95,12 @@ def test_autosave_and_the_offer_to_restore_after_a_crash(qtbot, make_window, reg
     window = make_window(registry)
     analysed(qtbot, window)
     saved = window.autosave()
-    assert saved == gui_settings.autosave_path and saved.exists()
+    assert saved == window.autosaver.path and saved.parent == gui_settings.autosave_folder and saved.exists()
     assert window.autosave() is None  # nothing changed since: no second write
     tokens = window.state.trace.answer_tokens
-    # A crash leaves the autosave behind (a clean close removes it): the next start offers it.
+    # A crash leaves the autosave behind (a clean close removes it) and frees its lock: the next start offers it.
     window.runner.shutdown()
+    window.autosaver._lock.unlock()
 
     restarted = make_window(registry, settings=StudioSettings(gui_settings.qsettings.fileName()), image=None)
     dialogs.answer = dialogs.answer.Yes
@@ -109,8 +110,10 @@ def test_autosave_and_the_offer_to_restore_after_a_crash(qtbot, make_window, reg
     assert "did not close normally" in dialogs[-1][0]
     assert restarted.session_path is None  # the restored analysis is not the autosave file
 
+    qtbot.waitUntil(lambda: not saved.exists(), timeout=JOB_TIMEOUT_MS)  # restored: now in the new window's autosave
+    assert restarted.autosaver.path.exists()
     restarted.close()
-    assert not gui_settings.autosave_path.exists()
+    assert not any(gui_settings.autosave_folder.glob("*.lvlm"))
     declined = make_window(registry, settings=StudioSettings(gui_settings.qsettings.fileName()))
     assert not declined.offer_restore()  # nothing to restore after a clean close
 

@@ -23,6 +23,14 @@ class ModelLoadError(LVLMError):
     """The model folder could not be opened as a supported vision-language model."""
 
 
+class UnsafeModelError(ModelLoadError):
+    """Loading needs a risky option (``option``: "allow_pickle" or "trust_remote_code"); the app asks."""
+
+    def __init__(self, message: str, hint: str, option: str):
+        super().__init__(message, hint)
+        self.option = option
+
+
 class UnsupportedModelError(ModelLoadError):
     """The model loads, but no adapter knows where its image tokens are."""
 

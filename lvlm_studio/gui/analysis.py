@@ -53,20 +53,20 @@ class Analysis(QObject):
         title: str,
         work: Work,
         done: Callable[[Any], None],
-        failed: Callable[[BaseException, str], None] | None = None,
+        failed: Callable[[BaseException, str], bool | None] | None = None,
         key: str | None = None,
     ) -> Job:
         """Queue ``work``; ``done`` gets its result on the GUI thread. A failure is reported once
-        through ``error``; with ``key`` the job is remembered as running, then as failed."""
+        through ``error``, unless ``failed`` handles it (returns True); with ``key`` the job is
+        remembered as running, then as failed."""
         job = self.runner.start(title, work)
         job.finished.connect(done)
 
         def report_failure(exc: BaseException, details: str) -> None:
             if key is not None and self._running.get(key) is job:
                 self._failed.add(key)
-            if failed is not None:
-                failed(exc, details)
-            self.error.emit(title, exc, details)
+            if failed is None or not failed(exc, details):
+                self.error.emit(title, exc, details)
 
         job.failed.connect(report_failure)
         job.cancelled.connect(lambda: self.message.emit(f"Cancelled: {title.lower()}."))
@@ -134,8 +134,10 @@ class Analysis(QObject):
 
     def load_model(self, path: str | Path | None, device: str = "auto", dtype: str = "auto",
                    done: Callable[[Any], None] | None = None,
-                   failed: Callable[[BaseException, str], None] | None = None) -> Job:
-        """Load the model in ``path`` (None: the demo model); build the registry first if needed."""
+                   failed: Callable[[BaseException, str], bool | None] | None = None,
+                   allow_pickle: bool = False, trust_remote_code: bool = False) -> Job:
+        """Load the model in ``path`` (None: the demo model); build the registry first if needed.
+        ``allow_pickle`` and ``trust_remote_code`` only ever come from the user's confirmation."""
         name = Path(path).name if path else "the demo model"
         registry = self.registry
 
@@ -144,7 +146,9 @@ class Analysis(QObject):
             from lvlm_studio.core.plugins import create_registry
 
             used = registry or create_registry()
-            return used, load_model(path, LoadOptions(device=device, dtype=dtype), used)
+            options = LoadOptions(device=device, dtype=dtype, allow_pickle=allow_pickle,
+                                  trust_remote_code=trust_remote_code)
+            return used, load_model(path, options, used)
 
         def loaded(result: Any) -> None:
             used, model = result

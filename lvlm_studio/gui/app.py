@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +11,11 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
+from lvlm_studio.gui.excepthook import ExceptionHandler
 from lvlm_studio.gui.main_window import MainWindow
 from lvlm_studio.gui.settings import StudioSettings
+
+log = logging.getLogger(__name__)
 
 #: Opened with the demo model when no image is given, so a first run has something to ask about.
 SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "resources" / "samples" / "shapes.png"
@@ -40,10 +45,13 @@ def create_window(model: str | None = None, image: str | None = None, prompt: st
 def launch(model: str | None = None, image: str | None = None, prompt: str | None = None,
            settings: StudioSettings | None = None) -> tuple[QApplication, MainWindow]:
     """Everything ``run`` does before the event loop: the window is shown at once, while plugins
-    and the model load on the worker thread."""
+    and the model load on the worker thread. From here on, an uncaught error is a dialog."""
     app = create_application()
     window = create_window(model, image, prompt, settings)
+    handler = ExceptionHandler(window.show_error, window)
+    handler.install()
     app.aboutToQuit.connect(window.runner.shutdown)  # however the app ends, the worker stops first
+    app.aboutToQuit.connect(handler.uninstall)
     window.show()
     QTimer.singleShot(0, window.offer_restore)  # after a crash: the autosaved analysis, if the user wants it
     return app, window
@@ -51,5 +59,13 @@ def launch(model: str | None = None, image: str | None = None, prompt: str | Non
 
 def run(model: str | None = None, image: str | None = None, prompt: str | None = None) -> int:
     """Open the main window (the demo model when ``model`` is None) and run until it closes."""
-    app, _window = launch(model, image, prompt)
-    return app.exec()
+    app, window = launch(model, image, prompt)
+    code = app.exec()
+    if window.runner.busy:
+        # A job that never checks for Cancel (a plugin stuck in one long call) is still running on
+        # the worker thread, and Python would wait for it forever: end the process here instead.
+        log.warning("a job did not stop after Cancel; ending the process without it")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -33,7 +33,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_studio.core.errors import UnsafeModelError
 from lvlm_studio.gui.analysis import Analysis
+from lvlm_studio.gui.autosave import Autosave, claim_orphans
 from lvlm_studio.gui.dialogs import error_box
 from lvlm_studio.gui.panels import PanelContext, build_panel
 from lvlm_studio.gui.settings import DEVICES, DTYPES, StudioSettings
@@ -55,6 +57,16 @@ BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
 HINT_STYLE = "color: palette(placeholder-text);"
 AUTOSAVE_MS = 60_000
+CANCEL_NOTICE_MS = 1_000  # a job still running this long after Cancel is waiting for its plugin
+#: What a risky load option may do, asked before the model is loaded with it (never remembered).
+RISKS = {
+    "allow_pickle": ("Load the pickle weights anyway?",
+                     "Pickle files can run any program on this computer, with your permissions, while they load. "
+                     "Say Yes only if you trust where this model came from."),
+    "trust_remote_code": ("Run the model folder's own Python code?",
+                          "That code runs on this computer with your permissions and can do anything you can. "
+                          "Say Yes only if you trust where this model came from."),
+}
 DEMO_MODEL = "Demo model (built in)"
 AREAS = {
     "left": Qt.DockWidgetArea.LeftDockWidgetArea,
@@ -70,7 +82,7 @@ class MainWindow(QMainWindow):
     ``registry`` is the plugin registry (built on the worker thread when None); ``model`` a model
     folder (None: the demo model); ``image`` an image to open at once; ``prompt`` the question to
     start with; ``settings`` where layout and recent files are kept (the user's settings when None);
-    ``autosave_ms`` how often the analysis is autosaved (0: never).
+    ``autosave_ms`` how often the analysis is autosaved besides after every job (0: never autosave).
     """
 
     def __init__(
@@ -96,8 +108,11 @@ class MainWindow(QMainWindow):
         self.panel_specs: dict[str, PanelSpec] = {}
         self.contexts: dict[str, PanelContext] = {}
         self.session_path: Path | None = None
+        self.autosaver = Autosave(self.settings.autosave_folder)
+        self._autosave_after_jobs = autosave_ms > 0
+        self._closed = False  # a job that ends after the window closed must not autosave again
         self._showing_error = False
-        self._saved_revision = 0
+        self._saved_revision = 0  # the state's revision in the autosave file
         self._pending_layout: tuple[Any, Any, list[str]] | None = None
 
         self._build_center(prompt or DEFAULT_PROMPT)
@@ -360,8 +375,9 @@ class MainWindow(QMainWindow):
         """A random demo scene (or scene ``seed``), with its object masks."""
         return self.analysis.open_demo_scene(random.randrange(1_000_000) if seed is None else seed)
 
-    def load_model(self, path: str | Path | None) -> Job:
-        """Load the model in folder ``path`` (None: the demo model) on the worker thread."""
+    def load_model(self, path: str | Path | None, allow_pickle: bool = False, trust_remote_code: bool = False) -> Job:
+        """Load the model in folder ``path`` (None: the demo model) on the worker thread. A folder
+        that needs pickle weights or remote code is loaded with them only after the user confirms."""
         name = Path(path).name if path else "the demo model"
 
         def done(model: Any) -> None:
@@ -370,15 +386,34 @@ class MainWindow(QMainWindow):
             self._fill_model_combo()
             self.model_label.setText(_describe(model))
 
-        def failed(error: BaseException, details: str) -> None:
+        def failed(error: BaseException, details: str) -> bool:
             if self.state.model is None:
                 self.model_label.setText("No model loaded: open a model folder.")
             self._fill_model_combo()
+            if isinstance(error, UnsafeModelError) and error.option in RISKS and path:
+                self._offer_risky_load(path, error, allow_pickle, trust_remote_code)
+                return True
+            return False
 
         if self.state.model is None:
             self.model_label.setText(f"Loading {name}\u2026")
         return self.analysis.load_model(path, self.device_combo.currentText(), self.dtype_combo.currentText(),
-                                        done, failed)
+                                        done, failed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+
+    def _offer_risky_load(self, path: str | Path, error: UnsafeModelError, allow_pickle: bool,
+                          trust_remote_code: bool) -> None:
+        """The folder needs an option that can run code: say what it risks; load with it on Yes (No is the default)."""
+        question, risk = RISKS[error.option]
+        box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: this model can run code",
+                          f"{error.message} {question}", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                          self)
+        box.setInformativeText(risk)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        if box.exec() != QMessageBox.StandardButton.Yes:
+            self.statusBar().showMessage(f"Did not load {Path(path).name}.")
+            return
+        options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, error.option: True}
+        self.load_model(path, **options)
 
     def ask(self) -> Job | None:
         """Generate an answer to the prompt about the image (ignored until both are ready)."""
@@ -389,7 +424,19 @@ class MainWindow(QMainWindow):
         return job
 
     def cancel(self) -> None:
+        """Ask the running job to stop; if it has not after a moment, its plugin has not checked for
+        Cancel yet (a method that never yields): say so, and that quitting ends it."""
+        running = self.runner.jobs[:1]
         self.analysis.cancel()
+        if running:
+            QTimer.singleShot(CANCEL_NOTICE_MS, self, lambda: self._still_cancelling(running[0]))
+
+    def _still_cancelling(self, job: Job) -> None:
+        if job in self.runner.jobs:
+            self.statusBar().showMessage(f"Waiting for \u201c{job.title}\u201d to stop: its plugin has not checked "
+                                         "for Cancel yet. Quitting ends it.")
+            self.cancel_button.setText("Waiting for the plugin\u2026")
+            self.cancel_button.setEnabled(False)
 
     def show_about(self) -> None:
         model = self.state.model
@@ -439,7 +486,6 @@ class MainWindow(QMainWindow):
             self.show_error("Saving the session", exc, traceback.format_exc())
             return None
         self.session_path = saved
-        self._saved_revision = self.state.revision
         self.settings.add_recent_session(str(saved.resolve()))
         self.statusBar().showMessage(f"Saved {saved.name}.")
         return saved
@@ -489,7 +535,6 @@ class MainWindow(QMainWindow):
             state.set_method(view["method"])
         if isinstance(view.get("selected"), int):
             state.select(view["selected"])
-        self._saved_revision = state.revision
 
     def _fill_recent_sessions(self) -> None:
         self.recent_menu.clear()
@@ -519,16 +564,15 @@ class MainWindow(QMainWindow):
         return self.analysis.start("Writing the report", work,
                                    lambda written: self.statusBar().showMessage(f"Wrote {Path(written).name}."))
 
+    @Slot()
     def autosave(self) -> Path | None:
-        """Save the analysis to the autosave file when it changed since the last save."""
-        if self.state.trace is None and self.state.image is None:
+        """Save the analysis to this window's autosave file when it changed since the last autosave."""
+        if self._closed or (self.state.trace is None and self.state.image is None):
             return None
-        if self.state.revision == self._saved_revision and self.settings.autosave_path.exists():
+        if self.state.revision == self._saved_revision and self.autosaver.path.exists():
             return None
-        from lvlm_studio.core.session import save_session
-
         try:
-            path = save_session(self.current_session(), self.settings.autosave_path)
+            path = self.autosaver.save(self.current_session())
         except Exception:  # noqa: BLE001 - an autosave failure must not interrupt the user
             log.warning("autosave failed", exc_info=True)
             return None
@@ -536,19 +580,34 @@ class MainWindow(QMainWindow):
         return path
 
     def offer_restore(self) -> bool:
-        """After a run that did not end cleanly, offer the autosaved analysis (True: restoring)."""
-        path = self.settings.autosave_path
-        if not path.exists():
+        """Offer the autosave of a window that did not close normally (True: restoring). Autosaves of
+        windows still open are locked by them and never offered; with several left, the newest is
+        offered and the others wait for a later start."""
+        orphans = claim_orphans(self.settings.autosave_folder)
+        if not orphans:
             return False
+        orphan, *later = orphans
+        for other in later:
+            other.release()
         box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: restore the last analysis?",
                           "LVLM Studio did not close normally last time.",
                           QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
         box.setInformativeText("Restore the analysis that was autosaved? (No discards it.)")
-        if box.exec() == QMessageBox.StandardButton.Yes:
-            self.open_session(path, remember=False)
-            return True
-        path.unlink(missing_ok=True)
-        return False
+        if box.exec() != QMessageBox.StandardButton.Yes:
+            orphan.delete()
+            return False
+        job = self.open_session(orphan.path, remember=False)
+
+        def restored(_session: Any) -> None:  # now in this window's own autosave: the old file can go
+            if self.autosave() is not None:
+                orphan.delete()
+            else:
+                orphan.release()
+
+        job.finished.connect(restored)
+        job.failed.connect(orphan.release)
+        job.cancelled.connect(orphan.release)
+        return True
 
     # -- errors and jobs -----------------------------------------------------------------------
     def show_error(self, title: str, error: BaseException, details: str = "") -> None:
@@ -569,6 +628,8 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_job_started(self, job: Job) -> None:
         job.progress.connect(self._on_job_progress)
+        if self._autosave_after_jobs:  # an answer, a map, a score: autosaved the moment it is there
+            job.ended.connect(self.autosave)
         if self.runner.jobs[0] is job:  # nothing ahead of it: say so now, not when it reports
             self.statusBar().showMessage(f"{job.title}\u2026")
 
@@ -583,6 +644,8 @@ class MainWindow(QMainWindow):
 
     @Slot(bool)
     def _on_busy_changed(self, busy: bool) -> None:
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setVisible(busy)
         self.cancel_button.setVisible(busy)
@@ -708,13 +771,14 @@ class MainWindow(QMainWindow):
             self.open_image(path)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._closed = True
         # Stop the worker before the widgets go: a late result must find a living window.
         if not self.runner.shutdown():
             log.warning("a job did not stop in time; closing anyway")
         self.autosave_timer.stop()
         if self.panel_specs:
             self.save_layout()
-        self.settings.autosave_path.unlink(missing_ok=True)  # a clean exit: nothing to restore
+        self.autosaver.discard()  # a clean exit: nothing to restore
         super().closeEvent(event)
 
 
@@ -795,10 +859,12 @@ def _combo(items: tuple[str, ...], current: str, tip: str) -> QComboBox:
 
 
 def _action(parent: QWidget, text: str, shortcut: Any, slot: Callable[[], Any]) -> QAction:
+    """A menu action that calls ``slot()`` with no arguments: ``triggered`` sends ``checked``, which a
+    slot with optional parameters would take as its first one (Save session took it as the path)."""
     action = QAction(text, parent)
     if shortcut is not None:
         action.setShortcut(shortcut)
-    action.triggered.connect(slot)
+    action.triggered.connect(lambda: slot())
     return action
 
 

@@ -36,9 +36,10 @@ class StudioSettings:
             self.folder = Path(location or Path.home() / ".lvlm-studio")
 
     @property
-    def autosave_path(self) -> Path:
-        """Where the current analysis is autosaved; it exists after a run that did not end cleanly."""
-        return self.folder / "autosave.lvlm"
+    def autosave_folder(self) -> Path:
+        """Where each open window autosaves its analysis (gui/autosave.py); a file is left there by a
+        window that did not close normally."""
+        return self.folder / "autosave"
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, key: str) -> list[str]:

@@ -59,7 +59,7 @@ class Job(QObject):
             result = self._work(self._reported.emit, self.cancel_event)
         except Cancelled:
             self._outcome.emit("cancelled", None, "")
-        except Exception as exc:  # noqa: BLE001 - any failure is shown to the user, not raised
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - shown to the user; a plugin's sys.exit() must not end the app
             self._outcome.emit("failed", exc, traceback.format_exc())
         else:
             self._outcome.emit("finished", result, "")
@@ -93,6 +93,7 @@ class JobRunner(QObject):
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(1)
         self._jobs: list[Job] = []  # queued or running, oldest first; keeps them alive
+        self._shut_down = False
 
     def start(self, title: str, work: Work) -> Job:
         """Queue ``work``; connect to the returned job's signals to hear how it went."""
@@ -119,8 +120,12 @@ class JobRunner(QObject):
             job.cancel()
 
     def shutdown(self, timeout_ms: int = 10_000) -> bool:
-        """Cancel everything and wait for the worker thread; False if it did not stop in time."""
+        """Cancel everything and wait for the worker thread; False if it did not stop in time (a job
+        that never checks for Cancel). Only the first call waits: closing and quitting both call it."""
         self.cancel_all()
+        if self._shut_down:
+            return self._pool.activeThreadCount() == 0
+        self._shut_down = True
         return self._pool.waitForDone(timeout_ms)
 
     @Slot()

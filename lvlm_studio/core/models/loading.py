@@ -17,7 +17,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
-from lvlm_studio.core.errors import InputError, ModelLoadError
+from lvlm_studio.core.errors import InputError, ModelLoadError, UnsafeModelError
 from lvlm_studio.core.models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,10 @@ def check_folder(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     has_safetensors = any(folder.glob("*.safetensors"))
     has_pickle = any((folder / name).exists() for name in PICKLE_WEIGHTS) or any(folder.glob("pytorch_model-*.bin"))
     if not has_safetensors and has_pickle and not allow_pickle:
-        raise ModelLoadError(
+        raise UnsafeModelError(
             f"{folder} only has pickle weights (pytorch_model*.bin), which can run code when loaded.",
             "Convert them to safetensors, or allow pickle weights (--allow-pickle) only if you trust their source.",
+            option="allow_pickle",
         )
     if not has_safetensors and not has_pickle:
         raise ModelLoadError(f"{folder} has no weights.",
@@ -171,9 +172,12 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
     try:
         config = AutoConfig.from_pretrained(folder, **common)
     except (ValueError, TypeError, KeyError, StrictDataclassError) as exc:
-        raise ModelLoadError(f"transformers cannot read the config in {folder}: {_first_line(exc)}",
-                             "If it is a custom architecture, allow remote code (--trust-remote-code) "
-                             "only if you trust it.") from None
+        if options.trust_remote_code or not _needs_remote_code(exc):
+            raise ModelLoadError(f"transformers cannot read the config in {folder}: {_first_line(exc)}",
+                                 "Check that the folder holds a vision-language model's config.json.") from None
+        raise UnsafeModelError(f"transformers cannot read the config in {folder}: {_first_line(exc)}",
+                               "If it is a custom architecture, allow remote code (--trust-remote-code) "
+                               "only if you trust it.", option="trust_remote_code") from None
     adapter_class = registry.adapter_for(config)  # raises UnsupportedModelError naming the families
 
     device = resolve_device(options.device)
@@ -242,6 +246,13 @@ def _some(names: list[str], shown: int = 3) -> str:
     """The first ``shown`` names and how many more there are."""
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _needs_remote_code(exc: BaseException) -> bool:
+    """Whether transformers refused the config because its architecture is not built in (custom code)."""
+    text = str(exc)
+    return isinstance(exc, ValueError) and any(
+        hint in text for hint in ("trust_remote_code", "does not recognize this architecture", "Unrecognized model"))
 
 
 def _first_line(exc: BaseException) -> str:
