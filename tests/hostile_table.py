@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 HOW_THEY_END = {
-    "images": "exit 2, one line (missing, a folder, damaged, a decompression bomb); 16-bit and float images open rescaled",
+    "images": "exit 2, one line (missing, a folder, damaged, a bomb); 16-bit and float images open rescaled",
     "prompts": "exit 2, one line, before the model loads where it can be known (empty, placeholder, too long)",
     "options": "exit 2, one line before the model loads (NaN, inf, zero, unknown names, bad values); Ctrl-C exit 130",
     "models": "exit 2, one line naming the missing, unexpected or damaged weights; pickle and remote code refused",
@@ -24,8 +24,8 @@ HOW_THEY_END = {
     "filesystem": "exit 2, one line naming the path (disk full, read-only, permission denied); the old file intact",
     "sessions": "one line naming the file and the problem; nothing applied; memory bounded before reading",
     "sae": "exit 2, one line naming the field, tensor or hook",
-    "benchmark": "damaged lines skipped with a warning, finished samples kept; stale tables removed; exit 2 for a bad run.json",
-    "plugins": "the plugin is marked failed and named with its distribution; every other command and panel keeps working",
+    "benchmark": "damaged lines skipped, finished samples kept; old tables removed; a bad run.json exits 2",
+    "plugins": "the plugin is marked failed and named with its distribution; every other command and panel works",
     "app": "one dialog with the details folded; the window stays alive and nothing is lost",
 }
 

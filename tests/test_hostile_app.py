@@ -33,6 +33,7 @@ from lvlm_studio.gui.app import SAMPLE_IMAGE
 from lvlm_studio.gui.excepthook import ExceptionHandler
 
 RELEASE = threading.Event()  # lets the explainer that never yields go at the end of its test
+ENTERED = threading.Event()  # set once the stuck method is running, so Cancel cannot beat it
 
 
 class ExitingExplainer(Explainer):
@@ -50,6 +51,7 @@ class StuckExplainer(Explainer):
     title = "Stuck"
 
     def explain(self, trace, model, targets, params):
+        ENTERED.set()
         RELEASE.wait(120)
         yield from ()
         return None
@@ -245,9 +247,11 @@ def test_a_method_that_calls_sys_exit_in_its_job_shows_one_dialog(qtbot, window,
 def test_cancel_of_a_method_that_never_yields_says_it_waits_for_the_plugin(qtbot, window, dialogs):
     ask(qtbot, window)
     RELEASE.clear()
+    ENTERED.clear()
     window.state.set_method("stuck")
     window.state.select(0)
     try:
+        qtbot.waitUntil(ENTERED.is_set, timeout=JOB_TIMEOUT_MS)  # Cancel before the job starts would simply win
         window.cancel()
         qtbot.waitUntil(lambda: "plugin" in window.statusBar().currentMessage(), timeout=10_000)
         message = window.statusBar().currentMessage()

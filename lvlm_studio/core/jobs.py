@@ -39,7 +39,10 @@ def run_job(
     on_progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> T:
-    """Drive a job to its result; raise ``Cancelled`` (after closing the job) when cancelled."""
+    """Drive a job to its result; raise ``Cancelled`` (after closing the job) when cancelled.
+
+    A job that only finishes after Cancel was pressed (it never yielded in between) is cancelled too:
+    the user asked for nothing, so its result is dropped rather than shown or checked."""
     if not inspect.isgenerator(job):
         return job  # type: ignore[return-value]
     try:
@@ -51,6 +54,8 @@ def run_job(
             if on_progress is not None:
                 on_progress(progress)
     except StopIteration as stop:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled() from None
         return stop.value
 
 
