@@ -74,7 +74,7 @@ def peak_bytes() -> int:
 def run_variant(name: str) -> dict[str, int]:
     import torch
 
-    from lvlm_studio.core.capture import capture_attention
+    from lvlm_studio.core.models.capture import capture_attention
 
     torch.set_num_threads(1)
     loaded, inputs, queries, keys = build()

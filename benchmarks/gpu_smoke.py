@@ -3,7 +3,7 @@
     python benchmarks/gpu_smoke.py [--dtype bfloat16|float16] [--families a,b] [--methods a,b]
     python benchmarks/gpu_smoke.py --device cpu       # the same loop on the CPU, in float32
 
-For each family of ``lvlm_studio.tiny_models`` a tiny random model is built, loaded through
+For each family of ``lvlm_studio.testing.tiny_models`` a tiny random model is built, loaded through
 ``load_model`` onto the device in the chosen dtype, and asked about a wide noise image; then every
 registered explainer that applies to the family (``Explainer.applies_to``) explains the first two
 answer tokens. Printed as a Markdown table: time per method (wall clock, device synchronised) and
@@ -31,7 +31,7 @@ from PIL import Image
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lvlm_studio.tiny_models import TINY_FAMILIES
+    from lvlm_studio.testing.tiny_models import TINY_FAMILIES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -59,11 +59,11 @@ def header(device: str, dtype: str) -> str:
 
 
 def run(device: str, dtype: str, families: list[str], methods: list[str]) -> tuple[list[dict], int]:
-    from lvlm_studio.core.jobs import run_job
     from lvlm_studio.core.models.loading import LoadOptions, load_model
-    from lvlm_studio.core.plugins import create_registry
-    from lvlm_studio.core.trace import generate_trace
-    from lvlm_studio.tiny_models import build_tiny_model
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.plugin.registry import create_registry
+    from lvlm_studio.core.tracing.trace import generate_trace
+    from lvlm_studio.testing.tiny_models import build_tiny_model
 
     registry = create_registry()
     explainers = [registry.explainer(m) for m in methods] if methods else list(registry.explainers().values())

@@ -29,9 +29,9 @@ def main() -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from lvlm_studio.benchmark import BenchmarkSettings, run_benchmark
-    from lvlm_studio.core.jobs import run_job
+    from lvlm_studio.benchmark.runner import BenchmarkSettings, run_benchmark
     from lvlm_studio.core.models.loading import LoadOptions, load_model
+    from lvlm_studio.core.plugin.jobs import run_job
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -28,9 +28,9 @@ PROMPT = "describe the image."
 
 def main() -> int:
     from lvlm_explainers.igos import IGOSPlusPlus
-    from lvlm_studio.core.jobs import run_job
-    from lvlm_studio.core.relevance import visual_relevance
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.tracing.relevance import visual_relevance
+    from lvlm_studio.core.tracing.trace import generate_trace
     from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
     from lvlm_studio.demo.scenes import make_scene
 

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     args = parser.parse_args(argv)
     from lvlm_explainers.perturbation import RISE, Occlusion
-    from lvlm_studio.core.jobs import run_job
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.tracing.trace import generate_trace
     from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
     from lvlm_studio.demo.scenes import make_scene
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from lvlm_studio.core.models.loading import LoadOptions, load_model
-from lvlm_studio.core.plugins import create_registry
-from lvlm_studio.core.trace import generate_trace
+from lvlm_studio.core.plugin.registry import create_registry
+from lvlm_studio.core.tracing.trace import generate_trace
 from lvlm_studio.demo.scenes import make_scene
 from lvlm_studio.testing import HELDOUT_SCENE_SEED, run_explainer
 

@@ -7,7 +7,7 @@ traceback. (``main`` handles the slow imports, torch and transformers, itself.)
 
 import sys
 
-EXIT_CANCELLED = 130  # lvlm_studio.cli.EXIT_CANCELLED, which may not be imported yet
+EXIT_CANCELLED = 130  # lvlm_studio.cli.common.EXIT_CANCELLED, which may not be imported yet
 
 
 def run() -> int:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.contracts import MetricResult
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.session import MetricRecord, Session, save_session
+from lvlm_studio.core.formats.session import MetricRecord, Session, save_session
+from lvlm_studio.core.plugin.contracts import MetricResult
+from lvlm_studio.core.plugin.explanation import Explanation
 
 
 def full_session(trace: Any, scene: Any) -> Session:

@@ -16,9 +16,9 @@ from model_helpers import merged_embeddings
 from PIL import Image
 
 from lvlm_studio.core.errors import ModelLoadError, UnsupportedModelError
-from lvlm_studio.core.models.adapter import all_image_positions, image_token_positions
 from lvlm_studio.core.models.loading import LoadedModel, LoadOptions, load_model
-from lvlm_studio.tiny_models import build_tiny_model
+from lvlm_studio.core.plugin.adapter import all_image_positions, image_token_positions
+from lvlm_studio.testing.tiny_models import build_tiny_model
 
 # The first three families; the others are checked against their models in test_families.py.
 TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvlm_studio.benchmark import RANDOM, RESULTS, BenchmarkSettings, read_results, run_benchmark
-from lvlm_studio.benchmark_report import dataset_f1, mean_interval, skipped, summarise, write_report
+from lvlm_studio.benchmark.report import dataset_f1, mean_interval, skipped, summarise, write_report
+from lvlm_studio.benchmark.runner import RANDOM, RESULTS, BenchmarkSettings, read_results, run_benchmark
 from lvlm_studio.cli import main
 from lvlm_studio.core.errors import Cancelled, InputError
-from lvlm_studio.core.jobs import run_job
+from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
 from lvlm_studio.demo.scenes import make_scene
 

@@ -18,7 +18,7 @@ from lvlm_explainers.causal import (
     within_radius,
 )
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.jobs import collect, run_job
+from lvlm_studio.core.plugin.jobs import collect, run_job
 from lvlm_studio.demo.causal_check import causal_check, format_check
 from lvlm_studio.testing import check_explanation
 

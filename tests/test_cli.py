@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lvlm_studio import cli
-from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.plugin.explanation import Explanation
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "resources" / "samples" / "shapes.png"
@@ -54,7 +54,7 @@ def test_cancelled_explain_leaves_no_output(capsys, tmp_path, monkeypatch):
     def interrupted(job, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lvlm_studio.core.jobs.run_job", interrupted)
+    monkeypatch.setattr("lvlm_studio.core.plugin.jobs.run_job", interrupted)
     out_dir = tmp_path / "run"
     code, _, err = run(capsys, "explain", "--method", "raw_attention", "--image", str(SAMPLE),
                        "--prompt", "describe the image.", "--out", str(out_dir))
@@ -109,7 +109,7 @@ def test_installed_command_runs_without_traceback(tmp_path):
 
 
 def _method_ids():
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return sorted(create_registry(load_third_party=False).explainers())
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from lvlm_studio.core.jobs import collect
-from lvlm_studio.core.perturb import score_images
+from lvlm_studio.core.perturbation.perturb import score_images
+from lvlm_studio.core.plugin.jobs import collect
 from lvlm_studio.testing import run_explainer
 
 SMALL = {"occlusion": {"window": 0.4, "stride": 0.2}, "rise": {"masks": 48, "cells": 4, "batch_size": 16}}

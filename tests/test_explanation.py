@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvlm_studio.core.explanation import Explanation, normalise, overlay, to_pixels
-from lvlm_studio.core.models.adapter import ImageRegion
+from lvlm_studio.core.plugin.adapter import ImageRegion
+from lvlm_studio.core.plugin.explanation import Explanation, normalise, overlay, to_pixels
 
 
 def region(grid=(4, 4), box=(0, 0, 40, 40), index=0, name="r"):

@@ -20,12 +20,12 @@ import torch
 from model_helpers import merged_embeddings
 from PIL import Image
 
-from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.adapter import all_image_positions, image_token_positions
 from lvlm_studio.core.models.loading import LoadedModel, LoadOptions, load_model
+from lvlm_studio.core.plugin.adapter import all_image_positions, image_token_positions
+from lvlm_studio.core.plugin.contracts import require_applicable
 from lvlm_studio.testing import check_explanation
-from lvlm_studio.tiny_models import build_tiny_model
+from lvlm_studio.testing.tiny_models import build_tiny_model
 
 NEW_FAMILIES = ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "idefics3", "smolvlm", "paligemma",
                 "internvl", "mllama")
@@ -340,7 +340,7 @@ def test_support_table(models, lvlm_registry, family):
 
 @pytest.fixture(scope="module")
 def traces(models):
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     out = {}
     for family, lm in models.items():
@@ -370,7 +370,7 @@ def test_paligemma_answer_is_the_causal_suffix(models, traces):
     """The teacher-forced pass marks answer tokens as suffix (token_type_ids 1), as generation does:
     its log-probabilities match generation's, and changing a later answer token leaves an earlier
     one's log-probability alone (it would not, were the answer in the bidirectional prefix)."""
-    from lvlm_studio.core.relevance import answer_logprobs
+    from lvlm_studio.core.tracing.relevance import answer_logprobs
 
     lm, trace = models["paligemma"], traces["paligemma"]
     extras = {k: torch.as_tensor(v) for k, v in trace.model_inputs.items()}
@@ -404,7 +404,7 @@ def test_tiny_models_are_tiny_and_load_as_stock(models):
     import json
     from pathlib import Path
 
-    from lvlm_studio.tiny_families import STOCK_PROCESSORS
+    from lvlm_studio.testing.tiny_families import STOCK_PROCESSORS
 
     for family, lm in models.items():
         folder = Path(lm.source)
@@ -438,7 +438,7 @@ def test_mllama_relevancy_runs_through_the_cross_attention(models, traces, lvlm_
     m of (I + A_bar_m)) A_bar_l, with A_bar = mean over heads of relu(grad * A)."""
     from lvlm_explainers.gradients import target_scores
     from lvlm_explainers.relevancy import decoder_attention
-    from lvlm_studio.core.capture import attention_implementation
+    from lvlm_studio.core.models.capture import attention_implementation
     from lvlm_studio.testing import run_explainer
 
     lm, trace = models["mllama"], traces["mllama"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.jobs import collect
 from lvlm_studio.core.models.loading import LoadedModel
+from lvlm_studio.core.plugin.jobs import collect
 from lvlm_studio.testing import check_explanation, run_explainer
 
 TOKENS = [1, 2, 5]
@@ -120,7 +120,7 @@ def test_bad_parameters_are_clear(grad_x_input, gradcam, demo_model, demo_trace)
 def test_every_family(lvlm_registry, tiny_model, method):
     from PIL import Image
 
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     trace = generate_trace(tiny_model, Image.new("RGB", (40, 64), (20, 20, 220)), "describe the image.",
                            max_new_tokens=3)

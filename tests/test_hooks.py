@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lvlm_studio.core.capture import attention_implementation
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.hooks import caching, hook_points, hooks, run_with_cache, run_with_hooks
-from lvlm_studio.core.trace import generate_trace
+from lvlm_studio.core.models.capture import attention_implementation
+from lvlm_studio.core.models.hooks import caching, hook_points, hooks, run_with_cache, run_with_hooks
+from lvlm_studio.core.tracing.trace import generate_trace
 
 
 def _inputs(loaded, trace):

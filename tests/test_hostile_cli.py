@@ -97,7 +97,7 @@ def test_prompt_longer_than_the_context_is_refused_with_the_numbers(capsys):
 def test_the_core_refuses_what_the_model_cannot_take(demo_model, prompt, options, words):
     """The app and the benchmark generate through the same core: they get the same refusals."""
     from lvlm_studio.core.errors import InputError
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     with pytest.raises(InputError) as refused:
         generate_trace(demo_model, SAMPLE, prompt, **options)
@@ -112,7 +112,7 @@ def test_out_of_memory_during_generation_says_what_to_try(capsys, monkeypatch, e
     def exhausted(*args, **kwargs):
         raise MemoryError() if error == "MemoryError" else torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr("lvlm_studio.core.trace.generate_trace", exhausted)
+    monkeypatch.setattr("lvlm_studio.core.tracing.trace.generate_trace", exhausted)
     line = assert_refused(run_cli(capsys, *ASK, "--prompt", "describe the image."), 2, "memory")
     assert "--max-new-tokens" in line and "--device" in line
 
@@ -191,7 +191,7 @@ def test_bad_demo_and_sae_option_is_refused_before_loading(capsys, no_model, arg
 
 @pytest.mark.hostile("options")
 def test_bad_report_tokens_are_refused_before_the_session_is_read(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("lvlm_studio.core.session.load_session", lambda *a: pytest.fail("the session was read"))
+    monkeypatch.setattr("lvlm_studio.core.formats.session.load_session", lambda *a: pytest.fail("the session was read"))
     outcome = run_cli(capsys, "report", tmp_path / "s.lvlm", "--tokens", "1,x", "--out", tmp_path / "r.pdf")
     assert_refused(outcome, 2, "--tokens")
 
@@ -224,7 +224,7 @@ _SIGINT_TRIGGER = textwrap.dedent('''
             if _at and name == _at:
                 sys.meta_path.remove(self)
                 _interrupt()
-            elif _forward and name == "lvlm_studio.core.trace":
+            elif _forward and name == "lvlm_studio.core.tracing.trace":
                 sys.meta_path.remove(self)
                 spec = importlib.util.find_spec(name)
                 run = spec.loader.exec_module

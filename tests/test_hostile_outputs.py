@@ -88,7 +88,7 @@ def test_overwrite_replaces_our_own_output(capsys, tmp_path):
 @pytest.mark.hostile("outputs")
 @pytest.mark.parametrize("fault", [_fault(errno.ENOSPC), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"])
 def test_a_failed_overwrite_leaves_the_previous_output(capsys, tmp_path, monkeypatch, fault):
-    from lvlm_studio.core.trace import Trace
+    from lvlm_studio.core.tracing.trace import Trace
 
     out = tmp_path / "run"
     assert run_cli(capsys, *EXPLAIN, "--out", out).code == 0
@@ -111,9 +111,9 @@ def test_a_failed_overwrite_leaves_the_previous_output(capsys, tmp_path, monkeyp
 @pytest.mark.hostile("outputs")
 @pytest.mark.parametrize("command", ["explain", "benchmark", "sae inspect"])
 def test_out_naming_a_file_is_refused_before_loading(capsys, tmp_path, monkeypatch, command):
-    import lvlm_studio.cli as cli
+    import lvlm_studio.cli.common as common
 
-    monkeypatch.setattr(cli, "_load", _no_model_load)
+    monkeypatch.setattr(common, "load", _no_model_load)
     target = tmp_path / "results"
     target.write_text("a file of the user's")
     argv = {"explain": EXPLAIN, "benchmark": BENCHMARK,
@@ -132,12 +132,12 @@ def _no_model_load(args):
 def test_an_unwritable_location_is_refused_before_the_model_loads(capsys, tmp_path, monkeypatch, command):
     import tempfile
 
-    import lvlm_studio.cli as cli
+    import lvlm_studio.cli.common as common
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(cli, "_load", _no_model_load)
+    monkeypatch.setattr(common, "load", _no_model_load)
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     target = tmp_path / "locked" / "out"
     argv = {"explain": (*EXPLAIN, "--out", target), "benchmark": (*BENCHMARK, "--out", target),
@@ -165,9 +165,9 @@ def test_output_folders_follow_the_umask(capsys, tmp_path, umask):
 # -- file-system faults, writer by writer --------------------------------------------------------
 @pytest.fixture(scope="module")
 def saved_session(tmp_path_factory):
+    from lvlm_studio.core.formats.session import Session, save_session
     from lvlm_studio.core.models.loading import load_model
-    from lvlm_studio.core.session import Session, save_session
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     trace = generate_trace(load_model(None), str(SAMPLE), "describe the image.", max_new_tokens=4)
     session = Session(prompt=trace.prompt, image=trace.image, image_name="shapes.png", trace=trace)
@@ -219,7 +219,7 @@ def test_a_saved_session_survives_a_failing_disk(tmp_path, monkeypatch, saved_se
     import zipfile
 
     from lvlm_studio.core.errors import InputError
-    from lvlm_studio.core.session import save_session
+    from lvlm_studio.core.formats.session import save_session
 
     session, _ = saved_session
     path = save_session(session, tmp_path / "analysis.lvlm")
@@ -282,7 +282,7 @@ def test_resume_skips_a_damaged_line_and_keeps_the_samples_after_it(capsys, capl
     outcome = run_cli(capsys, *BENCHMARK, "--n", "3", "--out", out)
     assert outcome.code == 0, outcome.err
     assert "1 damaged line skipped" in caplog.text  # the CLI prints warnings on stderr
-    from lvlm_studio.benchmark import read_results
+    from lvlm_studio.benchmark.runner import read_results
 
     kept = read_results(out)
     assert sorted(r["sample"] for r in kept) == sorted(json.loads(line)["sample"] for line in lines)
@@ -291,7 +291,7 @@ def test_resume_skips_a_damaged_line_and_keeps_the_samples_after_it(capsys, capl
 
 @pytest.mark.hostile("benchmark")
 def test_a_rerun_removes_the_reports_of_the_earlier_run(capsys, tmp_path, monkeypatch):
-    import lvlm_studio.benchmark as benchmark
+    import lvlm_studio.benchmark.runner as benchmark
 
     out = tmp_path / "bench"
     assert run_cli(capsys, *BENCHMARK, "--n", "1", "--out", out).code == 0
@@ -310,9 +310,9 @@ def test_a_rerun_removes_the_reports_of_the_earlier_run(capsys, tmp_path, monkey
 @pytest.mark.hostile("benchmark")
 @pytest.mark.parametrize("content", ['{"settings": ', "", "\x00\x01garbage"], ids=["cut", "empty", "binary"])
 def test_a_damaged_benchmark_run_json_is_one_line(capsys, tmp_path, monkeypatch, content):
-    import lvlm_studio.cli as cli
+    import lvlm_studio.cli.common as common
 
-    monkeypatch.setattr(cli, "_load", _no_model_load)
+    monkeypatch.setattr(common, "load", _no_model_load)
     out = tmp_path / "bench"
     out.mkdir()
     (out / "run.json").write_text(content)
@@ -324,9 +324,9 @@ def test_a_damaged_benchmark_run_json_is_one_line(capsys, tmp_path, monkeypatch,
 
 @pytest.mark.hostile("benchmark")
 def test_a_benchmark_into_a_folder_of_the_users_is_refused(capsys, tmp_path, monkeypatch):
-    import lvlm_studio.cli as cli
+    import lvlm_studio.cli.common as common
 
-    monkeypatch.setattr(cli, "_load", _no_model_load)
+    monkeypatch.setattr(common, "load", _no_model_load)
     (tmp_path / "summary.md").write_text("my own summary")
     before = snapshot(tmp_path)
     assert_refused(run_cli(capsys, *BENCHMARK, "--out", tmp_path), 2, "not written by LVLM Studio")
@@ -336,9 +336,9 @@ def test_a_benchmark_into_a_folder_of_the_users_is_refused(capsys, tmp_path, mon
 @pytest.mark.hostile("filesystem")
 @pytest.mark.parametrize("case", ["report into a folder", "out below a file", "trace below a file"])
 def test_a_file_where_a_folder_belongs_and_back(capsys, tmp_path, monkeypatch, saved_session, case):
-    import lvlm_studio.cli as cli
+    import lvlm_studio.cli.common as common
 
-    monkeypatch.setattr(cli, "_load", _no_model_load)
+    monkeypatch.setattr(common, "load", _no_model_load)
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from hostile_helpers import SAMPLE, Outcome, assert_refused, run_cli, run_cli_process
 
-from lvlm_studio.core.contracts import PanelSpec
-from lvlm_studio.core.hookspecs import hookimpl
-from lvlm_studio.core.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, create_registry
+from lvlm_studio.core.plugin.contracts import PanelSpec
+from lvlm_studio.core.plugin.hookspecs import hookimpl
+from lvlm_studio.core.plugin.registry import DISABLE_ENV, ENTRY_POINT_GROUP, create_registry
 
 DIST = "hostile_plugin"  # the distribution every test installs
 PLUGIN = "hostile"  # its entry point's name
@@ -30,9 +30,9 @@ import sys
 
 import numpy as np
 
-from lvlm_studio.core.contracts import Explainer, Metric, MetricResult
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import Explainer, Metric, MetricResult
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 
 class Method(Explainer):

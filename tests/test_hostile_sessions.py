@@ -14,7 +14,7 @@ from hostile_helpers import assert_refused, run_cli
 from session_helpers import members, npy_bytes, npy_declaring, npz_bytes, rebuild, write_full_session, write_zip
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.session import load_session
+from lvlm_studio.core.formats.session import load_session
 
 MiB = 1 << 20
 
@@ -268,7 +268,8 @@ def test_an_unreadable_session_says_so(valid, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("lvlm_studio.core.session.open", denied, raising=False)  # as chmod 000 does, even for root
+    # as chmod 000 does, even for root
+    monkeypatch.setattr("lvlm_studio.core.formats.session.open", denied, raising=False)
     refused(valid, "permission denied")
 
 
@@ -277,7 +278,7 @@ def test_no_room_to_unpack_the_trace_says_so(valid, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lvlm_studio.core.session_checks.open", full, raising=False)
+    monkeypatch.setattr("lvlm_studio.core.formats.session_checks.open", full, raising=False)
     message = refused(valid, "no space left")
     assert "damaged" not in message
 

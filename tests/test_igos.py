@@ -12,8 +12,8 @@ from PIL import Image
 
 from lvlm_explainers.igos import IGOSPlusPlus, bilateral_tv, mask_shape, region_guide, regularisation
 from lvlm_studio.core.errors import Cancelled, InputError
-from lvlm_studio.core.jobs import collect, run_job
-from lvlm_studio.core.relevance import VisualRelevance
+from lvlm_studio.core.plugin.jobs import collect, run_job
+from lvlm_studio.core.tracing.relevance import VisualRelevance
 from lvlm_studio.testing import check_explanation
 
 FAST = {"iterations": 2, "steps": 2, "batch_size": 4}
@@ -23,8 +23,8 @@ FAST = {"iterations": 2, "steps": 2, "batch_size": 4}
 def llava(tmp_path_factory):
     """One tiny family is enough for behaviour that does not depend on the layout."""
     from lvlm_studio.core.models.loading import LoadOptions, load_model
-    from lvlm_studio.core.trace import generate_trace
-    from lvlm_studio.tiny_models import build_tiny_model
+    from lvlm_studio.core.tracing.trace import generate_trace
+    from lvlm_studio.testing.tiny_models import build_tiny_model
 
     model = load_model(build_tiny_model("llava", tmp_path_factory.mktemp("llava")), LoadOptions(device="cpu"))
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def test_falls_back_to_the_targets_when_nothing_is_visually_relevant(llava):
     tiny_model, tiny_trace = llava
     n = len(tiny_trace.answer_ids)
     zeros = np.zeros(n, dtype=np.float32)
-    from lvlm_studio.core.relevance import blur_sigma
+    from lvlm_studio.core.tracing.relevance import blur_sigma
 
     tiny_trace.visual_relevance = VisualRelevance(zeros, zeros, np.zeros(n, bool), blur_sigma(tiny_trace.image.size))
     try:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.images import open_image
+from lvlm_studio.core.io.images import open_image
 
 
 def _encoded(fmt: str, image: Image.Image, **options) -> bytes:

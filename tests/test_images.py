@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.images import open_image
+from lvlm_studio.core.io.images import open_image
 
 SIDE = 48
 
@@ -158,7 +158,7 @@ def test_the_app_opens_a_16_bit_image_with_its_gradient(qtbot, make_window, dial
     pytest.importorskip("PySide6")
     from gui_helpers import wait_idle
 
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     path = tmp_path / "grey16.png"
     Image.fromarray(ramp(0, 65535, np.uint16)).save(path)

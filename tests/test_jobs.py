@@ -1,6 +1,6 @@
 """Jobs: generators that yield progress and return a result."""
 
-from lvlm_studio.core.jobs import Progress, collect, relay
+from lvlm_studio.core.plugin.jobs import Progress, collect, relay
 
 
 def test_relay_reexpresses_progress_and_returns_the_result():

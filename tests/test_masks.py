@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.masks import coco_masks, fit_mask, load_coco, mask_from_image, scene_masks, token_masks
+from lvlm_studio.core.metrics.masks import coco_masks, fit_mask, load_coco, mask_from_image, token_masks
+from lvlm_studio.demo.pointing import scene_masks
 from lvlm_studio.demo.scenes import make_scene
 
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from lvlm_studio.core.contracts import Metric, MetricResult
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import collect, run_job
-from lvlm_studio.core.masks import scene_masks
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import collect, run_job
+from lvlm_studio.demo.pointing import scene_masks
 from lvlm_studio.testing import run_explainer
 
 METRICS = {"deletion_insertion", "iou", "pointing_game", "model_randomisation", "input_independence", "agreement"}

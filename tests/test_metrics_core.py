@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvlm_studio.core import faithfulness
-from lvlm_studio.core.agreement import agreement, rank_correlation, top_k_overlap
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.faithfulness import (
+from lvlm_studio.core.metrics import faithfulness
+from lvlm_studio.core.metrics.agreement import agreement, rank_correlation, top_k_overlap
+from lvlm_studio.core.metrics.faithfulness import (
     auc,
     combined_map,
     deletion_insertion,
@@ -22,9 +22,7 @@ from lvlm_studio.core.faithfulness import (
     removal_rank,
     step_counts,
 )
-from lvlm_studio.core.jobs import Progress, collect, run_job
-from lvlm_studio.core.models.adapter import ImageRegion
-from lvlm_studio.core.plausibility import (
+from lvlm_studio.core.metrics.plausibility import (
     FUNCTION_WORDS,
     f1_iou,
     func_iou,
@@ -34,6 +32,8 @@ from lvlm_studio.core.plausibility import (
     plausibility,
     pointing_hit,
 )
+from lvlm_studio.core.plugin.adapter import ImageRegion
+from lvlm_studio.core.plugin.jobs import Progress, collect, run_job
 
 # -- a 4x4 grid over an 8x8 image; the object fills cells (1,1) (1,2) (2,1) (2,2) = pixels 2..5 --
 GRID = np.zeros((4, 4))

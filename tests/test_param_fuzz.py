@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lvlm_studio.core.contracts import Param
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.plugin.contracts import Param
 
 FINITE = st.floats(-1e6, 1e6, allow_nan=False)
 # What a plugin author declares: defaults and choices of each type (names and words, no control characters).
@@ -78,7 +78,7 @@ def test_records_hold_strict_json() -> None:
 
     import numpy as np
 
-    from lvlm_studio.core.records import jsonable
+    from lvlm_studio.core.io.records import jsonable
 
     record = jsonable({"keep": float("nan"), "curve": np.array([np.inf, 1.0, -np.inf]), "n": np.int64(3)})
     assert record == {"keep": None, "curve": [None, 1.0, None], "n": 3}

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.jobs import collect
-from lvlm_studio.core.perturb import blend, score_images
-from lvlm_studio.core.relevance import blurred_baseline
+from lvlm_studio.core.perturbation.perturb import blend, score_images
+from lvlm_studio.core.plugin.jobs import collect
+from lvlm_studio.core.tracing.relevance import blurred_baseline
 
 
 def _variants(image: Image.Image) -> list[Image.Image]:

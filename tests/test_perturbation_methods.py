@@ -9,8 +9,8 @@ import pytest
 
 from lvlm_explainers.perturbation import RISE, Occlusion, occlusion_boxes, rise_draws, rise_masks, window_starts
 from lvlm_studio.core.errors import Cancelled, InputError
-from lvlm_studio.core.jobs import Progress, collect, run_job
-from lvlm_studio.core.perturb import pixels_to_grids
+from lvlm_studio.core.perturbation.perturb import pixels_to_grids
+from lvlm_studio.core.plugin.jobs import Progress, collect, run_job
 from lvlm_studio.testing import check_explanation
 
 FAST_RISE = {"masks": 6, "cells": 2, "batch_size": 4}

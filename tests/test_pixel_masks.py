@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lvlm_studio.core.jobs import collect
-from lvlm_studio.core.perturb import blend, processed_images, score_images
-from lvlm_studio.core.pixel_masks import answer_logprobs_with_grad, pixel_layout, ramp_images
-from lvlm_studio.core.relevance import blurred_baseline
+from lvlm_studio.core.perturbation.perturb import blend, processed_images, score_images
+from lvlm_studio.core.perturbation.pixel_masks import answer_logprobs_with_grad, pixel_layout, ramp_images
+from lvlm_studio.core.plugin.jobs import collect
+from lvlm_studio.core.tracing.relevance import blurred_baseline
 
 
 def test_ramp_images_encode_pixel_centres():

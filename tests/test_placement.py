@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.jobs import run_job
 from lvlm_studio.core.models.loading import LoadOptions, load_model
-from lvlm_studio.core.trace import generate_trace
+from lvlm_studio.core.plugin.jobs import run_job
+from lvlm_studio.core.tracing.trace import generate_trace
 from lvlm_studio.testing import check_explanation
-from lvlm_studio.tiny_models import build_tiny_model
+from lvlm_studio.testing.tiny_models import build_tiny_model
 
 METHODS = ("raw_attention", "rollout", "relevancy", "grad_x_input", "gradcam", "tam")
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvlm_studio.core import hookspecs
-from lvlm_studio.core.checks import check_explanation, check_metric_result
-from lvlm_studio.core.contracts import Explainer, Metric, MetricResult, PanelSpec, Param
 from lvlm_studio.core.errors import InputError, PluginError, UnsupportedModelError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.hookspecs import hookimpl
 from lvlm_studio.core.models.llava import LlavaAdapter
-from lvlm_studio.core.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, create_registry, distribution_of
+from lvlm_studio.core.plugin import hookspecs
+from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
+from lvlm_studio.core.plugin.contracts import Explainer, Metric, MetricResult, PanelSpec, Param
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.hookspecs import hookimpl
+from lvlm_studio.core.plugin.registry import DISABLE_ENV, ENTRY_POINT_GROUP, create_registry, distribution_of
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN_ADAPTERS = "lvlm_studio.core.models.families"
@@ -88,8 +88,8 @@ def write_distribution(root: Path, dist: str, entry_points: dict[str, str], modu
 
 def explainer_module(method_id: str) -> str:
     return f"""
-        from lvlm_studio.core.contracts import Explainer
-        from lvlm_studio.core.hookspecs import hookimpl
+        from lvlm_studio.core.plugin.contracts import Explainer
+        from lvlm_studio.core.plugin.hookspecs import hookimpl
 
         class FakeExplainer(Explainer):
             id = {method_id!r}
@@ -106,7 +106,7 @@ def test_importing_the_plugin_module_imports_no_plugin(tmp_path):
     write_distribution(tmp_path, "lazy_plugin", {"lazy": "lazy_plugin_module"}, sources)
     script = textwrap.dedent("""
         import sys
-        import lvlm_studio.core.plugins as plugins
+        import lvlm_studio.core.plugin.registry as plugins
 
         watched = (*plugins.FIRST_PARTY, "lazy_plugin_module", "torch")
         print("after import:", sorted(m for m in watched if m in sys.modules))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lvlm_studio.cli import main
-from lvlm_studio.core.jobs import run_job
+from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.demo.pointing import RANDOM, format_table, named_objects, pointing_game, wilson_interval
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, make_scene
 

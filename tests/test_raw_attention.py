@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lvlm_studio.core.capture import attention_implementation
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.models.capture import attention_implementation
 from lvlm_studio.testing import check_explanation, run_explainer
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.relevance import (
+from lvlm_studio.core.tracing.relevance import (
     LLR_THRESHOLD,
     blur_sigma,
     blurred_baseline,
@@ -16,7 +16,7 @@ from lvlm_studio.core.relevance import (
     relevant_mask,
     visual_relevance,
 )
-from lvlm_studio.core.trace import Trace, generate_trace
+from lvlm_studio.core.tracing.trace import Trace, generate_trace
 from lvlm_studio.demo.scenes import COLOURS, SHAPES
 
 OBJECT_WORDS = set(COLOURS) | set(SHAPES)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from lvlm_studio.core.capture import attention_implementation
-from lvlm_studio.core.contracts import require_applicable
 from lvlm_studio.core.errors import Cancelled, InputError
-from lvlm_studio.core.jobs import collect, run_job
+from lvlm_studio.core.models.capture import attention_implementation
 from lvlm_studio.core.models.loading import LoadedModel
+from lvlm_studio.core.plugin.contracts import require_applicable
+from lvlm_studio.core.plugin.jobs import collect, run_job
 from lvlm_studio.testing import check_explanation, run_explainer
 
 
@@ -227,7 +227,7 @@ def family_traces():
 def tiny_trace(tiny_model, family_traces):
     from PIL import Image
 
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     family = tiny_model.family
     if family not in family_traces:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lvlm_studio.cli import main
-from lvlm_studio.core.jobs import run_job
+from lvlm_studio.core.plugin.jobs import run_job
 
 
 def test_hooks_lists_vision_projector_and_language_points(capsys):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from lvlm_studio.core.jobs import run_job
+from lvlm_studio.core.plugin.jobs import run_job
 
 
 @pytest.fixture(scope="module")

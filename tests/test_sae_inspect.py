@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.hooks import hooks, run_with_cache
-from lvlm_studio.core.jobs import run_job
+from lvlm_studio.core.models.hooks import hooks, run_with_cache
+from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.sae.coders import CoderConfig, build_coder
 from lvlm_studio.sae.inspect import (
     edited_answer,

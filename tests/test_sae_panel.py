@@ -19,7 +19,7 @@ from gui_helpers import JOB_TIMEOUT_MS, ask
 
 @pytest.fixture
 def window(make_window):
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return make_window(create_registry(load_third_party=False))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lvlm_studio.core.errors import Cancelled, InputError
-from lvlm_studio.core.jobs import collect, run_job
+from lvlm_studio.core.plugin.jobs import collect, run_job
 from lvlm_studio.sae.coders import CoderConfig, build_coder
 from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations
 from lvlm_studio.sae.training import TrainSettings, _Trainer, train_coder

@@ -1,6 +1,6 @@
 """Sanity checks (Adebayo et al. 2018) for every explainer that reads the model, on the demo model.
 
-Model randomisation cascades from the top down (``lvlm_studio.core.sanity``): the language model
+Model randomisation cascades from the top down (``lvlm_studio.core.metrics.sanity``): the language model
 first (LM head, final norm, decoder layers), then the vision side (projector, vision encoder). The
 maps of the same trace (same prompt, same answer tokens, teacher-forced) are recomputed after each
 stage (here in one stage, everything at once, to keep the test quick), and their Spearman rank
@@ -21,10 +21,7 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from lvlm_studio.core.contracts import Explainer
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import run_job
-from lvlm_studio.core.sanity import (
+from lvlm_studio.core.metrics.sanity import (
     cascade_stages,
     input_independence,
     mean_rank_correlation,
@@ -32,6 +29,9 @@ from lvlm_studio.core.sanity import (
     randomised,
     retrace,
 )
+from lvlm_studio.core.plugin.contracts import Explainer
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.testing import run_explainer
 
 THRESHOLD = 0.5
@@ -82,7 +82,7 @@ def test_randomisation_is_undone(demo_model, demo_trace):
 
 
 def _registry_explainer(method_id):
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return create_registry().explainer(method_id)
 

@@ -9,10 +9,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from lvlm_studio.core.contracts import MetricResult
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.session import MetricRecord, Session, load_session, save_session
+from lvlm_studio.core.formats.session import MetricRecord, Session, load_session, save_session
+from lvlm_studio.core.plugin.contracts import MetricResult
+from lvlm_studio.core.plugin.explanation import Explanation
 
 
 def _explanation(trace, method: str, seed: int) -> Explanation:
@@ -102,7 +102,7 @@ def test_bad_session_files_say_what_to_do(tmp_path):
 
 
 def test_the_report_is_a_pdf_with_a_page_per_part(session, tmp_path):
-    from lvlm_studio.core.report import default_tokens, write_report
+    from lvlm_studio.core.formats.report import default_tokens, write_report
 
     assert default_tokens(session)[0] == 1  # the selected token first
     path = write_report(session, tmp_path / "report.pdf")
@@ -117,9 +117,9 @@ def test_the_report_is_a_pdf_with_a_page_per_part(session, tmp_path):
 
 
 def test_head_attention_mass_is_the_image_share_of_each_head(demo_model, demo_trace):
-    from lvlm_studio.core.capture import capture_attention
-    from lvlm_studio.core.head_attention import head_attention, head_method_id
-    from lvlm_studio.core.jobs import collect
+    from lvlm_studio.core.models.capture import capture_attention
+    from lvlm_studio.core.plugin.jobs import collect
+    from lvlm_studio.core.tracing.head_attention import head_attention, head_method_id
 
     grid, progress = collect(head_attention(demo_trace, demo_model))
     assert progress[-1].done == progress[-1].total == 1
@@ -172,7 +172,7 @@ def test_first_party_panels_are_declared_without_qt():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "5"
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     panels = create_registry(load_third_party=False).panels()
     assert [p.id for p in panels.values()][:5] == ["overlay", "timeline", "heads", "compare", "metrics"]

@@ -24,8 +24,8 @@ from PIL import Image
 from session_helpers import members, npy_declaring, npz_bytes, write_full_session, write_zip
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.session import Session, load_session, save_session
+from lvlm_studio.core.formats.session import Session, load_session, save_session
+from lvlm_studio.core.plugin.explanation import Explanation
 
 MiB = 1 << 20
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -302,7 +302,7 @@ def test_bombs_cost_no_memory_outside_python_either(valid, tmp_path):
     script = textwrap.dedent(f"""
         import resource, sys
         from lvlm_studio.core.errors import InputError
-        from lvlm_studio.core.session import load_session
+        from lvlm_studio.core.formats.session import load_session
         load_session({str(tmp_path / 'valid.lvlm')!r})  # pays for torch and a real trace first
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for path in sys.argv[1:]:

@@ -6,7 +6,7 @@ import torch
 
 import lvlm_explainers.raw as raw_module
 from lvlm_explainers.raw import attention_sinks, renormalise_without
-from lvlm_studio.core.capture import attention_implementation, capture_attention, capture_attention_and_key_means
+from lvlm_studio.core.models.capture import attention_implementation, capture_attention, capture_attention_and_key_means
 from lvlm_studio.testing import check_explanation, run_explainer
 
 

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.images import open_image
-from lvlm_studio.core.trace import Trace, generate_trace
+from lvlm_studio.core.io.images import open_image
+from lvlm_studio.core.tracing.trace import Trace, generate_trace
 
 
 def test_trace_answers_with_probabilities_and_alternatives(demo_trace):

@@ -18,9 +18,9 @@ import torch
 from model_helpers import merged_embeddings
 from test_families import noise_image, process
 
-from lvlm_studio.core.models.adapter import all_image_positions, image_token_positions
 from lvlm_studio.core.models.loading import LoadedModel, LoadOptions, load_model
-from lvlm_studio.tiny_models import build_tiny_model
+from lvlm_studio.core.plugin.adapter import all_image_positions, image_token_positions
+from lvlm_studio.testing.tiny_models import build_tiny_model
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.jobs import Job, Progress, run_job
-from lvlm_studio.core.relevance import visual_relevance
+from lvlm_studio.core.plugin.jobs import Job, Progress, run_job
+from lvlm_studio.core.tracing.relevance import visual_relevance
 from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
 from lvlm_studio.demo.scenes import make_scene
 
@@ -50,10 +50,10 @@ def causal_check(loaded: Any, n: int = 100, registry: Any = None, params: dict[s
                  first_seed: int = HELDOUT_SEED_BASE) -> Job[CausalCheck]:
     """Run the causal explainer on ``n`` held-out scenes; a job yielding once per scene."""
     if registry is None:
-        from lvlm_studio.core.plugins import create_registry
+        from lvlm_studio.core.plugin.registry import create_registry
 
         registry = create_registry()
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     explainer = registry.explainer("causal")
     resolved = explainer.resolve_params(params or {})

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from lvlm_studio.core.errors import Cancelled
-from lvlm_studio.core.explanation import to_pixels
-from lvlm_studio.core.jobs import Job, Progress, run_job
-from lvlm_studio.core.plausibility import pointing_hit
+from lvlm_studio.core.metrics.plausibility import pointing_hit
+from lvlm_studio.core.plugin.explanation import to_pixels
+from lvlm_studio.core.plugin.jobs import Job, Progress, run_job
 from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, make_scene
 
@@ -97,6 +97,16 @@ def named_objects(scene: Scene, tokens: Iterable[str]) -> dict[int, np.ndarray]:
     return masks
 
 
+def scene_masks(scene: Scene, answer_tokens: Iterable[str]) -> dict[Any, np.ndarray]:
+    """The demo scene's masks: each object word's union mask, and each answer token's own object."""
+    masks: dict[Any, np.ndarray] = {}
+    for obj in scene.objects:
+        for word in obj.words:
+            masks[word] = masks[word] | obj.mask if word in masks else obj.mask.copy()
+    masks.update(named_objects(scene, list(answer_tokens)))
+    return masks
+
+
 def _is_object_word(token: str) -> bool:
     return token.strip().lower() in COLOURS or token.strip().lower() in SHAPES
 
@@ -112,11 +122,11 @@ def pointing_game(
     default). A job: yields progress once per scene. A method that raises is reported in
     ``failed`` and not run again; the others go on."""
     if registry is None:
-        from lvlm_studio.core.plugins import create_registry
+        from lvlm_studio.core.plugin.registry import create_registry
 
         registry = create_registry()
     explainers = {m: registry.explainer(m) for m in methods} if methods else registry.explainers()
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     rng = np.random.default_rng(seed)
     hits = dict.fromkeys([*explainers, RANDOM], 0)

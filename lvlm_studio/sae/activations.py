@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.hooks import hook_points, run_with_cache, select
+from lvlm_studio.core.models.hooks import hook_points, run_with_cache, select
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -50,7 +50,7 @@ def demo_images(count: int, start: int = TRAINING_SEED_BASE) -> Iterator[Image.I
 
 
 def open_images(paths: Iterable[str | Path | Image.Image]) -> Iterator[Image.Image]:
-    from lvlm_studio.core.images import open_image
+    from lvlm_studio.core.io.images import open_image
 
     for path in paths:
         yield open_image(path).convert("RGB")
@@ -59,7 +59,7 @@ def open_images(paths: Iterable[str | Path | Image.Image]) -> Iterator[Image.Ima
 def image_inputs(loaded: LoadedModel, images: Sequence[Image.Image], prompt: str = DEFAULT_PROMPT
                  ) -> dict[str, torch.Tensor]:
     """Processor outputs for ``images`` (one prompt each), on the model's device and dtype."""
-    from lvlm_studio.core.trace import prompt_with_template
+    from lvlm_studio.core.tracing.trace import prompt_with_template
 
     text = prompt_with_template(loaded.processor, prompt)
     encoded = loaded.processor(images=[[im] for im in images], text=[text] * len(images), return_tensors="pt",
@@ -133,7 +133,8 @@ def image_batch_rows(loaded: LoadedModel, hook_names: Sequence[str], images: Seq
 def text_rows(loaded: LoadedModel, hook_names: Sequence[str], image: Image.Image, prompt: str, answer: str
               ) -> list[torch.Tensor]:
     """Rows [text positions, d] per language hook point over prompt + answer (teacher forced)."""
-    from lvlm_studio.core.trace import forward_inputs, prompt_with_template
+    from lvlm_studio.core.models.inputs import forward_inputs
+    from lvlm_studio.core.tracing.trace import prompt_with_template
 
     text = prompt_with_template(loaded.processor, prompt)
     encoded = loaded.processor(images=[image], text=[text], return_tensors="pt")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.plugin.jobs import Job, Progress
 from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, make_scene
 from lvlm_studio.sae.activations import TRAINING_SEED_BASE, image_batch_rows
@@ -159,9 +159,9 @@ def ablation_test(loaded: LoadedModel, coder: SparseAutoencoder, features: dict[
                   n: int = 100) -> Job[AblationResult]:
     """How often editing ``features`` (feature -> factor) changes the answer about a ``colour``
     object, and how the original answer's probability moves (teacher forced, with the edit)."""
-    from lvlm_studio.core.hooks import hooks
-    from lvlm_studio.core.perturb import score_images
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.models.hooks import hooks
+    from lvlm_studio.core.perturbation.perturb import score_images
+    from lvlm_studio.core.tracing.trace import generate_trace
     from lvlm_studio.sae.activations import image_inputs
     from lvlm_studio.sae.inspect import edited_answer
     from lvlm_studio.sae.splice import scale_features, splice_hook

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lvlm_studio.core.hooks import hook_points, hooks, run_with_cache
-from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.models.hooks import hook_points, hooks, run_with_cache
+from lvlm_studio.core.plugin.jobs import Job, Progress
 from lvlm_studio.sae.activations import vision_rows
 from lvlm_studio.sae.coders import SparseAutoencoder
 from lvlm_studio.sae.splice import row_index, splice_hook
@@ -60,7 +60,8 @@ class Evaluation:
 def _inputs(loaded: LoadedModel, image: Image.Image, prompt: str, answer: str | None
             ) -> tuple[dict[str, torch.Tensor], int]:
     """Teacher-forced inputs over prompt + answer, and how many answer tokens end the sequence."""
-    from lvlm_studio.core.trace import forward_inputs, generate_trace, prompt_with_template
+    from lvlm_studio.core.models.inputs import forward_inputs
+    from lvlm_studio.core.tracing.trace import generate_trace, prompt_with_template
 
     if answer is None:
         answer = generate_trace(loaded, image, prompt).answer_text

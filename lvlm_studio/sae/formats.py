@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.files import atomic_path, write_text
+from lvlm_studio.core.io.files import atomic_path, write_text
 from lvlm_studio.sae.coders import CoderConfig, SparseAutoencoder, build_coder
 
 SAELENS_CONFIG = "cfg.json"

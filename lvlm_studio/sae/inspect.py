@@ -23,16 +23,16 @@ import torch
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.hooks import hooks
-from lvlm_studio.core.jobs import Job, Progress
-from lvlm_studio.core.scores import log_probability
+from lvlm_studio.core.models.hooks import hooks
+from lvlm_studio.core.plugin.jobs import Job, Progress
+from lvlm_studio.core.tracing.scores import log_probability
 from lvlm_studio.sae.activations import DEFAULT_PROMPT, image_batch_rows, image_inputs, open_images
 from lvlm_studio.sae.coders import SparseAutoencoder
 from lvlm_studio.sae.splice import row_index, scale_features, splice_hook
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
-    from lvlm_studio.core.trace import Trace
+    from lvlm_studio.core.tracing.trace import Trace
 
 
 def _check_vision(coder: SparseAutoencoder) -> None:
@@ -152,7 +152,7 @@ def edited_answer(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Im
 def edited_trace(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str,
                  features: dict[int, float], patches: Sequence[tuple[int, int]] | None = None,
                  max_new_tokens: int = 32) -> Trace:
-    from lvlm_studio.core.trace import generate_trace
+    from lvlm_studio.core.tracing.trace import generate_trace
 
     for feature in features:
         if not 0 <= feature < coder.cfg.d_sae:

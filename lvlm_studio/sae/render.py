@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lvlm_studio.core.explanation import overlay
-from lvlm_studio.core.images import open_image
+from lvlm_studio.core.io.images import open_image
+from lvlm_studio.core.plugin.explanation import overlay
 
 if TYPE_CHECKING:
     from lvlm_studio.sae.inspect import PatchHit

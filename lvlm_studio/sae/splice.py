@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lvlm_studio.core.hooks import HookFn, HookPoint, hook_points
+from lvlm_studio.core.models.hooks import HookFn, HookPoint, hook_points
 from lvlm_studio.sae.activations import vision_rows
 from lvlm_studio.sae.coders import SparseAutoencoder
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.files import atomic_path, write_text
-from lvlm_studio.core.jobs import Job, Progress
+from lvlm_studio.core.io.files import atomic_path, write_text
+from lvlm_studio.core.plugin.jobs import Job, Progress
 from lvlm_studio.sae.activations import (
     DEFAULT_PROMPT,
     TRAINING_SEED_BASE,

@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from lvlm_studio.core.capture import attention_implementation, split_by_region
-from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason, require_applicable
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress, relay
-from lvlm_studio.core.perturb import blend, score_images
-from lvlm_studio.core.relevance import blurred_baseline
+from lvlm_studio.core.models.capture import attention_implementation, split_by_region
+from lvlm_studio.core.perturbation.perturb import blend, score_images
+from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason, require_applicable
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import Progress, relay
+from lvlm_studio.core.tracing.relevance import blurred_baseline
 
 
 def correlation_from_rows(rows: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ even when the weights are frozen (``requires_grad=False``).
 The score differentiated is, by default, the log-probability of the target token at the position
 that predicts it (p - 1); the raw logit is offered as well. The log-probability also accounts for
 the competing tokens, which is what "why this token rather than another" asks. It is computed as
-logsigmoid of the log-odds (``lvlm_studio.core.scores``), not with float32 log_softmax: for a token
+logsigmoid of the log-odds (``lvlm_studio.core.tracing.scores``), not with float32 log_softmax: for a token
 the model is sure of (p = 1 - 1e-11, a caption's "a") log_softmax rounds log p to 0 and its
 gradient loses the 1 - p term, which left such maps uncorrelated with the true gradient. The
 gradient of log p equals that of the log-odds times 1 - p, so the maps are the log-odds maps up to
@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvlm_studio.core.capture import split_by_region
-from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress
-from lvlm_studio.core.scores import log_probability
+from lvlm_studio.core.models.capture import split_by_region
+from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import Progress
+from lvlm_studio.core.tracing.scores import log_probability
 
 SCORES = ("logprob", "logit")
 

@@ -1,7 +1,7 @@
 """iGOS++ for open-ended answers: deletion and insertion masks optimised with integrated gradients.
 
 Score S(x) = sum of the log-probabilities of the answer's visually relevant tokens (the LLR rule
-of ``lvlm_studio.core.relevance``), teacher-forced. With the blurred baseline b and a mask M
+of ``lvlm_studio.core.tracing.relevance``), teacher-forced. With the blurred baseline b and a mask M
 (1 = keep), phi(a, c, M) = a M + c (1 - M) and the integrated score along the straight path is
 IS(a, c, M) = (1/N) sum_{k=1..N} S(phi(a, c, (k/N) M)). Two masks are learnt, deletion M_d
 (removing what it marks should destroy the score) and insertion M_i (revealing what it marks
@@ -16,7 +16,7 @@ mask may change where the picture does. The map is 1 - M_d M_i.
 Our choices, where the reference (a 224 px classifier) does not carry over:
 
 * One mask per image region (AnyRes base view and high-res tiles each get their own), laid onto
-  the processed pixels by ``lvlm_studio.core.pixel_masks``; each mask has the region's grid shape,
+  the processed pixels by ``lvlm_studio.core.perturbation.pixel_masks``; each mask has the region's grid shape,
   or ``mask_size`` cells a side when the grid is finer. A region's map is its own mask.
 * Steps are Nesterov momentum steps of ``lr`` times the gradient divided by its largest entry:
   answers' log-probabilities differ in scale from model to model, so a raw learning rate tuned
@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lvlm_studio.core.contracts import Explainer, Param
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress
-from lvlm_studio.core.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
-from lvlm_studio.core.relevance import blurred_baseline, visual_relevance
+from lvlm_studio.core.perturbation.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
+from lvlm_studio.core.plugin.contracts import Explainer, Param
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import Progress
+from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
 
 
 def mask_shape(grid: tuple[int, int], mask_size: int) -> tuple[int, int]:

@@ -1,9 +1,9 @@
 """Perturbation baselines: occlusion (a sliding blurred patch) and RISE (random masks).
 
 Both ask only "how likely is the answer if the image looked like this?", answered in batches by
-``lvlm_studio.core.perturb.score_images`` (one forward pass per batch of altered images, one
+``lvlm_studio.core.perturbation.perturb.score_images`` (one forward pass per batch of altered images, one
 progress report per pass). Images are altered in the original image's pixels with the blurred
-baseline of ``lvlm_studio.core.relevance`` (the same baseline as the LLR rule and iGOS++), so
+baseline of ``lvlm_studio.core.tracing.relevance`` (the same baseline as the LLR rule and iGOS++), so
 the methods hold for every model family; the pixel-space results are averaged onto each region's
 grid (``pixels_to_grids``) like every other map.
 
@@ -13,7 +13,7 @@ placement's score is the drop of the target's log-odds, log p - log(1 - p), from
 image. Log-odds rather than log p: both measure a drop in nats and agree where p is small, but a
 token the model is sure of (p = 1 - 1e-11, a caption's "a") has log p = -1e-11 under every patch,
 so its map would be a blank of 1e-11-sized values, while its log-odds fall by whole nats where the
-evidence for it was hidden (``lvlm_studio.core.scores``). Each
+evidence for it was hidden (``lvlm_studio.core.tracing.scores``). Each
 drop is spread over its patch with a tent that peaks at the patch's centre, and the tents are
 summed (divided by their mean coverage, so the units stay nats): a pixel scores high when the
 patches centred near it hurt the answer. Averaging over the covering patches instead would give
@@ -26,7 +26,7 @@ RISE (Petsiuk et al. 2018): ``masks`` random binary grids of ``cells`` x ``cells
 kept with probability ``keep``, upsampled bilinearly to one cell more than the image and cut at a
 random offset (so that cell borders fall anywhere); saliency = sum_i p_i M_i / (N keep), p_i being
 the target token's probability with mask i applied (from a log p that is exact for confident tokens
-too, ``lvlm_studio.core.scores``; RISE is defined on p, so it stays p: a token the model is sure of
+too, ``lvlm_studio.core.tracing.scores``; RISE is defined on p, so it stays p: a token the model is sure of
 gets a faint map of the right shape). The random draws are made at once from a
 seeded generator and the masks built batch by batch, so no more than one batch of images is held
 in memory and the result does not depend on the batch size.
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvlm_studio.core.contracts import Explainer, Param
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress, relay
-from lvlm_studio.core.perturb import blend, pixels_to_grids, score_images
-from lvlm_studio.core.relevance import blurred_baseline
+from lvlm_studio.core.perturbation.perturb import blend, pixels_to_grids, score_images
+from lvlm_studio.core.plugin.contracts import Explainer, Param
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import Progress, relay
+from lvlm_studio.core.tracing.relevance import blurred_baseline
 
 
 def _check(trace, model, targets: list[int], title: str) -> None:

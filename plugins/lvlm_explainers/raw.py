@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.capture import capture_attention, capture_attention_and_key_means, split_by_region
-from lvlm_studio.core.contracts import Explainer, Param
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.models.capture import capture_attention, capture_attention_and_key_means, split_by_region
+from lvlm_studio.core.plugin.contracts import Explainer, Param
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import Progress
 
 
 class RawAttention(Explainer):

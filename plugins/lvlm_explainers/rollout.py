@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from lvlm_explainers.gradients import query_positions
-from lvlm_studio.core.capture import attention_implementation, split_by_region
-from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.models.capture import attention_implementation, split_by_region
+from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
+from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.plugin.jobs import Progress
 
 
 def residual_attention(weights: torch.Tensor) -> torch.Tensor:

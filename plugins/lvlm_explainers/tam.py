@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.capture import split_by_region
-from lvlm_studio.core.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import Explanation
+from lvlm_studio.core.models.capture import split_by_region
+from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
+from lvlm_studio.core.plugin.explanation import Explanation
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,6 +1,6 @@
 """First-party metrics, written against the public plugin API only (as a third party would).
 
-Each wraps a computation of the Qt-free core (``lvlm_studio.core.faithfulness``, ``plausibility``,
+Each wraps a computation of the Qt-free core (``lvlm_studio.core.metrics.faithfulness``, ``plausibility``,
 ``sanity``, ``agreement``) as a ``Metric`` plugin returning ``MetricResult(values, curves,
 details)``, so the CLI's benchmark, the GUI's metrics panel and other plugins all score the same way.
 """
@@ -11,7 +11,7 @@ from lvlm_metrics.agreement import MethodAgreement
 from lvlm_metrics.faithfulness import DeletionInsertion
 from lvlm_metrics.plausibility import PlausibilityIoU, PointingGame
 from lvlm_metrics.sanity import InputIndependence, ModelRandomisation
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.agreement import MIN_RANK_CORRELATION, MIN_TOP_K_OVERLAP, agreement, flatten
-from lvlm_studio.core.contracts import Metric, MetricResult, Param
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.sanity import explain
+from lvlm_studio.core.metrics.agreement import MIN_RANK_CORRELATION, MIN_TOP_K_OVERLAP, agreement, flatten
+from lvlm_studio.core.metrics.sanity import explain
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param
 
 
 class MethodAgreement(Metric):
@@ -30,7 +30,7 @@ class MethodAgreement(Metric):
     )
 
     def score(self, trace, explanation, model, masks, params: dict[str, Any]):
-        from lvlm_studio.core.plugins import create_registry
+        from lvlm_studio.core.plugin.registry import create_registry
 
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:

@@ -1,4 +1,4 @@
-"""Deletion and insertion AUC as a metric plugin (``lvlm_studio.core.faithfulness`` does the work)."""
+"""Deletion and insertion AUC as a metric plugin (``lvlm_studio.core.metrics.faithfulness`` does the work)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.contracts import Metric, MetricResult, Param
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
-from lvlm_studio.core.perturb import DEFAULT_BATCH_SIZE
-from lvlm_studio.core.relevance import visual_relevance
+from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
+from lvlm_studio.core.perturbation.perturb import DEFAULT_BATCH_SIZE
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param
+from lvlm_studio.core.tracing.relevance import visual_relevance
 
 
 class DeletionInsertion(Metric):

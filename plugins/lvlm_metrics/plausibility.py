@@ -1,6 +1,6 @@
 """Plausibility metrics against ground-truth masks: Obj-IoU / Func-IoU / F1-IoU and the pointing game.
 
-``masks`` is an ``ObjectMasks`` mapping (``lvlm_studio.core.masks``): words to masks of the image,
+``masks`` is an ``ObjectMasks`` mapping (``lvlm_studio.core.metrics.masks``): words to masks of the image,
 and optionally answer-token indices to the mask of the object that token names.
 """
 
@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.contracts import Metric, MetricResult
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.explanation import to_pixels
-from lvlm_studio.core.masks import fit_mask, token_masks
-from lvlm_studio.core.plausibility import PlausibilityScores, group_words, plausibility
+from lvlm_studio.core.metrics.masks import fit_mask, token_masks
+from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, plausibility
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult
+from lvlm_studio.core.plugin.explanation import to_pixels
 
 
 def score_answer(trace, explanation, masks) -> PlausibilityScores:

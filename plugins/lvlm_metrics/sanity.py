@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvlm_studio.core.contracts import Metric, Param
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.sanity import input_independence, model_randomisation
+from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
+from lvlm_studio.core.plugin.contracts import Metric, Param
 
 
 def method_of(explanation) -> Any:
     """The registered explainer that made ``explanation``."""
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     available = create_registry().explainers()
     if explanation.method not in available:

@@ -6,8 +6,8 @@ panel's module is imported only when the user first opens the panel.
 
 from __future__ import annotations
 
-from lvlm_studio.core.contracts import PanelSpec
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import PanelSpec
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

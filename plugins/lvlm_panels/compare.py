@@ -1,6 +1,6 @@
 """Compare methods: several methods' maps of the selected token side by side, and how they agree.
 
-Agreement is read on the token grids (``lvlm_studio.core.agreement``): Spearman's rank correlation
+Agreement is read on the token grids (``lvlm_studio.core.metrics.agreement``): Spearman's rank correlation
 over every cell, the overlap of the top 10 % of cells, and the core's flag for a pair that
 disagrees too much to trust either map alone. Ticking a method computes its maps for the whole
 answer (a job), like choosing it in the overlay.
@@ -166,7 +166,7 @@ class ComparePanel(QWidget):
     def agreements(self) -> list[tuple[str, str, float, float, bool]]:
         """(method a, method b, Spearman rho, top-k overlap, inconsistent) for every ticked pair with
         maps of the selected token."""
-        from lvlm_studio.core.agreement import agreement, flatten
+        from lvlm_studio.core.metrics.agreement import agreement, flatten
 
         context, token = self.context, self.context.selected
         if token is None:

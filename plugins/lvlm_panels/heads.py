@@ -3,7 +3,7 @@
 Each cell is the share of one head's attention (from the query that predicts the selected token)
 that falls on image tokens: bright heads look at the picture, dark ones at the text. Clicking a
 cell shows that head's map in every map view (it becomes the method "head:Ll.Hh"). The numbers
-come from one eager pass per answer, in the core (``lvlm_studio.core.head_attention``).
+come from one eager pass per answer, in the core (``lvlm_studio.core.tracing.head_attention``).
 """
 
 from __future__ import annotations

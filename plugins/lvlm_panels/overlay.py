@@ -213,7 +213,7 @@ class OverlayPanel(QWidget):
                 view.set_map(thresholded(pixels, levels, context.view["threshold"]), levels, context.view["opacity"])
 
     def _region_map(self, index: int, width: int, height: int) -> np.ndarray | None:
-        from lvlm_studio.core.explanation import to_pixels
+        from lvlm_studio.core.plugin.explanation import to_pixels
 
         context, trace = self.context, self.context.trace
         explanation = context.explanations.get(context.method)
@@ -263,7 +263,7 @@ class OverlayPanel(QWidget):
 
     def export_png(self, path: str | Path) -> Path | None:
         """The image with the shown map (colormap, opacity, threshold) as a PNG; None with no map."""
-        from lvlm_studio.core.explanation import overlay
+        from lvlm_studio.core.plugin.explanation import overlay
 
         image, shown = self.context.image, self.current_map()
         if image is None or shown is None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lvlm_studio.core.contracts import Analyzer, PanelSpec, Param
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import Analyzer, PanelSpec, Param
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 
 class SAEFeatures(Analyzer):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from lvlm_studio.core.hookspecs import hookimpl
 from lvlm_studio.core.models.gemma3 import Gemma3Adapter
 from lvlm_studio.core.models.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from lvlm_studio.core.models.internvl import InternVLAdapter
@@ -13,6 +12,7 @@ from lvlm_studio.core.models.mllama import MllamaAdapter
 from lvlm_studio.core.models.paligemma import PaliGemmaAdapter
 from lvlm_studio.core.models.qwen2_vl import Qwen2VLAdapter
 from lvlm_studio.core.models.qwen_vl import Qwen2_5_VLAdapter, Qwen3VLAdapter
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 
 @hookimpl

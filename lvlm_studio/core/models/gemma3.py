@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 def pan_and_scan_count(width: int, height: int, settings: dict[str, Any]) -> int:

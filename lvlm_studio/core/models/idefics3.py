@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
 from lvlm_studio.core.models.image_only import load_image_only
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 MARKER = re.compile(r"<row_(\d+)_col_(\d+)>")
 

@@ -21,10 +21,10 @@ from typing import Any
 
 from torch import nn
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
 from lvlm_studio.core.models.geometry import size_value
 from lvlm_studio.core.models.idefics3 import stitch_tiles, token_runs
 from lvlm_studio.core.models.image_only import load_image_only
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 class InternVLAdapter(ModelAdapter):

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
 from lvlm_studio.core.models.geometry import center_crop_box
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 class LlavaAdapter(ModelAdapter):

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
 from lvlm_studio.core.models.geometry import center_crop_box, size_value
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 @dataclass(frozen=True)

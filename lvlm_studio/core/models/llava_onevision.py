@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
 from lvlm_studio.core.models.image_only import load_image_only
 from lvlm_studio.core.models.llava_next import AnyresLayout, anyres_layout, high_res_box
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 @dataclass(frozen=True)

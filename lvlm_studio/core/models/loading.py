@@ -18,7 +18,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 from lvlm_studio.core.errors import InputError, ModelLoadError, UnsafeModelError
-from lvlm_studio.core.models.adapter import ModelAdapter
+from lvlm_studio.core.plugin.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def load_model(path: str | Path | None = None, options: LoadOptions | None = Non
     """Load the model in ``path`` (the embedded demo model when None) with its processor and adapter."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     options = options or LoadOptions()
     folder = Path(path).expanduser() if path else DEMO_MODEL_DIR

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter
 from lvlm_studio.core.models.idefics3 import stitch_tiles
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter
 
 
 class MllamaAdapter(ModelAdapter):

@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 class PaliGemmaAdapter(ModelAdapter):

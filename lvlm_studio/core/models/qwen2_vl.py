@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lvlm_studio.core.models.adapter import ImageRegion, ModelAdapter, image_token_positions
+from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter, image_token_positions
 
 
 class Qwen2VLAdapter(ModelAdapter):

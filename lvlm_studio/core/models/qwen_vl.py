@@ -21,9 +21,9 @@ from typing import Any
 
 from torch import nn
 
-from lvlm_studio.core.models.adapter import ModelAdapter
 from lvlm_studio.core.models.image_only import load_image_only
 from lvlm_studio.core.models.qwen2_vl import Qwen2VLAdapter
+from lvlm_studio.core.plugin.adapter import ModelAdapter
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):  # noqa: N801 (the family's own spelling)

@@ -1,0 +1,202 @@
+"""What every command shares: the model and question options, loading, the checks made before the
+model loads (a mistake should fail in a second, not after a minute of work), token and parameter
+parsing, the progress bar and the exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from lvlm_studio.core.errors import InputError
+
+EXIT_INPUT = 2
+EXIT_BUG = 1
+EXIT_CANCELLED = 130
+MAX_SEED = 2**32 - 1
+
+def seed(text: str) -> int:
+    """The type of every --seed: a number each random generator involved accepts (torch, NumPy)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed; give a whole number from 0 to {MAX_SEED}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="local model folder (default: the embedded demo model)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    group.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    group.add_argument("--placement", choices=["auto"], help="spread a large model over GPUs and CPU (accelerate)")
+    group.add_argument("--max-memory", action="append", default=[], metavar="DEVICE=SIZE",
+                       help="with --placement auto: cap a device, e.g. 0=20GiB or cpu=64GiB (repeatable)")
+    group.add_argument("--offload-folder", help="with --placement auto: a folder for weights that fit on no device")
+    group.add_argument("--quantize", choices=["4bit", "8bit"],
+                       help="load the weights in 4 or 8 bits (bitsandbytes: pip install 'lvlm-studio[quant]'; CUDA)")
+    group.add_argument("--allow-pickle", action="store_true", 
+                       help="allow pickle weights (.bin) from a source you trust")
+    group.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
+
+
+def add_question_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True, help="image file (PNG, JPEG, ...)")
+    parser.add_argument("--prompt", required=True, help="question or instruction about the image")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for sampling (default 0)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+
+
+def load(args: argparse.Namespace):
+    from lvlm_studio.core.models.loading import LoadOptions, load_model
+
+    max_memory = {}
+    for item in args.max_memory:
+        device, _, size = item.partition("=")
+        if not size:
+            raise InputError(f"--max-memory {item!r} is not DEVICE=SIZE.", "Example: --max-memory 0=20GiB.")
+        max_memory[device] = size
+    options = LoadOptions(device=args.device, dtype=args.dtype, placement=args.placement,
+                          max_memory=max_memory or None, offload_folder=args.offload_folder,
+                          quantization=args.quantize, allow_pickle=args.allow_pickle,
+                          trust_remote_code=args.trust_remote_code)
+    status(f"loading {args.model or 'the demo model'} ...")
+    started = time.perf_counter()
+    loaded = load_model(args.model, options)
+    status(f"loaded {loaded.family} on {loaded.device} in {time.perf_counter() - started:.1f} s")
+    return loaded, time.perf_counter() - started
+
+
+def trace(args: argparse.Namespace, loaded, image):
+    from lvlm_studio.core.tracing.trace import generate_trace
+
+    status("generating ...")
+    return generate_trace(loaded, image, args.prompt, max_new_tokens=args.max_new_tokens,
+                          do_sample=args.sample, seed=args.seed, temperature=args.temperature)
+
+
+def status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def open_image(path: str):
+    """The user's image, opened (and decoded) before any model work; one clear line if it cannot be."""
+    from lvlm_studio.core.io.images import open_image
+
+    image = Path(path)
+    if image.is_dir():
+        raise InputError(f"image {image} is a folder, not an image file.", "Give the path of one image file.")
+    if image.exists() and not os.access(image, os.R_OK):
+        raise InputError(f"image {image} cannot be read: permission denied.", "Check the file's permissions.")
+    return open_image(image)
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise InputError("the prompt is empty.", "Type a question or instruction about the image, e.g. "
+                                                 "--prompt 'describe the image.'.")
+
+
+def check_at_least(option: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise InputError(f"{option} is {value}; it must be at least {minimum}.",
+                         f"Example: {option} {max(minimum, 1)}.")
+
+
+def check_number(option: str, value: float | None, example: str, minimum: float | None = None,
+                  maximum: float | None = None, above: bool = False) -> None:
+    """A finite number within bounds (``above``: strictly greater than ``minimum``); None (not given) passes.
+    argparse's float() takes "nan" and "inf", and NaN passes every comparison."""
+    if value is None:
+        return
+    low = minimum is not None and (value <= minimum if above else value < minimum)
+    if not math.isfinite(value) or low or (maximum is not None and value > maximum):
+        bounds = [f"{'above' if above else 'at least'} {minimum:g}" if minimum is not None else "",
+                  f"at most {maximum:g}" if maximum is not None else ""]
+        wanted = " and ".join(b for b in bounds if b)
+        raise InputError(f"{option} is {value}; it must be a finite number{' ' + wanted if wanted else ''}.",
+                         f"Example: {option} {example}.")
+
+
+def check_question(args: argparse.Namespace):
+    """Prompt, generation options and image of ``ask`` and ``explain``; returns the opened image."""
+    check_prompt(args.prompt)
+    check_at_least("--max-new-tokens", args.max_new_tokens)
+    check_number("--temperature", args.temperature, "0.7", minimum=0, above=True)
+    return open_image(args.image)
+
+
+def check_colormap(name: str) -> None:
+    from matplotlib import colormaps
+
+    if name not in colormaps:
+        raise InputError(f"--colormap {name!r} is not a matplotlib colormap.",
+                         "Try inferno, viridis, magma or turbo.")
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--param {item!r} is not NAME=VALUE.", "Example: --param layers=0,1.")
+        params[name.strip()] = value.strip()
+    return params
+
+
+def token_numbers(text: str | None) -> list[int] | None:
+    """The answer tokens ``--tokens`` names (None: all); its form is checked before any work."""
+    if not text or text == "all":
+        return None
+    try:
+        chosen = [int(t) for t in text.split(",")]
+    except ValueError:
+        chosen = []
+    if not chosen or min(chosen) < 0:
+        raise InputError(f"--tokens {text!r} is not a list of answer token numbers (0 is the first).",
+                         "Example: --tokens 0,2.")
+    return chosen
+
+
+def parse_tokens(text: str | None, count: int) -> list[int]:
+    if count == 0:
+        raise InputError("the model gave an empty answer; there is no token to explain.",
+                         "Try another prompt or more --max-new-tokens.")
+    chosen = token_numbers(text)
+    if chosen is None:
+        return list(range(count))
+    bad = [t for t in chosen if not 0 <= t < count]
+    if bad:
+        raise InputError(f"answer token {bad[0]} does not exist.", f"The answer has tokens 0 to {count - 1}.")
+    return chosen
+
+
+class progress_bar:
+    """tqdm on stderr for a job's progress reports."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.bar = None
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        def update(progress) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=progress.total, desc=self.title, file=sys.stderr, leave=False)
+            self.bar.total = progress.total
+            self.bar.n = progress.done
+            self.bar.set_postfix_str(progress.message, refresh=True)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

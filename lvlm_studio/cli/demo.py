@@ -1,0 +1,115 @@
+"""``lvlm-studio demo accuracy|pointing|causal|scene``: the embedded demo model and its synthetic scenes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lvlm_studio.cli import common
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.io.files import (
+    atomic_path,
+    check_output_file,
+    write_text,
+)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="the embedded demo model and its synthetic scenes")
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="WHAT", required=True)
+    accuracy = demo_sub.add_parser("accuracy", help="exact-match accuracy per task on held-out scenes")
+    common.add_model_options(accuracy)
+    accuracy.add_argument("--n", type=int, default=500, help="held-out scenes per task (default 500)")
+    accuracy.add_argument("--minimum", type=float, help="exit 1 when a task scores below this fraction")
+    accuracy.set_defaults(func=cmd_demo_accuracy)
+    pointing = demo_sub.add_parser("pointing", help="pointing game: does each method's map peak on the named object?")
+    common.add_model_options(pointing)
+    pointing.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
+    pointing.add_argument("--methods", help="comma-separated method ids (default: every method)")
+    pointing.add_argument("--seed", type=common.seed, default=0, help="seed of the random baseline (default 0)")
+    pointing.add_argument("--out", help="also write the table (Markdown) to this file")
+    pointing.set_defaults(func=cmd_demo_pointing)
+    causal = demo_sub.add_parser("causal", help="does each causal token subset matter more than a random one?")
+    common.add_model_options(causal)
+    causal.add_argument("--n", type=int, default=100, help="held-out scenes (default 100)")
+    causal.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="parameter of the causal method (repeatable), e.g. --param radius=2")
+    causal.set_defaults(func=cmd_demo_causal)
+    scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
+    scene.add_argument("--seed", type=common.seed, default=0)
+    scene.add_argument("--out", default="scene.png")
+    scene.set_defaults(func=cmd_demo_scene)
+
+
+def cmd_demo_accuracy(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lvlm_studio.demo.evaluate import evaluate
+    from lvlm_studio.demo.scenes import TASKS
+
+    common.check_at_least("--n", args.n)
+    common.check_number("--minimum", args.minimum, "0.9", minimum=0, maximum=1)
+    loaded, _ = common.load(args)
+    with tqdm(total=args.n * len(TASKS), desc="held-out answers", file=sys.stderr, leave=False) as bar:
+        accuracy = evaluate(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
+    print(f"{'task':<10} exact match ({args.n} held-out scenes)")
+    for task, value in accuracy.items():
+        print(f"{task:<10} {value:.1%}")
+    if args.minimum is not None and min(accuracy.values()) < args.minimum:
+        common.status(f"below the required {args.minimum:.0%} on at least one task")
+        return 1
+    return 0
+
+
+def cmd_demo_pointing(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.plugin.registry import create_registry
+    from lvlm_studio.demo.pointing import format_table, pointing_game
+
+    if args.n < 1:
+        raise InputError(f"--n {args.n} leaves nothing to play.", "Use at least 1 scene, e.g. --n 200.")
+    registry = create_registry()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for method in methods or []:
+        registry.explainer(method)  # an unknown method fails before the model loads
+    if args.out:
+        check_output_file(args.out)
+    loaded, _ = common.load(args)
+    with common.progress_bar("pointing game") as on_progress:
+        result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed), on_progress)
+    table = format_table(result)
+    print(table, end="")
+    for method, error in result.failed.items():
+        common.status(f"{method} failed and was skipped: {error}")
+    if args.out:
+        write_text(args.out, table)
+        common.status(f"table written to {args.out}")
+    return 0
+
+
+def cmd_demo_causal(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.plugin.registry import create_registry
+    from lvlm_studio.demo.causal_check import causal_check, format_check
+
+    if args.n < 1:
+        raise InputError(f"--n {args.n} leaves nothing to check.", "Use at least 1 scene, e.g. --n 100.")
+    params = common.parse_params(args.param)
+    registry = create_registry()
+    registry.explainer("causal").resolve_params(params)  # a typo fails before the model loads
+    loaded, _ = common.load(args)
+    with common.progress_bar("causal subsets") as on_progress:
+        check = run_job(causal_check(loaded, args.n, registry, params=params), on_progress)
+    print(format_check(check), end="")
+    return 0
+
+
+def cmd_demo_scene(args: argparse.Namespace) -> int:
+    from lvlm_studio.demo.scenes import make_scene
+
+    out = check_output_file(args.out)
+    scene = make_scene(args.seed)
+    with atomic_path(out) as temporary:
+        scene.image.save(temporary)
+    print(f"{args.out}: {scene.caption()}")
+    return 0

@@ -1,0 +1,139 @@
+"""``lvlm-studio ask`` and ``lvlm-studio explain``: answer a question about an image, and explain each
+answer token with a method (overlays, maps, the trace and a run record)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lvlm_studio.cli import common
+from lvlm_studio.core.io.files import (
+    check_output_file,
+    check_output_folder,
+    staged_folder,
+    write_record,
+)
+from lvlm_studio.core.io.records import environment, jsonable, package_version
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ask = sub.add_parser("ask", help="answer a prompt about an image, with per-token probabilities")
+    common.add_model_options(ask)
+    common.add_question_options(ask)
+    ask.add_argument("--save-trace", metavar="FILE", help="save the trace (.safetensors) for later analysis")
+    ask.set_defaults(func=cmd_ask)
+
+    explain = sub.add_parser("explain", help="explain each answer token with a method; write overlays and maps")
+    common.add_model_options(explain)
+    common.add_question_options(explain)
+    explain.add_argument("--method", required=True, help="explanation method id (see `lvlm-studio plugins`)")
+    explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="method parameter (repeatable), e.g. --param layers=0,1")
+    explain.add_argument("--tokens", help="answer tokens to explain, e.g. 0,2 (default: all)")
+    explain.add_argument("--out", default="lvlm-studio-output", help="output folder (default: lvlm-studio-output)")
+    explain.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    explain.add_argument("--colormap", default="inferno", help="matplotlib colormap for overlays")
+    explain.set_defaults(func=cmd_explain)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    image = common.check_question(args)
+    if args.save_trace:
+        check_output_file(args.save_trace)
+    loaded, _ = common.load(args)
+    trace = common.trace(args, loaded, image)
+    print(trace.answer_text)
+    print()
+    print(f"{'#':>3}  {'token':<14} {'prob':>6}   top alternatives")
+    for i, token in enumerate(trace.answer_tokens):
+        alternatives = ", ".join(
+            f"{alt} {p:.2f}" for alt, p in zip(trace.top_tokens[i], _exp(trace.top_logprobs[i])) if alt != token
+        )
+        print(f"{i:>3}  {token:<14} {float(trace.probabilities[i]):>6.3f}   {alternatives}")
+    if args.save_trace:
+        path = trace.save(args.save_trace)
+        common.status(f"trace saved to {path}")
+    return 0
+
+
+def _exp(values) -> list[float]:
+    import numpy as np
+
+    return np.exp(values).tolist()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.plugin.checks import check_explanation
+    from lvlm_studio.core.plugin.contracts import require_applicable
+    from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.plugin.registry import create_registry
+
+    image = common.check_question(args)
+    registry = create_registry()
+    explainer = registry.explainer(args.method)  # unknown method: fail before loading anything
+    params = explainer.resolve_params(common.parse_params(args.param))
+    common.check_colormap(args.colormap)
+    common.token_numbers(args.tokens)
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
+
+    loaded, load_s = common.load(args)
+    require_applicable(explainer, loaded, params)  # before generating: a refusal should cost nothing
+    trace = common.trace(args, loaded, image)
+    targets = common.parse_tokens(args.tokens, len(trace.answer_ids))
+    common.status(f"answer: {trace.answer_text}")
+
+    started = time.perf_counter()
+    with common.progress_bar(f"{explainer.title}") as on_progress:
+        explanation = run_job(explainer.explain(trace, loaded, targets, params), on_progress)
+    check_explanation(explanation, trace, targets, explainer)
+    explain_s = time.perf_counter() - started
+
+    # Written beside --out and moved into place at the end: an interrupted run leaves nothing that
+    # looks complete, and a failed --overwrite leaves the previous output.
+    with staged_folder(out, args.overwrite) as scratch:
+        files = []
+        for t in targets:
+            pixels = to_pixels(explanation.maps[t], trace.regions, trace.image.size)
+            name = f"token{t:02d}_{_safe(trace.answer_tokens[t])}.png"
+            overlay(trace.image, pixels, args.colormap).save(scratch / name)
+            files.append(name)
+        explanation.save_npz(scratch / "maps.npz")
+        trace.save(scratch / "trace.safetensors")
+        record = _run_record(args, loaded, trace, explanation, targets, files,
+                             {"load_s": load_s, **trace.timings, "explain_s": explain_s})
+        write_record(scratch, record)
+    print(f"{len(files)} overlays, maps.npz, trace.safetensors and run.json written to {out}")
+    return 0
+
+
+def _safe(token: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in token.strip())
+    return cleaned[:24] or "tok"
+
+
+def _run_record(args, loaded, trace, explanation, targets, files, timings) -> dict[str, Any]:
+    image_path = Path(args.image)
+    return {
+        "lvlm_studio": package_version("lvlm-studio"),
+        "command": ["lvlm-studio", *sys.argv[1:]],
+        "model": loaded.describe(),
+        "method": {"id": explanation.method, "params": jsonable(explanation.params)},
+        "provenance": jsonable(explanation.provenance),
+        "image": {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
+                  "size": list(trace.image.size)},
+        "prompt": trace.prompt,
+        "answer": trace.answer_text,
+        "answer_tokens": trace.answer_tokens,
+        "targets": targets,
+        "regions": [r.to_dict() | {"positions": len(r.positions)} for r in trace.regions],
+        "generation": trace.generation,
+        "seed": args.seed,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "files": files,
+        "versions": environment(("torch", "transformers", "numpy", "pluggy")),
+    }

@@ -1,0 +1,396 @@
+"""``lvlm-studio sae hooks|train|eval|inspect``: sparse coders from the command line.
+
+    lvlm-studio sae hooks                                         the model's hook-point names
+    lvlm-studio sae train --hook blocks.1.hook_resid_post --out my-sae      (demo scenes by default)
+    lvlm-studio sae eval --sae my-sae --out eval/                 L0, explained variance, CE recovered
+    lvlm-studio sae inspect --sae my-sae --image IMG --patch 3,4 --feature 17 --folder imgs/ --out insp/
+
+Each command writes Markdown tables and PNGs into ``--out``; training writes a SAELens folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from lvlm_studio.cli import common
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.io.files import check_output_folder, staged_folder, write_record
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``sae`` and its subcommands to the main parser."""
+
+    sae = sub.add_parser("sae", help="sparse autoencoders, transcoders and crosscoders on hook points")
+    sae_sub = sae.add_subparsers(dest="sae_command", metavar="WHAT", required=True)
+
+    listing = sae_sub.add_parser("hooks", help="list the model's hook points")
+    common.add_model_options(listing)
+    listing.set_defaults(func=cmd_hooks)
+
+    train = sae_sub.add_parser("train", help="train a sparse coder on streamed activations; save it (SAELens)")
+    common.add_model_options(train)
+    train.add_argument("--hook", required=True, help="hook point, e.g. blocks.1.hook_resid_post (see `sae hooks`)")
+    train.add_argument("--kind", default="sae", choices=["sae", "transcoder", "crosscoder"])
+    train.add_argument("--hook-out", default="", help="transcoder: the hook point it predicts")
+    train.add_argument("--hooks", default="", help="crosscoder: comma-separated hook points (the first is --hook)")
+    train.add_argument("--skip", action="store_true", help="transcoder: add a linear skip path")
+    train.add_argument("--architecture", default="standard", choices=["standard", "topk", "jumprelu"])
+    train.add_argument("--expansion", type=int, default=4, help="features per input dimension (default 4)")
+    train.add_argument("--k", type=int, default=16, help="TopK: active features per token (default 16)")
+    train.add_argument("--nested", default="", metavar="M1,M2,...",
+                       help="Matryoshka: the first M1, M2, ... features must also reconstruct on their own "
+                            "(general concepts first), e.g. 8,32,128")
+    train.add_argument("--coefficient", type=float, default=None,
+                       help="sparsity coefficient (default: 0.15 for standard, 0.003 for jumprelu)")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--batch-tokens", type=int, default=256)
+    train.add_argument("--data", default="demo", help="'demo' (generated scenes) or a folder of images")
+    train.add_argument("--count", type=int, default=2000, help="images (or, for text, examples) to read")
+    train.add_argument("--tokens", default=None, choices=["patch", "cls", "all", "text"],
+                       help="which tokens to read (default: patch; text for language hook points)")
+    train.add_argument("--seed", type=common.seed, default=0)
+    train.add_argument("--checkpoint", help="folder for checkpoints (saved every 200 steps and on Ctrl-C)")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    train.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                       help="weights' type on disk (float16 halves the file)")
+    train.add_argument("--out", required=True, help="output folder (SAELens format + training.json + curve PNG)")
+    train.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sae_sub.add_parser("eval", help="L0, explained variance, dead features, CE recovered (+ demo checks)")
+    common.add_model_options(evaluate)
+    evaluate.add_argument("--sae", action="append", default=[],
+                          help="coder folder (repeatable, side by side; default: the shipped demo SAEs)")
+    evaluate.add_argument("--data", default="demo", help="'demo' (held-out scenes) or a folder of images")
+    evaluate.add_argument("--n", type=int, default=100, help="examples (default 100)")
+    evaluate.add_argument("--prompt", default="describe the image.", help="prompt for folder images")
+    evaluate.add_argument("--concepts", action="store_true", help="demo: AUROC of the best feature per colour/shape")
+    evaluate.add_argument("--ablate", default="", metavar="WORD",
+                          help="demo: ablate the best feature for this colour (e.g. red) and count changed answers")
+    evaluate.add_argument("--factor", type=float, default=0.0,
+                          help="with --ablate: scale the feature by this (0 ablates, -10 pushes against it)")
+    evaluate.add_argument("--out", help="write eval.md and eval.json into this folder")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    evaluate.set_defaults(func=cmd_eval)
+
+    inspect = sae_sub.add_parser("inspect", help="top features of a patch, feature maps, top patches, attribution")
+    common.add_model_options(inspect)
+    inspect.add_argument("--sae", help="coder folder (default: the shipped demo SAE)")
+    inspect.add_argument("--image", required=True)
+    inspect.add_argument("--prompt", default="describe the image.")
+    inspect.add_argument("--patch", help="ROW,COL of the selected patch (default: the most active patch)")
+    inspect.add_argument("--feature", type=int, action="append", default=[],
+                         help="feature to map (repeatable; default: the patch's top 3)")
+    inspect.add_argument("--folder", help="folder of images for each feature's top-activating patches")
+    inspect.add_argument("--token", type=int, help="answer token for feature attribution (default: none)")
+    inspect.add_argument("--scale", action="append", default=[], metavar="FEATURE=FACTOR",
+                         help="re-answer with a feature scaled (0 ablates; repeatable)")
+    inspect.add_argument("--out", required=True, help="output folder (inspect.md and PNGs)")
+    inspect.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    inspect.set_defaults(func=cmd_inspect)
+
+
+# -- commands ------------------------------------------------------------------------------------------
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.models.hooks import hook_points
+
+    loaded, _ = common.load(args)
+    for name, point in hook_points(loaded).items():
+        print(f"{name:<36} {point.part:<10} {type(point.module).__name__} {point.where}")
+    return 0
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """"8,32,128" -> (8, 32, 128), increasing; an empty string gives ()."""
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--nested {text!r} is not a list of whole numbers.", "Example: --nested 8,32,128.") from None
+    if any(b <= a for a, b in zip(sizes, sizes[1:])) or any(m < 1 for m in sizes):
+        raise InputError(f"--nested {text!r} must be increasing positive sizes.", "Example: --nested 8,32,128.")
+    return sizes
+
+
+def _check_data(data: str) -> None:
+    if data != "demo" and not Path(data).is_dir():
+        raise InputError(f"--data {data} is not a folder of images.", "Give a folder, or 'demo' for generated scenes.")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.sae.formats import save_saelens
+    from lvlm_studio.sae.training import TrainSettings, train_coder
+
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume needs --checkpoint FOLDER.", "Give the folder the first run checkpointed to.")
+    for option in ("expansion", "k", "batch_tokens", "count"):
+        common.check_at_least(f"--{option.replace('_', '-')}", getattr(args, option))
+    common.check_number("--lr", args.lr, "1e-3", minimum=0, above=True)
+    common.check_number("--coefficient", args.coefficient, "0.15", minimum=0)
+    nested = _sizes(args.nested)
+    _check_data(args.data)
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
+    loaded, _ = common.load(args)
+    from lvlm_studio.core.models.hooks import hook_points
+
+    points = hook_points(loaded)
+    tokens = args.tokens or ("text" if args.hook in points and points[args.hook].part == "language" else "patch")
+    coefficient = args.coefficient if args.coefficient is not None else {"jumprelu": 3e-3}.get(args.architecture, 0.15)
+    hook_names = tuple(h.strip() for h in args.hooks.split(",") if h.strip())
+    if args.kind == "crosscoder" and hook_names and hook_names[0] != args.hook:
+        hook_names = (args.hook, *hook_names)
+    settings = TrainSettings(hook_name=args.hook, architecture=args.architecture, kind=args.kind,
+                             expansion=args.expansion, k=args.k, nested=nested,
+                             coefficient=coefficient, lr=args.lr,
+                             batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=tokens,
+                             hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed)
+    with common.progress_bar(f"training {args.kind} at {args.hook}") as on_progress:
+        result = run_job(train_coder(loaded, settings, args.checkpoint, args.resume), on_progress)
+    last = result.history[-1] if result.history else {}
+    record = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
+              "tokens_seen": result.tokens_seen, "seconds": round(result.seconds, 2),
+              "activation_seconds": round(result.activation_seconds, 2),
+              "training_tokens_per_second": round(result.tokens_per_second, 1), "last": last,
+              "history": result.history}
+    with staged_folder(out, args.overwrite) as folder:
+        save_saelens(result.coder, folder, args.save_dtype)
+        (folder / "training.json").write_text(json.dumps(record, indent=1))
+        _curve(result.history, folder / "training_curve.png")
+        _mark(folder)
+    common.status(f"{result.tokens_seen} tokens in {result.seconds:.0f} s")
+    print(f"saved to {out}: explained variance {last.get('explained_variance', float('nan')):.3f}, "
+          f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead', 0)} (last training batch)")
+    return 0
+
+
+def _curve(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    tokens = [h["tokens"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for axis, key in zip(axes, ("explained_variance", "l0", "dead")):
+        axis.plot(tokens, [h[key] for h in history])
+        axis.set_title(key.replace("_", " "))
+        axis.set_xlabel("tokens")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _coders(paths: list[str]) -> list[tuple[str, Any]]:
+    from lvlm_studio.sae.formats import load_coder
+    from lvlm_studio.sae.shipped import shipped_coders
+
+    if not paths:
+        paths = [str(p) for p in shipped_coders()]
+        if not paths:
+            raise InputError("no --sae given and no demo SAE is shipped.", "Train one with `lvlm-studio sae train`.")
+    return [(Path(p).name, load_coder(p)) for p in paths]
+
+
+def _examples(args: argparse.Namespace, language: bool):
+    """(image, prompt, answer) to evaluate on: held-out demo examples, or folder images with the
+    model's own answers."""
+    if args.data == "demo":
+        from lvlm_studio.demo.evaluate import heldout_examples
+        from lvlm_studio.demo.scenes import TASKS
+
+        per_task = max(1, args.n // len(TASKS)) if language else args.n
+        tasks = TASKS if language else ("caption",)
+        return [(scene.image, ex.prompt, ex.answer) for task in tasks for scene, ex in heldout_examples(per_task, task)]
+    from lvlm_studio.sae.activations import folder_images, open_images
+
+    files = folder_images(args.data)[: args.n]
+    return [(image, args.prompt, None) for image in open_images(files)]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.models.hooks import hook_points
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.demo.scenes import COLOURS
+    from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations
+
+    out = check_output_folder(args.out, args.overwrite) if args.out else None
+    common.check_at_least("--n", args.n)
+    common.check_number("--factor", args.factor, "0")
+    common.check_prompt(args.prompt)
+    _check_data(args.data)
+    if (args.concepts or args.ablate) and args.data != "demo":
+        raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
+    if args.ablate and args.ablate not in COLOURS:
+        raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
+    coders = _coders(args.sae)
+    loaded, _ = common.load(args)
+    points = hook_points(loaded)
+    results, report = [], {}
+    for name, coder in coders:
+        if coder.cfg.hook_name not in points:
+            raise InputError(f"{name} reads {coder.cfg.hook_name!r}, which this model does not have.",
+                             "Evaluate a coder on the model it was trained for.")
+        examples = _examples(args, points[coder.cfg.hook_name].part == "language")
+        with common.progress_bar(f"evaluating {name}") as on_progress:
+            evaluation = run_job(evaluate_coder(loaded, coder, examples, len(examples)), on_progress)
+        results.append((name, evaluation))
+        report[name] = evaluation.to_dict()
+    text = format_evaluations(results)
+    for name, coder in coders:
+        if args.concepts or args.ablate:
+            text += "\n" + _demo_checks(args, loaded, name, coder, report)
+    print(text, end="")
+    if out is not None:
+        with staged_folder(out, args.overwrite) as folder:
+            (folder / "eval.md").write_text(text)
+            (folder / "eval.json").write_text(json.dumps(report, indent=1))
+            _mark(folder)
+    return 0
+
+
+def _demo_checks(args, loaded, name: str, coder, report: dict) -> str:
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.sae.demo import ablation_test, concept_table, format_concept_table
+
+    if args.data != "demo" or loaded.source != "demo" and "demo-model" not in str(loaded.source):
+        raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
+    if hook_part(loaded, coder) not in ("vision", "projector") or coder.cfg.tokens != "patch":
+        return (f"{name}: --concepts and --ablate read image patches; this coder is at {coder.cfg.hook_name} "
+                f"({coder.cfg.tokens} tokens), so they were skipped.\n")
+    with common.progress_bar(f"concepts of {name}") as on_progress:
+        rows = run_job(concept_table(loaded, coder), on_progress)
+    text = format_concept_table(rows, coder)
+    report[name]["concepts"] = [vars(r) for r in rows]
+    if args.ablate:
+        chosen = [r for r in rows if r.word == args.ablate]
+        if not chosen:
+            raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", "Try red, green, blue or yellow.")
+        feature = chosen[0].feature
+        with common.progress_bar(f"ablating feature {feature}") as on_progress:
+            result = run_job(ablation_test(loaded, coder, {feature: args.factor}, args.ablate, n=args.n),
+                             on_progress)
+        text += (f"\nScaling feature {feature} (best '{args.ablate}') by {args.factor:g} at {coder.cfg.hook_name} "
+                 f"changed the answer to 'what color is the ...?' about a {args.ablate} object in "
+                 f"{result.changed}/{result.scenes} held-out scenes ({result.fraction:.0%}); p(colour word) "
+                 f"{result.p_before:.4f} -> {result.p_after:.4f}.\n")
+        for seed, prompt, before, after in result.examples:
+            text += f"  scene {seed}: {prompt!r}: {before!r} -> {after!r}\n"
+        report[name]["ablation"] = {"feature": feature, "factor": args.factor, "changed": result.changed,
+                                    "scenes": result.scenes, "p_before": result.p_before, "p_after": result.p_after}
+    return text
+
+
+def hook_part(loaded, coder) -> str:
+    from lvlm_studio.core.models.hooks import hook_points
+
+    return hook_points(loaded)[coder.cfg.hook_name].part
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.sae.formats import load_coder
+    from lvlm_studio.sae.inspect import (
+        edited_answer,
+        feature_attribution,
+        feature_map,
+        image_features,
+        top_features,
+        top_patches,
+    )
+    from lvlm_studio.sae.render import dashboard, map_overlay
+    from lvlm_studio.sae.shipped import demo_sae_path
+
+    image = common.open_image(args.image).convert("RGB")
+    common.check_prompt(args.prompt)
+    patch = _patch(args.patch)
+    scales = _parse_scales(args.scale)
+    if any(f < 0 for f in args.feature) or (args.token is not None and args.token < 0):
+        raise InputError("--feature and --token count from 0.", "Example: --feature 17 --token 0.")
+    if args.folder:
+        from lvlm_studio.sae.activations import folder_images
+
+        paths = folder_images(args.folder)
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
+    coder = load_coder(args.sae or demo_sae_path())
+    loaded, _ = common.load(args)
+    features = image_features(loaded, coder, image, args.prompt)
+    if patch:
+        row, col = patch
+    else:
+        row, col = np.unravel_index(int(features.sum(axis=-1).argmax()), features.shape[:2])
+    top = top_features(features, int(row), int(col), k=10)
+    lines = [f"# Features at patch ({row}, {col}) of {args.image}", "", "| feature | activation |", "|---:|---:|"]
+    lines += [f"| {f} | {v:.3f} |" for f, v in top]
+    chosen = args.feature or [f for f, _ in top[:3]]
+    with staged_folder(out, args.overwrite) as folder:  # written beside --out, moved into place at the end
+        files = []
+        for feature in chosen:
+            name = f"feature{feature:05d}_map.png"
+            map_overlay(image, feature_map(features, feature), f"feature {feature}").save(folder / name)
+            files.append(name)
+            if args.folder:
+                with common.progress_bar(f"top patches of feature {feature}") as on_progress:
+                    hits = run_job(top_patches(loaded, coder, paths, feature), on_progress)
+                name = f"feature{feature:05d}_top_patches.png"
+                dashboard(hits, features.shape[:2], f"feature {feature}: top patches").save(folder / name)
+                files.append(name)
+        if args.token is not None:
+            from lvlm_studio.core.tracing.trace import generate_trace
+
+            trace = generate_trace(loaded, image, args.prompt)
+            attribution = feature_attribution(loaded, coder, trace, args.token)
+            totals = attribution.sum(axis=(0, 1))
+            order = np.argsort(-np.abs(totals))[:10]
+            lines += ["", f"# Attribution to answer token {args.token} ({trace.answer_tokens[args.token]!r}) "
+                      f"of {trace.answer_text!r}", "", "| feature | activation x gradient |", "|---:|---:|"]
+            lines += [f"| {int(f)} | {totals[f]:+.4f} |" for f in order]
+        if args.scale:
+            from lvlm_studio.core.tracing.trace import generate_trace
+
+            before = generate_trace(loaded, image, args.prompt).answer_text
+            after = edited_answer(loaded, coder, image, args.prompt, scales)
+            lines += ["", "# Edited answer", "", f"scales {scales}: {before!r} -> {after!r}"]
+        text = "\n".join(lines) + "\n"
+        (folder / "inspect.md").write_text(text)
+        _mark(folder)
+    print(text, end="")
+    common.status(f"inspect.md and {len(files)} PNGs written to {out}")
+    return 0
+
+
+def _mark(folder: Path) -> None:
+    """The run record that marks ``folder`` as ours (so that --overwrite may replace it)."""
+    write_record(folder, {"command": ["lvlm-studio", *sys.argv[1:]]})
+
+
+def _patch(text: str | None) -> tuple[int, int] | None:
+    """``--patch ROW,COL`` (None: the most active patch)."""
+    if not text:
+        return None
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--patch {text!r} is not ROW,COL.", "Example: --patch 3,4.") from None
+    return row, col
+
+
+def _parse_scales(items: list[str]) -> dict[int, float]:
+    scales = {}
+    for item in items:
+        feature, sep, factor = item.partition("=")
+        try:
+            scales[int(feature)] = float(factor) if sep else 0.0
+        except ValueError:
+            raise InputError(f"--scale {item!r} is not FEATURE=FACTOR.", "Example: --scale 17=0.") from None
+    if not all(math.isfinite(factor) for factor in scales.values()):
+        raise InputError(f"--scale {' '.join(items)}: a factor is not a finite number.", "Example: --scale 17=0.")
+    return scales

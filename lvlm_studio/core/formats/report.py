@@ -1,0 +1,163 @@
+"""A PDF report of one analysis: the answer, the chosen tokens' overlays, the metrics, the run record.
+
+Built with matplotlib's ``Figure`` and ``PdfPages`` and no pyplot, so it needs no display and no
+Qt: the app's File \u203a Export report and ``lvlm-studio report SESSION`` write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.io.files import atomic_path
+from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from lvlm_studio.core.formats.session import Session
+
+PAGE = (8.27, 11.69)  # A4 portrait, inches
+MAX_TOKENS = 6
+MAX_METHODS = 4
+
+
+def default_tokens(session: Session) -> list[int]:
+    """The tokens worth a page: the selected one, then the visually relevant ones, then the rest,
+    at most ``MAX_TOKENS``."""
+    trace = session.trace
+    if trace is None:
+        return []
+    chosen: list[int] = []
+    selected = session.view.get("selected")
+    if isinstance(selected, int) and 0 <= selected < len(trace.answer_tokens):
+        chosen.append(selected)
+    if trace.visual_relevance is not None:
+        chosen += trace.visual_relevance.relevant_indices
+    chosen += range(len(trace.answer_tokens))
+    return list(dict.fromkeys(chosen))[:MAX_TOKENS]
+
+
+def write_report(session: Session, path: str | Path, tokens: list[int] | None = None) -> Path:
+    """Write the report of ``session`` to ``path`` (a PDF) and return the path."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    if session.trace is None:
+        raise InputError("this session has no answer to report on.", "Ask a question first, then export the report.")
+    tokens = default_tokens(session) if tokens is None else tokens
+    count = len(session.trace.answer_tokens)
+    bad = [t for t in tokens if not 0 <= t < count]
+    if bad:
+        raise InputError(f"answer token {bad[0]} does not exist.", f"This answer has tokens 0 to {count - 1}.")
+    path = Path(path)
+    with atomic_path(path) as temporary, PdfPages(temporary) as pdf:  # a full disk leaves the old PDF
+        pdf.savefig(_summary_page(session))
+        if session.explanations and tokens:
+            pdf.savefig(_overlay_page(session, tokens))
+        if session.metrics:
+            pdf.savefig(_metrics_page(session))
+        pdf.savefig(_record_page(session))
+        info = pdf.infodict()
+        info["Title"] = f"LVLM Studio report: {session.prompt}"
+        info["Creator"] = "LVLM Studio"
+    return path
+
+
+def _page(title: str) -> Figure:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=PAGE)
+    figure.suptitle(title, fontsize=14, x=0.08, ha="left", y=0.97)
+    return figure
+
+
+def _summary_page(session: Session) -> Figure:
+    trace = session.trace
+    assert trace is not None
+    figure = _page("LVLM Studio: analysis report")
+    image_axes = figure.add_axes((0.08, 0.62, 0.38, 0.3))
+    image_axes.imshow(np.asarray(trace.image))
+    image_axes.set_axis_off()
+    text = (f"Image: {session.image_name or 'unnamed'} ({trace.image.size[0]} x {trace.image.size[1]} px)\n"
+            f"Model: {trace.model_info.get('family', '?')} from {session.model_source or 'the demo model'}\n\n"
+            f"Prompt:\n{_wrap(session.prompt, 40)}\n\nAnswer:\n{_wrap(trace.answer_text, 40)}")
+    figure.text(0.5, 0.92, text, va="top", fontsize=9, family="DejaVu Sans")
+    relevance = trace.visual_relevance
+    rows = []
+    for i, token in enumerate(trace.answer_tokens):
+        alternatives = ", ".join(f"{a.strip() or repr(a)} {np.exp(p):.2f}"
+                                 for a, p in zip(trace.top_tokens[i][1:4], trace.top_logprobs[i][1:4]))
+        llr = f"{relevance.llr[i]:+.2f}" if relevance is not None else "-"
+        rows.append([str(i), token.strip() or repr(token), f"{trace.probabilities[i]:.3f}", llr, alternatives])
+    table_axes = figure.add_axes((0.08, 0.05, 0.84, 0.52))
+    table_axes.set_axis_off()
+    table_axes.set_title("Answer tokens (LLR: log p with the image - log p with it blurred, nats)",
+                         fontsize=9, loc="left")
+    table = table_axes.table(cellText=rows[:40], colLabels=["#", "token", "prob", "LLR", "next best"],
+                             colWidths=[0.06, 0.18, 0.1, 0.1, 0.56], loc="upper left", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    return figure
+
+
+def _overlay_page(session: Session, tokens: list[int]) -> Figure:
+    trace = session.trace
+    assert trace is not None
+    methods = list(session.explanations)[:MAX_METHODS]
+    figure = _page("Where each token came from")
+    grid = figure.add_gridspec(len(tokens), len(methods), left=0.08, right=0.95, top=0.9, bottom=0.04,
+                               hspace=0.35, wspace=0.08)
+    for row, token in enumerate(tokens):
+        for col, method in enumerate(methods):
+            axes = figure.add_subplot(grid[row, col])
+            axes.set_xticks([])
+            axes.set_yticks([])
+            explanation = session.explanations[method]
+            if token in explanation.maps:
+                pixels = to_pixels(explanation.maps[token], trace.regions, trace.image.size)
+                axes.imshow(np.asarray(overlay(trace.image, pixels)))
+            else:
+                axes.text(0.5, 0.5, "not computed", ha="center", va="center", fontsize=8, transform=axes.transAxes)
+            if row == 0:
+                axes.set_title(method, fontsize=9)
+            if col == 0:
+                axes.set_ylabel(f"#{token} \u201c{trace.answer_tokens[token].strip()}\u201d", fontsize=9)
+    return figure
+
+
+def _metrics_page(session: Session) -> Figure:
+    trace = session.trace
+    assert trace is not None
+    figure = _page("Metrics")
+    rows = [[m.metric, m.method, f"#{m.token} {trace.answer_tokens[m.token].strip()}",
+             ", ".join(f"{k} = {v:.3g}" for k, v in m.result.values.items())] for m in session.metrics]
+    table_axes = figure.add_axes((0.08, 0.6, 0.84, 0.3))
+    table_axes.set_axis_off()
+    table = table_axes.table(cellText=rows[:20], colLabels=["metric", "method", "token", "values"],
+                             colWidths=[0.18, 0.18, 0.16, 0.48], loc="upper left", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    curves = [(m, name, xy) for m in session.metrics for name, xy in m.result.curves.items()][:4]
+    for i, (record, name, (x, y)) in enumerate(curves):
+        axes = figure.add_axes((0.1 + (i % 2) * 0.45, 0.32 - (i // 2) * 0.27, 0.36, 0.2))
+        axes.plot(np.asarray(x), np.asarray(y), color="#c0392b" if "del" in name else "#2471a3")
+        axes.set_title(f"{name}: {record.method}, #{record.token}", fontsize=8)
+        axes.tick_params(labelsize=7)
+    return figure
+
+
+def _record_page(session: Session) -> Figure:
+    figure = _page("Run record")
+    text = json.dumps(session.record, indent=1, default=str)
+    lines = [wrapped for line in text.splitlines() for wrapped in textwrap.wrap(line, 95) or [""]]
+    figure.text(0.08, 0.92, "\n".join(lines[:90]), va="top", fontsize=7, family="monospace")
+    return figure
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or "-"

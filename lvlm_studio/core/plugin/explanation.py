@@ -1,0 +1,118 @@
+"""What an explainer returns, and the one function that turns grid maps into image pixels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lvlm_studio.core.plugin.adapter import ImageRegion
+
+
+@dataclass
+class Explanation:
+    """Maps for some answer tokens: ``maps[token_index][region_index]`` is a (rows, cols) array.
+
+    ``token_index`` counts answer tokens from 0. ``provenance`` says how the maps were made
+    (method, parameters, model, attention implementation, time) so a saved result can be trusted
+    and reproduced.
+    """
+
+    method: str
+    maps: dict[int, list[np.ndarray]]
+    params: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def targets(self) -> list[int]:
+        return sorted(self.maps)
+
+    def save_npz(self, path: Path) -> None:
+        """Plain arrays (``token{t}_region{r}``) plus a JSON header: no pickle to load it."""
+        arrays = {f"token{t}_region{r}": m for t, ms in self.maps.items() for r, m in enumerate(ms)}
+        header = json.dumps({"method": self.method, "params": self.params, "provenance": self.provenance})
+        np.savez_compressed(path, __header__=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
+
+    @classmethod
+    def load_npz(cls, path: Path) -> Explanation:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(bytes(data["__header__"]).decode())
+            maps: dict[int, list[np.ndarray]] = {}
+            keys = sorted(
+                (k for k in data.files if k.startswith("token")),
+                key=lambda k: tuple(int(x) for x in k[5:].split("_region")),
+            )
+            for key in keys:
+                token = int(key[5:].split("_region")[0])
+                maps.setdefault(token, []).append(data[key])
+        return cls(header["method"], maps, header["params"], header["provenance"])
+
+
+def to_pixels(
+    maps: list[np.ndarray], regions: list[ImageRegion], image_size: tuple[int, int], image_index: int = 0
+) -> np.ndarray:
+    """Resample one token's region maps onto the original image: a (height, width) float array.
+
+    Each grid is stretched bilinearly over its region's box (cell centres land on the centres of
+    the box's cells). Where regions overlap (a base view and its tiles) their values are averaged;
+    pixels that no region covers are NaN. Every pixel-space map in LVLM Studio comes from here.
+    """
+    width, height = image_size
+    total = np.zeros((height, width), dtype=np.float64)
+    count = np.zeros((height, width), dtype=np.float64)
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
+    for grid_map, region in zip(maps, regions):
+        if region.image_index != image_index:
+            continue
+        left, top, right, bottom = region.box
+        rows, cols = region.grid
+        # Continuous grid coordinates of each pixel centre (cell centres at integers).
+        gy = (ys - top) / (bottom - top) * rows - 0.5
+        gx = (xs - left) / (right - left) * cols - 0.5
+        inside = (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+        if not inside.any():
+            continue
+        total[inside] += _bilinear(np.asarray(grid_map, dtype=np.float64), gy[inside], gx[inside])
+        count[inside] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _bilinear(grid: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
+    rows, cols = grid.shape
+    gy = np.clip(gy, 0, rows - 1)
+    gx = np.clip(gx, 0, cols - 1)
+    y0 = np.floor(gy).astype(int)
+    x0 = np.floor(gx).astype(int)
+    y1 = np.minimum(y0 + 1, rows - 1)
+    x1 = np.minimum(x0 + 1, cols - 1)
+    wy = gy - y0
+    wx = gx - x0
+    top = grid[y0, x0] * (1 - wx) + grid[y0, x1] * wx
+    bottom = grid[y1, x0] * (1 - wx) + grid[y1, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def normalise(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1], ignoring NaN; a constant map becomes all zeros."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros_like(values, dtype=np.float64)
+    low, high = np.nanmin(values), np.nanmax(values)
+    out = (values - low) / (high - low) if high > low else np.zeros_like(values, dtype=np.float64)
+    return np.where(finite, out, 0.0)
+
+
+def overlay(image: Image.Image, pixel_map: np.ndarray, colormap: str = "inferno", opacity: float = 0.55) -> Image.Image:
+    """The image with a heat map blended on top (uncovered pixels are left as they are)."""
+    from matplotlib import colormaps  # the Agg-free colormap registry; no pyplot, no GUI
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+    heat = colormaps[colormap](normalise(pixel_map))[..., :3]
+    alpha = np.where(np.isfinite(pixel_map), opacity, 0.0)[..., None]
+    blended = rgb * (1 - alpha) + heat * alpha
+    return Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")

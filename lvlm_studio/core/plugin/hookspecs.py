@@ -1,0 +1,98 @@
+"""The plugin contract. These docstrings are the reference documentation for plugin authors.
+
+A plugin is a module (or object) with functions named like the hooks below, marked with
+``hookimpl``::
+
+    from lvlm_studio.core.plugin.hookspecs import hookimpl
+
+    @hookimpl
+    def lvlm_studio_explainers():
+        return [MyExplainer()]
+
+Third-party plugins are found through the ``lvlm_studio.plugins`` entry-point group::
+
+    [project.entry-points."lvlm_studio.plugins"]
+    my_plugin = "my_package.plugin"
+
+Every hook is optional and returns a list; results from all plugins are concatenated. A plugin
+that raises (or calls ``sys.exit()``) while loading, registering or answering a hook, or whose hook
+returns anything but a list of the documented objects, each with a non-empty ``id``, is reported as
+failed (``lvlm-studio plugins`` shows why) and skipped; the others keep working. Set
+``LVLM_STUDIO_DISABLE_PLUGINS=1`` to load no third-party plugin, or to a comma-separated list of
+plugin names to skip just those.
+
+What an explainer or a metric returns is checked where it enters the CLI, the app and the benchmark
+(``lvlm_studio.core.plugin.checks``); a result that breaks the contract described below is refused with
+a message naming the method and the distribution that installed it.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "lvlm_studio"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def lvlm_studio_model_adapters() -> list[type]:
+    """Model families this plugin supports: a list of ``ModelAdapter`` subclasses.
+
+    An adapter declares the ``config.model_type`` values it serves and returns, for a processed
+    input, each image region's token positions, grid and box in the original image
+    (``lvlm_studio.core.plugin.adapter``). When two adapters claim a model type, the one
+    registered first (first-party) wins. An adapter also says how the image reaches the language
+    model (``image_entry``: "tokens" in the sequence, or "cross_attention" layers, whose keys the
+    region positions then index) and how per-token inputs extend over generated tokens.
+    """
+
+
+@hookspec
+def lvlm_studio_explainers() -> list:
+    """Explanation methods: a list of ``Explainer`` instances (``lvlm_studio.core.plugin.contracts``).
+
+    Each has a unique ``id`` (used by ``lvlm-studio explain --method ID``), a ``title``, declared
+    ``params`` and ``needs``, and ``explain(trace, model, targets, params)`` returning an
+    ``Explanation`` with, for each target token, one map per image region (``trace.regions``
+    order), each a finite array of its region's ``grid`` shape (rows, cols). ``applies_to(model,
+    params)`` returns None, or one plain sentence saying why the method cannot explain that model
+    (e.g. a method that reads image tokens of the sequence, on a family whose image enters by
+    cross-attention); the application asks it before running and shows the reason.
+    """
+
+
+@hookspec
+def lvlm_studio_metrics() -> list:
+    """Metrics that judge explanations: a list of ``Metric`` instances.
+
+    ``score(trace, explanation, model, masks, params)`` returns a ``MetricResult`` (named values,
+    curves to plot, JSON-able details), or is a job; a value is a number, NaN where it is undefined
+    (never infinite), and a curve a pair of equally long 1-D arrays; faithfulness metrics need the model,
+    plausibility metrics need ground-truth masks (``lvlm_studio.core.metrics.masks.ObjectMasks``). The
+    computations behind the built-in metrics are public for plugins to reuse:
+    ``lvlm_studio.core.metrics.faithfulness``, ``plausibility``, ``agreement``, ``sanity`` and ``masks``.
+    Every metric registered runs in ``lvlm-studio benchmark``.
+    """
+
+
+@hookspec
+def lvlm_studio_analyzers() -> list:
+    """Feature analyzers over hook points of the vision tower: a list of ``Analyzer`` instances."""
+
+
+@hookspec
+def lvlm_studio_panels() -> list:
+    """Dockable GUI panels: a list of ``PanelSpec`` (id, title, factory "module:attr", area).
+
+    Declaring a panel costs nothing: the factory module is imported, and the panel built, only
+    when the user first opens it (View > Panels), so the module declaring it must not import Qt.
+    The factory is called with a ``lvlm_studio.gui.panels.PanelContext`` and returns a QWidget.
+    The context is all a panel gets, never the main window: it reads the current trace,
+    explanations, selected token, token statistics and metric results; ``subscribe(callback,
+    widget)`` hears every change (held while the panel is hidden); and it asks for work with
+    ``request_explanation``, ``request_metric``, ``request_stats``, ``request_heads`` or
+    ``run_job`` (a worker-thread job with progress and Cancel). A panel that raises while being
+    built or while following a change is reported once and disconnected; the window goes on.
+    ``area`` is the default dock area: "left", "right", "top" or "bottom".
+    """
