@@ -1,0 +1,1 @@
+"""Reading and writing files safely: atomic writes and output-folder checks, images opened as RGB, run records."""

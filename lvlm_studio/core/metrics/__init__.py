@@ -1,0 +1,1 @@
+"""Judging explanations: faithfulness (deletion/insertion), plausibility against object masks, sanity, agreement."""

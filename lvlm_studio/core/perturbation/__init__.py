@@ -1,0 +1,1 @@
+"""Altered images scored in batches (occlusion, RISE, faithfulness) and differentiable pixel masks (iGOS++)."""
