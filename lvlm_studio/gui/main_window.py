@@ -5,47 +5,50 @@ the answer as token chips. Everything else (the image overlay, the token timelin
 grid, method comparison, metrics, and any third-party panel) is contributed by plugins through the
 ``lvlm_studio_panels`` hook and added by one function, ``toggle_panel``. Work runs as jobs of the
 window's ``Analysis`` on a worker thread; the views redraw from the Qt-free ``StudioState``.
+
+The window's other parts have a module each: the Model box (``model_box``), the menu bar
+(``menus``), sessions, autosave and the report (``sessions``), and the status bar with the progress
+bar, Cancel and error dialogs (``job_status``). The window builds them, keeps the docks, the
+question and the answer, and passes on the calls that tests, the app and plugins make on it.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSize, Qt, QTimer, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeyEvent, QKeySequence, QShortcut
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
     QFileDialog,
-    QGroupBox,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
-from lvlm_studio.core.errors import UnsafeModelError
 from lvlm_studio.gui.analysis import Analysis
-from lvlm_studio.gui.autosave import Autosave, claim_orphans
-from lvlm_studio.gui.dialogs import error_box
+from lvlm_studio.gui.job_status import JobStatus
+from lvlm_studio.gui.menus import Menus
+from lvlm_studio.gui.model_box import ModelBox, describe_model
 from lvlm_studio.gui.panels import PanelContext, build_panel
-from lvlm_studio.gui.settings import DEVICES, DTYPES, StudioSettings
+from lvlm_studio.gui.sessions import Sessions
+from lvlm_studio.gui.settings import StudioSettings
 from lvlm_studio.gui.state import StudioState
 from lvlm_studio.gui.token_bar import TokenBar
+from lvlm_studio.gui.widgets import HINT_STYLE, group, row, wrapping_label
 from lvlm_studio.gui.worker import Job
 
 if TYPE_CHECKING:
-    from lvlm_studio.core.contracts import PanelSpec
-    from lvlm_studio.core.plugins import PluginRegistry
+    from lvlm_studio.core.plugin.contracts import PanelSpec
+    from lvlm_studio.core.plugin.registry import PluginRegistry
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +58,7 @@ DEFAULT_PANELS = ("overlay", "timeline")  # open on a first start; the others wa
 LEFT_WIDTH = 700  # the overlay's share of the default width
 BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
-HINT_STYLE = "color: palette(placeholder-text);"
 AUTOSAVE_MS = 60_000
-CANCEL_NOTICE_MS = 1_000  # a job still running this long after Cancel is waiting for its plugin
-#: What a risky load option may do, asked before the model is loaded with it (never remembered).
-RISKS = {
-    "allow_pickle": ("Load the pickle weights anyway?",
-                     "Pickle files can run any program on this computer, with your permissions, while they load. "
-                     "Say Yes only if you trust where this model came from."),
-    "trust_remote_code": ("Run the model folder's own Python code?",
-                          "That code runs on this computer with your permissions and can do anything you can. "
-                          "Say Yes only if you trust where this model came from."),
-}
-DEMO_MODEL = "Demo model (built in)"
 AREAS = {
     "left": Qt.DockWidgetArea.LeftDockWidgetArea,
     "right": Qt.DockWidgetArea.RightDockWidgetArea,
@@ -107,29 +98,24 @@ class MainWindow(QMainWindow):
         self.runner = self.analysis.runner
         self.panel_specs: dict[str, PanelSpec] = {}
         self.contexts: dict[str, PanelContext] = {}
-        self.session_path: Path | None = None
-        self.autosaver = Autosave(self.settings.autosave_folder)
-        self._autosave_after_jobs = autosave_ms > 0
-        self._closed = False  # a job that ends after the window closed must not autosave again
-        self._showing_error = False
-        self._saved_revision = 0  # the state's revision in the autosave file
-        self._pending_layout: tuple[Any, Any, list[str]] | None = None
 
         self._build_center(prompt or DEFAULT_PROMPT)
-        self._build_menus()
-        self._build_status_bar()
-        self.state.subscribe(self._on_state)
-        self.analysis.message.connect(self.statusBar().showMessage)
-        self.analysis.error.connect(self.show_error)
-        self.analysis.registry_ready.connect(self._on_registry)
-        self.analysis.activity.connect(self._update_caption)
-        self.runner.job_started.connect(self._on_job_started)
-        self.runner.busy_changed.connect(self._on_busy_changed)
+        self.sessions = Sessions(self, autosave_ms)
+        self.menus = Menus(self)
+        self.job_status = JobStatus(self)
+        # The parts' widgets that tests, screenshots and the app reach through the window.
+        box = self.model_box
+        self.model_combo, self.device_combo, self.dtype_combo = box.model_combo, box.device_combo, box.dtype_combo
+        self.model_label = box.model_label
+        self.panels_menu, self.panel_actions = self.menus.panels_menu, self.menus.panel_actions
+        self.save_action, self.recent_menu = self.menus.save_action, self.menus.recent_menu
+        self.progress_bar, self.cancel_button = self.job_status.progress_bar, self.job_status.cancel_button
+        self.autosaver = self.sessions.autosaver
 
-        self.autosave_timer = QTimer(self)
-        self.autosave_timer.timeout.connect(self.autosave)
-        if autosave_ms > 0:
-            self.autosave_timer.start(autosave_ms)
+        self.state.subscribe(self._on_state)
+        self.analysis.registry_ready.connect(self._on_registry)
+        self.analysis.activity.connect(self.update_caption)
+        self.runner.busy_changed.connect(self._update_actions)
 
         if registry is not None:
             self.analysis.set_registry(registry)
@@ -139,35 +125,20 @@ class MainWindow(QMainWindow):
             self.open_image(image)
         self.load_model(model)
         self._update_actions()
-        self._update_caption()
+        self.update_caption()
 
     # -- building ------------------------------------------------------------------------------
     def _build_center(self, prompt: str) -> None:
-        self.model_combo = QComboBox()
-        self.model_combo.setToolTip("The model to ask; recent model folders are remembered")
-        self._fill_model_combo()
-        self.model_combo.activated.connect(self._on_model_chosen)
-        self.open_model_button = QPushButton("Open folder\u2026")
-        self.open_model_button.clicked.connect(self.choose_model)
-        self.device_combo = _combo(DEVICES, self.settings.device(), "Where the model runs (next load)")
-        self.dtype_combo = _combo(DTYPES, self.settings.dtype(), "Number format of the weights (next load)")
-        self.device_combo.currentTextChanged.connect(self.settings.set_device)
-        self.dtype_combo.currentTextChanged.connect(self.settings.set_dtype)
-        self.model_label = _wrapping_label("")
-        self.model_label.setStyleSheet(HINT_STYLE)
-        model_box = _group(
-            "Model",
-            _row(self.model_combo, self.open_model_button, stretch=0),
-            _row(QLabel("Device"), self.device_combo, QLabel("Weights"), self.dtype_combo, self.model_label, stretch=4),
-        )
+        self.model_box = ModelBox(self.settings, self.state, self.analysis)
+        self.model_box.message.connect(self.statusBar().showMessage)
 
-        self.image_label = _wrapping_label("No image yet.")
+        self.image_label = wrapping_label("No image yet.")
         self.open_image_button = QPushButton("Open image\u2026")
         self.open_image_button.clicked.connect(self.choose_image)
         self.demo_scene_button = QPushButton("Demo scene")
         self.demo_scene_button.setToolTip("Draw a random demo scene; it comes with object masks for the metrics")
         self.demo_scene_button.clicked.connect(lambda: self.open_demo_scene())
-        image_box = _group("Image", _row(self.image_label, self.open_image_button, self.demo_scene_button, stretch=0))
+        image_box = group("Image", row(self.image_label, self.open_image_button, self.demo_scene_button, stretch=0))
 
         self.prompt_edit = QPlainTextEdit(prompt)
         self.prompt_edit.setPlaceholderText("Ask something about the image")
@@ -181,7 +152,7 @@ class MainWindow(QMainWindow):
         self.ask_button.clicked.connect(self.ask)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(keys), self, self.ask)
-        question_box = _group("Question", _row(self.prompt_edit, self.ask_button, stretch=0))
+        question_box = group("Question", row(self.prompt_edit, self.ask_button, stretch=0))
 
         self.token_bar = TokenBar(self.state)
         chip_row = self.token_bar.fontMetrics().height() + 18
@@ -194,60 +165,21 @@ class MainWindow(QMainWindow):
         self.chip_combo.setToolTip("Colour the chips by the model's confidence, or by how much the image made "
                                    "each token likely (LLR against a blurred image)")
         self.chip_combo.currentIndexChanged.connect(self._on_chip_mode)
-        self.answer_label = _wrapping_label("", lines=2)
+        self.answer_label = wrapping_label("", lines=2)
         self.answer_label.setStyleSheet(HINT_STYLE)
-        self.map_caption = _wrapping_label("", lines=2)
-        answer_box = _group("Answer", self.token_bar,
-                            _row(self.answer_label, QLabel("Colour by"), self.chip_combo, stretch=0),
-                            self.map_caption)
+        self.map_caption = wrapping_label("", lines=2)
+        answer_box = group("Answer", self.token_bar,
+                           row(self.answer_label, QLabel("Colour by"), self.chip_combo, stretch=0),
+                           self.map_caption)
 
         center = QWidget()
         center.setMinimumWidth(360)
         layout = QVBoxLayout(center)
         layout.setContentsMargins(6, 6, 6, 6)
-        for box in (model_box, image_box, question_box, answer_box):
+        for box in (self.model_box, image_box, question_box, answer_box):
             layout.addWidget(box)
         layout.addStretch(1)
         self.setCentralWidget(center)
-
-    def _build_menus(self) -> None:
-        file_menu = self.menuBar().addMenu("&File")
-        self.open_image_action = _action(self, "Open &image\u2026", QKeySequence.StandardKey.Open, self.choose_image)
-        self.open_model_action = _action(self, "Open &model folder\u2026", "Ctrl+Shift+O", self.choose_model)
-        file_menu.addAction(self.open_image_action)
-        file_menu.addAction(_action(self, "New &demo scene", "Ctrl+D", lambda: self.open_demo_scene()))
-        file_menu.addAction(self.open_model_action)
-        file_menu.addSeparator()
-        file_menu.addAction(_action(self, "Open &session\u2026", "Ctrl+Shift+S", self.choose_session))
-        self.recent_menu = file_menu.addMenu("&Recent sessions")
-        self.recent_menu.aboutToShow.connect(self._fill_recent_sessions)
-        self.save_action = _action(self, "&Save session", QKeySequence.StandardKey.Save, self.save_session)
-        file_menu.addAction(self.save_action)
-        file_menu.addAction(_action(self, "Save session &as\u2026", None, lambda: self.save_session(ask=True)))
-        self.report_action = _action(self, "Export &report (PDF)\u2026", "Ctrl+P", self.choose_report)
-        file_menu.addAction(self.report_action)
-        file_menu.addSeparator()
-        file_menu.addAction(_action(self, "&Quit", QKeySequence.StandardKey.Quit, self.close))
-
-        view_menu = self.menuBar().addMenu("&View")
-        self.panels_menu = view_menu.addMenu("&Panels")
-        self.panels_menu.aboutToShow.connect(self._sync_panel_actions)
-        self.panel_actions: dict[str, QAction] = {}
-        view_menu.addAction(_action(self, "Reset &layout", None, self.reset_layout))
-        help_menu = self.menuBar().addMenu("&Help")
-        help_menu.addAction(_action(self, "&About LVLM Studio", None, self.show_about))
-
-    def _build_status_bar(self) -> None:
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setFixedWidth(180)
-        self.progress_bar.setTextVisible(False)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the running job (Esc)")
-        self.cancel_button.clicked.connect(self.cancel)
-        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.cancel)
-        self.statusBar().addPermanentWidget(self.progress_bar)
-        self.statusBar().addPermanentWidget(self.cancel_button)
-        self._on_busy_changed(False)
 
     # -- panels --------------------------------------------------------------------------------
     def toggle_panel(self, panel_id: str, visible: bool | None = None) -> QDockWidget | None:
@@ -300,23 +232,11 @@ class MainWindow(QMainWindow):
         registry = self.analysis.registry
         assert registry is not None
         self.panel_specs = registry.panels()
-        self.panels_menu.clear()
-        self.panel_actions = {}
-        for panel_id, spec in self.panel_specs.items():
-            action = QAction(spec.title, self)
-            action.setCheckable(True)
-            action.triggered.connect(lambda checked, p=panel_id: self.toggle_panel(p, checked))
-            self.panels_menu.addAction(action)
-            self.panel_actions[panel_id] = action
+        self.menus.set_panels(self.panel_specs)
         self._restore_layout()
         if self.state.method not in self.analysis.explainers and self.analysis.explainers:
             self.state.set_method(next(iter(self.analysis.explainers)))
-        self._update_caption()
-
-    def _sync_panel_actions(self) -> None:
-        for panel_id, action in self.panel_actions.items():
-            dock = self.dock(panel_id)
-            action.setChecked(dock is not None and not dock.isHidden())
+        self.update_caption()
 
     def _restore_layout(self) -> None:
         """The saved layout of this version, or the default when there is none or it fails."""
@@ -361,11 +281,6 @@ class MainWindow(QMainWindow):
         if path:
             self.open_image(path)
 
-    def choose_model(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open model folder")
-        if path:
-            self.load_model(path)
-
     def open_image(self, path: str | Path) -> Job:
         """Read ``path`` as an image on the worker thread, then show it (the answer is cleared)."""
         path = Path(path)
@@ -376,44 +291,8 @@ class MainWindow(QMainWindow):
         return self.analysis.open_demo_scene(random.randrange(1_000_000) if seed is None else seed)
 
     def load_model(self, path: str | Path | None, allow_pickle: bool = False, trust_remote_code: bool = False) -> Job:
-        """Load the model in folder ``path`` (None: the demo model) on the worker thread. A folder
-        that needs pickle weights or remote code is loaded with them only after the user confirms."""
-        name = Path(path).name if path else "the demo model"
-
-        def done(model: Any) -> None:
-            if path:
-                self.settings.add_recent_model(str(Path(path).resolve()))
-            self._fill_model_combo()
-            self.model_label.setText(_describe(model))
-
-        def failed(error: BaseException, details: str) -> bool:
-            if self.state.model is None:
-                self.model_label.setText("No model loaded: open a model folder.")
-            self._fill_model_combo()
-            if isinstance(error, UnsafeModelError) and error.option in RISKS and path:
-                self._offer_risky_load(path, error, allow_pickle, trust_remote_code)
-                return True
-            return False
-
-        if self.state.model is None:
-            self.model_label.setText(f"Loading {name}\u2026")
-        return self.analysis.load_model(path, self.device_combo.currentText(), self.dtype_combo.currentText(),
-                                        done, failed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-
-    def _offer_risky_load(self, path: str | Path, error: UnsafeModelError, allow_pickle: bool,
-                          trust_remote_code: bool) -> None:
-        """The folder needs an option that can run code: say what it risks; load with it on Yes (No is the default)."""
-        question, risk = RISKS[error.option]
-        box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: this model can run code",
-                          f"{error.message} {question}", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                          self)
-        box.setInformativeText(risk)
-        box.setDefaultButton(QMessageBox.StandardButton.No)
-        if box.exec() != QMessageBox.StandardButton.Yes:
-            self.statusBar().showMessage(f"Did not load {Path(path).name}.")
-            return
-        options = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code, error.option: True}
-        self.load_model(path, **options)
+        """Load the model in folder ``path`` (None: the demo model); see ``ModelBox.load_model``."""
+        return self.model_box.load_model(path, allow_pickle, trust_remote_code)
 
     def ask(self) -> Job | None:
         """Generate an answer to the prompt about the image (ignored until both are ready)."""
@@ -424,239 +303,49 @@ class MainWindow(QMainWindow):
         return job
 
     def cancel(self) -> None:
-        """Ask the running job to stop; if it has not after a moment, its plugin has not checked for
-        Cancel yet (a method that never yields): say so, and that quitting ends it."""
-        running = self.runner.jobs[:1]
-        self.analysis.cancel()
-        if running:
-            QTimer.singleShot(CANCEL_NOTICE_MS, self, lambda: self._still_cancelling(running[0]))
+        """Stop the running job (Cancel, Esc); see ``JobStatus.cancel``."""
+        self.job_status.cancel()
 
-    def _still_cancelling(self, job: Job) -> None:
-        if job in self.runner.jobs:
-            self.statusBar().showMessage(f"Waiting for \u201c{job.title}\u201d to stop: its plugin has not checked "
-                                         "for Cancel yet. Quitting ends it.")
-            self.cancel_button.setText("Waiting for the plugin\u2026")
-            self.cancel_button.setEnabled(False)
+    def show_error(self, title: str, error: BaseException, details: str = "") -> None:
+        """One dialog per failure; see ``JobStatus.show_error``."""
+        self.job_status.show_error(title, error, details)
 
     def show_about(self) -> None:
         model = self.state.model
-        about = "" if model is None else f"<p>Model: {model.source}<br>{_describe(model)}</p>"
+        about = "" if model is None else f"<p>Model: {model.source}<br>{describe_model(model)}</p>"
         QMessageBox.about(
             self, "About LVLM Studio",
             "<h3>LVLM Studio</h3><p>Ask a vision-language model about an image, and see which parts "
             "of the image each word of its answer came from.</p>" + about,
         )
 
-    # -- sessions ------------------------------------------------------------------------------
-    def current_session(self) -> Any:
-        """The analysis as a ``Session`` (what Save writes)."""
-        from lvlm_studio.core.session import MetricRecord, Session
-
-        state = self.state
-        return Session(
-            prompt=self.prompt_edit.toPlainText(),
-            image=state.image,
-            image_name=state.image_name,
-            model_source=state.model_source,
-            trace=state.trace,
-            explanations=dict(state.explanations),
-            metrics=[MetricRecord(m, t, k, r) for (m, t, k), r in state.metrics.items()],
-            masks=dict(state.masks),
-            view={"selected": state.selected, "method": state.method, "opacity": state.opacity,
-                  "colormap": state.colormap, "threshold": state.threshold, "chip_mode": state.chip_mode,
-                  "stats": _stats_to_json(state.stats)},
-        )
+    # -- sessions (see ``Sessions``) -------------------------------------------------------------
+    @property
+    def session_path(self) -> Path | None:
+        """The session file Save writes to (None until the analysis is saved or opened)."""
+        return self.sessions.path
 
     def save_session(self, path: str | Path | None = None, ask: bool = False) -> Path | None:
-        """Save the analysis (to ``path``, the current session file, or a file the user picks)."""
-        from lvlm_studio.core.session import FILE_FILTER, save_session
-
-        if path is None and (ask or self.session_path is None):
-            chosen, _ = QFileDialog.getSaveFileName(self, "Save session", "analysis.lvlm", FILE_FILTER)
-            if not chosen:
-                return None
-            path = chosen
-        target = Path(path) if path is not None else self.session_path
-        assert target is not None
-        try:
-            saved = save_session(self.current_session(), target)
-        except Exception as exc:  # noqa: BLE001 - shown, never raised into Qt
-            import traceback
-
-            self.show_error("Saving the session", exc, traceback.format_exc())
-            return None
-        self.session_path = saved
-        self.settings.add_recent_session(str(saved.resolve()))
-        self.statusBar().showMessage(f"Saved {saved.name}.")
-        return saved
-
-    def choose_session(self) -> None:
-        from lvlm_studio.core.session import FILE_FILTER
-
-        path, _ = QFileDialog.getOpenFileName(self, "Open session", "", FILE_FILTER)
-        if path:
-            self.open_session(path)
+        return self.sessions.save_session(path, ask)
 
     def open_session(self, path: str | Path, remember: bool = True) -> Job:
-        """Read a session on the worker thread, then show it as it was saved."""
-        path = Path(path)
-
-        def work(report: Callable[..., None], cancel: Any) -> Any:
-            from lvlm_studio.core.session import load_session
-
-            return load_session(path)
-
-        def done(session: Any) -> None:
-            self.apply_session(session)
-            if remember:
-                self.session_path = path
-                self.settings.add_recent_session(str(path.resolve()))
-            self.statusBar().showMessage(f"Opened {path.name}.")
-
-        return self.analysis.start(f"Opening {path.name}", work, done)
-
-    def apply_session(self, session: Any) -> None:
-        """Show a loaded session: image, masks, prompt, answer, maps, metrics and the view."""
-        state, view = self.state, session.view
-        if session.image is not None:
-            state.set_image(session.image, session.image_name, session.masks)
-        self.prompt_edit.setPlainText(session.prompt)
-        if session.trace is not None:
-            state.set_trace(session.trace)
-            stats = _stats_from_json(view.get("stats"), session.trace)
-            if stats is not None:
-                state.set_stats(session.trace, stats)
-            for method, explanation in session.explanations.items():
-                state.add_explanation(session.trace, method, explanation)
-            for record in session.metrics:
-                state.add_metric(session.trace, (record.method, record.token, record.metric), record.result)
-        state.set_view(**{k: view[k] for k in ("opacity", "colormap", "threshold", "chip_mode") if k in view})
-        if isinstance(view.get("method"), str):
-            state.set_method(view["method"])
-        if isinstance(view.get("selected"), int):
-            state.select(view["selected"])
-
-    def _fill_recent_sessions(self) -> None:
-        self.recent_menu.clear()
-        recent = self.settings.recent_sessions()
-        for path in recent:
-            self.recent_menu.addAction(_action(self, Path(path).name, None, lambda p=path: self.open_session(p)))
-        if not recent:
-            self.recent_menu.addAction("No recent sessions").setEnabled(False)
-
-    def choose_report(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export report", "report.pdf", "PDF (*.pdf)")
-        if path:
-            self.export_report(path)
+        return self.sessions.open_session(path, remember)
 
     def export_report(self, path: str | Path) -> Job:
-        """Write the PDF report on the worker thread (matplotlib, no Qt)."""
-        session = self.current_session()
-        session.record = {}
+        return self.sessions.export_report(path)
 
-        def work(report: Callable[..., None], cancel: Any) -> Any:
-            from lvlm_studio.core.report import write_report
-            from lvlm_studio.core.session import run_record
-
-            session.record = run_record(session.trace)
-            return write_report(session, path)
-
-        return self.analysis.start("Writing the report", work,
-                                   lambda written: self.statusBar().showMessage(f"Wrote {Path(written).name}."))
-
-    @Slot()
     def autosave(self) -> Path | None:
-        """Save the analysis to this window's autosave file when it changed since the last autosave."""
-        if self._closed or (self.state.trace is None and self.state.image is None):
-            return None
-        if self.state.revision == self._saved_revision and self.autosaver.path.exists():
-            return None
-        try:
-            path = self.autosaver.save(self.current_session())
-        except Exception:  # noqa: BLE001 - an autosave failure must not interrupt the user
-            log.warning("autosave failed", exc_info=True)
-            return None
-        self._saved_revision = self.state.revision
-        return path
+        return self.sessions.autosave()
 
     def offer_restore(self) -> bool:
-        """Offer the autosave of a window that did not close normally (True: restoring). Autosaves of
-        windows still open are locked by them and never offered; with several left, the newest is
-        offered and the others wait for a later start."""
-        orphans = claim_orphans(self.settings.autosave_folder)
-        if not orphans:
-            return False
-        orphan, *later = orphans
-        for other in later:
-            other.release()
-        box = QMessageBox(QMessageBox.Icon.Question, "LVLM Studio: restore the last analysis?",
-                          "LVLM Studio did not close normally last time.",
-                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
-        box.setInformativeText("Restore the analysis that was autosaved? (No discards it.)")
-        if box.exec() != QMessageBox.StandardButton.Yes:
-            orphan.delete()
-            return False
-        job = self.open_session(orphan.path, remember=False)
-
-        def restored(_session: Any) -> None:  # now in this window's own autosave: the old file can go
-            if self.autosave() is not None:
-                orphan.delete()
-            else:
-                orphan.release()
-
-        job.finished.connect(restored)
-        job.failed.connect(orphan.release)
-        job.cancelled.connect(orphan.release)
-        return True
-
-    # -- errors and jobs -----------------------------------------------------------------------
-    def show_error(self, title: str, error: BaseException, details: str = "") -> None:
-        """One dialog per failure; a failure that arrives while a dialog is open goes to the
-        status bar instead of stacking a second dialog."""
-        log.warning("%s failed: %s", title, error)
-        if self._showing_error:
-            self.statusBar().showMessage(f"{title} failed too: {error}")
-            return
-        self.statusBar().showMessage(f"{title} failed.")
-        self._showing_error = True
-        try:
-            error_box(self, title, error, details).exec()
-        finally:
-            self._showing_error = False
-        self._update_caption()
-
-    @Slot(object)
-    def _on_job_started(self, job: Job) -> None:
-        job.progress.connect(self._on_job_progress)
-        if self._autosave_after_jobs:  # an answer, a map, a score: autosaved the moment it is there
-            job.ended.connect(self.autosave)
-        if self.runner.jobs[0] is job:  # nothing ahead of it: say so now, not when it reports
-            self.statusBar().showMessage(f"{job.title}\u2026")
-
-    @Slot(int, int, str)
-    def _on_job_progress(self, done: int, total: int, message: str) -> None:
-        job = self.sender()
-        if not isinstance(job, Job):
-            return
-        self.statusBar().showMessage(f"{job.title}: {message}\u2026" if message else f"{job.title}\u2026")
-        self.progress_bar.setRange(0, total)  # total 0: a busy bar
-        self.progress_bar.setValue(done)
-
-    @Slot(bool)
-    def _on_busy_changed(self, busy: bool) -> None:
-        self.cancel_button.setText("Cancel")
-        self.cancel_button.setEnabled(True)
-        self.progress_bar.setRange(0, 0)
-        self.progress_bar.setVisible(busy)
-        self.cancel_button.setVisible(busy)
-        self._update_actions()
+        return self.sessions.offer_restore()
 
     # -- following the state -------------------------------------------------------------------
     def _follow_selection(self, retry: bool = False) -> None:
         """A token is selected: make sure the chosen method's maps exist (one job per answer)."""
         if self.state.trace is not None and self.state.selected is not None:
             self.analysis.explain(self.state.method, retry=retry)
-        self._update_caption()
+        self.update_caption()
 
     def _on_chip_mode(self, index: int) -> None:
         mode = self.chip_combo.itemData(index)
@@ -665,13 +354,10 @@ class MainWindow(QMainWindow):
             self.analysis.token_stats()
 
     def _on_state(self, name: str) -> None:
-        if name == "model" and self.state.model is not None:
-            self.model_label.setText(_describe(self.state.model))
-        elif name == "image":
-            if self.state.image is not None:
-                width, height = self.state.image.size
-                masks = f" \u00b7 {len(self.state.masks)} object masks" if self.state.masks else ""
-                self.image_label.setText(f"{self.state.image_name} \u00b7 {width} \u00d7 {height} px{masks}")
+        if name == "image" and self.state.image is not None:
+            width, height = self.state.image.size
+            masks = f" \u00b7 {len(self.state.masks)} object masks" if self.state.masks else ""
+            self.image_label.setText(f"{self.state.image_name} \u00b7 {width} \u00d7 {height} px{masks}")
         elif name == "trace":
             self._update_answer_label()
             if self.state.trace is not None and self.state.chip_mode == "relevance":
@@ -685,12 +371,12 @@ class MainWindow(QMainWindow):
         if name in ("model", "image", "trace"):
             self._update_actions()
         if name in ("trace", "selected", "method", "explanations"):
-            self._update_caption()
+            self.update_caption()
 
     def _update_actions(self) -> None:
         ready = self.state.model is not None and self.state.image is not None
         self.ask_button.setEnabled(ready and not self.runner.busy)
-        self.report_action.setEnabled(self.state.trace is not None)
+        self.menus.report_action.setEnabled(self.state.trace is not None)
 
     def _update_answer_label(self) -> None:
         trace = self.state.trace
@@ -703,7 +389,8 @@ class MainWindow(QMainWindow):
             "\u2190\u00a0\u2192, to see where it came from."
         )
 
-    def _update_caption(self) -> None:
+    def update_caption(self) -> None:
+        """Say under the answer what the overlay shows, or what to do to see a map (also after an error)."""
         state, method, analysis = self.state, self.state.method, self.analysis
         if not hasattr(self, "map_caption"):
             return
@@ -726,23 +413,6 @@ class MainWindow(QMainWindow):
         else:
             text = f"No {title} map yet: click a token to compute it."
         self.map_caption.setText(text)
-
-    def _fill_model_combo(self) -> None:
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItem(DEMO_MODEL, None)
-        for folder in self.settings.recent_models():
-            self.model_combo.addItem(Path(folder).name, folder)
-            self.model_combo.setItemData(self.model_combo.count() - 1, folder, Qt.ItemDataRole.ToolTipRole)
-        current = self.state.model_source
-        index = self.model_combo.findData(current) if current else 0
-        self.model_combo.setCurrentIndex(max(index, 0))
-        self.model_combo.blockSignals(False)
-
-    def _on_model_chosen(self, index: int) -> None:
-        folder = self.model_combo.itemData(index)
-        if folder != self.state.model_source or self.state.model is None:
-            self.load_model(folder)
 
     # -- Qt events -----------------------------------------------------------------------------
     def keyPressEvent(self, event: QKeyEvent) -> None:
@@ -771,14 +441,12 @@ class MainWindow(QMainWindow):
             self.open_image(path)
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        self._closed = True
+        self.sessions.close()  # first: a job that ends while the worker stops must not autosave again
         # Stop the worker before the widgets go: a late result must find a living window.
         if not self.runner.shutdown():
             log.warning("a job did not stop in time; closing anyway")
-        self.autosave_timer.stop()
         if self.panel_specs:
             self.save_layout()
-        self.autosaver.discard()  # a clean exit: nothing to restore
         super().closeEvent(event)
 
 
@@ -789,82 +457,9 @@ def _layout_version() -> int:
     return LAYOUT_VERSION
 
 
-def _stats_to_json(stats: Any) -> dict[str, list] | None:
-    if stats is None:
-        return None
-    return {"llr": stats.llr.tolist(), "relevant": stats.relevant.tolist(), "entropy": stats.entropy.tolist()}
-
-
-def _stats_from_json(data: Any, trace: Any) -> Any:
-    if not isinstance(data, dict):
-        return None
-    import numpy as np
-
-    from lvlm_studio.core.token_stats import TokenStats
-
-    try:
-        return TokenStats(np.asarray(trace.logprobs, dtype=np.float64), np.asarray(data["llr"], dtype=np.float64),
-                          np.asarray(data["relevant"], dtype=bool), np.asarray(data["entropy"], dtype=np.float64))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _describe(model: Any) -> str:
-    info = model.describe()
-    source = "demo model" if Path(model.source).name == "demo-model" else Path(model.source).name
-    parts = (source, info["family"], info["device"], f"{info['parameters'] / 1e6:.2f} M parameters")
-    return " \u00b7 ".join(parts)
-
-
 def _dropped_path(event: QDragEnterEvent | QDropEvent) -> Path | None:
     urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
     local = [Path(url.toLocalFile()) for url in urls if url.isLocalFile()]
     return local[0] if local else None
-
-
-def _wrapping_label(text: str, lines: int = 1) -> QLabel:
-    """A label that wraps and keeps room for ``lines`` lines."""
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    label.setMinimumHeight(lines * label.fontMetrics().lineSpacing() + 4)
-    return label
-
-
-def _group(title: str, *items: QWidget) -> QGroupBox:
-    box = QGroupBox(title)
-    layout = QVBoxLayout(box)
-    layout.setContentsMargins(8, 6, 8, 6)
-    for item in items:
-        layout.addWidget(item)
-    return box
-
-
-def _row(*widgets: QWidget, stretch: int) -> QWidget:
-    """Widgets side by side; the one at index ``stretch`` takes the spare width."""
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for i, widget in enumerate(widgets):
-        layout.addWidget(widget, stretch=1 if i == stretch else 0)
-    return row
-
-
-def _combo(items: tuple[str, ...], current: str, tip: str) -> QComboBox:
-    combo = QComboBox()
-    combo.addItems(list(items))
-    combo.setCurrentText(current)
-    combo.setToolTip(tip)
-    return combo
-
-
-def _action(parent: QWidget, text: str, shortcut: Any, slot: Callable[[], Any]) -> QAction:
-    """A menu action that calls ``slot()`` with no arguments: ``triggered`` sends ``checked``, which a
-    slot with optional parameters would take as its first one (Save session took it as the path)."""
-    action = QAction(text, parent)
-    if shortcut is not None:
-        action.setShortcut(shortcut)
-    action.triggered.connect(lambda: slot())
-    return action
 
 
