@@ -22,8 +22,8 @@ from gui_helpers import JOB_TIMEOUT_MS, ask, wait_idle
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
-from lvlm_studio.core.contracts import Explainer
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import Explainer
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 from lvlm_studio.gui.app import SAMPLE_IMAGE
 from lvlm_studio.gui.main_window import MainWindow
 from lvlm_studio.gui.token_bar import COLOR_ROLE
@@ -45,7 +45,7 @@ class BoomPlugin:
 
 @pytest.fixture(scope="module")
 def registry():
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return create_registry(load_third_party=False, extra=[(BoomPlugin(), "boom")])
 

@@ -19,9 +19,9 @@ from PIL import Image
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtWidgets import QDockWidget, QLabel
 
-from lvlm_studio.core.contracts import Metric, MetricResult, PanelSpec
-from lvlm_studio.core.explanation import overlay, to_pixels
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult, PanelSpec
+from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 FIRST_PARTY_PANELS = ("overlay", "timeline", "heads", "compare", "metrics")
 
@@ -88,7 +88,7 @@ class ThirdPartyPlugin:
 
 @pytest.fixture(scope="module")
 def registry():
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return create_registry(load_third_party=False, extra=[(ThirdPartyPlugin(), "third_party")])
 
@@ -231,7 +231,7 @@ def test_attention_grid_click_shows_that_heads_map(qtbot, window):
 
 
 def test_compare_shows_maps_side_by_side_with_their_agreement(qtbot, window):
-    from lvlm_studio.core.agreement import agreement, flatten
+    from lvlm_studio.core.metrics.agreement import agreement, flatten
 
     answered(qtbot, window)
     panel = window.toggle_panel("compare").widget()

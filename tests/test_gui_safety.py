@@ -23,7 +23,7 @@ from gui_helpers import JOB_TIMEOUT_MS, LOAD_TIMEOUT_MS, ask
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFileDialog
 
-from lvlm_studio.core.session import load_session
+from lvlm_studio.core.formats.session import load_session
 from lvlm_studio.gui.app import SAMPLE_IMAGE
 from lvlm_studio.gui.main_window import MainWindow
 from lvlm_studio.gui.settings import StudioSettings
@@ -31,7 +31,7 @@ from lvlm_studio.gui.settings import StudioSettings
 
 @pytest.fixture(scope="module")
 def registry():
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return create_registry(load_third_party=False)
 

@@ -16,8 +16,8 @@ pytest.importorskip("pyqtgraph")
 from gui_helpers import JOB_TIMEOUT_MS, ask, wait_idle
 from PySide6.QtCore import QByteArray
 
-from lvlm_studio.core.contracts import Metric, MetricResult
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 from lvlm_studio.gui.settings import LAYOUT_VERSION, StudioSettings
 
 
@@ -39,7 +39,7 @@ class MeanPlugin:
 
 @pytest.fixture(scope="module")
 def registry():
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return create_registry(load_third_party=False, extra=[(MeanPlugin(), "mean")])
 

@@ -33,7 +33,7 @@ def soak(switches: int = SWITCHES) -> dict:
     from PySide6.QtCore import QCoreApplication, QDeadlineTimer, Qt
     from PySide6.QtTest import QTest
 
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
     from lvlm_studio.gui.app import SAMPLE_IMAGE, create_application
     from lvlm_studio.gui.main_window import MainWindow
     from lvlm_studio.gui.settings import StudioSettings

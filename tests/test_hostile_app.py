@@ -26,9 +26,9 @@ pytest.importorskip("pyqtgraph")
 from gui_helpers import JOB_TIMEOUT_MS, ask, wait_idle
 from PySide6.QtCore import QTimer
 
-from lvlm_studio.core.contracts import Explainer, PanelSpec
 from lvlm_studio.core.errors import ModelLoadError
-from lvlm_studio.core.hookspecs import hookimpl
+from lvlm_studio.core.plugin.contracts import Explainer, PanelSpec
+from lvlm_studio.core.plugin.hookspecs import hookimpl
 from lvlm_studio.gui.app import SAMPLE_IMAGE
 from lvlm_studio.gui.excepthook import ExceptionHandler
 
@@ -73,7 +73,7 @@ class HostilePlugin:
 
 @pytest.fixture(scope="module")
 def registry():
-    from lvlm_studio.core.plugins import create_registry
+    from lvlm_studio.core.plugin.registry import create_registry
 
     return create_registry(load_third_party=False, extra=[(HostilePlugin(), "hostile")])
 
@@ -327,7 +327,7 @@ def test_a_damaged_autosave_is_offered_fails_once_and_stays_on_disk(qtbot, make_
 
 @pytest.mark.hostile("app")
 def test_saving_to_a_read_only_place_says_so_and_keeps_the_last_save(qtbot, window, dialogs, tmp_path, monkeypatch):
-    from lvlm_studio.core import session as sessions
+    from lvlm_studio.core.formats import session as sessions
 
     ask(qtbot, window)
     path = window.save_session(tmp_path / "mine.lvlm")
@@ -348,7 +348,7 @@ def test_saving_to_a_read_only_place_says_so_and_keeps_the_last_save(qtbot, wind
 
 @pytest.mark.hostile("app")
 def test_exporting_the_report_to_a_full_disk_says_so(qtbot, window, dialogs, tmp_path, monkeypatch):
-    from lvlm_studio.core import report
+    from lvlm_studio.core.formats import report
 
     def disk_full(session, target):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.plugin.jobs import Progress
 from lvlm_studio.gui.state import StudioState
 from lvlm_studio.gui.worker import Job, JobRunner
 
 if TYPE_CHECKING:
-    from lvlm_studio.core.contracts import Explainer, Metric
-    from lvlm_studio.core.plugins import PluginRegistry
+    from lvlm_studio.core.plugin.contracts import Explainer, Metric
+    from lvlm_studio.core.plugin.registry import PluginRegistry
 
 Work = Callable[[Callable[[Progress], None], threading.Event], Any]
 
@@ -122,7 +122,7 @@ class Analysis(QObject):
             return None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.plugins import create_registry
+            from lvlm_studio.core.plugin.registry import create_registry
 
             return create_registry()
 
@@ -143,7 +143,7 @@ class Analysis(QObject):
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
             from lvlm_studio.core.models.loading import LoadOptions, load_model
-            from lvlm_studio.core.plugins import create_registry
+            from lvlm_studio.core.plugin.registry import create_registry
 
             used = registry or create_registry()
             options = LoadOptions(device=device, dtype=dtype, allow_pickle=allow_pickle,
@@ -166,7 +166,7 @@ class Analysis(QObject):
         path = Path(path)
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.images import open_image
+            from lvlm_studio.core.io.images import open_image
 
             return open_image(path)
 
@@ -185,7 +185,7 @@ class Analysis(QObject):
             return make_scene(seed)
 
         def done(scene: Any) -> None:
-            from lvlm_studio.core.masks import scene_masks
+            from lvlm_studio.demo.pointing import scene_masks
 
             masks = scene_masks(scene, [])  # word -> union mask ("red", "circle", ...)
             self.state.set_image(scene.image, f"demo scene {seed}", masks)
@@ -200,7 +200,7 @@ class Analysis(QObject):
             return None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.trace import generate_trace
+            from lvlm_studio.core.tracing.trace import generate_trace
 
             return generate_trace(model, image, prompt, cancel=cancel)
 
@@ -227,8 +227,8 @@ class Analysis(QObject):
         targets = list(range(len(trace.answer_tokens)))
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.checks import check_explanation
-            from lvlm_studio.core.jobs import run_job
+            from lvlm_studio.core.plugin.checks import check_explanation
+            from lvlm_studio.core.plugin.jobs import run_job
 
             made = run_job(explainer.explain(trace, model, targets, explainer.resolve_params({})), report, cancel)
             return check_explanation(made, trace, targets, explainer)
@@ -246,8 +246,8 @@ class Analysis(QObject):
             return None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.jobs import run_job
-            from lvlm_studio.core.token_stats import token_stats
+            from lvlm_studio.core.plugin.jobs import run_job
+            from lvlm_studio.core.tracing.token_stats import token_stats
 
             return run_job(token_stats(trace, model), report, cancel)
 
@@ -264,8 +264,8 @@ class Analysis(QObject):
             return None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.head_attention import head_attention
-            from lvlm_studio.core.jobs import run_job
+            from lvlm_studio.core.plugin.jobs import run_job
+            from lvlm_studio.core.tracing.head_attention import head_attention
 
             return run_job(head_attention(trace, model), report, cancel)
 
@@ -287,7 +287,7 @@ class Analysis(QObject):
 
     def score(self, metric_id: str, method: str, token: int, retry: bool = True) -> Job | None:
         """Score ``method``'s map of answer token ``token`` with metric ``metric_id``."""
-        from lvlm_studio.core.explanation import Explanation
+        from lvlm_studio.core.plugin.explanation import Explanation
 
         state, trace, model = self.state, self.state.trace, self.state.model
         key = f"metric:{metric_id}:{method}:{token}"
@@ -304,8 +304,8 @@ class Analysis(QObject):
         masks = dict(state.masks) or None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.checks import check_metric_result
-            from lvlm_studio.core.jobs import run_job
+            from lvlm_studio.core.plugin.checks import check_metric_result
+            from lvlm_studio.core.plugin.jobs import run_job
 
             return check_metric_result(run_job(metric.score(trace, one, model, masks, metric.resolve_params({})),
                                                report, cancel), metric)

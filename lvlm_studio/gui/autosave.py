@@ -36,7 +36,7 @@ class Autosave:
     def save(self, session: Any) -> Path:
         """Write ``session`` to this window's file (atomically), claiming the file on the first call.
         Raises ``OSError`` when the folder cannot be written."""
-        from lvlm_studio.core.session import save_session
+        from lvlm_studio.core.formats.session import save_session
 
         if not self._lock.isLocked():
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,12 @@ from lvlm_studio.core.errors import PluginError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from lvlm_studio.core.contracts import MetricResult, PanelSpec
-    from lvlm_studio.core.explanation import Explanation
-    from lvlm_studio.core.head_attention import HeadAttention
     from lvlm_studio.core.models.loading import LoadedModel
-    from lvlm_studio.core.token_stats import TokenStats
-    from lvlm_studio.core.trace import Trace
+    from lvlm_studio.core.plugin.contracts import MetricResult, PanelSpec
+    from lvlm_studio.core.plugin.explanation import Explanation
+    from lvlm_studio.core.tracing.head_attention import HeadAttention
+    from lvlm_studio.core.tracing.token_stats import TokenStats
+    from lvlm_studio.core.tracing.trace import Trace
     from lvlm_studio.gui.analysis import Analysis, Work
     from lvlm_studio.gui.worker import Job
 

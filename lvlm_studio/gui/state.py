@@ -16,12 +16,12 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-    from lvlm_studio.core.contracts import MetricResult
-    from lvlm_studio.core.explanation import Explanation
-    from lvlm_studio.core.head_attention import HeadAttention
     from lvlm_studio.core.models.loading import LoadedModel
-    from lvlm_studio.core.token_stats import TokenStats
-    from lvlm_studio.core.trace import Trace
+    from lvlm_studio.core.plugin.contracts import MetricResult
+    from lvlm_studio.core.plugin.explanation import Explanation
+    from lvlm_studio.core.tracing.head_attention import HeadAttention
+    from lvlm_studio.core.tracing.token_stats import TokenStats
+    from lvlm_studio.core.tracing.trace import Trace
 
 DEFAULT_METHOD = "raw_attention"
 DEFAULT_OPACITY = 0.6
@@ -198,7 +198,7 @@ class StudioState:
             return None
         key = (method, token)
         if key not in self._pixels:
-            from lvlm_studio.core.explanation import to_pixels
+            from lvlm_studio.core.plugin.explanation import to_pixels
 
             pixels = to_pixels(explanation.maps[token], self.trace.regions, self.trace.image.size)
             self._pixels[key] = (pixels, display_levels(pixels))

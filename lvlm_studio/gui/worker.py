@@ -18,7 +18,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal, Slot
 
 from lvlm_studio.core.errors import Cancelled
-from lvlm_studio.core.jobs import Progress
+from lvlm_studio.core.plugin.jobs import Progress
 
 #: The work a job does on the worker thread: it gets a progress callback and the cancel event
 #: (hand both to ``run_job`` or ``generate_trace``) and returns the result.
