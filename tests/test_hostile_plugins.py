@@ -279,6 +279,19 @@ def test_explain_refuses_a_wrong_explanation_naming_the_plugin(case, site, capsy
 
 
 @pytest.mark.hostile("plugins")
+def test_explain_names_the_plugin_whose_method_raises(site, capsys, tmp_path):
+    """A plugin's own bug is the plugin's failure, named with its distribution, not "a bug" of ours.
+    (The benchmark records it in the method's row and goes on: one broken method must not stop it.)"""
+    site(explainer_plugin("""
+        def explain(self, trace, model, targets, params):
+            raise ValueError("shapes (3,4) and (5,6) not aligned")
+        """))
+    line = refused(run_cli(capsys, *explain_args(tmp_path)), METHOD, DIST, "ValueError: shapes (3,4)")
+    assert "report it to its authors" in line and "this is a bug" not in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.hostile("plugins")
 @pytest.mark.parametrize("case", WRONG_EXPLANATIONS)
 def test_benchmark_refuses_a_wrong_explanation_naming_the_plugin(case, site, capsys, tmp_path):
     body, problem = WRONG_EXPLANATIONS[case]

@@ -200,13 +200,7 @@ def plot_curves(out: Path, records: list[dict[str, Any]]) -> Path | None:
     axes[0].set_ylabel("mean probability of the scored tokens")
     axes[1].legend(fontsize=8)
     figure.tight_layout()
-    path = out / "curves.png"
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=120)
-    finally:
-        plt.close(figure)
-    return path
+    return _save(figure, out / "curves.png", dpi=120)
 
 
 def example_grid(out: Path, methods: list[str]) -> Path | None:
@@ -236,10 +230,16 @@ def example_grid(out: Path, methods: list[str]) -> Path | None:
         for axis in axes[row]:
             axis.axis("off")
     figure.tight_layout()
-    path = out / "examples.png"
+    return _save(figure, out / "examples.png", dpi=100)
+
+
+def _save(figure: Any, path: Path, dpi: int) -> Path:
+    """Write ``figure`` atomically (a full disk leaves the previous file) and free it either way."""
+    import matplotlib.pyplot as plt
+
     try:
         with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100)
+            figure.savefig(temporary, dpi=dpi)
     finally:
         plt.close(figure)
     return path

@@ -67,7 +67,7 @@ def _exp(values) -> list[float]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from lvlm_studio.core.plugin.checks import check_explanation
+    from lvlm_studio.core.plugin.checks import blamed_on, check_explanation
     from lvlm_studio.core.plugin.contracts import require_applicable
     from lvlm_studio.core.plugin.explanation import overlay, to_pixels
     from lvlm_studio.core.plugin.jobs import run_job
@@ -88,7 +88,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     common.status(f"answer: {trace.answer_text}")
 
     started = time.perf_counter()
-    with common.progress_bar(f"{explainer.title}") as on_progress:
+    with common.progress_bar(f"{explainer.title}") as on_progress, blamed_on(explainer):
         explanation = run_job(explainer.explain(trace, loaded, targets, params), on_progress)
     check_explanation(explanation, trace, targets, explainer)
     explain_s = time.perf_counter() - started

@@ -9,14 +9,15 @@ the method (or metric) and the distribution that installed it, so the user knows
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import PluginError
+from lvlm_studio.core.errors import Cancelled, LVLMError, PluginError
 from lvlm_studio.core.plugin.contracts import MetricResult
 from lvlm_studio.core.plugin.explanation import Explanation
 from lvlm_studio.core.plugin.registry import distribution_of
@@ -26,6 +27,21 @@ if TYPE_CHECKING:
     from lvlm_studio.core.tracing.trace import Trace
 
 HINT = "The plugin is at fault: report it to its authors, and use another {} meanwhile."
+
+
+@contextlib.contextmanager
+def blamed_on(plugin: Explainer | Metric, kind: str = "explanation method") -> Iterator[None]:
+    """Run a plugin's code so that an error it did not mean (a ``ValueError`` deep in its maths) is
+    reported as that plugin's failure, naming it and its distribution, instead of as a bug of LVLM
+    Studio. Errors that tell the user what to do (``LVLMError``), cancellation and running out of
+    memory pass through unchanged."""
+    try:
+        yield
+    except (LVLMError, Cancelled, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug, named as such
+        raise PluginError(f"{kind} {plugin.id!r} ({distribution_of(plugin)}) failed: {type(exc).__name__}: {exc}.",
+                          HINT.format(kind.split()[-1])) from exc
 
 
 def check_explanation(explanation: Any, trace: Trace, targets: Sequence[int], explainer: Explainer) -> Explanation:
