@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
-from pathlib import Path
 
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.io.images import open_image
 
 EXIT_INPUT = 2
 EXIT_BUG = 1
 EXIT_CANCELLED = 130
 MAX_SEED = 2**32 - 1
+
 
 def seed(text: str) -> int:
     """The type of every --seed: a number each random generator involved accepts (torch, NumPy)."""
@@ -40,7 +40,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--offload-folder", help="with --placement auto: a folder for weights that fit on no device")
     group.add_argument("--quantize", choices=["4bit", "8bit"],
                        help="load the weights in 4 or 8 bits (bitsandbytes: pip install 'lvlm-studio[quant]'; CUDA)")
-    group.add_argument("--allow-pickle", action="store_true", 
+    group.add_argument("--allow-pickle", action="store_true",
                        help="allow pickle weights (.bin) from a source you trust")
     group.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own Python code")
 
@@ -86,18 +86,6 @@ def status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def open_image(path: str):
-    """The user's image, opened (and decoded) before any model work; one clear line if it cannot be."""
-    from lvlm_studio.core.io.images import open_image
-
-    image = Path(path)
-    if image.is_dir():
-        raise InputError(f"image {image} is a folder, not an image file.", "Give the path of one image file.")
-    if image.exists() and not os.access(image, os.R_OK):
-        raise InputError(f"image {image} cannot be read: permission denied.", "Check the file's permissions.")
-    return open_image(image)
-
-
 def check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise InputError("the prompt is empty.", "Type a question or instruction about the image, e.g. "
@@ -111,7 +99,7 @@ def check_at_least(option: str, value: int, minimum: int = 1) -> None:
 
 
 def check_number(option: str, value: float | None, example: str, minimum: float | None = None,
-                  maximum: float | None = None, above: bool = False) -> None:
+                 maximum: float | None = None, above: bool = False) -> None:
     """A finite number within bounds (``above``: strictly greater than ``minimum``); None (not given) passes.
     argparse's float() takes "nan" and "inf", and NaN passes every comparison."""
     if value is None:

@@ -20,6 +20,7 @@ from typing import Any
 from lvlm_studio.cli import common
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import check_output_folder, staged_folder, write_record
+from lvlm_studio.core.io.images import open_image
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -309,7 +310,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lvlm_studio.sae.render import dashboard, map_overlay
     from lvlm_studio.sae.shipped import demo_sae_path
 
-    image = common.open_image(args.image).convert("RGB")
+    image = open_image(args.image)
     common.check_prompt(args.prompt)
     patch = _patch(args.patch)
     scales = _parse_scales(args.scale)
