@@ -13,7 +13,7 @@ flushed to disk) before the next starts, so an interrupted run (Ctrl-C, a crash,
 loses at most the sample in progress: running the same command again skips the samples already
 there. ``run.json`` records everything needed to reproduce the run (settings, model, versions,
 seeds, command); a rerun with different settings into the same folder is refused, since its
-results could not be pooled. The tables and figures are written by ``benchmark_report`` from the
+results could not be pooled. The tables and figures are written by ``benchmark.report`` from the
 JSON lines alone.
 """
 
@@ -49,7 +49,7 @@ RANDOM = "uniform random"
 RESULTS = "results.jsonl"
 RECORD = "run.json"
 EXAMPLES = "examples"
-#: What ``benchmark_report`` writes from the results: removed when a run (re)starts.
+#: What ``benchmark.report`` writes from the results: removed when a run (re)starts.
 REPORTS = ("summary.md", "summary.csv", "tables", "curves.png", "examples.png")
 #: Settings that may differ between a run and its resumption (they do not change any result).
 RESUMABLE_CHANGES = frozenset({"n", "examples"})

@@ -58,7 +58,7 @@ def score_images(
 
     A job: yields one ``Progress`` per batch (so it cancels within one forward pass) and returns
     the array. ``batch_size=1`` is the unbatched reference the benchmarks compare against.
-    log p is exact for confident tokens too (``core.scores``: it does not round to 0 for
+    log p is exact for confident tokens too (``core.tracing.scores``: it does not round to 0 for
     p = 1 - 1e-11, as float32 log_softmax does). ``log_odds=True`` returns log(p / (1 - p)) instead:
     the same order as p, on a scale where a confident token's evidence can still move by nats.
     ``upto`` scores only the answer's first ``upto`` tokens (an (n_images, upto) array): the

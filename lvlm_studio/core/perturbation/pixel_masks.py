@@ -244,7 +244,7 @@ def answer_logprobs_with_grad(loaded: LoadedModel, trace: Trace, inputs: dict[st
                               batch: int) -> torch.Tensor:
     """log p of every answer token [batch, n_answer] for ``batch`` processed rows, differentiable
     in them. Teacher-forced over prompt + answer; the model's own attention implementation (only
-    logits are read). Exact for confident tokens too (``core.scores``)."""
+    logits are read). Exact for confident tokens too (``core.tracing.scores``)."""
     from lvlm_studio.core.models.inputs import forward_inputs
 
     n = len(trace.answer_ids)

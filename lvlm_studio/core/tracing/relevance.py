@@ -145,7 +145,7 @@ def visual_relevance(
 @torch.no_grad()
 def answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, torch.Tensor]) -> np.ndarray:
     """log p of each answer token, teacher-forced over prompt + answer with the given image inputs
-    (exact for confident tokens too: ``core.scores``)."""
+    (exact for confident tokens too: ``core.tracing.scores``)."""
     from lvlm_studio.core.models.inputs import forward_inputs
 
     n = len(trace.answer_ids)
