@@ -183,11 +183,8 @@ def site(tmp_path, monkeypatch):
 
 
 def refused(outcome: Outcome, *mentions: str) -> str:
-    """``assert_refused`` (exit 2), not counting the answer that ``explain`` prints before explaining
-    nor the progress bar's redraws (a terminal overwrites them; captured, each is a line)."""
-    chatter = re.compile(r"answer: |\w+: +\d+%\|")
-    err = "\n".join(line for line in outcome.err.splitlines() if not chatter.match(line))
-    return assert_refused(Outcome(outcome.code, outcome.out, err), 2, *mentions)
+    """``assert_refused`` with exit 2."""
+    return assert_refused(outcome, 2, *mentions)
 
 
 def explain_args(tmp_path: Path, method: str = METHOD, *extra: str) -> list[str]:
