@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from model_helpers import hand_built_gradients
 from scipy.stats import spearmanr
 
 from lvlm_studio.core.perturbation.perturb import score_images
@@ -35,27 +36,6 @@ def float64_logits(float64_model, trace) -> torch.Tensor:
     with torch.no_grad():
         logits = float64_model.model(**trace.teacher_forced_inputs(float64_model), use_cache=False).logits[0]
     return logits[trace.answer_start - 1: trace.answer_start - 1 + len(trace.answer_ids)]
-
-
-def float64_gradients(float64_model, trace, tokens: list[int]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """(features, {token: d log p / d features}) at the image positions, all in float64, by hand:
-    the decoder run from input embeddings with the projected image features written in."""
-    inputs = trace.teacher_forced_inputs(float64_model)
-    llava = float64_model.model.model
-    with torch.no_grad():
-        embeds = llava.get_input_embeddings()(inputs["input_ids"])
-        features = llava.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-1,
-                                            vision_feature_select_strategy="default").pooler_output[0]
-        embeds[0, trace.image_positions] = features
-    embeds.requires_grad_(True)
-    logits = float64_model.model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                                 use_cache=False).logits[0]
-    grads = {}
-    for token in tokens:
-        logprob = torch.log_softmax(logits[trace.answer_position(token) - 1], dim=-1)[trace.answer_ids[token]]
-        (grad,) = torch.autograd.grad(logprob, embeds, retain_graph=True)
-        grads[token] = grad[0, trace.image_positions].numpy()
-    return features.numpy(), grads
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +67,7 @@ def test_scores_resolve_confident_tokens(demo_model, demo_trace, float64_model, 
 @pytest.mark.parametrize("method", ["grad_x_input", "gradcam"])
 def test_gradient_maps_of_confident_tokens_match_float64(lvlm_registry, demo_model, demo_trace, float64_model,
                                                          confident, method):
-    features, grads = float64_gradients(float64_model, demo_trace, confident)
+    features, grads = hand_built_gradients(float64_model, demo_trace, confident)
     ours = run_explainer(lvlm_registry.explainer(method), demo_trace, demo_model, confident)
     for token in confident:
         if method == "grad_x_input":

@@ -4,7 +4,7 @@ import copy
 
 import numpy as np
 import pytest
-import torch
+from model_helpers import hand_built_gradients
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.models.loading import LoadedModel
@@ -24,32 +24,9 @@ def gradcam(lvlm_registry):
     return lvlm_registry.explainer("gradcam")
 
 
-def plain_gradients(model, trace, score):
-    """(features, {token: gradient}) at the image positions: the input embeddings are built by hand
-    (token embeddings with the projected image features written at the image positions) and the
-    language model is run from them, with no image input and no hooks."""
-    inputs = trace.teacher_forced_inputs(model)
-    llava = model.model.model
-    with torch.no_grad():
-        embeds = llava.get_input_embeddings()(inputs["input_ids"])
-        features = llava.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-1,
-                                            vision_feature_select_strategy="default").pooler_output[0]
-        embeds[0, trace.image_positions] = features
-    embeds.requires_grad_(True)
-    logits = model.model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], use_cache=False).logits[0]
-    grads = {}
-    for token in TOKENS:
-        row = logits[trace.answer_position(token) - 1]
-        # log p in float64: float32 log_softmax loses 1 - p for confident tokens (test_confident_tokens.py)
-        value = torch.log_softmax(row.double(), dim=-1) if score == "logprob" else row
-        (grad,) = torch.autograd.grad(value[trace.answer_ids[token]], embeds, retain_graph=True)
-        grads[token] = grad[0, trace.image_positions].double().numpy()
-    return features.double().numpy(), grads
-
-
 @pytest.fixture(scope="module", params=["logprob", "logit"])
 def reference(request, demo_model, demo_trace):
-    return request.param, *plain_gradients(demo_model, demo_trace, request.param)
+    return request.param, *hand_built_gradients(demo_model, demo_trace, TOKENS, request.param)
 
 
 def test_grad_x_input_matches_autograd(grad_x_input, demo_model, demo_trace, reference):
