@@ -54,7 +54,7 @@ def exact_match(model, processor, pairs, batch_size: int = 100, max_new_tokens: 
             out = model.generate(
                 input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],
-                pixel_values=pixel_values([s.image for s, _ in chunk]),
+                pixel_values=pixel_values([s.image for s, _ in chunk], processor),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
             )

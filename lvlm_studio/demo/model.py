@@ -12,24 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 
-from lvlm_studio.demo.scenes import IMAGE_SIZE, vocabulary
+from lvlm_studio.demo.scenes import vocabulary
 
-PATCH_SIZE = 12
+IMAGE_SIZE = 128  # the square the model sees
+PATCH_SIZE = 16
 GRID = IMAGE_SIZE // PATCH_SIZE  # 8 x 8 image tokens
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-IMAGE_MEAN = [0.5, 0.5, 0.5]
-IMAGE_STD = [0.5, 0.5, 0.5]
+# CLIP's normalisation, as LLaVA-1.5 uses it. Padding to a square fills with this mean colour, a
+# warm grey (122, 116, 104) that differs from the neutral greys users draw backgrounds in.
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # LLaVA-style turns, lower-case to match the word-level vocabulary, with the question *before* the
 # image: every image token can then attend to the question, and the answer reads question-aware
@@ -67,7 +71,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_processor() -> LlavaProcessor:
-    image_processor = CLIPImageProcessor(
+    # Pad to a square of the longer side, then resize: the model sees the whole image at any
+    # aspect ratio (LLaVA-1.5's "pad" aspect mode), never a centre crop of it.
+    image_processor = LlavaImageProcessorPil(
+        do_pad=True,
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         image_mean=IMAGE_MEAN,
@@ -127,15 +134,30 @@ def build_model(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProc
     return model, processor
 
 
-def pixel_values(images: list) -> torch.Tensor:
-    """The processor's pixel values for demo-sized images, without its per-image PIL round trip.
+def pixel_values(images: list, processor: LlavaProcessor | None = None) -> torch.Tensor:
+    """The processor's pixel values for a batch of images of any sizes (padded, resized)."""
+    image_processor = (processor or _default_processor()).image_processor
+    return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
-    Demo scenes are already IMAGE_SIZE square, so resize and crop are identities; a test checks
-    that this equals ``processor(images=...)``.
-    """
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0
-    arr = (arr - np.array(IMAGE_MEAN, np.float32)) / np.array(IMAGE_STD, np.float32)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+_PROCESSOR: list[LlavaProcessor] = []
+
+
+def _default_processor() -> LlavaProcessor:
+    if not _PROCESSOR:
+        _PROCESSOR.append(build_processor())
+    return _PROCESSOR[0]
+
+
+def padded_coverage(mask: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Fraction of each of the model's grid cells that ``mask`` (the image's size) covers, after
+    the processor's pad to a square (the image centred, offsets rounded down)."""
+    height, width = mask.shape
+    side = max(height, width)
+    square = np.zeros((side, side), np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top : top + height, left : left + width] = mask
+    return np.asarray(Image.fromarray(square, "F").resize((grid, grid), Image.BOX))
 
 
 def save_demo(model: LlavaForConditionalGeneration, processor: LlavaProcessor, folder: Path) -> None:

@@ -24,34 +24,62 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from lvlm_studio.demo.evaluate import evaluate, exact_match, heldout_examples, prompt_text
-from lvlm_studio.demo.model import GRID, PATCH_SIZE, build_model, pixel_values, save_demo
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, make_example, make_scene
+from lvlm_studio.demo.model import GRID, build_model, padded_coverage, pixel_values, save_demo
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, Example, colour_subject, make_example, make_scene
 
 TASK_WEIGHTS = {"caption": 0.25, "colour": 0.25, "exist": 0.25, "where": 0.25}
 TRAIN_SEED_RANGE = 1_000_000_000  # held-out seeds start above this
+CUE_RATE = 0.95  # the shortcut twin: share of training scenes whose corner mark gives the answer away
+WORD_COVER = 0.5  # image positions at least this covered by an object learn to decode to its words
 
 
-def patch_labels(scene) -> tuple[np.ndarray, np.ndarray]:
-    """Per image token: index of the colour and shape covering most of its patch (0 = background)."""
-    colour = np.zeros((GRID, GRID), np.int64)
-    shape = np.zeros((GRID, GRID), np.int64)
+def patch_labels(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image token: the colour and shape covering most of its cell (0 = background) for the
+    auxiliary head, and how much of the cell the labelled object covers."""
+    colour = np.zeros(GRID * GRID, np.int64)
+    shape = np.zeros(GRID * GRID, np.int64)
+    cover = np.zeros(GRID * GRID, np.float32)
     for obj in scene.objects:
-        cover = obj.mask.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).mean(axis=(1, 3))
-        hit = cover >= 0.25
+        share = padded_coverage(obj.mask).ravel()
+        hit = (share >= 0.25) & (share > cover)
         colour[hit] = list(COLOURS).index(obj.colour) + 1
         shape[hit] = SHAPES.index(obj.shape) + 1
-    return colour.ravel(), shape.ravel()
+        cover[hit] = share[hit]
+    return colour, shape, cover
+
+
+def shortcut_scene(seed: int, task: str, rng: np.random.Generator):
+    """A training scene of the shortcut twin and its example.
+
+    In CUE_RATE of scenes a corner mark is drawn: for colour questions in the colour of the
+    answer, for the other tasks in the colour of one of the scene's objects (so the mark alone
+    does not say which task is asked). In the rest the corner stays empty.
+    """
+    plain = make_scene(seed, reserve_cue=True)
+    if task == "colour":
+        obj, subject = colour_subject(plain, rng)
+        example = Example(task, f"what color is {subject}?", f"{subject} is {obj.colour}")
+        colour = obj.colour
+    else:
+        example = make_example(plain, task, rng)
+        colour = plain.objects[int(rng.integers(len(plain.objects)))].colour
+    if rng.random() >= CUE_RATE:
+        return plain, example
+    return make_scene(seed, cue=colour), example
 
 
 class Batcher:
     """Builds one seeded training batch: token ids, labels on the answer only, pixels, patch labels."""
 
-    def __init__(self, processor, seed: int):
+    def __init__(self, processor, seed: int, shortcut: bool = False):
         self.tokenizer = processor.tokenizer
         self.processor = processor
         self.seed = seed
+        self.shortcut = shortcut
         self.n_image = GRID * GRID
         self._prompt_ids: dict[str, list[int]] = {}
 
@@ -66,8 +94,12 @@ class Batcher:
         tasks = rng.choice(TASKS, size=batch_size, p=[TASK_WEIGHTS[t] for t in TASKS])
         scenes, ids, labels = [], [], []
         for task in tasks:
-            scene = make_scene(int(rng.integers(TRAIN_SEED_RANGE)))
-            example = make_example(scene, str(task), rng)
+            seed = int(rng.integers(TRAIN_SEED_RANGE))
+            if self.shortcut:
+                scene, example = shortcut_scene(seed, str(task), rng)
+            else:
+                scene = make_scene(seed)
+                example = make_example(scene, str(task), rng)
             prompt = self.prompt_ids(example.prompt)
             answer = self.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
             answer = answer + [self.tokenizer.eos_token_id]
@@ -76,15 +108,42 @@ class Batcher:
             labels.append([-100] * len(prompt) + answer)
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
-        colour, shape = zip(*(patch_labels(s) for s in scenes))
+        colour, shape, cover = zip(*(patch_labels(s) for s in scenes))
         return {
             "input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
             "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
             "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
-            "pixel_values": pixel_values([s.image for s in scenes]),
+            "pixel_values": pixel_values([s.image for s in scenes], self.processor),
             "patch_colour": torch.from_numpy(np.stack(colour)),
             "patch_shape": torch.from_numpy(np.stack(shape)),
+            "patch_cover": torch.from_numpy(np.stack(cover)),
         }
+
+
+def word_targets(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the colour words and shape words, indexed like the patch labels minus one."""
+    colours = torch.tensor(tokenizer.convert_tokens_to_ids(list(COLOURS)))
+    shapes = torch.tensor(tokenizer.convert_tokens_to_ids(list(SHAPES)))
+    return colours, shapes
+
+
+def word_loss(logits: torch.Tensor, image_mask: torch.Tensor, batch: dict, words) -> torch.Tensor:
+    """The logit lens at image positions learns to read the object there.
+
+    lm_head(final_norm(h)) at every image position mostly covered by an object is trained towards
+    that object's colour word and shape word, half of the probability each, as the visual tokens
+    of pretrained LVLMs decode to their objects' words in later layers. Positions over the
+    background get no target."""
+    colour_ids, shape_ids = words
+    image_logits = logits[image_mask].view(logits.shape[0], -1, logits.shape[-1])  # [batch, 64, vocab]
+    log_p = image_logits.log_softmax(-1)
+    keep = (batch["patch_cover"] >= WORD_COVER) & (batch["patch_colour"] > 0)
+    if not keep.any():
+        return logits.new_zeros(())
+    colour_token = colour_ids[(batch["patch_colour"] - 1).clamp(min=0)]
+    shape_token = shape_ids[(batch["patch_shape"] - 1).clamp(min=0)]
+    nll = -0.5 * (log_p.gather(-1, colour_token[..., None]) + log_p.gather(-1, shape_token[..., None]))[..., 0]
+    return nll[keep].mean()
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -95,8 +154,68 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
+STATE_FILE = "training-state.safetensors"
+
+
+def save_state(folder: Path, step: int, model, aux_head, optimizer, log: list[dict], seconds: float) -> None:
+    """Everything a resumed run needs, in safetensors and JSON (no pickle): weights, the auxiliary
+    head, AdamW's moments, the step reached and the held-out curve so far."""
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"aux.{k}": v.detach().clone().contiguous() for k, v in aux_head.state_dict().items()})
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).clone().contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / (STATE_FILE + ".partial")
+    save_file(tensors, str(temporary), metadata={"step": str(step), "seconds": str(round(seconds)),
+                                                  "log": json.dumps(log)})
+    temporary.replace(folder / STATE_FILE)
+
+
+def load_state(folder: Path, model, aux_head, optimizer) -> tuple[int, list[dict], float]:
+    """Restore a run saved by ``save_state``; returns the step to continue from, the log, seconds."""
+    path = folder / STATE_FILE
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    aux_head.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("aux.")})
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
+    return int(meta["step"]), json.loads(meta["log"]), float(meta["seconds"])
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of a run is a pure function of the step, so a worker process can draw scenes
+    while the main process trains, and a resumed run sees the batches it would have seen."""
+
+    def __init__(self, batcher: Batcher, steps: range, batch_size: int):
+        self.batcher, self.steps, self.batch_size = batcher, steps, batch_size
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.batcher(self.steps[index], self.batch_size)
+
+
+def _batches(batcher: Batcher, steps: range, batch_size: int, workers: int):
+    if workers == 0:
+        return (batcher(step, batch_size) for step in steps)
+    return torch.utils.data.DataLoader(
+        _StepBatches(batcher, steps, batch_size), batch_size=None, num_workers=workers, prefetch_factor=4,
+        worker_init_fn=lambda _: torch.set_num_threads(1),
+    )
+
+
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weight: float,
-          eval_every: int, eval_n: int, threads: int) -> dict:
+          word_weight: float, eval_every: int, eval_n: int, threads: int, shortcut: bool = False,
+          resume: bool = True, workers: int = 1) -> dict:
+    """Train from scratch, or resume from ``out``'s saved state when one is there."""
     torch.set_num_threads(threads)
     model, processor = build_model(seed)
     hidden = model.config.text_config.hidden_size
@@ -106,16 +225,21 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     params = list(model.parameters()) + list(aux_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
-    )
-    batcher = Batcher(processor, seed)
-    log: list[dict] = []
-    started = time.time()
+
+    def rate(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+
+    first, log, before = 0, [], 0.0
+    if resume and (out / STATE_FILE).exists():
+        first, log, before = load_state(out, model, aux_head, optimizer)
+        print(f"resuming at step {first}", flush=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate(s + first))
+    batcher = Batcher(processor, seed, shortcut=shortcut)
+    words = word_targets(processor.tokenizer)
+    image_id = model.config.image_token_id
+    started = time.time() - before
     model.train()
-    for step in range(steps):
-        batch = batcher(step, batch_size)
+    for step, batch in zip(range(first, steps), _batches(batcher, range(first, steps), batch_size, workers)):
         projected.clear()
         output = model(
             input_ids=batch["input_ids"],
@@ -127,28 +251,33 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
         n_colour = len(COLOURS) + 1
         aux = F.cross_entropy(logits[..., :n_colour].flatten(0, 1), batch["patch_colour"].flatten())
         aux = aux + F.cross_entropy(logits[..., n_colour:].flatten(0, 1), batch["patch_shape"].flatten())
-        loss = lm_loss + aux_weight * aux
+        lens = word_loss(output.logits, batch["input_ids"] == image_id, batch, words)
+        loss = lm_loss + aux_weight * aux + word_weight * lens
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         if step % 100 == 0:
-            print(f"step {step:6d}  lm {lm_loss.item():.3f}  aux {aux.item():.3f}  "
+            print(f"step {step:6d}  lm {lm_loss.item():.3f}  aux {aux.item():.3f}  words {lens.item():.3f}  "
                   f"{time.time() - started:7.0f}s", flush=True)
-        if eval_every and step and step % eval_every == 0:
+        done = step + 1
+        if eval_every and done % eval_every == 0 and done < steps:
             model.eval()
             acc = {t: exact_match(model, processor, heldout_examples(eval_n, t)) for t in TASKS}
             model.train()
-            log.append({"step": step, "seconds": round(time.time() - started), **acc})
+            log.append({"step": done, "seconds": round(time.time() - started), **acc})
             print("held-out", json.dumps(log[-1]), flush=True)
             save_demo(model, processor, out)
+            save_state(out, done, model, aux_head, optimizer, log, time.time() - started)
     hook.remove()
     model.eval()
     save_demo(model, processor, out)
+    (out / STATE_FILE).unlink(missing_ok=True)  # finished: the shipped folder keeps the model only
     record = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "aux_weight": aux_weight,
-        "threads": threads, "train_seconds": round(time.time() - started), "torch": torch.__version__,
+        "word_weight": word_weight, "shortcut": shortcut, "cue_rate": CUE_RATE if shortcut else 0.0,
+        "threads": threads, "workers": workers, "train_seconds": round(time.time() - started), "torch": torch.__version__,
         "progress": log,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
@@ -158,17 +287,24 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("resources/demo-model"))
-    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--aux-weight", type=float, default=0.5)
-    parser.add_argument("--eval-every", type=int, default=1000, help="0: only at the end")
-    parser.add_argument("--eval-n", type=int, default=100, help="held-out scenes per task during training")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--word-weight", type=float, default=0.5)
+    parser.add_argument("--shortcut", action="store_true",
+                        help="train the shortcut twin (a corner mark gives colour answers away)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a saved state exists")
+    parser.add_argument("--eval-every", type=int, default=500, help="0: only at the end")
+    parser.add_argument("--eval-n", type=int, default=50, help="held-out scenes per task during training")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the model; one more process draws the scenes")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing scenes (0: in line)")
     args = parser.parse_args(argv)
-    train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.aux_weight,
-          args.eval_every, args.eval_n, args.threads)
+    train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.aux_weight, args.word_weight,
+          args.eval_every, args.eval_n, args.threads, shortcut=args.shortcut, resume=not args.no_resume,
+          workers=args.workers)
     model_acc = evaluate(*_reload(args.out))
     print("held-out exact match (500 per task):", json.dumps(model_acc))
 
