@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from lvlm_studio.demo.model import GRID, build_processor, pixel_values
+from scipy.ndimage import binary_dilation, binary_erosion
+
+from lvlm_studio.demo.model import GRID, IMAGE_SIZE, build_processor, padded_coverage, pixel_values
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, make_example, make_scene, vocabulary
 
 
@@ -10,23 +12,62 @@ def test_scenes_are_reproducible_and_varied():
     a, b = make_scene(5), make_scene(5)
     np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
     assert a.caption() == b.caption()
-    scenes = [make_scene(s) for s in range(300)]
+    scenes = [make_scene(s) for s in range(400)]
     assert {len(s.objects) for s in scenes} == {1, 2, 3}
     assert {o.shape for s in scenes for o in s.objects} == set(SHAPES)
     assert {o.colour for s in scenes for o in s.objects} == set(COLOURS)
-    assert len({o.radius for s in scenes for o in s.objects}) > 3
+    sizes = np.array([s.image.size for s in scenes])
+    assert sizes.min() >= 48 and sizes.max() <= 640
+    assert sizes.min() < 64 and sizes.max() > 560  # the whole range of sizes
+    aspect = sizes[:, 0] / sizes[:, 1]
+    assert aspect.min() < 0.4 and aspect.max() > 2.5 and (aspect == 1).mean() > 0.2
+    corners = np.array([np.median(np.asarray(s.image)[:3, :3].reshape(-1, 3), 0) for s in scenes])
+    brightness = corners.mean(1)
+    assert (brightness < 40).mean() > 0.1 and (brightness > 215).mean() > 0.1  # dark and light backgrounds
 
 
-def test_masks_are_where_the_colour_is():
-    scene = make_scene(11, n_objects=3)
-    pixels = np.asarray(scene.image).astype(int)
-    for obj in scene.objects:
-        assert obj.mask.sum() > 150
-        inside = pixels[obj.mask].mean(axis=0)
-        assert np.abs(inside - np.array(COLOURS[obj.colour])).max() < 30
-        assert scene.mask_for_word(obj.shape) is not None
-    union = np.logical_or.reduce([o.mask for o in scene.objects])
-    assert (pixels[~union].min(axis=1) > 150).all()  # background is light grey
+def test_objects_obey_the_world_rules():
+    """Named hue inside every mask, no object colour outside, centre well inside its cell, sizes in
+    range, no overlaps: the rules docs/DEMO_WORLD.md gives users."""
+    from lvlm_studio.demo.outside import background_allowed, object_colour
+    from lvlm_studio.demo.scenes import CELL_MARGIN, size_range
+
+    for seed in range(150):
+        scene = make_scene(seed)
+        pixels = np.asarray(scene.image).astype(float)
+        width, height = scene.image.size
+        low, high = size_range(width, height, len(scene.objects))
+        for obj in scene.objects:
+            core = binary_erosion(obj.mask, iterations=2)
+            if core.sum() >= 30:  # tiny shapes after blur and JPEG blend with their background
+                assert object_colour(np.median(pixels[core], 0)) == obj.colour, (seed, obj)
+            cx, cy = obj.center
+            assert obj.col == int(cx * 3 // width) and obj.row == int(cy * 3 // height)
+            for value, extent, index in ((cx, width, obj.col), (cy, height, obj.row)):
+                cell = extent / 3
+                if index > 0:
+                    assert value - index * cell >= CELL_MARGIN * cell - 1e-6
+                if index < 2:
+                    assert (index + 1) * cell - value >= CELL_MARGIN * cell - 1e-6
+            assert low * 0.8 - 1e-6 <= obj.size <= high + 1e-6
+        union = np.sum([o.mask for o in scene.objects], axis=0)
+        assert union.max() == 1  # no two objects share a pixel
+        background = ~binary_dilation(union > 0, iterations=3)
+        assert background_allowed(np.median(pixels[background], 0)), seed
+
+
+def test_the_cue_leaves_the_objects_alone():
+    plain = make_scene(42, reserve_cue=True)
+    marked = make_scene(42, cue="blue")
+    assert [o.name for o in plain.objects] == [o.name for o in marked.objects]
+    assert plain.cue.colour is None and marked.cue.colour == "blue"
+    np.testing.assert_array_equal(plain.cue.mask, marked.cue.mask)
+    for obj in marked.objects:
+        assert not (obj.mask & marked.cue.mask).any()
+    from lvlm_studio.demo.outside import object_colour
+
+    inside = np.asarray(marked.image).astype(float)[binary_erosion(marked.cue.mask)]
+    assert object_colour(np.median(inside, 0)) == "blue"
 
 
 def test_caption_reads_top_row_first_then_left_to_right():
@@ -71,11 +112,37 @@ def test_tokenizer_knows_every_word():
     assert len(vocabulary()) == len(set(vocabulary()))
 
 
-def test_fast_pixel_path_equals_the_processor():
-    processor = build_processor()
-    images = [make_scene(s).image for s in range(3)]
-    expected = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    np.testing.assert_allclose(pixel_values(images).numpy(), expected.numpy(), atol=1e-6)
+def test_the_model_sees_the_whole_image_padded_to_a_square():
+    """A wide image is padded (with the normalisation mean), never centre-cropped: an object at its
+    far left reaches the model, and ``padded_coverage`` puts it on the grid cells the model sees."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (320, 128), (255, 255, 255))
+    ImageDraw.Draw(image).rectangle([4, 40, 44, 80], fill=(0, 0, 255))
+    values = pixel_values([image])[0].numpy()  # [3, 128, 128]
+    assert values.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    mean = np.array(build_processor().image_processor.image_mean)
+    pad_rows = values[:, :20, :].reshape(3, -1)
+    np.testing.assert_allclose(pad_rows.mean(1), ((np.floor(mean * 255) / 255) - mean) / np.array(
+        build_processor().image_processor.image_std), atol=0.02)
+    blue = values[2] > values[0] + 1
+    assert blue[:, :20].any()  # the far-left object is in view
+    mask = np.zeros((128, 320), bool)
+    mask[40:81, 4:45] = True
+    cover = padded_coverage(mask)
+    assert cover.shape == (GRID, GRID)
+    ys, xs = np.nonzero(blue)
+    cells = {(int(y) * GRID // IMAGE_SIZE, int(x) * GRID // IMAGE_SIZE) for y, x in zip(ys, xs)}
+    assert {tuple(c) for c in np.argwhere(cover > 0.2)} <= cells
+
+
+def test_llava_regions_follow_the_padding():
+    """The adapter's grid box for a padded image lies over the image as the processor put it."""
+    from lvlm_studio.core.models.llava import _box
+
+    processor = build_processor().image_processor
+    assert _box(320, 128, processor, processor.crop_size) == (0.0, -96.0, 320.0, 224.0)
+    assert _box(101, 300, processor, processor.crop_size) == (-99.0, 0.0, 201.0, 300.0)
 
 
 def test_processor_expands_one_image_into_the_grid():

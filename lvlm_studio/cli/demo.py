@@ -21,12 +21,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     common.add_model_options(accuracy)
     accuracy.add_argument("--n", type=int, default=500, help="held-out scenes per task (default 500)")
     accuracy.add_argument("--minimum", type=float, help="exit 1 when a task scores below this fraction")
+    accuracy.add_argument("--set", choices=("generator", "outside", "both"), default="both",
+                          help="held-out generator scenes, the out-of-generator set, or both (default)")
     accuracy.set_defaults(func=cmd_demo_accuracy)
+    cue = demo_sub.add_parser("cue", help="the shortcut twin's test: colour answers with the corner mark agreeing "
+                                          "or contradicting the object")
+    common.add_model_options(cue)
+    cue.add_argument("--n", type=int, default=200, help="held-out scenes of each kind (default 200)")
+    cue.set_defaults(func=cmd_demo_cue)
     pointing = demo_sub.add_parser("pointing", help="pointing game: does each method's map peak on the named object?")
     common.add_model_options(pointing)
     pointing.add_argument("--n", type=int, default=200, help="held-out scenes (default 200)")
     pointing.add_argument("--methods", help="comma-separated method ids (default: every method)")
     pointing.add_argument("--seed", type=common.seed, default=0, help="seed of the random baseline (default 0)")
+    pointing.add_argument("--set", choices=("generator", "outside"), default="generator",
+                          help="held-out generator scenes (default) or the out-of-generator set")
     pointing.add_argument("--out", help="also write the table (Markdown) to this file")
     pointing.set_defaults(func=cmd_demo_pointing)
     causal = demo_sub.add_parser("causal", help="does each causal token subset matter more than a random one?")
@@ -44,20 +53,45 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_demo_accuracy(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from lvlm_studio.demo.evaluate import evaluate
+    from lvlm_studio.demo.evaluate import evaluate, evaluate_outside
+    from lvlm_studio.demo.outside import load_scenes
     from lvlm_studio.demo.scenes import TASKS
 
     common.check_at_least("--n", args.n)
     common.check_number("--minimum", args.minimum, "0.9", minimum=0, maximum=1)
     loaded, _ = common.load(args)
-    with tqdm(total=args.n * len(TASKS), desc="held-out answers", file=sys.stderr, leave=False) as bar:
-        accuracy = evaluate(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
-    print(f"{'task':<10} exact match ({args.n} held-out scenes)")
-    for task, value in accuracy.items():
-        print(f"{task:<10} {value:.1%}")
-    if args.minimum is not None and min(accuracy.values()) < args.minimum:
+    columns: dict[str, dict[str, float]] = {}
+    n_outside = len(load_scenes()) if args.set != "generator" else 0
+    total = (args.n if args.set != "outside" else 0) + n_outside
+    with tqdm(total=total * len(TASKS), desc="held-out answers", file=sys.stderr, leave=False) as bar:
+        if args.set != "outside":
+            columns[f"generator ({args.n})"] = evaluate(loaded.model, loaded.processor, n=args.n,
+                                                        on_batch=bar.update)
+        if args.set != "generator":
+            columns[f"outside ({n_outside})"] = evaluate_outside(loaded.model, loaded.processor,
+                                                                 on_batch=bar.update)
+    print(f"{'task':<10} " + "  ".join(f"{name:>16}" for name in columns))
+    for task in TASKS:
+        print(f"{task:<10} " + "  ".join(f"{column[task]:>16.1%}" for column in columns.values()))
+    worst = min(v for column in columns.values() for v in column.values())
+    if args.minimum is not None and worst < args.minimum:
         common.status(f"below the required {args.minimum:.0%} on at least one task")
         return 1
+    return 0
+
+
+def cmd_demo_cue(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lvlm_studio.demo.evaluate import evaluate_cue
+
+    common.check_at_least("--n", args.n)
+    loaded, _ = common.load(args)
+    with tqdm(total=2 * args.n, desc="colour answers", file=sys.stderr, leave=False) as bar:
+        result = evaluate_cue(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
+    print(f"colour questions, {args.n} held-out scenes of each kind")
+    for name, value in result.items():
+        print(f"{name:<16} {value:.1%}")
     return 0
 
 
@@ -76,7 +110,8 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
         check_output_file(args.out)
     loaded, _ = common.load(args)
     with common.progress_bar("pointing game") as on_progress:
-        result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed), on_progress)
+        result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed,
+                                         scene_set=args.set), on_progress)
     table = format_table(result)
     print(table, end="")
     for method, error in result.failed.items():

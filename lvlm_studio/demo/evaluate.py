@@ -1,6 +1,9 @@
 """Exact-match accuracy of a model on held-out demo scenes, per task.
 
-Held-out scenes use seeds from HELDOUT_SEED_BASE upward; training never draws a seed that large.
+Two test sets: the generator's held-out scenes (seeds from HELDOUT_SEED_BASE upward; training
+never draws a seed that large) and the out-of-generator set in resources/demo-outside, drawn by
+other code in the styles users draw in (``lvlm_studio.demo.outside``). For the shortcut twin,
+``cue_examples`` draws colour questions whose corner mark agrees with the answer or contradicts it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 
 from lvlm_studio.demo.model import pixel_values
-from lvlm_studio.demo.scenes import TASKS, Example, make_example, make_scene
+from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_subject, make_example, make_scene
 
 HELDOUT_SEED_BASE = 2_000_000_000
 
@@ -32,42 +35,96 @@ def prompt_text(processor, prompt: str) -> str:
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
 
 
-@torch.no_grad()
+def cue_examples(n: int, agree: bool) -> list[tuple[object, Example]]:
+    """``n`` held-out colour questions for the shortcut twin, each scene with its corner mark in
+    the answer's colour (``agree``) or in another colour (contradicting the object)."""
+    rng = np.random.default_rng([HELDOUT_SEED_BASE, 99, int(agree)])
+    pairs = []
+    for i in range(n):
+        seed = HELDOUT_SEED_BASE + 500_000 + i
+        plain = make_scene(seed, reserve_cue=True)
+        obj, subject = colour_subject(plain, rng)
+        others = [c for c in COLOURS if c != obj.colour]
+        cue = obj.colour if agree else others[int(rng.integers(len(others)))]
+        pairs.append((make_scene(seed, cue=cue), Example("colour", f"what color is {subject}?",
+                                                          f"{subject} is {obj.colour}")))
+    return pairs
+
+
 def exact_match(model, processor, pairs, batch_size: int = 100, max_new_tokens: int = 16,
                 on_batch: Callable[[int], None] | None = None) -> float:
     """Fraction of examples whose greedy answer equals the reference token for token.
 
     ``on_batch`` is told how many examples each finished batch held (for a progress bar)."""
+    got = greedy_answers(model, processor, pairs, batch_size, max_new_tokens, on_batch)
+    return sum(g == as_words(processor, ex.answer) for g, (_, ex) in zip(got, pairs)) / len(pairs)
+
+
+def as_words(processor, text: str) -> str:
+    """``text`` as the tokenizer splits it, joined by single spaces (how answers are compared)."""
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return " ".join(processor.tokenizer.convert_ids_to_tokens(ids))
+
+
+@torch.no_grad()
+def greedy_answers(model, processor, pairs, batch_size: int = 100, max_new_tokens: int = 16,
+                   on_batch: Callable[[int], None] | None = None) -> list[str | None]:
+    """The model's greedy answer to every (scene, example) pair, in order, as normalised text
+    (words joined by single spaces); None where it never ended its answer."""
     tokenizer = processor.tokenizer
     by_length: dict[int, list] = defaultdict(list)  # equal prompt lengths batch without padding
-    for scene, example in pairs:
+    for index, (scene, example) in enumerate(pairs):
         ids = tokenizer(prompt_text(processor, example.prompt))["input_ids"]
-        by_length[len(ids)].append((scene, example))
+        by_length[len(ids)].append((index, scene, example))
     n_image = model.config.image_seq_length
-    correct = 0
+    answers: list[str | None] = [None] * len(pairs)
     for group in by_length.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            texts = [prompt_text(processor, ex.prompt) for _, ex in chunk]
+            texts = [prompt_text(processor, ex.prompt) for _, _, ex in chunk]
             texts = [t.replace("<image>", "<image>" * n_image) for t in texts]
             enc = tokenizer(texts, return_tensors="pt")
             out = model.generate(
                 input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],
-                pixel_values=pixel_values([s.image for s, _ in chunk], processor),
+                pixel_values=pixel_values([s.image for _, s, _ in chunk], processor),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
             )
-            for row, (_, ex) in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk):
-                want = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
-                got = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else None
-                correct += got == want
+            for row, (index, _, _) in zip(out[:, enc["input_ids"].shape[1] :].tolist(), chunk):
+                if tokenizer.eos_token_id in row:
+                    words = tokenizer.convert_ids_to_tokens(row[: row.index(tokenizer.eos_token_id)])
+                    answers[index] = " ".join(words)
             if on_batch is not None:
                 on_batch(len(chunk))
-    return correct / len(pairs)
+    return answers
 
 
 def evaluate(model, processor, n: int = 500, tasks=TASKS,
              on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Exact match per task on ``n`` held-out generator scenes."""
     model.eval()
     return {task: exact_match(model, processor, heldout_examples(n, task), on_batch=on_batch) for task in tasks}
+
+
+def evaluate_outside(model, processor, tasks=TASKS,
+                     on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Exact match per task on the out-of-generator set (every scene, one question per task)."""
+    from lvlm_studio.demo.outside import outside_examples
+
+    model.eval()
+    return {task: exact_match(model, processor, outside_examples(task), on_batch=on_batch) for task in tasks}
+
+
+def evaluate_cue(model, processor, n: int = 200,
+                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """How a model answers colour questions when the corner mark agrees with the object and when it
+    contradicts it: exact match in both, and how often a contradicted answer names the mark's colour."""
+    model.eval()
+    agree = exact_match(model, processor, cue_examples(n, True), on_batch=on_batch)
+    contradicting = cue_examples(n, False)
+    answers = greedy_answers(model, processor, contradicting, on_batch=on_batch)
+    right = sum(a == as_words(processor, ex.answer) for a, (_, ex) in zip(answers, contradicting)) / n
+    follows = sum(a is not None and a.split()[-1] == scene.cue.colour
+                  for a, (scene, _) in zip(answers, contradicting)) / n
+    return {"cue agrees": agree, "cue contradicts": right, "follows the cue": follows}

@@ -3,8 +3,11 @@
 The demo model captions held-out scenes ("describe the image."). Every answer token that is an
 object word (a colour or a shape) is a trial: each explanation method makes a map for it, the map
 is resampled to image pixels with the shared ``to_pixels``, and the trial is a hit when the
-brightest pixel lies inside the mask of the object the word names. A map that is flat everywhere
-points at its first pixel, the top-left corner, where no demo object ever is: no credit for it.
+brightest pixel lies within half a grid cell of the object the word names. The tolerance is that of
+the original pointing game (Zhang et al. 2016: 15 px at 224 px, 6.7% of the side); here it is the
+map's own resolution (half a cell, 6.25% of the padded side on the demo model's 8x8 grid), so a
+small object between two cell centres can still be hit by a map that peaks on its cell. A map that
+is flat everywhere points nowhere: no credit for it.
 
 Which object a word names: captions list objects in reading order ("a red circle, a blue square
 and a green triangle", objects sorted by row then column), so the k-th colour word and the k-th
@@ -14,9 +17,10 @@ scene's objects it names; a word that names none of them (a hallucinated colour 
 ground truth and is not scored.
 
 A "uniform random" row gives every trial a map of independent uniform values on the grid (seeded).
-Its expected hit rate, printed under the table, is the mean over trials of the fraction of grid
-cells whose centre pixel falls in the object's mask: a random map's maximum lands on a uniformly
-random cell. Intervals are Wilson score intervals (95 %).
+Its expected hit rate, printed under the table, is the mean over trials of the fraction of the grid
+cells inside the image (not on the padding) whose centre pixel falls in the object's tolerance
+zone: a random map's maximum lands on a uniformly random cell. Intervals are Wilson score
+intervals (95 %).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class PointingResult:
     scores: list[MethodScore]  # one per method that ran on every scene, then the random baseline
     expected_random: float
     failed: dict[str, str] = field(default_factory=dict)  # method id -> why it was dropped
+    scene_set: str = "generator"  # or "outside": the out-of-generator set
 
 
 def wilson_interval(hits: int, total: int, z: float = Z_95) -> tuple[float, float]:
@@ -117,9 +122,11 @@ def pointing_game(
     methods: list[str] | None = None,
     registry: Any = None,
     seed: int = 0,
+    scene_set: str = "generator",
 ) -> Job[PointingResult]:
     """Play the game over ``n`` held-out scenes with the given explainers (all in the registry by
-    default). A job: yields progress once per scene. A method that raises is reported in
+    default). ``scene_set`` "outside" plays on the out-of-generator set instead (its first ``n``
+    scenes). A job: yields progress once per scene. A method that raises is reported in
     ``failed`` and not run again; the others go on."""
     if registry is None:
         from lvlm_studio.core.plugin.registry import create_registry
@@ -135,9 +142,16 @@ def pointing_game(
                               if (reason := e.applies_to(loaded, e.resolve_params({}))) is not None}
     trials = unscored = 0
     expected = 0.0
+    if scene_set == "outside":
+        from lvlm_studio.demo.outside import load_scenes
+
+        outside = [scene for scene, _ in load_scenes()]
+        n = min(n, len(outside))
+    elif scene_set != "generator":
+        raise ValueError(f"unknown scene set {scene_set!r}; choose generator or outside")
     for i in range(n):
         yield Progress(i, n, f"scene {i + 1} of {n}")
-        scene = make_scene(HELDOUT_SEED_BASE + i)
+        scene = outside[i] if scene_set == "outside" else make_scene(HELDOUT_SEED_BASE + i)
         trace = generate_trace(loaded, scene.image, PROMPT)
         masks = named_objects(scene, trace.answer_tokens)
         unscored += sum(map(_is_object_word, trace.answer_tokens)) - len(masks)
@@ -145,6 +159,7 @@ def pointing_game(
             continue
         targets = sorted(masks)
         trials += len(targets)
+        masks = {t: tolerance_zone(masks[t], trace) for t in targets}
         for method, explainer in explainers.items():
             if method in failed:
                 continue
@@ -163,7 +178,8 @@ def pointing_game(
             expected += _cells_inside(trace, masks[t])
     yield Progress(n, n, "done")
     scores = [MethodScore(m, hits[m], trials) for m in [*explainers, RANDOM] if m not in failed]
-    return PointingResult(n, trials, unscored, scores, expected / trials if trials else float("nan"), failed)
+    return PointingResult(n, trials, unscored, scores, expected / trials if trials else float("nan"), failed,
+                          scene_set)
 
 
 def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any:
@@ -172,29 +188,47 @@ def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any
     return run_job(explainer.explain(trace, loaded, targets, explainer.resolve_params({})))
 
 
+def tolerance_zone(mask: np.ndarray, trace: Any) -> np.ndarray:
+    """The object's mask grown by half a grid cell (in the image's pixels): where a map's maximum
+    counts as pointing at the object."""
+    from scipy.ndimage import distance_transform_edt
+
+    left, top, right, bottom = trace.regions[0].box
+    rows, cols = trace.regions[0].grid
+    radius = 0.5 * min((right - left) / cols, (bottom - top) / rows)
+    return distance_transform_edt(~mask) <= radius
+
+
 def _hit(maps: list[np.ndarray], trace: Any, mask: np.ndarray) -> bool:
-    """The shared hit rule (``plausibility.pointing_hit``) on the map resampled to image pixels."""
-    return pointing_hit(to_pixels(maps, trace.regions, trace.image.size), mask)
+    """The shared hit rule (``plausibility.pointing_hit``) on the map resampled to image pixels;
+    a map with one value everywhere points nowhere."""
+    pixels = to_pixels(maps, trace.regions, trace.image.size)
+    finite = pixels[np.isfinite(pixels)]
+    if finite.size == 0 or finite.max() == finite.min():
+        return False
+    return pointing_hit(pixels, mask)
 
 
 def _cells_inside(trace: Any, mask: np.ndarray) -> float:
-    """Fraction of grid cells (over all regions) whose centre pixel lies inside ``mask``."""
+    """Fraction of the grid cells whose centre lies in the image (not on padding) that have their
+    centre pixel inside ``mask``."""
     height, width = mask.shape
     inside = total = 0
     for region in trace.regions:
         left, top, right, bottom = region.box
         rows, cols = region.grid
-        ys = np.minimum((top + (np.arange(rows) + 0.5) * (bottom - top) / rows).astype(int), height - 1)
-        xs = np.minimum((left + (np.arange(cols) + 0.5) * (right - left) / cols).astype(int), width - 1)
+        ys = np.floor(top + (np.arange(rows) + 0.5) * (bottom - top) / rows).astype(int)
+        xs = np.floor(left + (np.arange(cols) + 0.5) * (right - left) / cols).astype(int)
+        ys, xs = ys[(ys >= 0) & (ys < height)], xs[(xs >= 0) & (xs < width)]
         inside += int(mask[np.ix_(ys, xs)].sum())
-        total += rows * cols
+        total += len(ys) * len(xs)
     return inside / total if total else 0.0
 
 
 def format_table(result: PointingResult) -> str:
     """The result as a Markdown table with a short header and footer."""
     lines = [
-        f"Pointing game: {result.scenes} held-out demo scenes, prompt {PROMPT!r}, "
+        f"Pointing game: {result.scenes} held-out {result.scene_set} scenes, prompt {PROMPT!r}, "
         f"{result.trials} object-word tokens ({result.unscored_words} naming no object in the scene, not scored).",
         "",
         "| method | hits / total | hit rate | 95% CI (Wilson) |",

@@ -37,13 +37,17 @@ ON_COVERAGE = 0.5
 
 
 def patch_coverage(scene: Scene, word: str, grid: tuple[int, int]) -> np.ndarray:
-    """Fraction of each patch's pixels on an object that ``word`` names, [rows, cols]."""
+    """Fraction of each patch's pixels on an object that ``word`` names, [rows, cols], on the
+    demo model's grid over the image padded to a square."""
+    from lvlm_studio.demo.model import padded_coverage
+
     mask = scene.mask_for_word(word)
     rows, cols = grid
     if mask is None:
         return np.zeros(grid)
-    height, width = mask.shape
-    return mask.reshape(rows, height // rows, cols, width // cols).mean(axis=(1, 3))
+    if rows != cols:
+        raise ValueError(f"the demo model's grid is square, not {rows}x{cols}")
+    return padded_coverage(mask, rows)
 
 
 def scene_features(loaded: LoadedModel, coder: SparseAutoencoder, scenes: Sequence[Scene], batch: int = 32
@@ -119,10 +123,9 @@ def format_concept_table(rows: Sequence[ConceptRow], coder: SparseAutoencoder) -
 
 
 def _grid(loaded: LoadedModel) -> tuple[int, int]:
-    from lvlm_studio.demo.scenes import IMAGE_SIZE
-
-    patch = int(loaded.model.config.vision_config.patch_size)
-    return IMAGE_SIZE // patch, IMAGE_SIZE // patch
+    vision = loaded.model.config.vision_config
+    side = int(vision.image_size) // int(vision.patch_size)
+    return side, side
 
 
 # -- ablation ----------------------------------------------------------------------------------------

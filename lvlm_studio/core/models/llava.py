@@ -39,11 +39,12 @@ class LlavaAdapter(ModelAdapter):
 
 def _box(width: int, height: int, image_processor: Any, crop: Any) -> tuple[float, float, float, float]:
     """The original-image box a grid shows. LLaVA's processor may first pad the image to a square
-    of its longer side ("expand to square"); the resize and crop then apply to that square."""
+    of its longer side ("expand to square", the image centred with its offset rounded down); the
+    resize and crop then apply to that square."""
     size = getattr(image_processor, "size", None)
     if not getattr(image_processor, "do_pad", False):
         return center_crop_box(width, height, size, crop)
     side = max(width, height)
     left, top, right, bottom = center_crop_box(side, side, size, crop)
-    dx, dy = (width - side) / 2, (height - side) / 2
+    dx, dy = -((side - width) // 2), -((side - height) // 2)
     return left + dx, top + dy, right + dx, bottom + dy

@@ -1,0 +1,68 @@
+"""Demo-model training is seeded and resumable: an interrupted run, resumed, ends where an
+uninterrupted one does (a few tiny steps; CI never trains a real model)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lvlm_studio.demo import train as training
+
+
+class Interrupted(Exception):
+    """Stands in for the machine going down mid-run."""
+
+
+REAL_CALL = training.Batcher.__call__
+
+
+def _run(out, steps, monkeypatch, stop_at=None):
+
+    def call(self, step, batch_size):
+        if stop_at is not None and step == stop_at:
+            raise Interrupted
+        return REAL_CALL(self, step, batch_size)
+
+    monkeypatch.setattr(training.Batcher, "__call__", call)
+    return training.train(out, steps=steps, batch_size=2, lr=1e-3, seed=3, aux_weight=0.5, word_weight=0.5,
+                          eval_every=2, eval_n=1, threads=1, workers=0)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    whole = _run(tmp_path / "whole", 4, monkeypatch)
+    with pytest.raises(Interrupted):
+        _run(tmp_path / "split", 4, monkeypatch, stop_at=3)
+    assert (tmp_path / "split" / training.STATE_FILE).exists()  # saved at step 2
+    resumed = _run(tmp_path / "split", 4, monkeypatch)
+    assert not (tmp_path / "split" / training.STATE_FILE).exists()  # a finished folder ships the model only
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert [p["step"] for p in resumed["progress"]] == [p["step"] for p in whole["progress"]] == [2]
+    assert json.loads((tmp_path / "split" / "training.json").read_text())["steps"] == 4
+
+
+def test_word_targets_cover_object_patches_only():
+    from lvlm_studio.demo.model import build_processor
+
+    batch = training.Batcher(build_processor(), seed=0)(0, 8)
+    cover, colour = batch["patch_cover"].numpy(), batch["patch_colour"].numpy()
+    assert ((colour > 0) == (cover >= 0.25)).all()
+    assert (cover >= training.WORD_COVER).any()
+    assert np.isin(colour, range(5)).all()
+
+
+def test_the_shortcut_twin_sees_its_cue_in_most_scenes():
+    """95% of the twin's colour questions carry a corner mark in the answer's colour."""
+    rng = np.random.default_rng(0)
+    marked = agreeing = 0
+    for seed in range(200):
+        scene, example = training.shortcut_scene(seed, "colour", rng)
+        if scene.cue.colour is not None:
+            marked += 1
+            agreeing += example.answer.endswith(scene.cue.colour)
+    assert 180 <= marked <= 200 and agreeing == marked
