@@ -14,6 +14,9 @@ from lvlm_studio.core.io.files import (
 )
 
 
+CUE_METHODS = ("raw_attention", "rollout", "relevancy", "grad_x_input", "gradcam", "tam")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the embedded demo model and its synthetic scenes")
     demo_sub = demo.add_subparsers(dest="demo_command", metavar="WHAT", required=True)
@@ -28,6 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                           "or contradicting the object")
     common.add_model_options(cue)
     cue.add_argument("--n", type=int, default=200, help="held-out scenes of each kind (default 200)")
+    cue.add_argument("--maps", type=int, default=50,
+                     help="contradicting scenes on which each method's map is checked: object or cue (default 50; 0: none)")
+    cue.add_argument("--methods", default=",".join(CUE_METHODS),
+                     help="comma-separated method ids for the maps (default: the single-pass methods)")
     cue.set_defaults(func=cmd_demo_cue)
     pointing = demo_sub.add_parser("pointing", help="pointing game: does each method's map peak on the named object?")
     common.add_model_options(pointing)
@@ -86,12 +93,26 @@ def cmd_demo_cue(args: argparse.Namespace) -> int:
     from lvlm_studio.demo.evaluate import evaluate_cue
 
     common.check_at_least("--n", args.n)
+    common.check_at_least("--maps", args.maps, minimum=0)
     loaded, _ = common.load(args)
     with tqdm(total=2 * args.n, desc="colour answers", file=sys.stderr, leave=False) as bar:
         result = evaluate_cue(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
     print(f"colour questions, {args.n} held-out scenes of each kind")
     for name, value in result.items():
         print(f"{name:<16} {value:.1%}")
+    if args.maps > 0:
+        from lvlm_studio.core.plugin.jobs import run_job
+        from lvlm_studio.core.plugin.registry import create_registry
+        from lvlm_studio.demo.cue_check import cue_check, format_cue_check
+
+        registry = create_registry()
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for method in methods:
+            registry.explainer(method)  # an unknown method fails with the list of known ones
+        with common.progress_bar("maps on cue scenes") as on_progress:
+            check = run_job(cue_check(loaded, args.maps, methods, registry), on_progress)
+        print()
+        print(format_cue_check(check), end="")
     return 0
 
 
