@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from matplotlib import colormaps
 from PIL import Image
 
 from lvlm_studio.core.plugin.adapter import ImageRegion
-from lvlm_studio.core.plugin.explanation import Explanation, normalise, overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import Explanation, fixed_levels, normalise, overlay, to_pixels
 
 
 def region(grid=(4, 4), box=(0, 0, 40, 40), index=0, name="r"):
@@ -61,6 +62,28 @@ def test_overlay_keeps_size_and_leaves_uncovered_pixels():
     assert out.size == (50, 30)
     assert out.getpixel((40, 10)) == (10, 200, 10)
     assert out.getpixel((5, 10)) != (10, 200, 10)
+
+
+def test_fixed_levels_draw_a_weak_map_dim():
+    image = Image.new("RGB", (20, 10), (0, 0, 0))
+    weak = np.full((10, 20), 0.1)
+    weak[:, 10:] = 0.2
+    own = overlay(image, weak, opacity=1.0)
+    fixed = overlay(image, weak, opacity=1.0, levels=(0.0, 1.0))
+    top = tuple(round(255 * c) for c in colormaps["inferno"](1.0)[:3])
+    assert own.getpixel((15, 5)) == top  # stretched to the whole colormap
+    assert sum(fixed.getpixel((15, 5))) < sum(own.getpixel((15, 5)))
+    assert fixed.getpixel((5, 5)) != fixed.getpixel((15, 5))
+
+
+def test_fixed_levels_are_read_from_provenance_and_checked():
+    def levels(value):
+        return fixed_levels(Explanation("m", {}, {}, {"levels": value}))
+
+    assert levels([0, 1]) == (0.0, 1.0)
+    assert fixed_levels(Explanation("m", {}, {}, {})) is None
+    for bad in ([1, 0], [0, float("nan")], "01", [0, 1, 2], None, 3):
+        assert levels(bad) is None
 
 
 def test_explanation_npz_round_trip_without_pickle(tmp_path):

@@ -39,7 +39,7 @@ from lvlm_studio.core.io.files import atomic_path, check_output_folder, read_run
 from lvlm_studio.core.io.records import environment, jsonable, package_version
 from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
 from lvlm_studio.core.plugin.contracts import require_applicable
-from lvlm_studio.core.plugin.explanation import Explanation, overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import Explanation, fixed_levels, overlay, to_pixels
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def _save_example(trace: Any, explanation: Explanation, method: str, index: int,
     pixels = to_pixels(explanation.maps[token], trace.regions, trace.image.size)
     stem = f"{index:04d}_{_safe(method)}"
     with atomic_path(folder / f"{stem}.png") as temporary:
-        overlay(trace.image, pixels).save(temporary)
+        overlay(trace.image, pixels, levels=fixed_levels(explanation)).save(temporary)
     write_text(folder / f"{stem}.json", json.dumps({"method": method, "token": token,
                                                    "word": trace.answer_tokens[token]}))
     image_path = folder / f"{index:04d}_image.png"

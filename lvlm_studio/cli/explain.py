@@ -69,7 +69,7 @@ def _exp(values) -> list[float]:
 def cmd_explain(args: argparse.Namespace) -> int:
     from lvlm_studio.core.plugin.checks import blamed_on, check_explanation
     from lvlm_studio.core.plugin.contracts import require_applicable
-    from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+    from lvlm_studio.core.plugin.explanation import fixed_levels, overlay, to_pixels
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.core.plugin.registry import create_registry
 
@@ -100,7 +100,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for t in targets:
             pixels = to_pixels(explanation.maps[t], trace.regions, trace.image.size)
             name = f"token{t:02d}_{_safe(trace.answer_tokens[t])}.png"
-            overlay(trace.image, pixels, args.colormap).save(scratch / name)
+            overlay(trace.image, pixels, args.colormap, levels=fixed_levels(explanation)).save(scratch / name)
             files.append(name)
         explanation.save_npz(scratch / "maps.npz")
         trace.save(scratch / "trace.safetensors")

@@ -191,17 +191,18 @@ class StudioState:
 
     def pixels(self, method: str, token: int) -> tuple[np.ndarray, tuple[float, float]] | None:
         """Token ``token``'s map by ``method`` on image pixels (NaN where no region covers the image)
-        and its colour levels, or None when not computed. Resampled once and cached, so stepping
-        through tokens only redraws."""
+        and its colour levels (its own range, or the one scale the explanation fixes for all its
+        maps), or None when not computed. Resampled once and cached, so stepping through tokens
+        only redraws."""
         explanation = self.explanations.get(method)
         if self.trace is None or explanation is None or token not in explanation.maps:
             return None
         key = (method, token)
         if key not in self._pixels:
-            from lvlm_studio.core.plugin.explanation import to_pixels
+            from lvlm_studio.core.plugin.explanation import fixed_levels, to_pixels
 
             pixels = to_pixels(explanation.maps[token], self.trace.regions, self.trace.image.size)
-            self._pixels[key] = (pixels, display_levels(pixels))
+            self._pixels[key] = (pixels, fixed_levels(explanation) or display_levels(pixels))
         return self._pixels[key]
 
     def selected_pixels(self) -> np.ndarray | None:

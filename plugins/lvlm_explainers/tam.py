@@ -2,18 +2,31 @@
 
 Reads only the Trace's cached last-layer hidden states, so it works whatever attention
 implementation the model runs (SDPA, flash) and costs one matrix product for a whole answer.
+What it computes is what the reference implementation (xmed-lab/TAM, ``TAM`` in tam.py) computes,
+except for the first answer token (below); tests hold the two against each other. For the answer
+token at position p with id k, with s_k[t] = max(0, W[k] . h[t]) the logit lens at position t:
 
-1. Raw map of the token at position p with id k: max(0, W[k] . h[j]) over image positions j.
-2. Estimated causal inference: earlier text tokens (prompt and previous answer tokens, other than
-   token p itself) also light up image regions for their own ids. Their maps, weighted by how
-   strongly each scores for class k, form an interference map I, which is subtracted after a
-   least-squares fit of its scale alpha (clamped at 0 by default, so context is never added).
-3. Image and text scores are min-max normalised jointly (the token itself is not among the text).
-4. A rank Gaussian filter denoises the grid (see ``rank_gaussian_filter``).
+1. Raw map: M_p = s_k at the image positions.
+2. Context: the prompt's own text tokens (not BOS, role words, template separators or image
+   tokens; ``prompt_text_positions``) and the earlier answer tokens. A prompt token is weighted by
+   s_k read at its own position, an earlier answer token by s_k read at the position that
+   predicted it (its position - 1). Position p - 1, which predicted token p, is never read.
+3. Estimated causal inference: the context tokens other than those equal to token p contribute
+   their own raw maps (class = their own id), weighted as above, to an interference map I; TAM
+   subtracts its least-squares multiple, max(0, M_p - alpha I) with alpha = <M_p, I> / <I, I>.
+   Maps and weights are >= 0, so alpha is never negative: context is never added back.
+4. The image scores are min-max normalised jointly with the context's scores s_k (step 2).
+5. A rank Gaussian filter denoises each grid (see ``rank_gaussian_filter``).
 
-The public reference implementation returns the first *prompt* token's map for the first answer
-token; here answer token i is always read at its own position (the class is its id, and the
-logit lens is applied to h[j] at image positions, so no off-by-one can arise).
+Values lie in [0, 1] of that joint scale. ``scale="joint"`` asks viewers to draw every token's map
+on it (fixed colour levels [0, 1], ``provenance["levels"]``), as the reference draws them, so a
+token whose image scores are weak against its text scores looks dim; the default draws each map on
+its own range, like every other method's.
+
+The first answer token: the reference explains it with the class predicted at the first prompt
+text position (its ``round 0`` returns that map; the context entry it keeps for the first answer
+token uses the id of the template token before the answer, and the one for the first prompt token
+the class predicted there). Here every token, answer or prompt, is taken with its own id.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.models.capture import split_by_region
 from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
 from lvlm_studio.core.plugin.explanation import Explanation
+from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,9 +115,10 @@ class TokenActivationMap(Explainer):
     needs = frozenset({"model"})  # only its LM head: no forward pass, any attention implementation
     params = (
         Param("context_subtraction", True,
-              "remove the interference of earlier text tokens (estimated causal inference)"),
-        Param("clamp_alpha", True, "never add context back (clamp the least-squares scale at 0)"),
+              "remove the interference of the prompt text and earlier answer tokens (estimated causal inference)"),
         Param("rank_filter", True, "denoise with the rank Gaussian filter"),
+        Param("scale", "token", "draw each token's map on its own range (token), or every map on the joint "
+              "image-and-text scale [0, 1] as the reference draws them (joint)", choices=("token", "joint")),
     )
 
     def applies_to(self, model, params: dict[str, Any]) -> str | None:
@@ -114,11 +129,13 @@ class TokenActivationMap(Explainer):
         hidden = trace.hidden.astype(np.float64)
         ids = trace.sequence_ids
         image = trace.image_positions
-        is_image = np.zeros(len(ids), dtype=bool)
-        is_image[image] = True
+        start = trace.answer_start
+        prompt = prompt_text_positions(trace, model.processor.tokenizer)
         positions = [trace.answer_position(t) for t in targets]
-        # Logit lens at every position for every class we need: targets and all text tokens.
-        classes = np.unique(ids[~is_image])
+        # Logit lens at every position for every class needed: the explained tokens' ids and those
+        # of their context (the prompt text and the answer before the last explained token).
+        needed = np.concatenate([ids[positions], ids[prompt], ids[start : max(positions, default=start)]])
+        classes = np.unique(needed)
         logits = np.maximum(hidden @ head[classes].T, 0.0)  # [positions, classes]
         column = {int(c): i for i, c in enumerate(classes)}
 
@@ -126,10 +143,19 @@ class TokenActivationMap(Explainer):
         for target, p in zip(targets, positions):
             k = column[int(ids[p])]
             raw = logits[image, k]
-            text = np.flatnonzero(~is_image[:p])  # earlier text positions
+            # Context: the prompt's text tokens, each scored for class k where it stands, and the
+            # earlier answer tokens, each scored where it was predicted (one position before it).
+            # Position p - 1, which predicted token p itself, is never read.
+            earlier = np.arange(start, p)
+            context = np.concatenate([prompt, earlier])
+            scored_at = np.concatenate([prompt, earlier - 1])
+            if p - 1 in scored_at:  # a template that ends with the prompt: its last token at p - 1
+                context, scored_at = context[scored_at != p - 1], scored_at[scored_at != p - 1]
+            scores = logits[scored_at, k]
             if params["context_subtraction"]:
-                raw = _subtract_context(raw, logits, image, text, ids, p, k, column, params["clamp_alpha"])
-            joint = np.concatenate([raw, logits[text, k]])
+                raw = _subtract_context(raw, logits[np.ix_(image, [column[int(ids[t])] for t in context])],
+                                        scores, ids[context] != ids[p])
+            joint = np.concatenate([raw, scores])
             low, high = joint.min(), joint.max()
             scaled = (raw - low) / (high - low) if high > low else np.zeros_like(raw)
             grids = split_by_region(scaled, trace.regions)
@@ -137,27 +163,28 @@ class TokenActivationMap(Explainer):
         provenance = {
             "method": self.id,
             "inputs": "cached last-layer hidden states; no extra forward pass",
+            "prompt_tokens": [trace.token_strings[int(t)] for t in prompt if int(t) < len(trace.token_strings)],
             "model": trace.model_info,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if params["scale"] == "joint":
+            provenance["levels"] = [0.0, 1.0]
         return Explanation(self.id, maps, params, provenance)
 
 
-def _subtract_context(raw, logits, image, text, ids, p, k, column, clamp: bool) -> np.ndarray:
-    """TAM's estimated causal inference for the token at position p (class column k)."""
-    context = text[ids[text] != ids[p]]
-    scores = logits[context, k]
-    if len(context) == 0 or scores.sum() <= 0:
-        return raw
-    weights = scores / scores.sum()
-    own_maps = logits[np.ix_(image, [column[int(ids[t])] for t in context])]  # [image, context]
-    interference = own_maps @ weights
+def _subtract_context(raw: np.ndarray, context_maps: np.ndarray, scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """TAM's estimated causal inference: ``raw`` minus the least-squares multiple of the context
+    tokens' own maps (``context_maps``, [image, context]) weighted by their ``scores`` for the
+    explained class; context tokens equal to the explained one (``keep`` False) are left out.
+
+    Maps and scores are >= 0, so the fitted scale <raw, I> / <I, I> is never negative (context is
+    never added back); the weights' normalisation cancels in that fit.
+    """
+    interference = context_maps[:, keep] @ scores[keep]
     norm = float(interference @ interference)
     if norm <= 0:
         return raw
     alpha = float(raw @ interference) / norm
-    if clamp:
-        alpha = max(0.0, alpha)
     return np.maximum(raw - alpha * interference, 0.0)
 
 

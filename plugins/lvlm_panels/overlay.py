@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_studio.core.plugin.explanation import fixed_levels
 from lvlm_studio.gui.image_view import ImageView
 from lvlm_studio.gui.panels import PanelContext
 from lvlm_studio.gui.state import COLORMAPS, display_levels, thresholded
@@ -209,7 +210,8 @@ class OverlayPanel(QWidget):
             if pixels is None:
                 view.set_map(None)
             else:
-                levels = display_levels(pixels)
+                explanation = context.explanations[context.method]  # _region_map found it
+                levels = fixed_levels(explanation) or display_levels(pixels)
                 view.set_map(thresholded(pixels, levels, context.view["threshold"]), levels, context.view["opacity"])
 
     def _region_map(self, index: int, width: int, height: int) -> np.ndarray | None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import atomic_path
-from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import fixed_levels, overlay, to_pixels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -120,7 +120,7 @@ def _overlay_page(session: Session, tokens: list[int]) -> Figure:
             explanation = session.explanations[method]
             if token in explanation.maps:
                 pixels = to_pixels(explanation.maps[token], trace.regions, trace.image.size)
-                axes.imshow(np.asarray(overlay(trace.image, pixels)))
+                axes.imshow(np.asarray(overlay(trace.image, pixels, levels=fixed_levels(explanation))))
             else:
                 axes.text(0.5, 0.5, "not computed", ha="center", va="center", fontsize=8, transform=axes.transAxes)
             if row == 0:

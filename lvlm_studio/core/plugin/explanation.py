@@ -19,7 +19,8 @@ class Explanation:
 
     ``token_index`` counts answer tokens from 0. ``provenance`` says how the maps were made
     (method, parameters, model, attention implementation, time) so a saved result can be trusted
-    and reproduced.
+    and reproduced. A ``provenance["levels"]`` of [low, high] asks viewers to draw every token's
+    map on that one scale instead of each on its own range (``fixed_levels``).
     """
 
     method: str
@@ -50,6 +51,19 @@ class Explanation:
                 token = int(key[5:].split("_region")[0])
                 maps.setdefault(token, []).append(data[key])
         return cls(header["method"], maps, header["params"], header["provenance"])
+
+
+def fixed_levels(explanation: Explanation) -> tuple[float, float] | None:
+    """The one colour scale an explainer asked all its maps to be drawn on (e.g. TAM's joint scale
+    [0, 1]), or None: draw each map on its own range. Checked, since a session file carries it."""
+    levels = explanation.provenance.get("levels")
+    if not isinstance(levels, (list, tuple)) or len(levels) != 2:
+        return None
+    try:
+        low, high = float(levels[0]), float(levels[1])
+    except (TypeError, ValueError):
+        return None
+    return (low, high) if np.isfinite(low) and np.isfinite(high) and high > low else None
 
 
 def to_pixels(
@@ -107,12 +121,20 @@ def normalise(values: np.ndarray) -> np.ndarray:
     return np.where(finite, out, 0.0)
 
 
-def overlay(image: Image.Image, pixel_map: np.ndarray, colormap: str = "inferno", opacity: float = 0.55) -> Image.Image:
-    """The image with a heat map blended on top (uncovered pixels are left as they are)."""
+def overlay(image: Image.Image, pixel_map: np.ndarray, colormap: str = "inferno", opacity: float = 0.55,
+            levels: tuple[float, float] | None = None) -> Image.Image:
+    """The image with a heat map blended on top (uncovered pixels are left as they are). The map
+    spans the whole colormap, or with ``levels`` (low, high) is drawn on that fixed scale."""
     from matplotlib import colormaps  # the Agg-free colormap registry; no pyplot, no GUI
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-    heat = colormaps[colormap](normalise(pixel_map))[..., :3]
+    if levels is None:
+        shown = normalise(pixel_map)
+    else:
+        low, high = levels
+        with np.errstate(invalid="ignore"):
+            shown = np.where(np.isfinite(pixel_map), np.clip((pixel_map - low) / (high - low), 0.0, 1.0), 0.0)
+    heat = colormaps[colormap](shown)[..., :3]
     alpha = np.where(np.isfinite(pixel_map), opacity, 0.0)[..., None]
     blended = rgb * (1 - alpha) + heat * alpha
     return Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")
