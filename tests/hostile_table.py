@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 HOW_THEY_END = {
-    "images": "exit 2, one line (missing, a folder, damaged, a bomb); 16-bit and float images open rescaled",
+    "images": "exit 2, one line (missing, a folder, damaged, a bomb, a cut or image-less DICOM file); "
+              "16-bit and float images open windowed",
     "prompts": "exit 2, one line, before the model loads where it can be known (empty, placeholder, too long)",
     "options": "exit 2, one line before the model loads (NaN, inf, zero, unknown names, bad values); Ctrl-C exit 130",
     "models": "exit 2, one line naming the missing, unexpected or damaged weights; pickle and remote code refused",

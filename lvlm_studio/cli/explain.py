@@ -117,15 +117,22 @@ def _safe(token: str) -> str:
 
 
 def _run_record(args, loaded, trace, explanation, targets, files, timings) -> dict[str, Any]:
+    from lvlm_studio.core.io.dicom import looks_like_dicom
+
     image_path = Path(args.image)
+    command = ["lvlm-studio", *sys.argv[1:]]
+    where: dict[str, Any] = {"path": str(image_path)}
+    if looks_like_dicom(image_path):  # a patient's folder or file name stays out of the record: only the base name
+        command = [arg.replace(args.image, image_path.name) if arg.endswith(args.image) else arg for arg in command]
+        where = {"name": image_path.name}
     return {
         "lvlm_studio": package_version("lvlm-studio"),
-        "command": ["lvlm-studio", *sys.argv[1:]],
+        "command": command,
         "model": loaded.describe(),
         "method": {"id": explanation.method, "params": jsonable(explanation.params)},
         "provenance": jsonable(explanation.provenance),
-        "image": {"path": str(image_path), "sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
-                  "size": list(trace.image.size)},
+        "image": where | {"sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
+                          "size": list(trace.image.size)},
         "prompt": trace.prompt,
         "answer": trace.answer_text,
         "answer_tokens": trace.answer_tokens,

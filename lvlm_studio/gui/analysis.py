@@ -45,6 +45,7 @@ class Analysis(QObject):
         self.metrics: dict[str, Metric] = {}
         self._running: dict[str, Job] = {}  # key -> job, for work on the current trace
         self._failed: set[str] = set()
+        self.image_path: Path | None = None  # the file the image was opened from (another frame is read from it)
         state.subscribe(self._on_state)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -161,18 +162,23 @@ class Analysis(QObject):
 
         return self.start(f"Loading {name}", work, loaded, failed)
 
-    def open_image(self, path: str | Path) -> Job:
-        """Read ``path`` on the worker thread, then show it (the answer is cleared)."""
+    def open_image(self, path: str | Path, frame: int = 0) -> Job:
+        """Read ``path`` (of a multi-frame DICOM file, frame ``frame``, from 0) on the worker thread, then
+        show it (the answer is cleared)."""
         path = Path(path)
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
-            from lvlm_studio.core.io.images import open_image
+            from lvlm_studio.core.io.images import open_with_levels
 
-            return open_image(path)
+            return open_with_levels(path, frame)
 
-        def done(image: Any) -> None:
-            self.state.set_image(image, path.name)
-            self.message.emit(f"Opened {path.name}.")
+        def done(result: Any) -> None:
+            image, medical = result
+            self.image_path = path
+            # Only the base name is kept: the session and the report show it, and folders can carry names.
+            self.state.set_image(image, path.name, medical=medical)
+            where = f", frame {frame + 1} of {medical.frames}" if medical is not None and medical.frames > 1 else ""
+            self.message.emit(f"Opened {path.name}{where}.")
 
         return self.start(f"Opening {path.name}", work, done)
 

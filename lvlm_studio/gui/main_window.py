@@ -44,6 +44,7 @@ from lvlm_studio.gui.settings import StudioSettings
 from lvlm_studio.gui.state import StudioState
 from lvlm_studio.gui.token_bar import TokenBar
 from lvlm_studio.gui.widgets import HINT_STYLE, group, row, wrapping_label
+from lvlm_studio.gui.window_level import WindowLevelBox
 from lvlm_studio.gui.worker import Job
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ DEFAULT_SIZE = QSize(1280, 800)
 DEFAULT_PANELS = ("overlay", "timeline")  # open on a first start; the others wait in View > Panels
 LEFT_WIDTH = 700  # the overlay's share of the default width
 BOTTOM_HEIGHT = 400  # the panels under the question
-IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.dcm *.dicom);;All files (*)"
 AUTOSAVE_MS = 60_000
 AREAS = {
     "left": Qt.DockWidgetArea.LeftDockWidgetArea,
@@ -138,7 +139,9 @@ class MainWindow(QMainWindow):
         self.demo_scene_button = QPushButton("Demo scene")
         self.demo_scene_button.setToolTip("Draw a random demo scene; it comes with object masks for the metrics")
         self.demo_scene_button.clicked.connect(lambda: self.open_demo_scene())
-        image_box = group("Image", row(self.image_label, self.open_image_button, self.demo_scene_button, stretch=0))
+        self.window_level = WindowLevelBox(self.state, self._open_frame)
+        image_box = group("Image", row(self.image_label, self.open_image_button, self.demo_scene_button, stretch=0),
+                          self.window_level)
 
         self.prompt_edit = QPlainTextEdit(prompt)
         self.prompt_edit.setPlaceholderText("Ask something about the image")
@@ -285,6 +288,11 @@ class MainWindow(QMainWindow):
         """Read ``path`` as an image on the worker thread, then show it (the answer is cleared)."""
         path = Path(path)
         return self.analysis.open_image(path)
+
+    def _open_frame(self, frame: int) -> None:
+        """Another frame (from 0) of the multi-frame file that is open."""
+        if self.analysis.image_path is not None:
+            self.analysis.open_image(self.analysis.image_path, frame)
 
     def open_demo_scene(self, seed: int | None = None) -> Job:
         """A random demo scene (or scene ``seed``), with its object masks."""

@@ -56,7 +56,14 @@ class PanelContext:
 
     @property
     def image(self) -> Image.Image | None:
+        """The image as the model is given it."""
         return self._state.image
+
+    @property
+    def shown_image(self) -> Image.Image | None:
+        """The image as the user chose to see it: a DICOM or more-than-8-bit image in the window set in
+        the Image box (a "window" change), else the same as ``image``. For drawing, never for the model."""
+        return self._state.shown_image
 
     @property
     def model(self) -> LoadedModel | None:

@@ -16,6 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
+    from lvlm_studio.core.io.windowing import MedicalImage, Window
     from lvlm_studio.core.models.loading import LoadedModel
     from lvlm_studio.core.plugin.contracts import MetricResult
     from lvlm_studio.core.plugin.explanation import Explanation
@@ -31,7 +32,7 @@ CHIP_MODES = ("probability", "relevance")
 
 #: Called with the name of what changed: "model", "image", "trace", "selected", "method",
 #: "explanations", "view" (opacity, colormap, threshold, chip colouring), "stats", "metrics",
-#: "heads" or "masks".
+#: "heads", "masks" or "window" (the grey-level window the image is shown in).
 Listener = Callable[[str], None]
 MetricKey = tuple[str, int, str]  # method, answer token, metric id
 
@@ -44,6 +45,11 @@ class StudioState:
         self.model_source: str | None = None  # the loaded model's folder (None: the demo model)
         self.image: Image.Image | None = None
         self.image_name = ""
+        # A DICOM or more-than-8-bit image's values (None for others), the window the viewer shows it
+        # in (None: its default, which is also what the model is given) and the image as shown.
+        self.medical: MedicalImage | None = None
+        self.window: Window | None = None
+        self.shown_image: Image.Image | None = None
         self.masks: dict[str, np.ndarray] = {}  # ground truth for the image, when it has any
         self.trace: Trace | None = None
         self.method = method
@@ -69,7 +75,7 @@ class StudioState:
             self._listeners.remove(listener)
 
     def _notify(self, name: str) -> None:
-        if name not in ("selected", "view", "model"):
+        if name not in ("selected", "view", "model", "window"):
             self.revision += 1
         for listener in list(self._listeners):
             listener(name)
@@ -82,9 +88,12 @@ class StudioState:
         self._notify("model")
         self.set_trace(None)
 
-    def set_image(self, image: Image.Image, name: str, masks: dict[str, np.ndarray] | None = None) -> None:
-        """A new image (with its ground-truth masks, if any); the old answer was about another image."""
+    def set_image(self, image: Image.Image, name: str, masks: dict[str, np.ndarray] | None = None,
+                  medical: MedicalImage | None = None) -> None:
+        """A new image (with its ground-truth masks, if any, and its values when it is a DICOM or
+        more-than-8-bit image); the old answer was about another image."""
         self.image, self.image_name, self.masks = image, name, dict(masks or {})
+        self.medical, self.window, self.shown_image = medical, None, image
         self._notify("image")
         self._notify("masks")
         self.set_trace(None)
@@ -173,6 +182,15 @@ class StudioState:
                 changed = True
         if changed:
             self._notify("view")
+
+    def set_window(self, window: Window | None) -> None:
+        """Show the image in ``window`` (None: its default). Only the view changes: the model keeps
+        the image in its default window, so the answer and its maps stay."""
+        if self.medical is None or window == self.window:
+            return
+        self.window = window
+        self.shown_image = self.image if window is None else self.medical.render(window)
+        self._notify("window")
 
     def set_opacity(self, opacity: float) -> None:
         self.set_view(opacity=opacity)

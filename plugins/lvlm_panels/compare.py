@@ -112,7 +112,7 @@ class ComparePanel(QWidget):
             self._fill_methods()
         if name == "trace":
             self._agreement_cache.clear()
-        if name in ("registry", "trace", "selected", "explanations", "view", "activity"):
+        if name in ("registry", "trace", "selected", "explanations", "view", "activity", "window"):
             self.redraw()
 
     def redraw(self) -> None:
@@ -156,7 +156,7 @@ class ComparePanel(QWidget):
 
     def _image_pixels(self) -> np.ndarray | None:
         """The image as an array, converted once per image (redraws reuse it)."""
-        image = self.context.image
+        image = self.context.shown_image
         if image is None:
             return None
         if self._image_cache[0] is not image:

@@ -110,6 +110,7 @@ class OverlayPanel(QWidget):
             self._fill_methods()
         if name in ("image", "trace"):
             self._region_cache.clear()
+        if name in ("image", "trace", "window"):
             self._show_image()
         if name == "explanations":
             self._region_cache.clear()
@@ -117,7 +118,7 @@ class OverlayPanel(QWidget):
             self._sync_view_controls()
         if name == "method":
             self._fill_methods()
-        if name in ("image", "trace", "selected", "method", "explanations", "view", "activity"):
+        if name in ("image", "trace", "selected", "method", "explanations", "view", "activity", "window"):
             self.redraw()
 
     def _fill_methods(self) -> None:
@@ -157,7 +158,7 @@ class OverlayPanel(QWidget):
             self.context.request_explanation(method, retry=True)  # picking it again retries a failure
 
     def _show_image(self) -> None:
-        image = self.context.image
+        image = self.context.shown_image  # a DICOM or 16-bit image in the window chosen in the Image box
         self._image_pixels = None if image is None else np.asarray(image.convert("RGB"))
         self.view.set_image(self._image_pixels)
 
@@ -267,7 +268,7 @@ class OverlayPanel(QWidget):
         """The image with the shown map (colormap, opacity, threshold) as a PNG; None with no map."""
         from lvlm_studio.core.plugin.explanation import overlay
 
-        image, shown = self.context.image, self.current_map()
+        image, shown = self.context.shown_image, self.current_map()
         if image is None or shown is None:
             self.context.show_message("Nothing to export: select a token with a map first.")
             return None
