@@ -405,6 +405,21 @@ def test_deidentify_refuses_to_write_over_its_input(capsys, tmp_path):
     assert path.read_bytes() == before
 
 
+@pytest.mark.hostile("images")
+def test_deidentify_refuses_a_file_whose_damaged_length_hides_a_name(capsys, tmp_path):
+    """A wrong length makes one element swallow the next ones, the patient's name among them: no list
+    of identifiers finds it there, so the file is refused and nothing is written."""
+    path = write_dicom(tmp_path / "swallowed.dcm", ramp(0, 255, np.uint8))
+    data = bytearray(path.read_bytes())
+    header = data.index(b"\x08\x00\x16\x00UI")  # SOP Class UID: tag, VR, 2-byte length
+    name = data.index(b"\x10\x00\x10\x00PN")  # Patient Name
+    data[header + 6: header + 8] = (name + 16 - (header + 8)).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    target = tmp_path / "out.dcm"
+    line = assert_refused(run_cli(capsys, "dicom", "deidentify", path, target), 2, "damaged", "nothing was written")
+    assert not target.exists() and "Doe" not in line
+
+
 # -- the app ----------------------------------------------------------------------------------------
 def pdf_text(path: Path) -> bytes:
     """A PDF's raw bytes plus the text of its (inflated) content streams: each text object's strings
@@ -474,3 +489,51 @@ def test_the_app_shows_a_dicom_window_and_keeps_identifiers_out_of_what_it_saves
     wait_idle(qtbot, window)
     assert window.state.medical.frame == 1 and window.state.trace is None
     assert window.state.medical.values[0, 0] == 140
+
+
+def _dicom_seeds() -> list[bytes]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        made = [write_dicom(folder / "a.dcm", ramp(0, 4095, np.uint16, 16), bits=12, WindowCenter="2048",
+                            WindowWidth="4096", PixelSpacing=["0.5", "0.5"]),
+                write_dicom(folder / "b.dcm", np.stack([ramp(0, 200, np.int16, 16)] * 2), frames=2,
+                            RescaleIntercept="-1024", photometric="MONOCHROME1"),
+                write_dicom(folder / "c.dcm", np.zeros((16, 16, 3), np.uint8), bits=8, photometric="RGB")]
+        return [path.read_bytes() for path in made]
+
+
+@pytest.mark.hostile("images")
+def test_damaged_dicom_files_open_or_are_refused(tmp_path):
+    """Cut short or with bytes overwritten, a DICOM file opens as RGB or is one InputError; no warning."""
+    import warnings
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    seeds = _dicom_seeds()
+
+    @st.composite
+    def damaged(draw) -> bytes:
+        data = bytearray(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(0, 8))):
+            data[draw(st.integers(128, len(data) - 1))] = draw(st.integers(0, 255))
+        return bytes(data[: draw(st.integers(0, len(data)))])
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                       HealthCheck.function_scoped_fixture])
+    @given(data=damaged())
+    def check(data):
+        path = tmp_path / "fuzzed.dcm"
+        path.write_bytes(data)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                image = open_image(path)
+            except InputError:
+                image = None
+        assert not seen, [str(w.message) for w in seen]
+        assert image is None or (image.mode == "RGB" and min(image.size) >= 4)
+
+    check()

@@ -86,21 +86,21 @@ def read_dicom(path: str | Path, frame: int = 0) -> MedicalImage:
     """Frame ``frame`` (from 0) of the DICOM file ``path``, as modality values with the file's window."""
     path = Path(path)
     dataset = read_dataset(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             return _medical_image(path, dataset, frame)
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(f"{path} is too large to open in the memory available.",
-                         "Close other programs, or open a smaller image.") from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise many kinds of exception on bad bytes
-        reason = _first_line(exc)
-        for value in identifiers_of(dataset).values():
-            reason = reason.replace(value, "\u2026")
-        raise InputError(f"{path}: its image could not be decoded ({reason}).",
-                         "The file may be cut short or damaged: copy it again from its source.") from None
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError(f"{path} is too large to open in the memory available.",
+                             "Close other programs, or open a smaller image.") from None
+        except Exception as exc:  # noqa: BLE001 - decoders raise many kinds of exception on bad bytes
+            reason = _first_line(exc)
+            for value in identifiers_of(dataset).values():
+                reason = reason.replace(value, "\u2026")
+            raise InputError(f"{path}: its image could not be decoded ({reason}).",
+                             "The file may be cut short or damaged: copy it again from its source.") from None
 
 
 def _medical_image(path: Path, dataset: Any, frame: int) -> MedicalImage:
@@ -121,6 +121,8 @@ def _medical_image(path: Path, dataset: Any, frame: int) -> MedicalImage:
         raise InputError(f"{path} is {columns}x{rows} pixels, too large to open safely.",
                          "Export a downscaled copy (e.g. at most 4096 pixels a side) and open that.")
     pixels = pixel_array(dataset, index=frame if frames > 1 else None)
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)) or min(pixels.shape[:2]) < 1:
+        raise ValueError(f"decoded pixels of shape {pixels.shape}, not one grey or colour image")
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
     bits = _int(dataset.get("BitsStored"), 0) or _int(dataset.get("BitsAllocated"), 16) or 16
@@ -161,32 +163,92 @@ def _medical_image(path: Path, dataset: Any, frame: int) -> MedicalImage:
 
 
 def write_deidentified(source: str | Path, target: str | Path) -> list[str]:
-    """Write a de-identified copy of the DICOM file ``source`` to ``target`` (atomically; see
+    """Write a de-identified copy of the DICOM image ``source`` to ``target`` (atomically; see
     ``identifiers.deidentify``). Returns notes for the user: the pixels themselves are not changed,
-    so a file that declares burned-in text is named."""
+    so a file that declares burned-in text is named.
+
+    A damaged file is refused, not cleaned: a wrong length or tag can hide a name inside another
+    element, where no list of identifiers finds it. The copy is checked before it replaces
+    ``target``: none of the identifiers the file held may be left anywhere outside its pixels.
+    """
     source, target = Path(source), Path(target)
     if target.exists() and target.resolve() == source.resolve():
         raise InputError(f"{target} is the file being de-identified; writing over it would lose the original.",
                          "Give another name for the de-identified copy.")
     dataset = read_dataset(source)
-    burned = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
     try:
-        _transfer_syntax(dataset)
-        deidentify(dataset)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _check_intact(source, dataset)
+            burned = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
+            values = [v.encode("utf-8", "replace") for v in identifiers_of(dataset).values() if len(v) >= 3]
+            _transfer_syntax(dataset)
+            deidentify(dataset)
+            pixels = next((bytes(dataset[k].value) for k in PIXEL_KEYWORDS if k in dataset), b"")
             with atomic_path(target) as temporary:
                 dataset.save_as(temporary)
+                written = temporary.read_bytes().replace(pixels, b"") if pixels else temporary.read_bytes()
+                if any(value in written for value in values):
+                    raise InputError(f"{source}: an identifier was still in the de-identified copy, so none was "
+                                     "written.", "The file holds it where DICOM does not put it; check the file.")
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged element that pydicom cannot write back
-        raise InputError(f"{source} could not be written back de-identified ({_first_line(exc)}).",
+        raise InputError(f"{source} could not be written back de-identified ({type(exc).__name__}).",
                          "The file may be damaged: copy it again from its source.") from None
     notes = []
     if burned:
         notes.append("the file says its pixels carry burned-in text (BurnedInAnnotation YES), which is not "
                      "removed: check the image before sharing it.")
     return notes
+
+
+#: Value representations whose values are bytes or nested datasets: not checked as text.
+_BINARY_VRS = ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN", "OB or OW", "US or OW", "US or SS or OW")
+
+
+def _check_intact(path: Path, dataset: Any) -> None:
+    """Refuse a file that is not an intact DICOM image: no image in it, a file meta group that
+    swallowed the dataset, or a text element holding control characters (the mark of a wrong length
+    that swallowed the elements after it, a name among them). Values that merely break a length
+    limit of the standard, as many real files' do, pass."""
+    if not any(k in dataset for k in PIXEL_KEYWORDS) or "Rows" not in dataset:
+        raise InputError(f"{path} holds no image (no Pixel Data), so it is not de-identified here.",
+                         "De-identify image files (CT, MR, X-ray, ...); reports and structured documents need "
+                         "a tool that reads their text.")
+    damaged = None
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and (any(tag.group != 2 for tag in meta.keys())
+                             or not isinstance(meta.get("FileMetaInformationGroupLength", 0), int)):
+        damaged = "its file meta information"
+    else:
+        damaged = "an element"
+        try:
+            for element in dataset.iterall():
+                damaged = f"element {element.tag}"
+                if element.VR not in _BINARY_VRS and not _plain_text(element.VR, element.value):
+                    raise ValueError
+            damaged = None
+        except Exception:  # noqa: BLE001 - the value's text may hold a name: only the tag is reported
+            pass
+    if damaged is not None:
+        raise InputError(f"{path} is damaged ({damaged} does not read as DICOM), so its identifiers cannot be "
+                         "found reliably; nothing was written.", "Copy the file again from its source.")
+
+
+def _plain_text(vr: str, value: Any) -> bool:
+    """Whether a value reads as its kind of text: no control characters but tab, line and page breaks
+    and the escape of character sets; a UID only digits and dots."""
+    items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    for item in items:
+        if item is None or isinstance(item, (int, float)):
+            continue
+        text = (item.decode("latin-1") if isinstance(item, bytes) else str(item)).rstrip("\0 ")
+        if any(ord(c) < 32 and c not in "\t\n\r\f\x1b" for c in text):
+            return False
+        if vr == "UI" and text.strip(".0123456789"):
+            return False
+    return True
 
 
 # -- what the file says -----------------------------------------------------------------------------

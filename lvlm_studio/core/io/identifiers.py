@@ -55,8 +55,11 @@ def identifiers_of(dataset: Any) -> dict[str, str]:
     """The identifiers a dataset holds at its top level, keyword -> text (empty ones left out), for display."""
     found = {}
     for keyword in DICOM_IDENTIFIERS:
-        value = None if keyword.endswith("Sequence") else dataset.get(keyword)
-        text = "" if value is None else str(value).strip()
+        try:
+            value = None if keyword.endswith("Sequence") else dataset.get(keyword)
+            text = "" if value is None else str(value).strip()
+        except Exception:  # noqa: BLE001 - a damaged element (read lazily) is not shown, and not an error here
+            continue
         if text:
             found[keyword] = text
     return found
@@ -71,14 +74,17 @@ def deidentify(dataset: Any) -> Any:
     """Take the identifiers out of a pydicom ``dataset`` (changed in place and returned).
 
     Every element of ``DICOM_IDENTIFIERS`` is removed, at any depth of nested sequences, except
-    those in ``BLANKED``, which stay empty; private elements are removed; the UIDs of
-    ``REPLACED_UIDS`` are replaced (the file meta's copy of the instance UID too); the dataset is
-    marked PatientIdentityRemoved YES with a DeidentificationMethod.
+    those in ``BLANKED``, which stay empty; private elements are removed, and so are public ones
+    this version of DICOM does not know (a damaged tag, or a private one in disguise) and any that
+    repeats an identifier's value (a name copied into a comment), or cannot be read to check; the
+    UIDs of ``REPLACED_UIDS`` are replaced (the file meta's copy of the instance UID too); the
+    dataset is marked PatientIdentityRemoved YES with a DeidentificationMethod.
     """
     from pydicom.uid import generate_uid
 
+    values = [value for value in identifiers_of(dataset).values() if len(value) >= 3]
     dataset.remove_private_tags()
-    _strip(dataset)
+    _strip(dataset, values)
     for keyword in REPLACED_UIDS:
         if keyword in dataset:
             setattr(dataset, keyword, generate_uid(entropy_srcs=[str(dataset.data_element(keyword).value)]))
@@ -90,8 +96,11 @@ def deidentify(dataset: Any) -> Any:
     return dataset
 
 
-def _strip(dataset: Any) -> None:
-    """Remove or blank the identifiers of ``dataset`` and of every dataset nested in its sequences."""
+def _strip(dataset: Any, values: list[str]) -> None:
+    """Remove or blank the identifiers of ``dataset`` and of every dataset nested in its sequences,
+    and the elements that are unknown, unreadable or repeat one of ``values``."""
+    from pydicom.datadict import dictionary_has_tag, repeater_has_tag
+
     for keyword in DICOM_IDENTIFIERS:
         if keyword not in dataset:
             continue
@@ -99,7 +108,26 @@ def _strip(dataset: Any) -> None:
             dataset.data_element(keyword).value = None
         else:
             delattr(dataset, keyword)
-    for element in list(dataset):
-        if element.VR == "SQ" and element.value is not None:
-            for item in element.value:
-                _strip(item)
+    for tag in list(dataset.keys()):
+        if tag in PIXEL_TAGS or tag.element == 0:  # the image itself; group lengths
+            continue
+        if not (dictionary_has_tag(tag) or repeater_has_tag(tag)):
+            del dataset[tag]
+            continue
+        try:
+            element = dataset[tag]
+            if element.VR == "SQ":
+                for item in element.value or []:
+                    _strip(item, values)
+                continue
+            value = element.value
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        except Exception:  # noqa: BLE001 - an element that cannot be read cannot be checked: it goes
+            del dataset[tag]
+            continue
+        if any(found in text for found in values):
+            del dataset[tag]
+
+
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data: never searched for names (bytes of an image).
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
