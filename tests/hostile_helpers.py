@@ -5,7 +5,7 @@ the documented exit code, one clear line on stderr that says what to do, no trac
 "this is a bug" for what was the user's or the machine's mistake, and nothing of the user's lost.
 
 Mark each case ``@pytest.mark.hostile("AREA")`` (areas: images, prompts, models, options, outputs,
-sessions, sae, benchmark, filesystem, plugins, app) so ``tests/hostile_table.py`` can count them
+sessions, sae, benchmark, filesystem, plugins, app, audit) so ``tests/hostile_table.py`` can count them
 for the README's reliability table.
 """
 

@@ -28,6 +28,8 @@ HOW_THEY_END = {
     "benchmark": "damaged lines skipped, finished samples kept; old tables removed; a bad run.json exits 2",
     "plugins": "the plugin is marked failed and named with its distribution; every other command and panel works",
     "app": "one dialog with the details folded; the window stays alive and nothing is lost",
+    "audit": "a missing log exits 2, one line; a file that is not an audit log exits 1 naming its first bad record, "
+             "and nothing is appended to it",
 }
 
 

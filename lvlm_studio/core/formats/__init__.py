@@ -1,1 +1,2 @@
-"""File formats people keep: sessions (.lvlm, no pickle, checked before anything is read) and PDF reports."""
+"""File formats people keep: sessions (.lvlm, no pickle, checked before anything is read), PDF reports
+and the audit trail of clinical review."""
