@@ -93,7 +93,7 @@ def build_processor() -> LlavaProcessor:
 def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     vision = CLIPVisionConfig(
         hidden_size=128,
-        intermediate_size=256,
+        intermediate_size=512,
         num_hidden_layers=3,
         num_attention_heads=4,
         image_size=IMAGE_SIZE,

@@ -162,10 +162,12 @@ def background_rgb(rng: np.random.Generator) -> np.ndarray:
 # --- backgrounds ----------------------------------------------------------------------------
 
 
-def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """A float (height, width, 3) canvas: plain, gradient or textured."""
+def _background(width: int, height: int, rng: np.random.Generator, difficulty: float = 1.0) -> np.ndarray:
+    """A float (height, width, 3) canvas: plain, gradient or textured (textures scale with difficulty)."""
     base = background_rgb(rng)
     kind = rng.choice(["plain", "gradient", "noise", "blotches", "lines"], p=[0.35, 0.2, 0.2, 0.15, 0.1])
+    if rng.random() >= difficulty:
+        kind = "plain"
     canvas = np.broadcast_to(base, (height, width, 3)).astype(np.float32)
     if kind == "gradient":
         other = background_rgb(rng)
@@ -198,23 +200,24 @@ def _background(width: int, height: int, rng: np.random.Generator) -> np.ndarray
 # --- shapes ---------------------------------------------------------------------------------
 
 
-def _outline(shape: str, size: float, rng: np.random.Generator) -> tuple[str, list[tuple[float, float]]]:
+def _outline(shape: str, size: float, rng: np.random.Generator,
+             difficulty: float = 1.0) -> tuple[str, list[tuple[float, float]]]:
     """A slightly irregular shape in a unit box centred at 0: ("ellipse", [(rx, ry)]) or
     ("polygon", points), scaled so its bounding box side is ``size``."""
     if shape == "circle":
-        ratio = rng.uniform(0.85, 1.0)
+        ratio = 1 - rng.uniform(0, 0.15) * difficulty
         radii = (size / 2, size / 2 * ratio) if rng.random() < 0.5 else (size / 2 * ratio, size / 2)
         return "ellipse", [radii]
     if shape == "square":
-        ratio = rng.uniform(0.88, 1.0)
+        ratio = 1 - rng.uniform(0, 0.12) * difficulty
         pts = np.array([[-1, -ratio], [1, -ratio], [1, ratio], [-1, ratio]], float)
         if rng.random() < 0.5:
             pts = pts[:, ::-1]
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 * difficulty:
             pts = _rotate(pts, rng.uniform(-20, 20))
     elif shape == "triangle":
-        if rng.random() < 0.7:  # upright, apex somewhere over the base
-            apex = rng.uniform(-0.3, 0.3)
+        if rng.random() < 1 - 0.3 * difficulty:  # upright, apex somewhere over the base
+            apex = rng.uniform(-0.3, 0.3) * difficulty
             pts = np.array([[apex, -1], [1, 0.8], [-1, 0.8]], float)
         else:  # any orientation
             pts = _rotate(np.array([[0, -1], [0.87, 0.5], [-0.87, 0.5]], float), rng.uniform(0, 360))
@@ -263,20 +266,22 @@ def _coverage(kind: str, geometry, cx: float, cy: float, width: int, height: int
 # --- scenes ---------------------------------------------------------------------------------
 
 
-def _image_size(rng: np.random.Generator) -> tuple[int, int]:
+def _image_size(rng: np.random.Generator, difficulty: float = 1.0) -> tuple[int, int]:
     short = math.exp(rng.uniform(math.log(SHORT_SIDE[0]), math.log(SHORT_SIDE[1])))
-    aspect = 1.0 if rng.random() < 0.35 else math.exp(rng.uniform(0, math.log(MAX_ASPECT)))
+    aspect = 1.0 if rng.random() < 0.35 else math.exp(rng.uniform(0, math.log(MAX_ASPECT)) * difficulty)
     long = min(SHORT_SIDE[1], short * aspect)
     short = min(short, long)
     width, height = (long, short) if rng.random() < 0.5 else (short, long)
     return max(SHORT_SIDE[0], round(width)), max(SHORT_SIDE[0], round(height))
 
 
-def size_range(width: int, height: int, n_objects: int) -> tuple[float, float]:
-    """Smallest and largest bounding-box side of an object, in pixels."""
+def size_range(width: int, height: int, n_objects: int, difficulty: float = 1.0) -> tuple[float, float]:
+    """Smallest and largest bounding-box side of an object, in pixels. Below full difficulty the
+    smallest grows towards a fifth of the short side (the curriculum's easy end)."""
     short, long = min(width, height), max(width, height)
-    low = max(0.08 * short, 0.05 * long)
     high = 0.45 * short if n_objects == 1 else min(0.45 * short, 0.8 * short / 3)
+    low = max(0.08 * short, 0.05 * long)
+    low = low + (1 - difficulty) * max(0.0, min(0.2 * short, high) - low)
     return low, max(low, high)
 
 
@@ -304,10 +309,10 @@ def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
-def _layout(seed: int, n_objects: int | None, reserve_cue: bool):
+def _layout(seed: int, n_objects: int | None, reserve_cue: bool, difficulty: float = 1.0):
     """Every random decision about what is where: size, objects, their boxes, the cue's corner."""
     rng = np.random.default_rng([seed, 0])
-    width, height = _image_size(rng)
+    width, height = _image_size(rng, difficulty)
     n = int(rng.integers(1, 4)) if n_objects is None else n_objects
     if not 1 <= n <= 3:
         raise ValueError("a scene holds 1 to 3 objects")
@@ -317,7 +322,7 @@ def _layout(seed: int, n_objects: int | None, reserve_cue: bool):
     free = [c for c in range(9) if not (reserve_cue and c == cue_cell and n < 3)]
     cells = rng.choice(free, size=n, replace=False)
     pairs = rng.choice(len(SHAPES) * len(COLOURS), size=n, replace=False)  # no two alike
-    low, high = size_range(width, height, n)
+    low, high = size_range(width, height, n, difficulty)
     placed: list[tuple[int, int, str, str, float, float, float]] = []
     boxes: list[tuple[float, float, float, float]] = [cue_box] if cue_box else []
     for cell, pair in zip(cells, pairs):
@@ -339,21 +344,27 @@ def _layout(seed: int, n_objects: int | None, reserve_cue: bool):
 
 
 def make_scene(seed: int, n_objects: int | None = None, cue: str | None = None,
-               reserve_cue: bool = False) -> Scene:
+               reserve_cue: bool = False, difficulty: float = 1.0) -> Scene:
     """Draw one scene; ``n_objects`` (1-3) is random when not given.
 
     ``cue`` (a colour name) draws the shortcut twin's corner mark in that colour; ``reserve_cue``
     keeps its corner clear without drawing it. Either way the objects are those of ``seed`` with
     a reserved corner, so a scene can be drawn with and without its cue, or with another colour.
+
+    ``difficulty`` below 1 draws the training curriculum's easier scenes: larger objects, aspect
+    ratios nearer 1:1, fewer textures, irregular shapes, outlines and artefacts. Every test set
+    and every user-facing scene uses the full world (1).
     """
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty {difficulty} is outside [0, 1]")
     if cue is not None and cue not in COLOURS:
         raise ValueError(f"unknown cue colour {cue!r}; choose one of {list(COLOURS)}")
-    width, height, placed, corner, cue_box = _layout(seed, n_objects, reserve_cue or cue is not None)
+    width, height, placed, corner, cue_box = _layout(seed, n_objects, reserve_cue or cue is not None, difficulty)
     rng = np.random.default_rng([seed, 1])
-    canvas = _background(width, height, rng)
+    canvas = _background(width, height, rng, difficulty)
     objects = []
     for row, col, shape, colour, cx, cy, size in placed:
-        kind, geometry = _outline(shape, size, rng)
+        kind, geometry = _outline(shape, size, rng, difficulty)
         scale = 4 if rng.random() < 0.6 else 1  # anti-aliased or hard edges
         alpha = _coverage(kind, geometry, cx, cy, width, height, scale)
         under = canvas[alpha > 0.5].mean(0) if (alpha > 0.5).any() else canvas.mean((0, 1))
@@ -363,10 +374,10 @@ def make_scene(seed: int, n_objects: int | None = None, cue: str | None = None,
                 break
             fill = object_rgb(colour, rng)
         paint = np.broadcast_to(fill, canvas.shape).astype(np.float32)
-        if rng.random() < 0.3:  # marker-like, uneven fill
+        if rng.random() < 0.3 * difficulty:  # marker-like, uneven fill
             paint = paint + rng.normal(0, rng.uniform(3, 10), size=(height, width, 1)).astype(np.float32)
         canvas = canvas * (1 - alpha[..., None]) + paint * alpha[..., None]
-        if rng.random() < 0.2:  # a dark outline, as a drawing program or a pen adds
+        if rng.random() < 0.2 * difficulty:  # a dark outline, as a drawing program or a pen adds
             thickness = rng.uniform(1, 3)
             ring = np.clip(alpha - _inset(kind, geometry, cx, cy, width, height, scale, thickness, size), 0, 1)
             ink = fill * rng.uniform(0, 0.5)
@@ -381,7 +392,7 @@ def make_scene(seed: int, n_objects: int | None = None, cue: str | None = None,
             canvas[cue_mask] = object_rgb(cue, np.random.default_rng([seed, 2]))
         mark = CueMark(cue, corner, cue_box, cue_mask)
     image = Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8), "RGB")
-    image = _post_process(image, np.random.default_rng([seed, 3]))
+    image = _post_process(image, np.random.default_rng([seed, 3]), difficulty)
     return Scene(seed, image, tuple(objects), mark)
 
 
@@ -394,14 +405,14 @@ def _inset(kind, geometry, cx, cy, width, height, scale, thickness, size) -> np.
     return _coverage(kind, [(x * shrink, y * shrink) for x, y in geometry], cx, cy, width, height, scale)
 
 
-def _post_process(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def _post_process(image: Image.Image, rng: np.random.Generator, difficulty: float = 1.0) -> Image.Image:
     """What a camera, a scanner or a screenshot tool adds: noise, a blur, JPEG artefacts."""
-    if rng.random() < 0.3:
+    if rng.random() < 0.3 * difficulty:
         arr = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(2, 8), size=(image.height, image.width, 1))
         image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    if rng.random() < 0.1:
+    if rng.random() < 0.1 * difficulty:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * min(image.size) / 128))
-    if rng.random() < 0.4:
+    if rng.random() < 0.4 * difficulty:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=int(rng.integers(50, 96)))
         image = Image.open(buffer).convert("RGB")
