@@ -50,6 +50,7 @@ from lvlm_studio.gui.worker import Job
 if TYPE_CHECKING:
     from lvlm_studio.core.plugin.contracts import PanelSpec
     from lvlm_studio.core.plugin.registry import PluginRegistry
+    from lvlm_studio.gui.review.window import ReviewWindow
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
         self.runner = self.analysis.runner
         self.panel_specs: dict[str, PanelSpec] = {}
         self.contexts: dict[str, PanelContext] = {}
+        self.review_window: ReviewWindow | None = None  # the review workspace, once opened
 
         self._build_center(prompt or DEFAULT_PROMPT)
         self.sessions = Sessions(self, autosave_ms)
@@ -318,6 +320,17 @@ class MainWindow(QMainWindow):
         """One dialog per failure; see ``JobStatus.show_error``."""
         self.job_status.show_error(title, error, details)
 
+    def open_review(self) -> ReviewWindow:
+        """The review workspace (a window of its own on this window's model), built on first use and shown."""
+        if self.review_window is None:
+            from lvlm_studio.gui.review.window import ReviewWindow
+
+            self.review_window = ReviewWindow(self)
+        self.review_window.show()
+        self.review_window.raise_()
+        self.review_window.activateWindow()
+        return self.review_window
+
     def show_about(self) -> None:
         model = self.state.model
         about = "" if model is None else f"<p>Model: {model.source}<br>{describe_model(model)}</p>"
@@ -449,6 +462,8 @@ class MainWindow(QMainWindow):
             self.open_image(path)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.review_window is not None:
+            self.review_window.close()
         self.sessions.close()  # first: a job that ends while the worker stops must not autosave again
         # Stop the worker before the widgets go: a late result must find a living window.
         if not self.runner.shutdown():

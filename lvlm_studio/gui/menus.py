@@ -1,4 +1,4 @@
-"""The window's menu bar: File, View (with a Panels menu filled from the plugins) and Help.
+"""The window's menu bar: File, View (with a Panels menu filled from the plugins), Review and Help.
 
 The menus only call the window (and its sessions); what an entry does is written there. The
 actions that change with the analysis (Save, Export report) are kept here so the window can
@@ -43,6 +43,9 @@ class Menus:
         self.report_action = action(window, "Export &report (PDF)\u2026", "Ctrl+P", sessions.choose_report)
         file_menu.addAction(self.report_action)
         file_menu.addSeparator()
+        file_menu.addAction(action(window, "Open &worklist\u2026", "Ctrl+Shift+W",
+                                   lambda: window.open_review().choose_worklist()))
+        file_menu.addSeparator()
         file_menu.addAction(action(window, "&Quit", QKeySequence.StandardKey.Quit, window.close))
 
         view_menu = window.menuBar().addMenu("&View")
@@ -50,6 +53,15 @@ class Menus:
         self.panels_menu.aboutToShow.connect(self._sync_panel_actions)
         self.panel_actions: dict[str, QAction] = {}
         view_menu.addAction(action(window, "Reset &layout", None, window.reset_layout))
+        review_menu = window.menuBar().addMenu("&Review")
+        review_menu.addAction(action(window, "Open &worklist\u2026", None,
+                                     lambda: window.open_review().choose_worklist()))
+        review_menu.addAction(action(window, "Open worklist &folder\u2026", None,
+                                     lambda: window.open_review().choose_folder()))
+        review_menu.addAction(action(window, "Show the review &workspace", None, window.open_review))
+        review_menu.addSeparator()
+        review_menu.addAction(action(window, "Re&viewer\u2026", None, lambda: window.open_review().change_reviewer()))
+        review_menu.addAction(action(window, "Audit &log\u2026", None, lambda: window.open_review().choose_audit_log()))
         help_menu = window.menuBar().addMenu("&Help")
         help_menu.addAction(action(window, "&About LVLM Studio", None, window.show_about))
 

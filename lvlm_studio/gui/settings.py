@@ -1,4 +1,5 @@
-"""What the app remembers between runs: dock layout, device, dtype, recent models and sessions.
+"""What the app remembers between runs: dock layout, device, dtype, recent models and sessions, and
+for clinical review the reviewer's name and where the audit trail is written.
 
 Stored with ``QSettings`` (the platform's usual place) or, when ``LVLM_STUDIO_SETTINGS`` names a
 file or a test passes one, in that INI file, so tests and screenshots never touch the user's
@@ -80,6 +81,25 @@ class StudioSettings:
 
     def set_dtype(self, dtype: str) -> None:
         self.qsettings.setValue("models/dtype", dtype)
+
+    # -- review --------------------------------------------------------------------------------
+    def reviewer(self) -> str:
+        """The name every sign-off is recorded under ("" until the reviewer gave it, once)."""
+        return str(self.qsettings.value("review/reviewer", "") or "").strip()
+
+    def set_reviewer(self, name: str) -> None:
+        self.qsettings.setValue("review/reviewer", name.strip())
+        self.qsettings.sync()
+
+    def audit_log(self) -> Path:
+        """The audit trail sign-offs are appended to: the one chosen, else review/review-audit.jsonl in the
+        app's data folder."""
+        chosen = str(self.qsettings.value("review/audit_log", "") or "")
+        return Path(chosen) if chosen else self.folder / "review" / "review-audit.jsonl"
+
+    def set_audit_log(self, path: str | Path) -> None:
+        self.qsettings.setValue("review/audit_log", str(path))
+        self.qsettings.sync()
 
     # -- layout --------------------------------------------------------------------------------
     def save_layout(self, state: QByteArray, geometry: QByteArray, panels: list[str]) -> None:
