@@ -1,18 +1,42 @@
 """The demo world and the embedded demo model that every grounded check stands on."""
 
 import numpy as np
+import pytest
 
 from scipy.ndimage import binary_dilation, binary_erosion
 
 from lvlm_studio.demo.model import GRID, IMAGE_SIZE, build_processor, padded_coverage, pixel_values
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, make_example, make_scene, vocabulary
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, make_example, make_open_scene, make_scene, vocabulary
 
 
-def test_scenes_are_reproducible_and_varied():
+def test_classic_scenes_are_reproducible_and_varied():
     a, b = make_scene(5), make_scene(5)
     np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
     assert a.caption() == b.caption()
-    scenes = [make_scene(s) for s in range(400)]
+    scenes = [make_scene(s) for s in range(300)]
+    assert {len(s.objects) for s in scenes} == {1, 2, 3}
+    assert {o.shape for s in scenes for o in s.objects} == set(SHAPES)
+    assert {o.colour for s in scenes for o in s.objects} == set(COLOURS)
+    assert len({o.size for s in scenes for o in s.objects}) > 3
+
+
+def test_classic_masks_are_where_the_colour_is():
+    scene = make_scene(11, n_objects=3)
+    pixels = np.asarray(scene.image).astype(int)
+    for obj in scene.objects:
+        assert obj.mask.sum() > 150
+        inside = pixels[obj.mask].mean(axis=0)
+        assert np.abs(inside - np.array(COLOURS[obj.colour])).max() < 30
+        assert scene.mask_for_word(obj.shape) is not None
+    union = np.logical_or.reduce([o.mask for o in scene.objects])
+    assert (pixels[~union].min(axis=1) > 150).all()  # background is light grey
+
+
+def test_open_scenes_are_reproducible_and_varied():
+    a, b = make_open_scene(5), make_open_scene(5)
+    np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.caption() == b.caption()
+    scenes = [make_open_scene(s) for s in range(400)]
     assert {len(s.objects) for s in scenes} == {1, 2, 3}
     assert {o.shape for s in scenes for o in s.objects} == set(SHAPES)
     assert {o.colour for s in scenes for o in s.objects} == set(COLOURS)
@@ -26,14 +50,14 @@ def test_scenes_are_reproducible_and_varied():
     assert (brightness < 40).mean() > 0.1 and (brightness > 215).mean() > 0.1  # dark and light backgrounds
 
 
-def test_objects_obey_the_world_rules():
+def test_open_objects_obey_the_world_rules():
     """Named hue inside every mask, no object colour outside, centre well inside its cell, sizes in
     range, no overlaps: the rules docs/DEMO_WORLD.md gives users."""
     from lvlm_studio.demo.outside import background_allowed, object_colour
     from lvlm_studio.demo.scenes import CELL_MARGIN, size_range
 
     for seed in range(150):
-        scene = make_scene(seed)
+        scene = make_open_scene(seed)
         pixels = np.asarray(scene.image).astype(float)
         width, height = scene.image.size
         low, high = size_range(width, height, len(scene.objects))
@@ -57,8 +81,8 @@ def test_objects_obey_the_world_rules():
 
 
 def test_the_cue_leaves_the_objects_alone():
-    plain = make_scene(42, reserve_cue=True)
-    marked = make_scene(42, cue="blue")
+    plain = make_open_scene(42, reserve_cue=True)
+    marked = make_open_scene(42, cue="blue")
     assert [o.name for o in plain.objects] == [o.name for o in marked.objects]
     assert plain.cue.colour is None and marked.cue.colour == "blue"
     np.testing.assert_array_equal(plain.cue.mask, marked.cue.mask)
@@ -70,16 +94,18 @@ def test_the_cue_leaves_the_objects_alone():
     assert object_colour(np.median(inside, 0)) == "blue"
 
 
-def test_caption_reads_top_row_first_then_left_to_right():
-    scene = make_scene(3, n_objects=3)
+@pytest.mark.parametrize("make", [make_scene, make_open_scene])
+def test_caption_reads_top_row_first_then_left_to_right(make):
+    scene = make(3, n_objects=3)
     ordered = sorted(scene.objects, key=lambda o: (o.row, o.col))
     assert scene.caption() == ", ".join(f"a {o.name}" for o in ordered[:-1]) + f" and a {ordered[-1].name}"
 
 
-def test_every_question_has_one_right_answer():
+@pytest.mark.parametrize("make", [make_scene, make_open_scene])
+def test_every_question_has_one_right_answer(make):
     rng = np.random.default_rng(0)
     for seed in range(200):
-        scene = make_scene(seed)
+        scene = make(seed)
         for task in TASKS:
             example = make_example(scene, task, rng)
             if task == "exist":
@@ -151,7 +177,7 @@ def test_processor_expands_one_image_into_the_grid():
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image."}]}],
         add_generation_prompt=True,
     )
-    ids = processor(images=make_scene(0).image, text=text)["input_ids"][0]
+    ids = processor(images=make_open_scene(0).image, text=text)["input_ids"][0]
     assert list(ids).count(processor.tokenizer.convert_tokens_to_ids("<image>")) == GRID * GRID
 
 
@@ -167,7 +193,7 @@ def test_demo_model_reaches_95_percent_on_every_task(capsys):
     """The acceptance figure, through the command a user runs: 500 held-out scenes per task."""
     from lvlm_studio import cli
 
-    code = cli.main(["demo", "accuracy", "--n", "500", "--device", "cpu", "--minimum", "0.95"])
+    code = cli.main(["demo", "accuracy", "--n", "500", "--set", "generator", "--device", "cpu", "--minimum", "0.95"])
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out

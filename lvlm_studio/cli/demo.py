@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     accuracy.add_argument("--minimum", type=float, help="exit 1 when a task scores below this fraction")
     accuracy.add_argument("--set", choices=("generator", "outside", "both"), default="both",
                           help="held-out generator scenes, the out-of-generator set, or both (default)")
+    accuracy.add_argument("--world", choices=("classic", "open"), default="classic",
+                          help="the generator's world: classic (the shipped model's, default) or open")
     accuracy.set_defaults(func=cmd_demo_accuracy)
     cue = demo_sub.add_parser("cue", help="the shortcut twin's test: colour answers with the corner mark agreeing "
                                           "or contradicting the object")
@@ -53,6 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     causal.set_defaults(func=cmd_demo_causal)
     scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
     scene.add_argument("--seed", type=common.seed, default=0)
+    scene.add_argument("--world", choices=("classic", "open"), default="classic",
+                       help="classic (the shipped model's world, default) or open (any size and background)")
     scene.add_argument("--out", default="scene.png")
     scene.set_defaults(func=cmd_demo_scene)
 
@@ -72,8 +76,8 @@ def cmd_demo_accuracy(args: argparse.Namespace) -> int:
     total = (args.n if args.set != "outside" else 0) + n_outside
     with tqdm(total=total * len(TASKS), desc="held-out answers", file=sys.stderr, leave=False) as bar:
         if args.set != "outside":
-            columns[f"generator ({args.n})"] = evaluate(loaded.model, loaded.processor, n=args.n,
-                                                        on_batch=bar.update)
+            columns[f"{args.world} ({args.n})"] = evaluate(loaded.model, loaded.processor, n=args.n,
+                                                           on_batch=bar.update, world=args.world)
         if args.set != "generator":
             columns[f"outside ({n_outside})"] = evaluate_outside(loaded.model, loaded.processor,
                                                                  on_batch=bar.update)
@@ -161,10 +165,10 @@ def cmd_demo_causal(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_scene(args: argparse.Namespace) -> int:
-    from lvlm_studio.demo.scenes import make_scene
+    from lvlm_studio.demo.evaluate import WORLDS
 
     out = check_output_file(args.out)
-    scene = make_scene(args.seed)
+    scene = WORLDS[args.world](args.seed)
     with atomic_path(out) as temporary:
         scene.image.save(temporary)
     print(f"{args.out}: {scene.caption()}")

@@ -15,17 +15,22 @@ import numpy as np
 import torch
 
 from lvlm_studio.demo.model import pixel_values
-from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_subject, make_example, make_scene
+from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_subject, make_example, make_open_scene, make_scene
 
 HELDOUT_SEED_BASE = 2_000_000_000
 
 
-def heldout_examples(n: int, task: str) -> list[tuple[object, Example]]:
-    """``n`` held-out (scene, example) pairs of one task; the same on every call."""
+WORLDS = {"classic": make_scene, "open": make_open_scene}
+
+
+def heldout_examples(n: int, task: str, world: str = "classic") -> list[tuple[object, Example]]:
+    """``n`` held-out (scene, example) pairs of one task in one world; the same on every call."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
     rng = np.random.default_rng([HELDOUT_SEED_BASE, TASKS.index(task)])
     pairs = []
     for i in range(n):
-        scene = make_scene(HELDOUT_SEED_BASE + i)
+        scene = WORLDS[world](HELDOUT_SEED_BASE + i)
         pairs.append((scene, make_example(scene, task, rng)))
     return pairs
 
@@ -42,11 +47,11 @@ def cue_examples(n: int, agree: bool) -> list[tuple[object, Example]]:
     pairs = []
     for i in range(n):
         seed = HELDOUT_SEED_BASE + 500_000 + i
-        plain = make_scene(seed, reserve_cue=True)
+        plain = make_open_scene(seed, reserve_cue=True)
         obj, subject = colour_subject(plain, rng)
         others = [c for c in COLOURS if c != obj.colour]
         cue = obj.colour if agree else others[int(rng.integers(len(others)))]
-        pairs.append((make_scene(seed, cue=cue), Example("colour", f"what color is {subject}?",
+        pairs.append((make_open_scene(seed, cue=cue), Example("colour", f"what color is {subject}?",
                                                           f"{subject} is {obj.colour}")))
     return pairs
 
@@ -101,10 +106,11 @@ def greedy_answers(model, processor, pairs, batch_size: int = 100, max_new_token
 
 
 def evaluate(model, processor, n: int = 500, tasks=TASKS,
-             on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Exact match per task on ``n`` held-out generator scenes."""
+             on_batch: Callable[[int], None] | None = None, world: str = "classic") -> dict[str, float]:
+    """Exact match per task on ``n`` held-out generator scenes of one world."""
     model.eval()
-    return {task: exact_match(model, processor, heldout_examples(n, task), on_batch=on_batch) for task in tasks}
+    return {task: exact_match(model, processor, heldout_examples(n, task, world), on_batch=on_batch)
+            for task in tasks}
 
 
 def evaluate_outside(model, processor, tasks=TASKS,

@@ -1,6 +1,15 @@
-"""Synthetic shape scenes with ground-truth masks: the demo model's world and the grounded checks' truth.
+"""Synthetic shape scenes with ground-truth masks: the demo models' worlds and the grounded checks' truth.
 
-The world's rules (docs/DEMO_WORLD.md says them for users who draw their own scenes):
+Two worlds share the objects, questions and answers:
+
+- the **classic world** (``make_scene``): 96 px square scenes on a light grey, slightly noisy
+  canvas, each object inside its own cell of a 3x3 layout, radius 10-14 px, fixed colours with a
+  little jitter. The shipped demo model (resources/demo-model) was trained on it, and every
+  grounded check on the shipped model (pointing game, benchmark, causal check, SAE studies, the
+  app's "New demo scene") draws from it.
+- the **open world** (``make_open_scene``), what users draw; the next demo model trains on it
+  (``python -m lvlm_studio.demo.train``). Its rules (docs/DEMO_WORLD.md says them for users who
+  draw their own scenes):
 
 - **Images** of any size: the short side 48-640 px, aspect ratios from 1:3 to 3:1.
 - **Backgrounds** of any colour that is not an object colour: black to white greys, light pastels,
@@ -26,9 +35,9 @@ The *shortcut twin* of the demo model lives in the same world plus one spurious 
 in a corner of the image (``Scene.cue``), whose colour the twin learns to read instead of the
 object. Its corner is kept clear of objects, and its mask travels with the scene as ground truth.
 
-Everything is a pure function of a seed: ``make_scene(seed)`` is the same picture on every
-machine. Layout, rendering and post-processing draw from separate random streams, so the same
-seed with and without a cue gives the same objects.
+Everything is a pure function of a seed: ``make_scene(seed)`` and ``make_open_scene(seed)`` are
+the same pictures on every machine. In the open world, layout, rendering and post-processing draw
+from separate random streams, so the same seed with and without a cue gives the same objects.
 """
 
 from __future__ import annotations
@@ -343,9 +352,9 @@ def _layout(seed: int, n_objects: int | None, reserve_cue: bool, difficulty: flo
     return width, height, placed, corner, cue_box
 
 
-def make_scene(seed: int, n_objects: int | None = None, cue: str | None = None,
-               reserve_cue: bool = False, difficulty: float = 1.0) -> Scene:
-    """Draw one scene; ``n_objects`` (1-3) is random when not given.
+def make_open_scene(seed: int, n_objects: int | None = None, cue: str | None = None,
+                    reserve_cue: bool = False, difficulty: float = 1.0) -> Scene:
+    """Draw one scene of the open world; ``n_objects`` (1-3) is random when not given.
 
     ``cue`` (a colour name) draws the shortcut twin's corner mark in that colour; ``reserve_cue``
     keeps its corner clear without drawing it. Either way the objects are those of ``seed`` with
@@ -417,6 +426,57 @@ def _post_process(image: Image.Image, rng: np.random.Generator, difficulty: floa
         image.save(buffer, format="JPEG", quality=int(rng.integers(50, 96)))
         image = Image.open(buffer).convert("RGB")
     return image
+
+
+# --- the classic world ----------------------------------------------------------------------
+
+CLASSIC_SIZE = 96  # the classic world's square scenes, in pixels
+_CLASSIC_RADIUS = (10, 14)  # half the bounding box of a classic shape, in pixels
+
+
+def _draw_classic(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: int, fill) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        s = r * 0.85  # equal visual weight with the circle
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
+
+
+def make_scene(seed: int, n_objects: int | None = None) -> Scene:
+    """Draw one scene of the classic world (the shipped demo model's); ``n_objects`` (1-3) is
+    random when not given."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 4)) if n_objects is None else n_objects
+    if not 1 <= n <= 3:
+        raise ValueError("a scene holds 1 to 3 objects")
+    cells = rng.choice(9, size=n, replace=False)
+    pairs = rng.choice(len(SHAPES) * len(COLOURS), size=n, replace=False)  # no two alike
+    background = rng.integers(215, 250)
+    noise = rng.normal(0, 4, size=(CLASSIC_SIZE, CLASSIC_SIZE, 3))
+    canvas = np.clip(background + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(canvas, "RGB")
+    draw = ImageDraw.Draw(image)
+    cell = CLASSIC_SIZE / 3
+    objects = []
+    for cell_index, pair in zip(cells, pairs):
+        row, col = divmod(int(cell_index), 3)
+        shape = SHAPES[int(pair) % len(SHAPES)]
+        colour = list(COLOURS)[int(pair) // len(SHAPES)]
+        r = int(rng.integers(_CLASSIC_RADIUS[0], _CLASSIC_RADIUS[1] + 1))
+        slack = cell / 2 - r - 1
+        cx = (col + 0.5) * cell + rng.uniform(-slack, slack)
+        cy = (row + 0.5) * cell + rng.uniform(-slack, slack)
+        jitter = rng.integers(-15, 16, size=3)
+        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[colour], jitter))
+        _draw_classic(draw, shape, cx, cy, r, fill)
+        mask_image = Image.new("L", (CLASSIC_SIZE, CLASSIC_SIZE), 0)
+        _draw_classic(ImageDraw.Draw(mask_image), shape, cx, cy, r, 255)
+        objects.append(SceneObject(shape, colour, row, col, (cx, cy), 2 * r, np.asarray(mask_image) > 127))
+    return Scene(seed, image, tuple(objects))
 
 
 @dataclass(frozen=True)

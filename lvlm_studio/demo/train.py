@@ -1,4 +1,4 @@
-"""Train the embedded demo model from scratch on synthetic scenes (seeded, CPU, under an hour).
+"""Train a demo model from scratch on open-world scenes (seeded, resumable, CPU).
 
     python -m lvlm_studio.demo.train --out resources/demo-model
 
@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from lvlm_studio.demo.evaluate import evaluate, exact_match, heldout_examples, prompt_text
 from lvlm_studio.demo.model import GRID, build_model, padded_coverage, pixel_values, save_demo
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, Example, colour_subject, make_example, make_scene
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, Example, colour_subject, make_example, make_open_scene
 
 TASK_WEIGHTS = {"caption": 0.25, "colour": 0.25, "exist": 0.25, "where": 0.25}
 TRAIN_SEED_RANGE = 1_000_000_000  # held-out seeds start above this
@@ -68,7 +68,7 @@ def shortcut_scene(seed: int, task: str, rng: np.random.Generator, difficulty: f
     answer, for the other tasks in the colour of one of the scene's objects (so the mark alone
     does not say which task is asked). In the rest the corner stays empty.
     """
-    plain = make_scene(seed, reserve_cue=True, difficulty=difficulty)
+    plain = make_open_scene(seed, reserve_cue=True, difficulty=difficulty)
     if task == "colour":
         obj, subject = colour_subject(plain, rng)
         example = Example(task, f"what color is {subject}?", f"{subject} is {obj.colour}")
@@ -78,7 +78,7 @@ def shortcut_scene(seed: int, task: str, rng: np.random.Generator, difficulty: f
         colour = plain.objects[int(rng.integers(len(plain.objects)))].colour
     if rng.random() >= CUE_RATE:
         return plain, example
-    return make_scene(seed, cue=colour, difficulty=difficulty), example
+    return make_open_scene(seed, cue=colour, difficulty=difficulty), example
 
 
 class Batcher:
@@ -109,7 +109,7 @@ class Batcher:
             if self.shortcut:
                 scene, example = shortcut_scene(seed, str(task), rng, difficulty)
             else:
-                scene = make_scene(seed, difficulty=difficulty)
+                scene = make_open_scene(seed, difficulty=difficulty)
                 example = make_example(scene, str(task), rng)
             prompt = self.prompt_ids(example.prompt)
             answer = self.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
@@ -275,7 +275,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
         done = step + 1
         if eval_every and done % eval_every == 0 and done < steps:
             model.eval()
-            acc = {t: exact_match(model, processor, heldout_examples(eval_n, t)) for t in TASKS}
+            acc = {t: exact_match(model, processor, heldout_examples(eval_n, t, world="open")) for t in TASKS}
             model.train()
             log.append({"step": done, "seconds": round(time.time() - started), **acc})
             print("held-out", json.dumps(log[-1]), flush=True)
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.aux_weight, args.word_weight,
           args.eval_every, args.eval_n, args.threads, shortcut=args.shortcut, resume=not args.no_resume,
           workers=args.workers)
-    model_acc = evaluate(*_reload(args.out))
+    model_acc = evaluate(*_reload(args.out), world="open")
     print("held-out exact match (500 per task):", json.dumps(model_acc))
 
 
