@@ -45,6 +45,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pointing.add_argument("--seed", type=common.seed, default=0, help="seed of the random baseline (default 0)")
     pointing.add_argument("--set", choices=("generator", "outside"), default="generator",
                           help="held-out generator scenes (default) or the out-of-generator set")
+    pointing.add_argument("--tolerance", type=float, default=0.0,
+                          help="grid cells around the object that still count as a hit (default 0: strict)")
     pointing.add_argument("--out", help="also write the table (Markdown) to this file")
     pointing.set_defaults(func=cmd_demo_pointing)
     causal = demo_sub.add_parser("causal", help="does each causal token subset matter more than a random one?")
@@ -127,6 +129,7 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise InputError(f"--n {args.n} leaves nothing to play.", "Use at least 1 scene, e.g. --n 200.")
+    common.check_number("--tolerance", args.tolerance, "0.5", minimum=0, maximum=8)
     registry = create_registry()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     for method in methods or []:
@@ -136,7 +139,7 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
     loaded, _ = common.load(args)
     with common.progress_bar("pointing game") as on_progress:
         result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed,
-                                         scene_set=args.set), on_progress)
+                                         scene_set=args.set, tolerance=args.tolerance), on_progress)
     table = format_table(result)
     print(table, end="")
     for method, error in result.failed.items():

@@ -3,11 +3,12 @@
 The demo model captions held-out scenes ("describe the image."). Every answer token that is an
 object word (a colour or a shape) is a trial: each explanation method makes a map for it, the map
 is resampled to image pixels with the shared ``to_pixels``, and the trial is a hit when the
-brightest pixel lies within half a grid cell of the object the word names. The tolerance is that of
-the original pointing game (Zhang et al. 2016: 15 px at 224 px, 6.7% of the side); here it is the
-map's own resolution (half a cell, 6.25% of the padded side on the demo model's 8x8 grid), so a
-small object between two cell centres can still be hit by a map that peaks on its cell. A map that
-is flat everywhere points nowhere: no credit for it.
+brightest pixel lies inside the mask of the object the word names, or within ``tolerance`` grid
+cells of it. The original pointing game (Zhang et al. 2016) allows 15 px at 224 px (6.7% of the
+side); half a cell of an 8x8 grid is 6.25%, and lets a map that peaks on a small object's cell hit
+it although the object misses the cell's centre (the open world's objects can be that small). The
+default is 0, the strict rule the README's tables use. A map that is flat everywhere points
+nowhere: no credit for it.
 
 Which object a word names: captions list objects in reading order ("a red circle, a blue square
 and a green triangle", objects sorted by row then column), so the k-th colour word and the k-th
@@ -18,8 +19,8 @@ ground truth and is not scored.
 
 A "uniform random" row gives every trial a map of independent uniform values on the grid (seeded).
 Its expected hit rate, printed under the table, is the mean over trials of the fraction of the grid
-cells inside the image (not on the padding) whose centre pixel falls in the object's tolerance
-zone: a random map's maximum lands on a uniformly random cell. Intervals are Wilson score
+cells inside the image (not on the padding) whose centre pixel falls in the object's mask (grown
+by the tolerance): a random map's maximum lands on a uniformly random cell. Intervals are Wilson score
 intervals (95 %).
 """
 
@@ -123,6 +124,7 @@ def pointing_game(
     registry: Any = None,
     seed: int = 0,
     scene_set: str = "generator",
+    tolerance: float = 0.0,
 ) -> Job[PointingResult]:
     """Play the game over ``n`` held-out scenes with the given explainers (all in the registry by
     default). ``scene_set`` "outside" plays on the out-of-generator set instead (its first ``n``
@@ -159,7 +161,7 @@ def pointing_game(
             continue
         targets = sorted(masks)
         trials += len(targets)
-        masks = {t: tolerance_zone(masks[t], trace) for t in targets}
+        masks = {t: tolerance_zone(masks[t], trace, tolerance) for t in targets}
         for method, explainer in explainers.items():
             if method in failed:
                 continue
@@ -188,14 +190,16 @@ def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any
     return run_job(explainer.explain(trace, loaded, targets, explainer.resolve_params({})))
 
 
-def tolerance_zone(mask: np.ndarray, trace: Any) -> np.ndarray:
-    """The object's mask grown by half a grid cell (in the image's pixels): where a map's maximum
-    counts as pointing at the object."""
+def tolerance_zone(mask: np.ndarray, trace: Any, cells: float) -> np.ndarray:
+    """The object's mask grown by ``cells`` grid cells (in the image's pixels): where a map's
+    maximum counts as pointing at the object."""
+    if cells <= 0:
+        return mask
     from scipy.ndimage import distance_transform_edt
 
     left, top, right, bottom = trace.regions[0].box
     rows, cols = trace.regions[0].grid
-    radius = 0.5 * min((right - left) / cols, (bottom - top) / rows)
+    radius = cells * min((right - left) / cols, (bottom - top) / rows)
     return distance_transform_edt(~mask) <= radius
 
 
