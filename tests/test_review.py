@@ -289,18 +289,22 @@ def test_review_cli_end_to_end(tmp_path, demo_scene, capsys):
     demo_scene.image.save(cases / "scene.png")
     make_scene(2_000_000_011).image.save(cases / "other.png")
     Image.new("RGB", (100, 80), (200, 200, 200)).save(cases / "blank.png")
+    (cases / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     manifest = cases / "worklist.csv"
     manifest.write_text("case,image,question,reference\n"
                         "c-1,scene.png,describe the image.,\n"
                         "c-2,other.png,describe the image.,\n"
                         "c-3,blank.png,describe the image.,\n"
-                        "c-4,missing.png,describe the image.,\n", encoding="utf-8")
+                        "c-4,missing.png,describe the image.,\n"
+                        "c-5,broken.png,describe the image.,\n", encoding="utf-8")
     out = tmp_path / "review"
     code = main(["review", "--cases", str(manifest), "--out", str(out), "--reviewer", "dr.lee",
                  "--methods", ",".join(CHEAP), "--device", "cpu"])
     printed = capsys.readouterr()
-    assert code == 2  # one bad row: named, and the other cases went on
+    assert code == 2  # a bad row and an unreadable image: each named once, and the other cases went on
     assert printed.err.count("missing.png") == 1 and "row 5" in printed.err
+    assert printed.err.count("case c-5:") == 1 and "broken.png" in printed.err
+    assert str(cases) not in printed.err.split("case c-5:")[1]  # the image by its name, not its path
     with open(out / "verdicts.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == ["case", "question", "answer", "probability", "consistency", "confidence", "decision",
@@ -322,9 +326,10 @@ def test_review_cli_end_to_end(tmp_path, demo_scene, capsys):
     assert str(tmp_path).encode() not in text
     assert b"/work/" not in text and str(Path.home()).encode() + b"/" not in text
     # Run again into the same folder: the audit log is continued, never rewritten.
+    (cases / "broken.png").unlink()
     assert main(["review", "--cases", str(cases), "--out", str(out), "--methods", ",".join(CHEAP),
                  "--device", "cpu"]) == 0
-    assert verify(out / "audit.jsonl").records == 3 + 3  # the folder's three images (worklist.csv is not one)
+    assert verify(out / "audit.jsonl").records == 3 + 3  # the folder's readable images (worklist.csv is not one)
 
 
 def test_a_manifest_that_cannot_be_read_fails_before_the_model_loads(tmp_path, capsys):

@@ -33,7 +33,8 @@ DEFAULT_QUESTION = "describe the image."
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     review = sub.add_parser("review", help="assess every case of a worklist: verdicts, case reports, audit records",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=__doc__.replace("``", ""),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     review.add_argument("--cases", required=True, metavar="MANIFEST",
                         help="a folder of images, or a .csv/.json manifest (case, image, question, reference)")
     review.add_argument("--out", required=True, metavar="DIR",

@@ -322,7 +322,7 @@ def verdict(measured: Measured, settings: ReviewSettings) -> Assessment:
             if feature(name, value) < feature(name, cutoff):
                 failing.append((contributions.get(name, 0.0), SIGNALS[name].reason.format(value=value)))
         reasons += [text for _, text in sorted(failing, key=lambda item: item[0])]
-        if len(measured.methods) < 2 and "rank_agreement" in combiner.names:
+        if len(measured.methods) < 2:
             reasons.append("only one method could explain the answer, so the methods' agreement was not checked")
     blind = _image_made_no_difference(signals)
     if blind:

@@ -160,7 +160,7 @@ def compare_methods(rows: Sequence[Row], candidates: Sequence[str]) -> tuple[tup
 
             rho = auroc([mean(r, 0) for r in grounded], [mean(r, 0) for r in failures])
             overlap = auroc([mean(r, 1) for r in grounded], [mean(r, 1) for r in failures])
-            points = float(np.mean([pointing[m] for m in subset]))
+            points = float(np.nan_to_num(np.mean([pointing[m] for m in subset])))  # no grounded case: 0
             table.append({"methods": list(subset), "auroc_rank": rho, "auroc_overlap": overlap, "pointing": points,
                           "score": (rho + overlap) / 2 + points})
     if not table:
