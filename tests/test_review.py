@@ -57,8 +57,8 @@ def test_an_assessment_of_a_demo_scene_is_sane(scene_assessment, demo_scene, set
     assert result.key_tokens and all(0 <= t < len(result.trace.answer_ids) for t in result.key_tokens)
     assert result.probability == pytest.approx(float(np.prod(result.trace.probabilities[result.key_tokens])))
     assert set(result.signals) == set(SIGNALS)
-    for name in ("probability", "entropy", "llr", "rank_agreement", "region_overlap", "on_image", "mask_drop",
-                 "keep_drop", "blur_change", "answer_seen"):
+    for name in ("probability", "entropy", "llr", "relevance_odds", "rank_agreement", "region_overlap", "on_image",
+                 "mask_drop", "keep_drop", "blur_change", "answer_seen"):
         assert math.isfinite(result.signals[name]), name
     assert math.isnan(result.signals["subject_seen"])  # "describe the image." names no subject
     width, height = demo_scene.image.size
@@ -148,9 +148,11 @@ def test_the_verdict_follows_the_thresholds_and_names_every_failing_signal():
     empty = verdict(_measured({}, keys=(), methods=()), settings)
     assert empty.decision == "defer" and empty.reasons == ["the model gave no answer"]
     # Whatever the calibration: an answer the image made no difference to is deferred.
-    blind = verdict(_measured({"llr": 0.0, "rank_agreement": 0.9, "mask_drop": 0.0, "blur_change": 0.0}),
+    blind = verdict(_measured({"llr": 0.0, "relevance_odds": 0.0, "rank_agreement": 0.9, "mask_drop": 0.0,
+                               "blur_change": 0.0}),
                     replace(settings, threshold_defer=0.0, threshold_high=0.0))
-    assert blind.decision == "defer" and "does not come from the image" in blind.reasons[0]
+    assert blind.decision == "defer" and blind.consistency == 0.0
+    assert "does not come from the image" in blind.reasons[0]
 
 
 def test_settings_refuse_bad_thresholds():
@@ -247,15 +249,16 @@ def test_calibration_runs_on_a_tiny_split(tmp_path, capsys, monkeypatch):
     assert str(tmp_path) not in out.read_text()  # no local paths in what ships
 
 
-def test_calibration_cases_are_fixed_and_the_splits_disjoint():
+@pytest.mark.parametrize("world", ["classic", "open"])
+def test_calibration_cases_are_fixed_and_the_splits_disjoint(world):
     import itertools
 
     from lvlm_studio.review.cases import FAILURE_KINDS, cases
 
     for kind in ("grounded", *FAILURE_KINDS):
-        first = list(itertools.islice(cases(kind, "calibration"), 4))
-        again = list(itertools.islice(cases(kind, "calibration"), 4))
-        held = list(itertools.islice(cases(kind, "held-out"), 4))
+        first = list(itertools.islice(cases(kind, "calibration", world), 4))
+        again = list(itertools.islice(cases(kind, "calibration", world), 4))
+        held = list(itertools.islice(cases(kind, "held-out", world), 4))
         assert [c.source for c in first] == [c.source for c in again]
         assert [np.asarray(c.image).tobytes() for c in first] == [np.asarray(c.image).tobytes() for c in again]
         assert not {c.source for c in first} & {c.source for c in held}

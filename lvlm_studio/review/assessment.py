@@ -20,7 +20,9 @@ the answer's *key words* and combines them into a consistency score in [0, 1]:
 * **Stability**: the fall of the key words' log-odds when the critical region is hidden (replaced
   by the blurred image; a grounded answer should fall), when everything but the critical region is
   hidden (it should not), and their change either way under a slight blur (a grounded answer
-  hardly moves). One batch of four images.
+  hardly moves); and their fall when the whole image is blurred away, the LLR's comparison in
+  log-odds, which still moves where the model is so sure that log p does not. One batch of five
+  images.
 * **Logit lens** at the image positions (as TAM reads them): the best probability of each key word
   and of the subject (all its words at one position) at any image position (is what the answer
   names visible at all?), and how strongly the subject is seen inside the critical region (is the
@@ -325,7 +327,8 @@ def verdict(measured: Measured, settings: ReviewSettings) -> Assessment:
         if len(measured.methods) < 2:
             reasons.append("only one method could explain the answer, so the methods' agreement was not checked")
     blind = _image_made_no_difference(signals)
-    if blind:
+    if blind:  # whatever the calibration says: nothing of the image was read
+        consistency = 0.0
         reasons.insert(0, "the answer does not change at all when the image is blurred away or its critical region "
                           "is hidden: it does not come from the image")
     if consistency < settings.threshold_defer or blind:
@@ -350,11 +353,17 @@ def verdict(measured: Measured, settings: ReviewSettings) -> Assessment:
 NO_DIFFERENCE = 0.01  # nats: below this, blurring the image or hiding its critical region changed nothing
 
 
+def consistency_of(signals: dict[str, float], combiner: Combiner) -> float:
+    """The consistency score of measured signals: the combination's, or 0 when the image made no
+    difference to the answer (the rule that holds whatever the calibration)."""
+    return 0.0 if _image_made_no_difference(signals) else combiner.consistency(signals)
+
+
 def _image_made_no_difference(signals: dict[str, float]) -> bool:
     """A rule that holds whatever the calibration: an answer whose key words keep their probability
     exactly when the image is blurred away (LLR), when the critical region is hidden and under a
     slight blur was not read from the image (a blank picture, an answer from the prompt alone)."""
-    values = [signals.get(name, math.nan) for name in ("llr", "mask_drop", "blur_change")]
+    values = [signals.get(name, math.nan) for name in ("llr", "relevance_odds", "mask_drop", "blur_change")]
     return all(math.isfinite(v) for v in values) and all(abs(v) < NO_DIFFERENCE for v in values)
 
 
@@ -572,9 +581,9 @@ def _lens_probabilities(loaded: LoadedModel, trace: Trace, ids: np.ndarray, chun
 # -- stability ------------------------------------------------------------------------------------
 def _stability(loaded: LoadedModel, trace: Trace, keys: list[int], mask: np.ndarray,
                mild_blur: float) -> Job[dict[str, float]]:
-    """Falls of the key words' log-odds (nats, mean over key words) with the critical region hidden and
-    with all but it hidden, and their change either way under a slight blur: one batch of four
-    images (the first unaltered)."""
+    """Falls of the key words' log-odds (nats, mean over key words) with the critical region hidden,
+    with all but it hidden and with the whole image blurred away, and their change either way under
+    a slight blur: one batch of five images (the first unaltered)."""
     from lvlm_studio.core.perturbation.perturb import blend, score_images
     from lvlm_studio.core.tracing.relevance import blurred_baseline
 
@@ -582,9 +591,9 @@ def _stability(loaded: LoadedModel, trace: Trace, keys: list[int], mask: np.ndar
     baseline = blurred_baseline(image)
     keep = mask.astype(np.float32)
     images = [image, blend(image, baseline, 1.0 - keep), blend(image, baseline, keep),
-              image.filter(ImageFilter.GaussianBlur(mild_blur * max(image.size)))]
+              image.filter(ImageFilter.GaussianBlur(mild_blur * max(image.size))), baseline]
     scores = yield from score_images(loaded, trace, images, log_odds=True, upto=max(keys) + 1, what="stability")
     falls = scores[0][None, keys] - scores[1:][:, keys]
     return {"mask_drop": float(np.mean(falls[0])), "keep_drop": float(np.mean(falls[1])),
-            "blur_change": float(np.mean(np.abs(falls[2])))}
+            "blur_change": float(np.mean(np.abs(falls[2]))), "relevance_odds": float(np.mean(falls[3]))}
 

@@ -3,6 +3,9 @@
     python -m lvlm_studio.review.calibrate --model resources/demo-model \\
         --shortcut resources/demo-model-shortcut --out lvlm_studio/review/calibration.json
 
+(``--world open`` for a main model trained on the open world; the shortcut twin's cases are
+open-world scenes either way.)
+
 Four stages, all on the cases of ``review.cases`` (grounded answers against failures):
 
 1. **Methods** (skipped when ``--methods`` is given): the first ``--compare`` calibration cases of
@@ -20,7 +23,7 @@ Four stages, all on the cases of ``review.cases`` (grounded answers against fail
    and a reliability plot (``--plot``).
 
 Without the shortcut twin (``--shortcut`` missing or not found) its kind is left out and the
-report says so. About 6 minutes on two CPU cores with the defaults.
+report says so. About two minutes on one CPU core with the defaults (the demo model is tiny).
 """
 
 from __future__ import annotations
@@ -41,8 +44,15 @@ import numpy as np
 
 from lvlm_studio.core.errors import InputError, LVLMError
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
-from lvlm_studio.review.assessment import CALIBRATION_FORMAT, TOP_FRACTION, image_cells, measure, pair_agreement
-from lvlm_studio.review.cases import FAILURE_KINDS, KIND_TITLES, KINDS, cases, normalised_answer
+from lvlm_studio.review.assessment import (
+    CALIBRATION_FORMAT,
+    TOP_FRACTION,
+    consistency_of,
+    image_cells,
+    measure,
+    pair_agreement,
+)
+from lvlm_studio.review.cases import FAILURE_KINDS, KIND_TITLES, KINDS, WORLDS, cases, normalised_answer
 from lvlm_studio.review.combine import SIGNALS, Combiner, auroc, bootstrap_auroc, fit
 
 CANDIDATE_METHODS = ("tam", "raw_attention", "rollout", "relevancy", "grad_x_input", "gradcam")
@@ -77,9 +87,10 @@ class Row:
 
 # -- measuring ------------------------------------------------------------------------------------
 def collect(models: dict[str, Any], split: str, n: int, methods: Sequence[str], registry: Any = None,
-            kinds: Sequence[str] = KINDS, pairs: bool = False) -> Job[list[Row]]:
+            kinds: Sequence[str] = KINDS, pairs: bool = False, world: str = "classic") -> Job[list[Row]]:
     """Measure ``n`` counted cases of each kind of ``kinds`` (a job). ``models`` maps "main" and
-    optionally "shortcut" to loaded models; kinds whose model is missing are skipped."""
+    optionally "shortcut" to loaded models; kinds whose model is missing are skipped. ``world``:
+    the main model's (``cases.WORLDS``)."""
     from lvlm_studio.core.tracing.trace import generate_trace
 
     kinds = [k for k in kinds if ("shortcut" if k == "shortcut" else "main") in models]
@@ -87,7 +98,7 @@ def collect(models: dict[str, Any], split: str, n: int, methods: Sequence[str], 
     total = n * len(kinds)
     for k, kind in enumerate(kinds):
         taken = 0
-        for tried, case in enumerate(cases(kind, split)):
+        for tried, case in enumerate(cases(kind, split, world)):
             if taken >= n or tried >= TRIES * n:
                 break
             loaded = models[case.model]
@@ -183,7 +194,7 @@ def fit_calibration(rows: Sequence[Row], budget: float = DEFAULT_BUDGET) -> dict
                          "Use a trained demo model and more cases (--n).")
     names = [s for s in SIGNALS if any(math.isfinite(r.signals.get(s, math.nan)) for r in rows)]
     combiner = fit([r.signals for r in rows], [r.grounded for r in rows], names)
-    scores = np.array([combiner.consistency(r.signals) for r in rows])
+    scores = np.array([consistency_of(r.signals, combiner) for r in rows])
     labels = np.array([r.grounded for r in rows])
     # Defer below the largest threshold that defers at most ``budget`` of the grounded answers.
     ordered = np.sort(scores[labels])
@@ -221,7 +232,7 @@ def evaluate(rows: Sequence[Row], combiner: Combiner, threshold_defer: float, th
     """How the fitted score and thresholds do on ``rows``: AUROC with its interval, defer rates."""
     from lvlm_studio.demo.pointing import wilson_interval
 
-    scores = [combiner.consistency(r.signals) for r in rows]
+    scores = [consistency_of(r.signals, combiner) for r in rows]
     grounded = [s for s, r in zip(scores, rows) if r.grounded]
     failures = [s for s, r in zip(scores, rows) if not r.grounded]
     value, low, high = bootstrap_auroc(grounded, failures, n=bootstrap)
@@ -328,7 +339,7 @@ def plot(rows: Sequence[Row], combiner: Combiner, threshold_defer: float, thresh
 
     from lvlm_studio.core.io.files import atomic_path
 
-    scores = np.array([combiner.consistency(r.signals) for r in rows])
+    scores = np.array([consistency_of(r.signals, combiner) for r in rows])
     labels = np.array([r.grounded for r in rows])
     weights = np.where(labels, 0.5 / max(labels.sum(), 1), 0.5 / max((~labels).sum(), 1))
     edges = np.linspace(0, 1, bins + 1)
@@ -345,7 +356,7 @@ def plot(rows: Sequence[Row], combiner: Combiner, threshold_defer: float, thresh
     left.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="perfect calibration")
     left.plot(centres, observed, marker="o", color="#1f77b4", label="held-out split")
     for x, y, c in zip(centres, observed, counts):
-        left.annotate(str(c), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        left.annotate(str(c), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
     left.axvline(threshold_defer, color="#d68910", linewidth=1)
     left.set_xlabel("consistency score")
     left.set_ylabel("share grounded (classes weighted equally)")
@@ -365,7 +376,7 @@ def plot(rows: Sequence[Row], combiner: Combiner, threshold_defer: float, thresh
     right.set_xlim(0, 1)
     right.set_xlabel("consistency score")
     right.set_title("Held-out cases by kind", fontsize=10)
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +390,7 @@ def calibrate(models: dict[str, Any], n: int = DEFAULT_N, methods: Sequence[str]
               compare: int = DEFAULT_COMPARE, candidates: Sequence[str] = CANDIDATE_METHODS,
               budget: float = DEFAULT_BUDGET, registry: Any = None, description: str = "",
               notes: Sequence[str] = (), log: Callable[[str], None] = lambda message: None,
-              bootstrap: int = 1000) -> Job[tuple[dict[str, Any], list[Row]]]:
+              bootstrap: int = 1000, world: str = "classic") -> Job[tuple[dict[str, Any], list[Row]]]:
     """Run the four stages (a job); returns the calibration record and the held-out rows."""
     if registry is None:
         from lvlm_studio.core.plugin.registry import create_registry
@@ -388,12 +399,12 @@ def calibrate(models: dict[str, Any], n: int = DEFAULT_N, methods: Sequence[str]
     started = time.perf_counter()
     table: list[dict[str, Any]] = []
     if methods is None:
-        compared = yield from collect(models, "calibration", compare, candidates, registry, pairs=True)
+        compared = yield from collect(models, "calibration", compare, candidates, registry, pairs=True, world=world)
         methods, table = compare_methods(compared, candidates)
         log(f"methods chosen: {', '.join(methods)} ({time.perf_counter() - started:.0f} s)")
-    calibration = yield from collect(models, "calibration", n, methods, registry)
+    calibration = yield from collect(models, "calibration", n, methods, registry, world=world)
     log(f"calibration split measured ({time.perf_counter() - started:.0f} s)")
-    held_out = yield from collect(models, "held-out", n, methods, registry)
+    held_out = yield from collect(models, "held-out", n, methods, registry, world=world)
     log(f"held-out split measured ({time.perf_counter() - started:.0f} s)")
     fitted = fit_calibration(calibration, budget)
     combiner = fitted["combiner"]
@@ -421,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lvlm_studio.review.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="the demo model folder (default: the embedded demo model)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="classic",
+                        help="the world the model was trained on (default: classic, the shipped model's)")
     parser.add_argument("--shortcut", help="the shortcut twin's folder (left out when missing)")
     parser.add_argument("--out", default="lvlm_studio/review/calibration.json", help="the calibration JSON to write")
     parser.add_argument("--plot", default="docs/images/review-reliability.png", help="the reliability plot (PNG)")
@@ -430,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated methods: skips choosing them")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"share of grounded calibration answers that may be deferred (default {DEFAULT_BUDGET})")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for PyTorch (default 1: the demo model is too small to gain from more)")
     args = parser.parse_args(argv)
     try:
         record = _run(args)
@@ -468,7 +482,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                      "failure is left out of this calibration.")
         print(f"warning: {notes[-1]}", file=sys.stderr)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip()) if args.methods else None
-    description = f"demo world, {args.n} cases per kind and split; models: {'; '.join(described)}"
+    description = (f"demo world ({args.world}), {args.n} cases per kind and split; models: "
+                   f"{'; '.join(described)}")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -481,7 +496,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"  {p.message}")
 
     job = calibrate(models, args.n, methods, args.compare, budget=args.budget, description=description,
-                    notes=notes, log=log)
+                    notes=notes, log=log, world=args.world)
     record, held_out = run_job(job, progress)
     record = _plain(record)
     write_text(args.out, json.dumps(record, indent=1, allow_nan=False) + "\n")

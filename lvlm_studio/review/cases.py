@@ -1,7 +1,10 @@
 """The calibration's ground truth: grounded answers and failures in the demo world, in two disjoint splits.
 
-Every case is a pure function of its kind, split and index, so the calibration split and the
-held-out split are the same pictures on every machine and never share a scene:
+Every case is a pure function of its kind, split, index and world, so the calibration split and
+the held-out split are the same pictures on every machine and never share a scene. The world is
+the main demo model's (docs/DEMO_WORLD.md): "classic" (``make_scene``, the shipped model's) or
+"open" (``make_open_scene``, the next model's). The shortcut twin lives in the open world, so its
+cases are open-world scenes whichever world the main model knows.
 
 * **grounded**: the demo model on held-out generator scenes (every task in turn) and on the
   out-of-generator set (``resources/demo-outside``; even scenes calibrate, odd ones are held out).
@@ -14,7 +17,8 @@ held-out split are the same pictures on every machine and never share a scene:
 * **removed**: the asked object painted over with the surrounding background.
 * **blurred**: the asked object smeared by a strong local blur until its shape is gone.
 * **ood**: pictures outside the world: noise, a blank canvas, textures with nothing on them
-  (stripes, checks, smooth random fields), asked the world's questions.
+  (stripes, checks, smooth random fields, speckles), asked the questions that take an object for
+  granted (captions, colours, positions; an exist question has a right answer there: "not there").
 
 Seeds start at ``CASE_SEED_BASE``, far from training seeds (training never draws one that large),
 from the demo's own held-out scenes and from the cue check's.
@@ -23,8 +27,9 @@ from the demo's own held-out scenes and from the cue check's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -36,11 +41,13 @@ from lvlm_studio.demo.scenes import (
     TASKS,
     colour_subject,
     make_example,
+    make_open_scene,
     make_scene,
 )
 
 CASE_SEED_BASE = HELDOUT_SEED_BASE + 3_000_000
 SPLITS = ("calibration", "held-out")
+WORLDS = {"classic": make_scene, "open": make_open_scene}
 FAILURE_KINDS = ("shortcut", "absent", "removed", "blurred", "ood")
 KINDS = ("grounded", *FAILURE_KINDS)
 #: What each kind is, for tables.
@@ -79,18 +86,21 @@ def _seed(kind: str, split: str, index: int) -> int:
     return CASE_SEED_BASE + SPLITS.index(split) * 1_000_000 + KINDS.index(kind) * 100_000 + index
 
 
-def cases(kind: str, split: str) -> Iterator[Case]:
-    """The cases of one kind and split, in a fixed order (as many as the caller takes)."""
+def cases(kind: str, split: str, world: str = "classic") -> Iterator[Case]:
+    """The cases of one kind and split, in a fixed order (as many as the caller takes), with the
+    main model's scenes drawn from ``world``."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
     makers = {"grounded": _grounded, "shortcut": _shortcut, "absent": _absent, "removed": _removed,
               "blurred": _blurred, "ood": _ood}
     if kind not in makers:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    return makers[kind](split)
+    return makers[kind](split, WORLDS[world])
 
 
-def _grounded(split: str) -> Iterator[Case]:
+def _grounded(split: str, make: Callable[..., Any]) -> Iterator[Case]:
     """Generator scenes and outside scenes, interleaved (three generator cases, then one outside)."""
     from lvlm_studio.demo.outside import load_scenes
 
@@ -100,7 +110,7 @@ def _grounded(split: str) -> Iterator[Case]:
     while True:
         for _ in range(3):
             seed = _seed("grounded", split, index)
-            scene = make_scene(seed)
+            scene = make(seed)
             task = TASKS[index % len(TASKS)]
             example = make_example(scene, task, np.random.default_rng(seed))
             yield Case("grounded", split, index, "main", scene.image, example.prompt, f"generator scene {seed}",
@@ -125,26 +135,27 @@ def named_mask(scene, answer: str) -> np.ndarray | None:
     return np.logical_or.reduce(masks) if masks else None
 
 
-def _shortcut(split: str) -> Iterator[Case]:
+def _shortcut(split: str, make: Callable[..., Any]) -> Iterator[Case]:
+    """Open-world scenes (the twin's world) whatever ``make`` is."""
     index = 0
     while True:
         seed = _seed("shortcut", split, index)
         rng = np.random.default_rng(seed)
-        plain = make_scene(seed, reserve_cue=True)
+        plain = make_open_scene(seed, reserve_cue=True)
         obj, subject = colour_subject(plain, rng)
         others = [c for c in COLOURS if c != obj.colour]
         cue = others[int(rng.integers(len(others)))]
-        yield Case("shortcut", split, index, "shortcut", make_scene(seed, cue=cue).image,
+        yield Case("shortcut", split, index, "shortcut", make_open_scene(seed, cue=cue).image,
                    f"what color is {subject}?", f"generator scene {seed}, {cue} mark", cue=cue)
         index += 1
 
 
-def _absent(split: str) -> Iterator[Case]:
+def _absent(split: str, make: Callable[..., Any]) -> Iterator[Case]:
     index = 0
     while True:
         seed = _seed("absent", split, index)
         rng = np.random.default_rng(seed)
-        scene = make_scene(seed, n_objects=int(rng.integers(1, 3)))
+        scene = make(seed, n_objects=int(rng.integers(1, 3)))
         shapes = {o.shape for o in scene.objects}
         present = {(o.colour, o.shape) for o in scene.objects}
         if index % 2 == 0 and len(shapes) < len(SHAPES):
@@ -159,11 +170,11 @@ def _absent(split: str) -> Iterator[Case]:
         index += 1
 
 
-def _asked_object(kind: str, split: str, index: int):
+def _asked_object(kind: str, split: str, index: int, make: Callable[..., Any]):
     """A scene, one of its objects that a question can name alone, and that question."""
     seed = _seed(kind, split, index)
     rng = np.random.default_rng(seed)
-    scene = make_scene(seed)
+    scene = make(seed)
     objects = list(scene.objects)
     unique = [o for o in objects if sum(p.shape == o.shape for p in objects) == 1]
     if index % 2 == 0 and unique:
@@ -181,12 +192,12 @@ def _dilated(mask: np.ndarray, pixels: int) -> np.ndarray:
     return binary_dilation(mask, iterations=max(1, pixels))
 
 
-def _removed(split: str) -> Iterator[Case]:
+def _removed(split: str, make: Callable[..., Any]) -> Iterator[Case]:
     """The asked object painted over: each of its pixels takes the Gaussian-weighted mean of the
     pixels around it that are not the object (normalised convolution), a smooth patch of background."""
     index = 0
     while True:
-        seed, scene, obj, question = _asked_object("removed", split, index)
+        seed, scene, obj, question = _asked_object("removed", split, index, make)
         mask = _dilated(obj.mask, round(0.08 * obj.size) + 1)
         yield Case("removed", split, index, "main", fill_from_surroundings(scene.image, mask, obj.size),
                    question, f"generator scene {seed}, {obj.name} removed")
@@ -208,11 +219,11 @@ def fill_from_surroundings(image: Image.Image, mask: np.ndarray, size: float) ->
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
-def _blurred(split: str) -> Iterator[Case]:
+def _blurred(split: str, make: Callable[..., Any]) -> Iterator[Case]:
     """The asked object (and a margin around it) replaced by the image under a blur as wide as the object."""
     index = 0
     while True:
-        seed, scene, obj, question = _asked_object("blurred", split, index)
+        seed, scene, obj, question = _asked_object("blurred", split, index, make)
         mask = _dilated(obj.mask, round(0.25 * obj.size) + 1)
         smeared = scene.image.filter(ImageFilter.GaussianBlur(0.6 * obj.size))
         keep = np.where(mask, 0, 255).astype(np.uint8)
@@ -222,19 +233,23 @@ def _blurred(split: str) -> Iterator[Case]:
 
 
 OOD_STYLES = ("noise", "blank", "stripes", "checks", "field", "speckle")
+#: Questions that take an object for granted: on a picture of nothing every answer to them is unfounded.
+#: (Not "is there a red square?": "the red square is not there" would be right.)
+OOD_TASKS = ("caption", "colour", "where")
 
 
-def _ood(split: str) -> Iterator[Case]:
+def _ood(split: str, make: Callable[..., Any]) -> Iterator[Case]:
+    """Pictures of nothing (``make`` is not used: no world draws them)."""
     index = 0
     while True:
         seed = _seed("ood", split, index)
         rng = np.random.default_rng(seed)
         style = OOD_STYLES[index % len(OOD_STYLES)]
         image = ood_image(style, rng)
-        task = TASKS[(index // len(OOD_STYLES)) % len(TASKS)]
+        task = OOD_TASKS[(index // len(OOD_STYLES)) % len(OOD_TASKS)]
         colour, shape = list(COLOURS)[int(rng.integers(4))], SHAPES[int(rng.integers(3))]
         question = {"caption": "describe the image.", "colour": f"what color is the {shape}?",
-                    "exist": f"is there a {colour} {shape}?", "where": f"where is the {colour} {shape}?"}[task]
+                    "where": f"where is the {colour} {shape}?"}[task]
         yield Case("ood", split, index, "main", image, question, f"{style} picture {seed}")
         index += 1
 

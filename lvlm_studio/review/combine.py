@@ -51,6 +51,9 @@ SIGNALS: dict[str, Signal] = {
     "llr": Signal(+1, -5.0, 15.0, False, "mean visual relevance of the key words: log p(image) - log p(blurred "
                   "image), nats", "the answer hardly depends on the image: with the image blurred the model "
                                   "says much the same (visual relevance {value:.2f} nats)"),
+    "relevance_odds": Signal(+1, -5.0, 30.0, False, "fall of the key words' log-odds when the image is blurred "
+                             "away (the LLR's comparison on the log-odds scale), nats",
+                             "blurring the image away hardly changes the answer ({value:.2f} nats)"),
     "rank_agreement": Signal(+1, -1.0, 1.0, False, "mean Spearman correlation between the methods' maps",
                              "the methods disagree on where the evidence is (rank correlation {value:.2f})"),
     "region_overlap": Signal(+1, 0.0, 1.0, False, "mean overlap of the methods' critical regions (top tenth)",
