@@ -8,7 +8,8 @@ consistency is ``sigmoid(bias + sum w_s x_s)``, fitted by L2-regularised logisti
 score reads as "how likely is this a grounded answer rather than a failure, at even odds".
 
 Every weight is kept >= 0: a signal whose fitted weight comes out negative (it only helps through
-its correlation with others) is dropped and the rest refitted, until none is negative. A grounded
+its correlation with others) is dropped and the rest refitted, until none is negative; a signal
+left with weight 0 (one that is constant on the calibration split) is dropped too. A grounded
 answer then never loses consistency because one of its signals got better, and every reason
 given to a reviewer points the way the signal does.
 
@@ -47,7 +48,8 @@ SIGNALS: dict[str, Signal] = {
     "probability": Signal(+1, 1e-6, 1.0, True, "probability of the answer's key words (their product)",
                           "the model is unsure of its answer (probability {value:.2f})"),
     "entropy": Signal(-1, 0.0, 5.0, False, "largest entropy of the next-word distribution at a key word (nats)",
-                      "the model hesitated between several words ({value:.2f} nats of uncertainty)"),
+                      "the model is less sure of its words than grounded answers are ({value:.2g} nats of "
+                      "uncertainty)"),
     "llr": Signal(+1, -5.0, 15.0, False, "mean visual relevance of the key words: log p(image) - log p(blurred "
                   "image), nats", "the answer hardly depends on the image: with the image blurred the model "
                                   "says much the same (visual relevance {value:.2f} nats)"),
@@ -68,10 +70,10 @@ SIGNALS: dict[str, Signal] = {
                           "a slight blur changes the answer ({value:.2f} nats)"),
     "answer_seen": Signal(+1, 1e-6, 1.0, True, "how clearly the image shows the key words: the best logit-lens "
                           "probability of each at an image position (the weakest key word)",
-                          "the image does not seem to show what the answer names (logit lens {value:.2f})"),
+                          "the image does not seem to show what the answer names (logit lens {value:.2g})"),
     "subject_seen": Signal(+1, 1e-6, 1.0, True, "how clearly the image shows what the question asks about "
                            "(the answer's words taken from the question, all at one place), by the logit lens",
-                           "what the question asks about does not seem to be in the image (logit lens {value:.2f})"),
+                           "what the question asks about does not seem to be in the image (logit lens {value:.2g})"),
     "subject_overlap": Signal(+1, 0.0, 1.0, False, "how strongly the question's subject is seen inside the "
                               "critical region, against where it is seen best",
                               "the evidence is not where the question's subject is ({value:.0%})"),
@@ -190,6 +192,8 @@ def fit(rows: Sequence[Mapping[str, float]], grounded: Sequence[bool], names: Se
             kept.pop(int(np.argmin(weights)))
             continue
         break
+    useful = [i for i, w in enumerate(weights) if w > 1e-9]  # a constant signal gets weight 0: it says nothing
+    kept, weights = [kept[i] for i in useful], weights[useful]
     chosen = [names[j] for j in kept]
     return Combiner(tuple(chosen), center[kept], scale[kept], weights, float(bias),
                     {n: neutral[n] for n in chosen if math.isfinite(neutral[n])})
