@@ -84,6 +84,12 @@ def test_demo_imports_without_qt():
     assert {"lvlm_studio.demo.scenes", "lvlm_studio.demo.model"} <= set(imported)
 
 
+def test_review_imports_without_qt():
+    imported = import_without_qt("lvlm_studio.review")
+    expected = {"lvlm_studio.review.assessment", "lvlm_studio.review.calibrate", "lvlm_studio.review.report"}
+    assert expected <= set(imported)
+
+
 def test_cli_imports_without_qt():
     if importlib.util.find_spec("lvlm_studio.cli") is None:
         pytest.skip("lvlm_studio.cli does not exist yet")

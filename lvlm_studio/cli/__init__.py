@@ -10,6 +10,7 @@
     lvlm-studio demo scene --seed N --out FILE.png  draw a demo scene
     lvlm-studio sae train|eval|inspect|hooks        sparse autoencoders on the vision tower (see `sae -h`)
     lvlm-studio benchmark --methods tam,relevancy --n 100 --out DIR   grounded benchmark (resumable)
+    lvlm-studio review --cases MANIFEST --out DIR   assess a worklist: verdicts, case reports, pending audit records
     lvlm-studio audit verify LOG                    check an audit trail of clinical review (see `audit -h`)
     lvlm-studio dicom info FILE | dicom deidentify IN OUT   DICOM image information; a de-identified copy
 
@@ -23,7 +24,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, plugins, report, sae
+from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, plugins, report, review, sae
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
 from lvlm_studio.core.errors import Cancelled, LVLMError
 
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", help="prompt to put in the app")
     parser.set_defaults(func=cmd_gui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (explain, plugins, sae, demo, benchmark, report, audit, dicom):  # the order of `lvlm-studio -h`
+    # the order of `lvlm-studio -h`
+    for group in (explain, plugins, sae, demo, benchmark, report, review, audit, dicom):
         group.add_parsers(sub)
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,6 @@ def default_tokens(session: Session) -> list[int]:
 
 def write_report(session: Session, path: str | Path, tokens: list[int] | None = None) -> Path:
     """Write the report of ``session`` to ``path`` (a PDF) and return the path."""
-    from matplotlib.backends.backend_pdf import PdfPages
-
     if session.trace is None:
         raise InputError("this session has no answer to report on.", "Ask a question first, then export the report.")
     tokens = default_tokens(session) if tokens is None else tokens
@@ -54,21 +53,36 @@ def write_report(session: Session, path: str | Path, tokens: list[int] | None = 
     bad = [t for t in tokens if not 0 <= t < count]
     if bad:
         raise InputError(f"answer token {bad[0]} does not exist.", f"This answer has tokens 0 to {count - 1}.")
-    path = Path(path)
-    with atomic_path(path) as temporary, PdfPages(temporary) as pdf:  # a full disk leaves the old PDF
-        pdf.savefig(_summary_page(session))
+
+    def pages() -> Iterator[Figure]:
+        yield _summary_page(session)
         if session.explanations and tokens:
-            pdf.savefig(_overlay_page(session, tokens))
+            yield _overlay_page(session, tokens)
         if session.metrics:
-            pdf.savefig(_metrics_page(session))
-        pdf.savefig(_record_page(session))
+            yield _metrics_page(session)
+        yield _record_page(session)
+
+    return write_pages(path, pages(), f"LVLM Studio report: {session.prompt}")
+
+
+def write_pages(path: str | Path, pages: Iterable[Figure], title: str) -> Path:
+    """Write figures as the pages of one PDF (each drawn only when its turn comes), atomically: a
+    failure or a full disk part-way leaves the previous file as it was. The case report of the
+    clinical review (``lvlm_studio.review.report``) is written with it too."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    path = Path(path)
+    with atomic_path(path) as temporary, PdfPages(temporary) as pdf:
+        for figure in pages:
+            pdf.savefig(figure)
         info = pdf.infodict()
-        info["Title"] = f"LVLM Studio report: {session.prompt}"
+        info["Title"] = title
         info["Creator"] = "LVLM Studio"
     return path
 
 
-def _page(title: str) -> Figure:
+def page(title: str) -> Figure:
+    """An empty A4 page with its title at the top left, as every page of LVLM Studio's reports has."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=PAGE)
@@ -79,13 +93,13 @@ def _page(title: str) -> Figure:
 def _summary_page(session: Session) -> Figure:
     trace = session.trace
     assert trace is not None
-    figure = _page("LVLM Studio: analysis report")
+    figure = page("LVLM Studio: analysis report")
     image_axes = figure.add_axes((0.08, 0.62, 0.38, 0.3))
     image_axes.imshow(np.asarray(trace.image))
     image_axes.set_axis_off()
     text = (f"Image: {session.image_name or 'unnamed'} ({trace.image.size[0]} x {trace.image.size[1]} px)\n"
             f"Model: {trace.model_info.get('family', '?')} from {session.model_source or 'the demo model'}\n\n"
-            f"Prompt:\n{_wrap(session.prompt, 40)}\n\nAnswer:\n{_wrap(trace.answer_text, 40)}")
+            f"Prompt:\n{wrap(session.prompt, 40)}\n\nAnswer:\n{wrap(trace.answer_text, 40)}")
     figure.text(0.5, 0.92, text, va="top", fontsize=9, family="DejaVu Sans")
     relevance = trace.visual_relevance
     rows = []
@@ -109,7 +123,7 @@ def _overlay_page(session: Session, tokens: list[int]) -> Figure:
     trace = session.trace
     assert trace is not None
     methods = list(session.explanations)[:MAX_METHODS]
-    figure = _page("Where each token came from")
+    figure = page("Where each token came from")
     grid = figure.add_gridspec(len(tokens), len(methods), left=0.08, right=0.95, top=0.9, bottom=0.04,
                                hspace=0.35, wspace=0.08)
     for row, token in enumerate(tokens):
@@ -133,7 +147,7 @@ def _overlay_page(session: Session, tokens: list[int]) -> Figure:
 def _metrics_page(session: Session) -> Figure:
     trace = session.trace
     assert trace is not None
-    figure = _page("Metrics")
+    figure = page("Metrics")
     rows = [[m.metric, m.method, f"#{m.token} {trace.answer_tokens[m.token].strip()}",
              ", ".join(f"{k} = {v:.3g}" for k, v in m.result.values.items())] for m in session.metrics]
     table_axes = figure.add_axes((0.08, 0.6, 0.84, 0.3))
@@ -152,12 +166,13 @@ def _metrics_page(session: Session) -> Figure:
 
 
 def _record_page(session: Session) -> Figure:
-    figure = _page("Run record")
+    figure = page("Run record")
     text = json.dumps(session.record, indent=1, default=str)
     lines = [wrapped for line in text.splitlines() for wrapped in textwrap.wrap(line, 95) or [""]]
     figure.text(0.08, 0.92, "\n".join(lines[:90]), va="top", fontsize=7, family="monospace")
     return figure
 
 
-def _wrap(text: str, width: int) -> str:
+def wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters ("-" when empty)."""
     return "\n".join(textwrap.wrap(text, width)) or "-"
