@@ -5,7 +5,7 @@
 Runs offscreen at 1280x800 on the demo model with throwaway settings and audit log, on a worklist
 of three cases made here (two demo scenes and an image of nothing), and writes:
 
-    review-defer.png   an image of nothing (soft blotches): the amber banner, its reasons, the methods' maps
+    review-defer.png   an image of nothing (a blank grey scan): the amber banner, its reasons, the methods' maps
     review-accept.png  a demo scene, accepted by the reviewer: the green banner, the critical region
 
 With the grounding assessment installed (``lvlm_studio.review.assessment``) the verdicts are its
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("raw_attention", "relevancy", "tam")
-SCENE_SEEDS = (26, 38)
+SCENE_SEEDS = (21, 23)  # two-object classic scenes with exactly one circle
 COLOURS = {"red", "green", "blue", "yellow"}
 #: The stand-in's verdict per question: consistency, confidence, decision, reasons.
 NOISE_QUESTION = "is there a red circle?"
@@ -96,13 +96,15 @@ def write_worklist(folder: Path) -> Path:
 
     from lvlm_studio.demo.scenes import make_scene
 
-    # Scenes with one circle whose colour the demo model names correctly (seeds checked by hand).
+    # Classic-world scenes (the shipped model's world) with exactly one circle each.
     scenes = [make_scene(seed, n_objects=2) for seed in SCENE_SEEDS]
     for number, scene in enumerate(scenes, start=1):
         scene.image.save(folder / f"scan-{number:03d}.png")
-    # Nothing to see: soft blotches (smooth noise, enlarged), unlike any scene of the demo world.
-    blotches = np.random.default_rng(3).normal(128, 50, (8, 8, 3)).clip(0, 255).astype(np.uint8)
-    Image.fromarray(blotches).resize((256, 256), Image.Resampling.BICUBIC).save(folder / "scan-003.png")
+    # Nothing to see: a blank grey scan with faint grain. (Colourful blotches are not deferred by
+    # the current calibration: a known miss, see docs/REVIEW.md.)
+    grain = np.random.default_rng(3).normal(0, 3, (32, 32, 1))
+    blank = (np.full((32, 32, 3), 118.0) + grain).clip(0, 255).astype(np.uint8)
+    Image.fromarray(blank).resize((256, 256), Image.Resampling.BICUBIC).save(folder / "scan-003.png")
     manifest = folder / "worklist.csv"
     manifest.write_text("case,image,question,reference\n"
                         f"study-0417,scan-001.png,what color is the circle?,"
