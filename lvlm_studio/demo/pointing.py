@@ -42,6 +42,7 @@ from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, make_scene
 
 PROMPT = "describe the image."
 RANDOM = "uniform random"
+SET_NAMES = {"generator": "demo", "outside": "out-of-generator"}
 Z_95 = 1.959964
 
 
@@ -232,7 +233,8 @@ def _cells_inside(trace: Any, mask: np.ndarray) -> float:
 def format_table(result: PointingResult) -> str:
     """The result as a Markdown table with a short header and footer."""
     lines = [
-        f"Pointing game: {result.scenes} held-out {result.scene_set} scenes, prompt {PROMPT!r}, "
+        f"Pointing game: {result.scenes} held-out {SET_NAMES.get(result.scene_set, result.scene_set)} scenes, "
+        f"prompt {PROMPT!r}, "
         f"{result.trials} object-word tokens ({result.unscored_words} naming no object in the scene, not scored).",
         "",
         "| method | hits / total | hit rate | 95% CI (Wilson) |",

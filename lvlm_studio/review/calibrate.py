@@ -145,7 +145,7 @@ def _pointing(measured: Any, trace: Any, truth: np.ndarray) -> dict[str, bool]:
     from lvlm_studio.core.metrics.plausibility import pointing_hit
     from lvlm_studio.demo.pointing import tolerance_zone
 
-    zone = tolerance_zone(truth, trace)
+    zone = tolerance_zone(truth, trace, 0.5)
     out = {}
     for method, pixels in measured.maps.items():
         finite = pixels[np.isfinite(pixels)]
