@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from scipy.ndimage import binary_dilation, binary_erosion
 
 from lvlm_studio.demo.model import GRID, IMAGE_SIZE, build_processor, padded_coverage, pixel_values

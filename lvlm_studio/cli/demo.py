@@ -13,7 +13,6 @@ from lvlm_studio.core.io.files import (
     write_text,
 )
 
-
 CUE_METHODS = ("raw_attention", "rollout", "relevancy", "grad_x_input", "gradcam", "tam")
 
 
@@ -34,7 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     common.add_model_options(cue)
     cue.add_argument("--n", type=int, default=200, help="held-out scenes of each kind (default 200)")
     cue.add_argument("--maps", type=int, default=50,
-                     help="contradicting scenes on which each method's map is checked: object or cue (default 50; 0: none)")
+                     help="contradicting scenes on which each method's map is checked: object or cue "
+                          "(default 50; 0: none)")
     cue.add_argument("--methods", default=",".join(CUE_METHODS),
                      help="comma-separated method ids for the maps (default: the single-pass methods)")
     cue.set_defaults(func=cmd_demo_cue)

@@ -20,7 +20,6 @@ from lvlm_studio.demo.evaluate import cue_examples
 from lvlm_studio.demo.pointing import _explain, _hit, tolerance_zone
 from lvlm_studio.demo.scenes import COLOURS
 
-
 CUE_TOLERANCE = 0.5  # grid cells: the mark is smaller than a cell, so a strict hit would need luck
 
 

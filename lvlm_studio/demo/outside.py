@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from scipy import ndimage
 from skimage import color as skcolor
 from skimage import draw as skdraw
 
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, Example, where_words
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, Example, Scene, SceneObject, where_words
 
 OUTSIDE_DIR = Path(__file__).resolve().parents[2] / "resources" / "demo-outside"
 SEED = 7_301_457  # unrelated to the training and held-out seeds
@@ -625,49 +625,10 @@ def build(out: Path, n: int = N_SCENES) -> list[dict]:
 
 
 @dataclass(frozen=True)
-class OutsideObject:
-    """One object of an outside scene, with the attributes the training scenes' objects have."""
+class OutsideScene(Scene):
+    """One scene of the outside set: a training ``Scene`` (objects, caption, masks) with its file name."""
 
-    shape: str
-    colour: str
-    row: int
-    col: int
-    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive ends), pixels
-    mask: np.ndarray = field(repr=False, compare=False)  # bool, the image's height x width
-
-    @property
-    def name(self) -> str:
-        return f"{self.colour} {self.shape}"
-
-    @property
-    def where(self) -> str:
-        return where_words(self.row, self.col)
-
-    @property
-    def words(self) -> tuple[str, str]:
-        return (self.colour, self.shape)
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return ((self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2)
-
-
-@dataclass(frozen=True)
-class OutsideScene:
-    """One scene of the outside set; used wherever a training ``Scene`` is (image, objects, caption, masks)."""
-
-    seed: int  # the scene's index in the set
-    name: str  # its image file
-    image: Image.Image = field(repr=False, compare=False)
-    objects: tuple[OutsideObject, ...]
-
-    def caption(self) -> str:
-        return caption_of([{"shape": o.shape, "colour": o.colour, "row": o.row, "col": o.col} for o in self.objects])
-
-    def mask_for_word(self, word: str) -> np.ndarray | None:
-        """Union of the masks of the objects this word names (None when it names none)."""
-        masks = [o.mask for o in self.objects if word in o.words]
-        return np.logical_or.reduce(masks) if masks else None
+    name: str = ""  # its image file
 
 
 def load_scenes(folder: Path | None = None) -> list[tuple[OutsideScene, list[Example]]]:
@@ -681,11 +642,13 @@ def load_scenes(folder: Path | None = None) -> list[tuple[OutsideScene, list[Exa
         with Image.open(folder / record["mask"]) as im:
             labels = np.asarray(im)
         objects = tuple(
-            OutsideObject(o["shape"], o["colour"], o["row"], o["col"], tuple(o["bbox"]), labels == i + 1)
+            SceneObject(o["shape"], o["colour"], o["row"], o["col"],
+                        ((o["bbox"][0] + o["bbox"][2]) / 2, (o["bbox"][1] + o["bbox"][3]) / 2),
+                        max(o["bbox"][2] - o["bbox"][0], o["bbox"][3] - o["bbox"][1]), labels == i + 1)
             for i, o in enumerate(record["objects"])
         )
         examples = [Example(q["task"], q["prompt"], q["answer"]) for q in record["questions"]]
-        out.append((OutsideScene(index, record["image"], image, objects), examples))
+        out.append((OutsideScene(index, image, objects, name=record["image"]), examples))
     return out
 
 

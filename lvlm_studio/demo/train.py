@@ -288,7 +288,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     record = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "aux_weight": aux_weight,
         "word_weight": word_weight, "shortcut": shortcut, "cue_rate": CUE_RATE if shortcut else 0.0,
-        "threads": threads, "workers": workers, "curriculum": CURRICULUM, "train_seconds": round(time.time() - started), "torch": torch.__version__,
+        "threads": threads, "workers": workers, "curriculum": CURRICULUM,
+        "train_seconds": round(time.time() - started), "torch": torch.__version__,
         "progress": log,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
