@@ -8,9 +8,15 @@ Error dialogs are recorded instead of shown, so a test never blocks on one.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from gui_helpers import LOAD_TIMEOUT_MS
+
+# A shell starts background commands (``pytest ... &``) with SIGINT ignored, and every subprocess
+# inherits that: the Ctrl+C tests would then interrupt nothing. Give SIGINT back its Python default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
