@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lvlm_studio.demo.model import pixel_values
-from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_subject, make_example, make_open_scene, make_scene
+from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_example, make_example, make_open_scene, make_scene
 
 HELDOUT_SEED_BASE = 2_000_000_000
 
@@ -48,11 +48,10 @@ def cue_examples(n: int, agree: bool) -> list[tuple[object, Example]]:
     for i in range(n):
         seed = HELDOUT_SEED_BASE + 500_000 + i
         plain = make_open_scene(seed, reserve_cue=True)
-        obj, subject = colour_subject(plain, rng)
+        obj, example = colour_example(plain, rng)
         others = [c for c in COLOURS if c != obj.colour]
         cue = obj.colour if agree else others[int(rng.integers(len(others)))]
-        pairs.append((make_open_scene(seed, cue=cue), Example("colour", f"what color is {subject}?",
-                                                          f"{subject} is {obj.colour}")))
+        pairs.append((make_open_scene(seed, cue=cue), example))
     return pairs
 
 

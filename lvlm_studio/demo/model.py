@@ -8,6 +8,7 @@ the demo model too.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +141,9 @@ def pixel_values(images: list, processor: LlavaProcessor | None = None) -> torch
     return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-_PROCESSOR: list[LlavaProcessor] = []
-
-
+@functools.cache
 def _default_processor() -> LlavaProcessor:
-    if not _PROCESSOR:
-        _PROCESSOR.append(build_processor())
-    return _PROCESSOR[0]
+    return build_processor()
 
 
 def padded_coverage(mask: np.ndarray, grid: int = GRID) -> np.ndarray:

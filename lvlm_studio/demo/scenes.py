@@ -495,16 +495,19 @@ class Example:
     answer: str
 
 
-def colour_subject(scene: Scene, rng: np.random.Generator) -> tuple[SceneObject, str]:
-    """The object a colour question asks about and how the question names it."""
+def colour_example(scene: Scene, rng: np.random.Generator) -> tuple[SceneObject, Example]:
+    """A colour question about the scene and the object it asks about (the one place its words
+    are made: the shortcut twin's cue takes that object's colour)."""
     objs = scene.objects
     shape_counts = {s: sum(o.shape == s for o in objs) for s in SHAPES}
     unique = [o for o in objs if shape_counts[o.shape] == 1]
     if not unique:  # every shape repeated: say which one by where it is
         o = objs[int(rng.integers(len(objs)))]
-        return o, f"the {o.shape} on the {o.where}"
-    o = unique[int(rng.integers(len(unique)))]
-    return o, f"the {o.shape}"
+        subject = f"the {o.shape} on the {o.where}"
+    else:
+        o = unique[int(rng.integers(len(unique)))]
+        subject = f"the {o.shape}"
+    return o, Example("colour", f"what color is {subject}?", f"{subject} is {o.colour}")
 
 
 def make_example(scene: Scene, task: str, rng: np.random.Generator) -> Example:
@@ -513,8 +516,7 @@ def make_example(scene: Scene, task: str, rng: np.random.Generator) -> Example:
     if task == "caption":
         return Example(task, "describe the image.", scene.caption())
     if task == "colour":
-        o, subject = colour_subject(scene, rng)
-        return Example(task, f"what color is {subject}?", f"{subject} is {o.colour}")
+        return colour_example(scene, rng)[1]
     if task == "exist":
         present = {(o.colour, o.shape) for o in objs}
         if rng.random() < 0.5:

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from lvlm_studio.demo.evaluate import evaluate, exact_match, heldout_examples, prompt_text
 from lvlm_studio.demo.model import GRID, build_model, padded_coverage, pixel_values, save_demo
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, Example, colour_subject, make_example, make_open_scene
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, colour_example, make_example, make_open_scene
 
 TASK_WEIGHTS = {"caption": 0.25, "colour": 0.25, "exist": 0.25, "where": 0.25}
 TRAIN_SEED_RANGE = 1_000_000_000  # held-out seeds start above this
@@ -70,8 +70,7 @@ def shortcut_scene(seed: int, task: str, rng: np.random.Generator, difficulty: f
     """
     plain = make_open_scene(seed, reserve_cue=True, difficulty=difficulty)
     if task == "colour":
-        obj, subject = colour_subject(plain, rng)
-        example = Example(task, f"what color is {subject}?", f"{subject} is {obj.colour}")
+        obj, example = colour_example(plain, rng)
         colour = obj.colour
     else:
         example = make_example(plain, task, rng)

@@ -13,7 +13,6 @@ The verdicts are the grounding assessment's own (``lvlm_studio.review.assessment
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -83,14 +82,9 @@ def take(out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(__doc__.strip(), file=sys.stderr)
-        return 2
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    for path in take(Path(args[0])):
-        print(path)
-    return 0
+    from lvlm_studio.gui.screenshots import command
+
+    return command(take, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -146,15 +146,20 @@ def take(out: Path) -> list[Path]:
     return shots
 
 
-def main(argv: list[str] | None = None) -> int:
+def command(take_shots: Callable[[Path], list[Path]], usage: str, argv: list[str] | None = None) -> int:
+    """A screenshot script's command line: one OUTDIR argument, offscreen Qt, the written paths printed."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print(__doc__.strip(), file=sys.stderr)
+        print(usage.strip(), file=sys.stderr)
         return 2
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    for path in take(Path(args[0])):
+    for path in take_shots(Path(args[0])):
         print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(take, __doc__, argv)
 
 
 if __name__ == "__main__":

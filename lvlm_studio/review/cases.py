@@ -39,7 +39,7 @@ from lvlm_studio.demo.scenes import (
     COLOURS,
     SHAPES,
     TASKS,
-    colour_subject,
+    colour_example,
     make_example,
     make_open_scene,
     make_scene,
@@ -142,11 +142,11 @@ def _shortcut(split: str, make: Callable[..., Any]) -> Iterator[Case]:
         seed = _seed("shortcut", split, index)
         rng = np.random.default_rng(seed)
         plain = make_open_scene(seed, reserve_cue=True)
-        obj, subject = colour_subject(plain, rng)
+        obj, example = colour_example(plain, rng)
         others = [c for c in COLOURS if c != obj.colour]
         cue = others[int(rng.integers(len(others)))]
         yield Case("shortcut", split, index, "shortcut", make_open_scene(seed, cue=cue).image,
-                   f"what color is {subject}?", f"generator scene {seed}, {cue} mark", cue=cue)
+                   example.prompt, f"generator scene {seed}, {cue} mark", cue=cue)
         index += 1
 
 
