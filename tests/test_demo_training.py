@@ -66,3 +66,27 @@ def test_the_shortcut_twin_sees_its_cue_in_most_scenes():
             marked += 1
             agreeing += example.answer.endswith(scene.cue.colour)
     assert 180 <= marked <= 200 and agreeing == marked
+
+
+def test_the_classic_twin_trains_the_shipped_architecture_on_classic_cue_scenes(tmp_path):
+    """``--world classic`` builds the shipped model's architecture and processor with fresh weights
+    and draws classic scenes, most with a corner mark (a couple of tiny steps)."""
+    from transformers import LlavaConfig
+
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+
+    model, processor = training.build("classic", seed=0)
+    shipped = LlavaConfig.from_pretrained(DEMO_MODEL_DIR)
+    assert model.config.vision_config.image_size == shipped.vision_config.image_size
+    assert model.config.text_config.hidden_size == shipped.text_config.hidden_size
+    batcher = training.Batcher(processor, seed=0, shortcut=True, world="classic")
+    batch = batcher(0, 4)
+    assert batch["pixel_values"].shape[-1] == shipped.vision_config.image_size
+    rng = np.random.default_rng(1)
+    scenes = [training.shortcut_scene(seed, "colour", rng, world="classic")[0] for seed in range(40)]
+    assert all(s.image.size == (96, 96) for s in scenes)
+    assert sum(s.cue.colour is not None for s in scenes) >= 34
+    record = training.train(tmp_path, steps=2, batch_size=2, lr=1e-3, seed=0, aux_weight=0.5, word_weight=0.0,
+                            eval_every=0, eval_n=1, threads=1, shortcut=True, workers=0, world="classic")
+    assert record["world"] == "classic" and record["shortcut"]
+    assert (tmp_path / "model.safetensors").exists()
