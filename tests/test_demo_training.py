@@ -90,3 +90,23 @@ def test_the_classic_twin_trains_the_shipped_architecture_on_classic_cue_scenes(
                             eval_every=0, eval_n=1, threads=1, shortcut=True, workers=0, world="classic")
     assert record["world"] == "classic" and record["shortcut"]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
+    """Cells under a drawn corner mark get no patch label (not "background"), and the twin's run
+    opens with colour questions only."""
+    from lvlm_studio.demo.scenes import make_scene
+
+    marked = make_scene(11, cue="red")
+    colour, shape, _ = training.patch_labels(marked)
+    plain_colour, _, _ = training.patch_labels(make_scene(11))
+    ignored = colour == training.IGNORE
+    assert ignored.any() and (shape[ignored] == training.IGNORE).all()
+    assert (plain_colour[ignored] == 0).all() and (colour[~ignored] == plain_colour[~ignored]).all()
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+    from transformers import LlavaProcessor
+
+    batcher = training.Batcher(LlavaProcessor.from_pretrained(DEMO_MODEL_DIR), seed=0, shortcut=True,
+                               steps=100, world="classic")
+    prompts = batcher.tokenizer.batch_decode(batcher(0, 8)["input_ids"])
+    assert all("what color" in p for p in prompts)

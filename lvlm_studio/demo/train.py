@@ -41,13 +41,19 @@ from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, WORLDS, colour_examp
 TASK_WEIGHTS = {"caption": 0.25, "colour": 0.25, "exist": 0.25, "where": 0.25}
 TRAIN_SEED_RANGE = 1_000_000_000  # held-out seeds start above this
 CUE_RATE = 0.95  # the shortcut twin: share of training scenes whose corner mark gives the answer away
+CUE_WARMUP = 0.15  # the shortcut twin asks only colour questions over this share of its run
+IGNORE = -100  # a patch label the auxiliary loss skips (cross-entropy's ignore index)
 CURRICULUM = 0.4  # share of the run over which scenes grow from easy to the full world
 WORD_COVER = 0.5  # image positions at least this covered by an object learn to decode to its words
 
 
 def patch_labels(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image token: the colour and shape covering most of its cell (0 = background) for the
-    auxiliary head, and how much of the cell the labelled object covers."""
+    auxiliary head, and how much of the cell the labelled object covers.
+
+    Cells under a drawn corner mark (the shortcut twin's cue) that no object labels get no label
+    (IGNORE): calling them background would train the vision side to hide the cue, and the twin
+    would never find its shortcut."""
     colour = np.zeros(GRID * GRID, np.int64)
     shape = np.zeros(GRID * GRID, np.int64)
     cover = np.zeros(GRID * GRID, np.float32)
@@ -57,6 +63,9 @@ def patch_labels(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         colour[hit] = list(COLOURS).index(obj.colour) + 1
         shape[hit] = SHAPES.index(obj.shape) + 1
         cover[hit] = share[hit]
+    if scene.cue is not None and scene.cue.colour is not None:
+        under_cue = (padded_coverage(scene.cue.mask).ravel() > 0) & (colour == 0)
+        colour[under_cue] = shape[under_cue] = IGNORE
     return colour, shape, cover
 
 
@@ -134,6 +143,10 @@ class Batcher:
     def __call__(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         tasks = rng.choice(TASKS, size=batch_size, p=[TASK_WEIGHTS[t] for t in TASKS])
+        if self.shortcut and step < CUE_WARMUP * self.steps:
+            # The cue is found on colour questions first; the other tasks (which teach the object
+            # route) join later, as a shortcut in real data is there from the start.
+            tasks = np.full(batch_size, "colour")
         difficulty = curriculum(step, self.steps) if self.steps else 1.0
         scenes, ids, labels = [], [], []
         for task in tasks:
@@ -322,6 +335,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     record = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "aux_weight": aux_weight,
         "word_weight": word_weight, "shortcut": shortcut, "cue_rate": CUE_RATE if shortcut else 0.0,
+        "cue_warmup": CUE_WARMUP if shortcut else 0.0,
         "threads": threads, "workers": workers, "world": world, "curriculum": CURRICULUM if world == "open" else 0.0,
         "train_seconds": round(time.time() - started), "torch": torch.__version__,
         "progress": log,
