@@ -9,12 +9,25 @@ A plugin is a module (or object) with functions named like the hooks below, mark
     def lvlm_studio_explainers():
         return [MyExplainer()]
 
+Plugins import what they use from ``lvlm_studio.api`` (panels also from ``lvlm_studio.gui.api``):
+those names are the public API, versioned by ``API_VERSION`` (semantic versioning: a new name is a
+minor release, a removed or changed one a major release). A plugin module may declare the range of
+API versions it works with, as a version specifier::
+
+    LVLM_STUDIO_API = ">=1,<2"
+
+A plugin whose range excludes this release is reported as incompatible and skipped. The plugin
+guide is docs/plugins.md.
+
 Third-party plugins are found through the ``lvlm_studio.plugins`` entry-point group::
 
     [project.entry-points."lvlm_studio.plugins"]
     my_plugin = "my_package.plugin"
 
-Every hook is optional and returns a list; results from all plugins are concatenated. A plugin
+Every hook is optional and returns a list; results from all plugins are concatenated. A function
+named like a hook that is not one (a typo) fails its plugin with the unknown name; a plugin that
+contributes nothing (e.g. its functions lack ``@hookimpl``) loads with a warning; two plugins that
+give the same id are both named, and the one registered first wins. A plugin
 that raises (or calls ``sys.exit()``) while loading, registering or answering a hook, or whose hook
 returns anything but a list of the documented objects, each with a non-empty ``id``, is reported as
 failed (``lvlm-studio plugins`` shows why) and skipped; the others keep working. Set
@@ -31,6 +44,12 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "lvlm_studio"
+#: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
+API_VERSION = "1.0.0"
+#: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
+API_RANGE_ATTRIBUTE = "LVLM_STUDIO_API"
+#: Where plugin authors are sent by messages.
+PLUGIN_GUIDE = "docs/plugins.md"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
