@@ -11,7 +11,7 @@ from lvlm_metrics.agreement import MethodAgreement
 from lvlm_metrics.faithfulness import DeletionInsertion
 from lvlm_metrics.plausibility import PlausibilityIoU, PointingGame
 from lvlm_metrics.sanity import InputIndependence, ModelRandomisation
-from lvlm_studio.core.plugin.hookspecs import hookimpl
+from lvlm_studio.api import hookimpl
 
 
 @hookimpl

@@ -34,8 +34,8 @@ import pluggy
 from lvlm_studio.core.errors import InputError, UnsupportedModelError
 from lvlm_studio.core.io.records import package_version
 from lvlm_studio.core.plugin import hookspecs
-from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, PLUGIN_GUIDE
 from lvlm_studio.core.plugin.contracts import Analyzer, Explainer, Metric, PanelSpec
+from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, PLUGIN_GUIDE
 
 log = logging.getLogger(__name__)
 
