@@ -238,6 +238,11 @@ class MainWindow(QMainWindow):
         assert registry is not None
         self.panel_specs = registry.panels()
         self.menus.set_panels(self.panel_specs)
+        unusable = [s.name for s in registry.status if s.state in ("failed", "incompatible")]
+        if unusable:
+            self.statusBar().showMessage(f"Plugins not used: {', '.join(unusable)} (see Help \u203a Plugins).", 15000)
+        elif registry.conflicts:
+            self.statusBar().showMessage("Two plugins give the same id (see Help \u203a Plugins).", 15000)
         self._restore_layout()
         if self.state.method not in self.analysis.explainers and self.analysis.explainers:
             self.state.set_method(next(iter(self.analysis.explainers)))
@@ -330,6 +335,18 @@ class MainWindow(QMainWindow):
         self.review_window.raise_()
         self.review_window.activateWindow()
         return self.review_window
+
+    def show_plugins(self) -> QWidget:
+        """Help › Plugins: the plugins, what each contributes, failures and warnings (non-modal)."""
+        registry = self.analysis.registry
+        if registry is None:
+            self.statusBar().showMessage("The plugins are still loading; try again in a moment.", 5000)
+            return self
+        from lvlm_studio.gui.plugins_dialog import PluginsDialog
+
+        dialog = PluginsDialog(registry, self.analysis.panel_failures, self)
+        dialog.show()
+        return dialog
 
     def show_about(self) -> None:
         model = self.state.model
