@@ -87,6 +87,7 @@ class PluginRegistry:
         self.providers: dict[tuple[str, str], str] = {}
         #: One line per id given by two plugins, naming both (the first registered wins).
         self.conflicts: list[str] = []
+        self._asked: set[str] = set()  # kinds whose hook has been asked at least once
 
     # -- loading ----------------------------------------------------------------------------
     # A plugin is code we do not control: besides exceptions it may call sys.exit() or raise another
@@ -217,6 +218,7 @@ class PluginRegistry:
             return None
 
         what = KINDS[hook_name]
+        self._asked.add(what)
         found: dict[str, Any] = {}
         for plugin_name, item in self.collect(hook_name, problem):
             if item.id in found:
@@ -295,7 +297,7 @@ class PluginRegistry:
     def provider(self, what: str, item_id: str) -> dict[str, str]:
         """Who provided the ``what`` ("methods", "metrics", "analyzers", "panels") with ``item_id``:
         plugin, distribution and version ("unknown" where not known, e.g. a method no plugin gives)."""
-        if (what, item_id) not in self.providers:
+        if what not in self._asked:
             {"methods": self.explainers, "metrics": self.metrics, "analyzers": self.analyzers,
              "panels": self.panels}.get(what, dict)()
         name = self.providers.get((what, item_id))
