@@ -241,8 +241,9 @@ class PluginRegistry:
         """Both providers of an id, named with their distributions, on the skipped one's status."""
         def named(plugin_name: str) -> str:
             status = self._status(plugin_name)
-            provider = status.provider if status else {"distribution": "unknown", "version": "unknown"}
-            return f"plugin {plugin_name} ({provider['distribution']} {provider['version']})"
+            if status is None or not status.distribution:
+                return f"plugin {plugin_name} (from no installed distribution)"
+            return f"plugin {plugin_name} ({status.distribution} {status.version})"
 
         message = (f"{what[:-1]} id {item_id!r} is given by both {named(first)} and {named(second)}; "
                    f"the first registered, {first}, is used and {second}'s is skipped")
