@@ -1,8 +1,9 @@
 """First-party metrics, written against the public plugin API only (as a third party would).
 
-Each wraps a computation of the Qt-free core (``lvlm_studio.core.metrics.faithfulness``, ``plausibility``,
-``sanity``, ``agreement``) as a ``Metric`` plugin returning ``MetricResult(values, curves,
-details)``, so the CLI's benchmark, the GUI's metrics panel and other plugins all score the same way.
+Each wraps a computation of the Qt-free core, reached through ``lvlm_studio.api`` (``deletion_insertion``,
+``plausibility``, ``model_randomisation``, ``input_independence``, ``agreement``), as a ``Metric`` plugin
+returning ``MetricResult(values, curves, details)``, so the CLI's benchmark, the GUI's metrics panel and
+other plugins all score the same way.
 """
 
 from __future__ import annotations

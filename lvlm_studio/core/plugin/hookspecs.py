@@ -3,7 +3,7 @@
 A plugin is a module (or object) with functions named like the hooks below, marked with
 ``hookimpl``::
 
-    from lvlm_studio.core.plugin.hookspecs import hookimpl
+    from lvlm_studio.api import hookimpl
 
     @hookimpl
     def lvlm_studio_explainers():
@@ -89,8 +89,9 @@ def lvlm_studio_metrics() -> list:
     curves to plot, JSON-able details), or is a job; a value is a number, NaN where it is undefined
     (never infinite), and a curve a pair of equally long 1-D arrays; faithfulness metrics need the model,
     plausibility metrics need ground-truth masks (``lvlm_studio.core.metrics.masks.ObjectMasks``). The
-    computations behind the built-in metrics are public for plugins to reuse:
-    ``lvlm_studio.core.metrics.faithfulness``, ``plausibility``, ``agreement``, ``sanity`` and ``masks``.
+    computations behind the built-in metrics are public for plugins to reuse (``lvlm_studio.api``:
+    ``deletion_insertion``, ``plausibility``, ``agreement``, ``model_randomisation``, ``input_independence``,
+    ``fit_mask``, ``token_masks``).
     Every metric registered runs in ``lvlm-studio benchmark``.
     """
 
@@ -106,7 +107,7 @@ def lvlm_studio_panels() -> list:
 
     Declaring a panel costs nothing: the factory module is imported, and the panel built, only
     when the user first opens it (View > Panels), so the module declaring it must not import Qt.
-    The factory is called with a ``lvlm_studio.gui.panels.PanelContext`` and returns a QWidget.
+    The factory is called with a ``lvlm_studio.gui.api.PanelContext`` and returns a QWidget.
     The context is all a panel gets, never the main window: it reads the current trace,
     explanations, selected token, token statistics and metric results; ``subscribe(callback,
     widget)`` hears every change (held while the panel is hidden); and it asks for work with
