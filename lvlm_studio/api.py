@@ -19,7 +19,7 @@ What is here, by purpose:
   class), ``Explanation`` (one map per image region per answer token), ``MetricResult``,
   ``ImageRegion``, ``LoadedModel``.
 - **Jobs**: a method may be a generator that yields ``Progress`` and returns its result (``relay``
-  forwards a sub-job's progress, ``run_job``/``collect_job`` run one, ``run_explainer`` runs an
+  forwards a sub-job's progress, ``run_job``/``collect_job`` run one, ``explain_job`` runs an
   explainer as a sub-job).
 - **Attention and gradients**: ``trace.teacher_forced_inputs(model, upto=...)`` (one forward pass
   over prompt + answer), ``capture_attention`` (attention of chosen query positions over chosen key
@@ -58,7 +58,7 @@ from lvlm_studio.core.metrics.agreement import (
 from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
 from lvlm_studio.core.metrics.masks import ObjectMasks, fit_mask, token_masks
 from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, plausibility
-from lvlm_studio.core.metrics.sanity import explain as run_explainer
+from lvlm_studio.core.metrics.sanity import explain as explain_job
 from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
 from lvlm_studio.core.models.capture import (
     attention_implementation,
@@ -133,7 +133,7 @@ __all__ = [
     "relay",
     "run_job",
     "collect_job",
-    "run_explainer",
+    "explain_job",
     # attention, gradients, hook points
     "capture_attention",
     "capture_attention_and_key_means",

@@ -15,8 +15,8 @@ from lvlm_studio.api import (
     MetricResult,
     Param,
     agreement,
+    explain_job,
     flatten,
-    run_explainer,
 )
 
 
@@ -43,7 +43,7 @@ class MethodAgreement(Metric):
         if other.needs and model is None:
             raise InputError(f"{other.id} needs the model.", "Load the model that produced the trace.")
         targets = explanation.targets
-        theirs = yield from run_explainer(other, trace, model, targets, other.resolve_params({}))
+        theirs = yield from explain_job(other, trace, model, targets, other.resolve_params({}))
         per_token = {}
         for t in targets:
             a, b = flatten(explanation.maps[t]), flatten(theirs.maps[t])
