@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
         self.menus = Menus(self)
         self.job_status = JobStatus(self)
         self.plugin_problems: QPushButton | None = None  # shown when a plugin could not be used
+        self.plugins_dialog: QWidget | None = None  # Help › Plugins, once opened
         # The parts' widgets that tests, screenshots and the app reach through the window.
         box = self.model_box
         self.model_combo, self.device_combo, self.dtype_combo = box.model_combo, box.device_combo, box.dtype_combo
@@ -356,9 +357,13 @@ class MainWindow(QMainWindow):
             return self
         from lvlm_studio.gui.plugins_dialog import PluginsDialog
 
-        dialog = PluginsDialog(registry, self.analysis.panel_failures, self)
-        dialog.show()
-        return dialog
+        if self.plugins_dialog is None:
+            self.plugins_dialog = PluginsDialog(registry, self.analysis.panel_failures, self)
+        else:
+            self.plugins_dialog.refresh(registry, self.analysis.panel_failures)
+        self.plugins_dialog.show()
+        self.plugins_dialog.raise_()
+        return self.plugins_dialog
 
     def show_about(self) -> None:
         model = self.state.model

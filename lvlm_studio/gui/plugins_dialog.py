@@ -60,13 +60,17 @@ class PluginsDialog(QDialog):
         self.setObjectName("plugins_dialog")
         self.setWindowTitle("LVLM Studio: plugins")
         self.browser = QTextBrowser()
-        self.browser.setHtml(plugins_html(registry, panel_failures))
+        self.refresh(registry, panel_failures)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.browser)
         layout.addWidget(buttons)
         self.resize(640, 480)
+
+    def refresh(self, registry: PluginRegistry, panel_failures: dict[str, str] | None = None) -> None:
+        """Show the listing as it is now (a panel may have failed since the dialog was last open)."""
+        self.browser.setHtml(plugins_html(registry, panel_failures))
 
     def text(self) -> str:
         """What the dialog says, as plain text (for tests and for copying into a report)."""
