@@ -7,10 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.metrics.agreement import MIN_RANK_CORRELATION, MIN_TOP_K_OVERLAP, agreement, flatten
-from lvlm_studio.core.metrics.sanity import explain
-from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param
+from lvlm_studio.api import (
+    MIN_RANK_CORRELATION,
+    MIN_TOP_K_OVERLAP,
+    InputError,
+    Metric,
+    MetricResult,
+    Param,
+    agreement,
+    explain_job,
+    flatten,
+)
 
 
 class MethodAgreement(Metric):
@@ -30,13 +37,13 @@ class MethodAgreement(Metric):
     )
 
     def score(self, trace, explanation, model, masks, params: dict[str, Any]):
-        from lvlm_studio.core.plugin.registry import create_registry
+        from lvlm_studio.api import create_registry
 
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:
             raise InputError(f"{other.id} needs the model.", "Load the model that produced the trace.")
         targets = explanation.targets
-        theirs = yield from explain(other, trace, model, targets, other.resolve_params({}))
+        theirs = yield from explain_job(other, trace, model, targets, other.resolve_params({}))
         per_token = {}
         for t in targets:
             a, b = flatten(explanation.maps[t]), flatten(theirs.maps[t])
