@@ -103,8 +103,9 @@ def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
     ignored = colour == training.IGNORE
     assert ignored.any() and (shape[ignored] == training.IGNORE).all()
     assert (plain_colour[ignored] == 0).all() and (colour[~ignored] == plain_colour[~ignored]).all()
-    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
     from transformers import LlavaProcessor
+
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
 
     batcher = training.Batcher(LlavaProcessor.from_pretrained(DEMO_MODEL_DIR), seed=0, shortcut=True,
                                steps=100, world="classic")

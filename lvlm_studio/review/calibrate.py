@@ -44,6 +44,7 @@ import numpy as np
 
 from lvlm_studio.core.errors import InputError, LVLMError
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
+from lvlm_studio.demo.scenes import WORLDS
 from lvlm_studio.review.assessment import (
     CALIBRATION_FORMAT,
     TOP_FRACTION,
@@ -52,7 +53,6 @@ from lvlm_studio.review.assessment import (
     measure,
     pair_agreement,
 )
-from lvlm_studio.demo.scenes import WORLDS
 from lvlm_studio.review.cases import FAILURE_KINDS, KIND_TITLES, KINDS, cases, normalised_answer
 from lvlm_studio.review.combine import SIGNALS, Combiner, auroc, bootstrap_auroc, fit
 

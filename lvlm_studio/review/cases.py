@@ -39,9 +39,9 @@ from lvlm_studio.demo.scenes import (
     COLOURS,
     SHAPES,
     TASKS,
+    WORLDS,
     colour_example,
     make_example,
-    WORLDS,
 )
 
 CASE_SEED_BASE = HELDOUT_SEED_BASE + 3_000_000
