@@ -3,8 +3,8 @@
     python -m lvlm_studio.review.calibrate --model resources/demo-model \\
         --shortcut resources/demo-model-shortcut --out lvlm_studio/review/calibration.json
 
-(``--world open`` for a main model trained on the open world; the shortcut twin's cases are
-open-world scenes either way.)
+(``--world open`` for a main model, and its twin, trained on the open world; the shortcut twin's
+cases are drawn from the same world as the main model's.)
 
 Four stages, all on the cases of ``review.cases`` (grounded answers against failures):
 
