@@ -10,7 +10,7 @@ import numpy as np
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.metrics.agreement import MIN_RANK_CORRELATION, MIN_TOP_K_OVERLAP, agreement, flatten
 from lvlm_studio.core.metrics.sanity import explain
-from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param
+from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param, require_applicable
 
 
 class MethodAgreement(Metric):
@@ -35,8 +35,10 @@ class MethodAgreement(Metric):
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:
             raise InputError(f"{other.id} needs the model.", "Load the model that produced the trace.")
+        other_params = other.resolve_params({})
+        require_applicable(other, model, other_params)  # e.g. TAM on Mllama: say so, do not fail inside it
         targets = explanation.targets
-        theirs = yield from explain(other, trace, model, targets, other.resolve_params({}))
+        theirs = yield from explain(other, trace, model, targets, other_params)
         per_token = {}
         for t in targets:
             a, b = flatten(explanation.maps[t]), flatten(theirs.maps[t])
