@@ -33,6 +33,16 @@ def test_the_package_has_every_part(tmp_path):
     assert "lvlm_studio_panels" in (with_panel / "src/lvlm_brightness/__init__.py").read_text()
 
 
+def test_the_generated_code_passes_the_projects_lint_rules(tmp_path):
+    out = write_plugin("lvlm-brightness", tmp_path / "plugin", panel=True)
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "E,F,I,B,UP",
+                           "--line-length", "120", "--target-version", "py310", "."],
+                          cwd=out, capture_output=True, text=True)
+    if "No module named ruff" in lint.stderr:
+        pytest.skip("ruff is not installed (the test extra has it)")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
 @pytest.mark.parametrize("name", ["Brightness", "2d-maps", "my plugin", "a--b", "lvlm-studio", "class", ""])
 def test_unusable_names_are_refused(name):
     with pytest.raises(InputError):

@@ -91,7 +91,9 @@ def write_plugin(name: str, out: Path, panel: bool = False) -> Path:
         raise InputError(f"{out} already exists.", "Choose a new folder with --out, or remove that one.")
     with staged_folder(out) as staging:
         for source, relative in template_files(panel):
-            parts = ["src", package, *relative.parts[2:]] if relative.parts[:2] == ("src", "package") else relative.parts
+            parts = relative.parts
+            if parts[:2] == ("src", "package"):  # the template's package folder takes the import name
+                parts = ("src", package, *parts[2:])
             target = staging.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_text(target, render(source.read_text(encoding="utf-8"), name, package, panel))
