@@ -117,3 +117,21 @@ def test_bad_choices_are_refused(capsys):
     assert main(["plugins", "--check", "--families", "llava,nope"]) == EXIT_INPUT
     assert "nope" in capsys.readouterr().err
     assert main(["plugins", "--families", "llava"]) == EXIT_INPUT
+
+
+def test_agreement_refuses_a_method_that_does_not_apply(demo_trace):
+    """Its default other method, TAM, reads image tokens, which Mllama has none of: the metric says so
+    (n/a in the check) instead of failing inside TAM."""
+    import pytest
+
+    from lvlm_studio.core.errors import InputError
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.testing import run_explainer
+
+    registry = create_registry(load_third_party=False)
+    explanation = run_explainer(Flat(), demo_trace, None)
+    agreement = registry.metrics()["agreement"]
+    cross_attention = types.SimpleNamespace(adapter=types.SimpleNamespace(image_entry="cross_attention",
+                                                                          family="Mllama"))
+    with pytest.raises(InputError, match="does not apply"):
+        run_job(agreement.score(demo_trace, explanation, cross_attention, None, agreement.resolve_params({})))
