@@ -9,7 +9,7 @@ import types
 import numpy as np
 
 from lvlm_studio.cli import EXIT_INPUT, main
-from lvlm_studio.cli.plugins import format_table
+from lvlm_studio.cli.plugins import cmd_check, format_table
 from lvlm_studio.core.plugin.contracts import Explainer, Metric, MetricResult
 from lvlm_studio.core.plugin.explanation import Explanation
 from lvlm_studio.core.plugin.hookspecs import hookimpl
@@ -135,3 +135,13 @@ def test_agreement_refuses_a_method_that_does_not_apply(demo_trace):
                                                                           family="Mllama"))
     with pytest.raises(InputError, match="does not apply"):
         run_job(agreement.score(demo_trace, explanation, cross_attention, None, agreement.resolve_params({})))
+
+
+def test_a_plugin_that_fails_to_answer_its_hooks_fails_the_check(capsys):
+    def broken():
+        raise RuntimeError("no maps today")
+
+    plugin = types.SimpleNamespace(lvlm_studio_explainers=hookimpl(broken))
+    registry = create_registry(load_third_party=False, extra=[(plugin, "broken")])
+    assert cmd_check(registry, "broken", []) == 1
+    assert "FAIL  plugin broken [given]: RuntimeError: no maps today" in capsys.readouterr().out

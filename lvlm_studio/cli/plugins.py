@@ -78,16 +78,23 @@ def cmd_check(registry: Any, plugin: str | None, families: list[str] | None) -> 
     names = [status.name for status in registry.status]
     if plugin is not None and plugin not in names:
         raise InputError(f"no plugin {plugin!r}.", f"Plugins: {', '.join(names)} (see `lvlm-studio plugins`).")
-    if not plugin_items(registry, plugin):
-        print(f"{plugin or 'no plugin'} contributes no explanation method or metric: nothing to check")
-        return 0
+    for hook in (registry.adapters, registry.explainers, registry.metrics, registry.analyzers, registry.panels):
+        hook()  # asks every hook: a plugin whose hook raises or returns the wrong things is marked failed
+    items = plugin_items(registry, plugin)
+    broken = [s for s in registry.status if s.state == "failed" and plugin in (None, s.name)]
+    for status in broken:
+        print(f"FAIL  plugin {status.name} [{status.origin}]: {status.error}")
+    if not items:
+        print(f"{plugin or 'no plugin'} contributes no explanation method or metric: nothing to run")
+        return 1 if broken else 0
     results = check_plugins(registry, plugin, families,
                             on_result=lambda r: print(f"  {r.model:<16} {r.item:<24} {r.outcome}", flush=True))
     print()
     print(format_table(results))
-    failed = sum(r.outcome == FAIL for r in results)
-    print(f"\n{len(results)} checks: {sum(r.outcome == 'pass' for r in results)} passed, {failed} failed, "
-          f"{sum(r.outcome == 'n/a' for r in results)} not applicable")
+    failed = sum(r.outcome == FAIL for r in results) + len(broken)
+    print(f"\n{len(results)} checks: {sum(r.outcome == 'pass' for r in results)} passed, "
+          f"{failed - len(broken)} failed, {sum(r.outcome == 'n/a' for r in results)} not applicable"
+          + (f"; {len(broken)} plugin(s) failed to load" if broken else ""))
     return 1 if failed else 0
 
 
