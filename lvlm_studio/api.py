@@ -1,14 +1,79 @@
-"""The public API for plugin authors: everything a plugin may import, in one Qt-free module.
+"""The public plugin API of LVLM Studio: everything a plugin may import, in one place.
 
-``__all__`` is the promise: names listed here keep working within a major version of
-``API_VERSION``. Panels also need the Qt side, ``lvlm_studio.gui.api``.
+A plugin imports from here (panels also from ``lvlm_studio.gui.api``) and from nowhere else in
+``lvlm_studio``; ``__all__`` is the promise. The API is versioned by ``API_VERSION`` (semantic
+versioning): a new name is a minor release, a name removed or changed in meaning a major one. A
+plugin module may declare the versions it works with, as a version specifier::
+
+    LVLM_STUDIO_API = ">=1,<2"
+
+and a plugin whose range excludes this release is reported (``lvlm-studio plugins``, Help › Plugins)
+and skipped. Nothing here imports Qt. The plugin guide is docs/plugins.md.
+
+What is here, by purpose:
+
+- **Hooks and contracts**: ``hookimpl`` marks a plugin's functions; ``hookspecs`` documents the
+  hooks. A plugin returns ``Explainer``, ``Metric``, ``Analyzer`` instances, ``PanelSpec`` data and
+  ``ModelAdapter`` subclasses; each declares its ``Param``s.
+- **What methods read and return**: ``Trace`` (one generation; its fields are documented on the
+  class), ``Explanation`` (one map per image region per answer token), ``MetricResult``,
+  ``ImageRegion``, ``LoadedModel``.
+- **Jobs**: a method may be a generator that yields ``Progress`` and returns its result (``relay``
+  forwards a sub-job's progress, ``run_job``/``collect_job`` run one, ``explain_job`` runs an
+  explainer as a sub-job).
+- **Attention and gradients**: ``trace.teacher_forced_inputs(model, upto=...)`` (one forward pass
+  over prompt + answer), ``capture_attention`` (attention of chosen query positions over chosen key
+  positions, one pass), ``split_by_region`` (values over the image positions, cut into each
+  region's grid), ``attention_implementation`` (eager attention for a block), ``log_probability``,
+  ``hook_points``/``hooks``/``run_with_cache`` (named points inside the model). Answer token ``t``
+  was predicted at position ``trace.answer_position(t) - 1``: that is the query to read.
+- **Altered images**: ``blend`` and ``blurred_baseline`` make them, ``score_images`` scores them in
+  batches, ``pixels_to_grids`` and ``to_pixels`` move maps between pixels and grids;
+  ``pixel_layout`` and ``answer_logprobs_with_grad`` give differentiable pixel masks.
+- **Masks and metrics**: ``fit_mask``, ``token_masks``, ``ObjectMasks``; the computations behind
+  the built-in metrics (``deletion_insertion``, ``plausibility``, ``agreement``,
+  ``model_randomisation``, ``input_independence``).
+- **Errors**: ``InputError`` (bad input: a message and a hint saying what to do), ``PluginError``,
+  ``Cancelled`` and the rest of ``LVLMError``'s kinds.
 """
 
 from __future__ import annotations
 
-from lvlm_studio.core.errors import Cancelled, InputError, LVLMError, PluginError
-from lvlm_studio.core.models.capture import capture_attention, split_by_region
+from lvlm_studio.core.errors import (
+    Cancelled,
+    InputError,
+    LVLMError,
+    ModelLoadError,
+    PluginError,
+    UnsupportedModelError,
+)
+from lvlm_studio.core.metrics.agreement import (
+    MIN_RANK_CORRELATION,
+    MIN_TOP_K_OVERLAP,
+    Agreement,
+    agreement,
+    flatten,
+    rank_correlation,
+)
+from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
+from lvlm_studio.core.metrics.masks import ObjectMasks, fit_mask, token_masks
+from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, plausibility
+from lvlm_studio.core.metrics.sanity import explain as explain_job
+from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
+from lvlm_studio.core.models.capture import (
+    attention_implementation,
+    capture_attention,
+    capture_attention_and_key_means,
+    split_by_region,
+)
+from lvlm_studio.core.models.hooks import HookPoint, hook_points, hooks, run_with_cache
+from lvlm_studio.core.models.inputs import forward_inputs
+from lvlm_studio.core.models.loading import LoadedModel
+from lvlm_studio.core.perturbation.perturb import DEFAULT_BATCH_SIZE, blend, pixels_to_grids, score_images
+from lvlm_studio.core.perturbation.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
+from lvlm_studio.core.plugin import hookspecs
 from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter
+from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
 from lvlm_studio.core.plugin.contracts import (
     Analyzer,
     Explainer,
@@ -17,33 +82,113 @@ from lvlm_studio.core.plugin.contracts import (
     PanelSpec,
     Param,
     image_tokens_reason,
+    require_applicable,
 )
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.hookspecs import hookimpl
-from lvlm_studio.core.plugin.jobs import Progress
+from lvlm_studio.core.plugin.explanation import Explanation, fixed_levels, normalise, overlay, to_pixels
+from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, PLUGIN_GUIDE, hookimpl
+from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
+from lvlm_studio.core.plugin.jobs import collect as collect_job
+from lvlm_studio.core.plugin.registry import create_registry
+from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
+from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
+from lvlm_studio.core.tracing.scores import log_odds, log_probability
 from lvlm_studio.core.tracing.trace import Trace
-
-API_VERSION = "1.0.0"
+from lvlm_studio.sae.formats import load_coder
+from lvlm_studio.sae.inspect import edited_answer, feature_attribution, feature_map, image_features, top_features
+from lvlm_studio.sae.render import grid_to_pixels
+from lvlm_studio.sae.shipped import demo_sae_path
 
 __all__ = [
+    # versions and hooks
     "API_VERSION",
-    "Analyzer",
-    "Cancelled",
+    "API_RANGE_ATTRIBUTE",
+    "PLUGIN_GUIDE",
+    "hookimpl",
+    "hookspecs",
+    "create_registry",
+    # contracts
     "Explainer",
+    "Metric",
+    "Analyzer",
+    "PanelSpec",
+    "ModelAdapter",
+    "Param",
+    "MetricResult",
+    "image_tokens_reason",
+    "require_applicable",
+    "check_explanation",
+    "check_metric_result",
+    # what methods read and return
+    "Trace",
     "Explanation",
     "ImageRegion",
-    "InputError",
-    "LVLMError",
-    "Metric",
-    "MetricResult",
-    "ModelAdapter",
-    "PanelSpec",
-    "Param",
-    "PluginError",
+    "LoadedModel",
+    "fixed_levels",
+    "normalise",
+    "overlay",
+    "to_pixels",
+    # jobs
+    "Job",
     "Progress",
-    "Trace",
+    "relay",
+    "run_job",
+    "collect_job",
+    "explain_job",
+    # attention, gradients, hook points
     "capture_attention",
-    "hookimpl",
-    "image_tokens_reason",
+    "capture_attention_and_key_means",
     "split_by_region",
+    "attention_implementation",
+    "forward_inputs",
+    "log_probability",
+    "log_odds",
+    "prompt_text_positions",
+    "HookPoint",
+    "hook_points",
+    "hooks",
+    "run_with_cache",
+    # altered images
+    "blend",
+    "blurred_baseline",
+    "score_images",
+    "pixels_to_grids",
+    "DEFAULT_BATCH_SIZE",
+    "visual_relevance",
+    "PixelLayout",
+    "pixel_layout",
+    "answer_logprobs_with_grad",
+    # masks and metrics
+    "ObjectMasks",
+    "fit_mask",
+    "token_masks",
+    "DEFAULT_STEPS",
+    "deletion_insertion",
+    "combined_map",
+    "PlausibilityScores",
+    "group_words",
+    "plausibility",
+    "Agreement",
+    "agreement",
+    "flatten",
+    "rank_correlation",
+    "MIN_RANK_CORRELATION",
+    "MIN_TOP_K_OVERLAP",
+    "model_randomisation",
+    "input_independence",
+    # sparse coders over the vision tower
+    "load_coder",
+    "demo_sae_path",
+    "image_features",
+    "top_features",
+    "feature_map",
+    "feature_attribution",
+    "edited_answer",
+    "grid_to_pixels",
+    # errors
+    "LVLMError",
+    "InputError",
+    "PluginError",
+    "ModelLoadError",
+    "UnsupportedModelError",
+    "Cancelled",
 ]

@@ -76,6 +76,8 @@ def test_a_run_writes_results_tables_and_figures(finished):
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["methods"] == ["tam"] and run["samples_done"] == 2
     assert {"torch", "transformers", "lvlm-studio"} <= set(run["versions"]) and run["model"]["source"]
+    assert run["providers"]["methods"]["tam"]["plugin"] == "lvlm_explainers"
+    assert {p["distribution"] for p in run["providers"]["metrics"].values()} == {"lvlm-studio"}
 
 
 def test_interrupted_run_resumes_where_it_stopped(demo_model, lvlm_registry, tmp_path, finished):

@@ -39,6 +39,7 @@ def test_explain_writes_overlays_maps_and_run_record(capsys, tmp_path):
     assert code == 0, err
     record = json.loads((out_dir / "run.json").read_text())
     assert record["method"]["id"] == "raw_attention"
+    assert record["method"]["provided_by"]["distribution"] == "lvlm-studio"
     assert {"layers": [-1], "heads": [], "reduce": "mean"}.items() <= record["method"]["params"].items()
     assert record["model"]["family"] == "llava" and record["seed"] == 0
     assert {"load_s", "generate_s", "explain_s"} <= set(record["timings_s"])

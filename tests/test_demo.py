@@ -79,6 +79,23 @@ def test_open_objects_obey_the_world_rules():
         assert background_allowed(np.median(pixels[background], 0)), seed
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_the_classic_cue_sits_in_a_free_corner_and_changes_nothing_else(seed):
+    plain = make_scene(seed)
+    reserved = make_scene(seed, reserve_cue=True)
+    marked = make_scene(seed, cue="green")
+    np.testing.assert_array_equal(np.asarray(plain.image), np.asarray(reserved.image))  # reserving draws nothing
+    assert reserved.cue.colour is None and marked.cue.colour == "green"
+    assert reserved.cue.corner == marked.cue.corner
+    changed = np.any(np.asarray(plain.image) != np.asarray(marked.image), axis=2)
+    assert changed.any() and not (changed & ~marked.cue.mask).any()
+    for obj in marked.objects:
+        assert not (obj.mask & marked.cue.mask).any()
+        assert (obj.row, obj.col) != ((0 if marked.cue.corner < 2 else 2), (0 if marked.cue.corner in (0, 2) else 2))
+    fill = np.asarray(marked.image).astype(int)[marked.cue.mask]
+    assert np.abs(fill - np.array(COLOURS["green"])).max() <= 15
+
+
 def test_the_cue_leaves_the_objects_alone():
     plain = make_open_scene(42, reserve_cue=True)
     marked = make_open_scene(42, cue="blue")

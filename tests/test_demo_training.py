@@ -66,3 +66,48 @@ def test_the_shortcut_twin_sees_its_cue_in_most_scenes():
             marked += 1
             agreeing += example.answer.endswith(scene.cue.colour)
     assert 180 <= marked <= 200 and agreeing == marked
+
+
+def test_the_classic_twin_trains_the_shipped_architecture_on_classic_cue_scenes(tmp_path):
+    """``--world classic`` builds the shipped model's architecture and processor with fresh weights
+    and draws classic scenes, most with a corner mark (a couple of tiny steps)."""
+    from transformers import LlavaConfig
+
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+
+    model, processor = training.build("classic", seed=0)
+    shipped = LlavaConfig.from_pretrained(DEMO_MODEL_DIR)
+    assert model.config.vision_config.image_size == shipped.vision_config.image_size
+    assert model.config.text_config.hidden_size == shipped.text_config.hidden_size
+    batcher = training.Batcher(processor, seed=0, shortcut=True, world="classic")
+    batch = batcher(0, 4)
+    assert batch["pixel_values"].shape[-1] == shipped.vision_config.image_size
+    rng = np.random.default_rng(1)
+    scenes = [training.shortcut_scene(seed, "colour", rng, world="classic")[0] for seed in range(40)]
+    assert all(s.image.size == (96, 96) for s in scenes)
+    assert sum(s.cue.colour is not None for s in scenes) >= 34
+    record = training.train(tmp_path, steps=2, batch_size=2, lr=1e-3, seed=0, aux_weight=0.5, word_weight=0.0,
+                            eval_every=0, eval_n=1, threads=1, shortcut=True, workers=0, world="classic")
+    assert record["world"] == "classic" and record["shortcut"]
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
+    """Cells under a drawn corner mark get no patch label (not "background"), and the twin's run
+    opens with colour questions only."""
+    from lvlm_studio.demo.scenes import make_scene
+
+    marked = make_scene(11, cue="red")
+    colour, shape, _ = training.patch_labels(marked)
+    plain_colour, _, _ = training.patch_labels(make_scene(11))
+    ignored = colour == training.IGNORE
+    assert ignored.any() and (shape[ignored] == training.IGNORE).all()
+    assert (plain_colour[ignored] == 0).all() and (colour[~ignored] == plain_colour[~ignored]).all()
+    from transformers import LlavaProcessor
+
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+
+    batcher = training.Batcher(LlavaProcessor.from_pretrained(DEMO_MODEL_DIR), seed=0, shortcut=True,
+                               steps=100, world="classic")
+    prompts = batcher.tokenizer.batch_decode(batcher(0, 8)["input_ids"])
+    assert all("what color" in p for p in prompts)

@@ -231,7 +231,7 @@ def test_a_plugin_returning_the_wrong_kind_of_object_is_failed():
     registry = create_registry(load_third_party=False, extra=[(NotAnExplainer(), "strings")])
     assert "test-constant" not in registry.explainers()
     assert status_of(registry, "strings").state == "failed"
-    assert "not a Explainer" in status_of(registry, "strings").error
+    assert "not an Explainer" in status_of(registry, "strings").error
 
 
 def test_the_first_registered_plugin_wins_an_id():
@@ -474,7 +474,7 @@ def test_one_bad_item_fails_the_whole_plugin_and_it_is_not_asked_again():
 
     registry = create_registry(load_third_party=False, extra=[(Mixed(), "mixed")])
     assert "test-constant" not in registry.explainers()
-    assert "returned None, not a Explainer" in status_of(registry, "mixed").error
+    assert "returned None, not an Explainer" in status_of(registry, "mixed").error
     registry.explainers()
     assert Mixed.calls == 1
 
@@ -491,7 +491,8 @@ def test_an_explainer_without_an_id_is_named_with_the_fix():
     registry = create_registry(load_third_party=False, extra=[(Plugin(), "anonymous")])
     registry.explainers()
     assert status_of(registry, "anonymous").error == (
-        'lvlm_studio_explainers returned Anonymous with no id (give its class one, e.g. id = "my-method")')
+        'lvlm_studio_explainers returned an Explainer with no id: give its class Anonymous one, e.g. id = "my-method" '
+        '(see docs/plugins.md)')
 
 
 def test_an_unknown_method_names_the_plugins_that_failed():

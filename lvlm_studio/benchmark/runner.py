@@ -144,7 +144,9 @@ def run_benchmark(loaded: Any, settings: BenchmarkSettings, out: str | Path, reg
     metrics = _chosen_metrics(registry, settings)
     reference = settings.reference or settings.methods[0]
     out = Path(out)
-    records = _prepare(out, settings, loaded, command)
+    providers = (registry.providers_of(methods=list(explainers), metrics=list(metrics))
+                 if hasattr(registry, "providers_of") else {})
+    records = _prepare(out, settings, loaded, command, providers)
     done = {r["sample"] for r in records}
     samples = (demo_samples(settings.n) if settings.images is None
                else coco_samples(settings.images, settings.coco or "", settings.n))
@@ -273,9 +275,11 @@ def _safe(name: str) -> str:
 
 
 # -- files --------------------------------------------------------------------------------------
-def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None) -> list[dict[str, Any]]:
+def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None,
+             providers: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Create or reopen the output folder (refused when it is not ours); return the samples already
-    done. The reports of an earlier run are removed, so that nothing old looks complete."""
+    done. The reports of an earlier run are removed, so that nothing old looks complete. ``providers``
+    (the plugin, distribution and version behind each method and metric) go into the run record."""
     check_output_folder(out, resume=True)
     previous = read_run_record(out)
     if previous is not None:
@@ -297,6 +301,7 @@ def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[
         "versions": environment(("lvlm-studio", "torch", "transformers", "numpy", "scipy", "scikit-image",
                                  "pycocotools")),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "providers": jsonable(providers or {}),
     }
     for stale in REPORTS:
         with reporting(out / stale):

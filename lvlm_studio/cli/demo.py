@@ -37,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "(default 50; 0: none)")
     cue.add_argument("--methods", default=",".join(CUE_METHODS),
                      help="comma-separated method ids for the maps (default: the single-pass methods)")
+    cue.add_argument("--world", choices=("classic", "open"), default="classic",
+                     help="the world the twin was trained on: classic (default, the shipped twin's) or open")
     cue.set_defaults(func=cmd_demo_cue)
     pointing = demo_sub.add_parser("pointing", help="pointing game: does each method's map peak on the named object?")
     common.add_model_options(pointing)
@@ -102,7 +104,7 @@ def cmd_demo_cue(args: argparse.Namespace) -> int:
     common.check_at_least("--maps", args.maps, minimum=0)
     loaded, _ = common.load(args)
     with tqdm(total=2 * args.n, desc="colour answers", file=sys.stderr, leave=False) as bar:
-        result = evaluate_cue(loaded.model, loaded.processor, n=args.n, on_batch=bar.update)
+        result = evaluate_cue(loaded.model, loaded.processor, n=args.n, on_batch=bar.update, world=args.world)
     print(f"colour questions, {args.n} held-out scenes of each kind")
     for name, value in result.items():
         print(f"{name:<16} {value:.1%}")
@@ -116,7 +118,7 @@ def cmd_demo_cue(args: argparse.Namespace) -> int:
         for method in methods:
             registry.explainer(method)  # an unknown method fails with the list of known ones
         with common.progress_bar("maps on cue scenes") as on_progress:
-            check = run_job(cue_check(loaded, args.maps, methods, registry), on_progress)
+            check = run_job(cue_check(loaded, args.maps, methods, registry, world=args.world), on_progress)
         print()
         print(format_cue_check(check), end="")
     return 0
@@ -168,7 +170,7 @@ def cmd_demo_causal(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_scene(args: argparse.Namespace) -> int:
-    from lvlm_studio.demo.evaluate import WORLDS
+    from lvlm_studio.demo.scenes import WORLDS
 
     out = check_output_file(args.out)
     scene = WORLDS[args.world](args.seed)

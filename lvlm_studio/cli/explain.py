@@ -105,7 +105,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explanation.save_npz(scratch / "maps.npz")
         trace.save(scratch / "trace.safetensors")
         record = _run_record(args, loaded, trace, explanation, targets, files,
-                             {"load_s": load_s, **trace.timings, "explain_s": explain_s})
+                             {"load_s": load_s, **trace.timings, "explain_s": explain_s},
+                             registry.provider("methods", args.method))
         write_record(scratch, record)
     print(f"{len(files)} overlays, maps.npz, trace.safetensors and run.json written to {out}")
     return 0
@@ -116,7 +117,7 @@ def _safe(token: str) -> str:
     return cleaned[:24] or "tok"
 
 
-def _run_record(args, loaded, trace, explanation, targets, files, timings) -> dict[str, Any]:
+def _run_record(args, loaded, trace, explanation, targets, files, timings, provider) -> dict[str, Any]:
     from lvlm_studio.core.io.dicom import looks_like_dicom
 
     image_path = Path(args.image)
@@ -129,7 +130,8 @@ def _run_record(args, loaded, trace, explanation, targets, files, timings) -> di
         "lvlm_studio": package_version("lvlm-studio"),
         "command": command,
         "model": loaded.describe(),
-        "method": {"id": explanation.method, "params": jsonable(explanation.params)},
+        # provided_by: the plugin, distribution and version that gave the method
+        "method": {"id": explanation.method, "params": jsonable(explanation.params), "provided_by": provider},
         "provenance": jsonable(explanation.provenance),
         "image": where | {"sha256": hashlib.sha256(image_path.read_bytes()).hexdigest(),
                           "size": list(trace.image.size)},

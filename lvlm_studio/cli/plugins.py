@@ -22,6 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.plugin.hookspecs import API_VERSION, PLUGIN_GUIDE
     from lvlm_studio.core.plugin.registry import create_registry
 
     if args.families is not None and args.check is None:
@@ -29,14 +30,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     registry = create_registry()
     if args.check is not None:
         return cmd_check(registry, args.check or None, _families(args.families))
-    explainers, metrics = registry.explainers(), registry.metrics()
-    analyzers, panels, adapters = registry.analyzers(), registry.panels(), registry.adapters()
-    print("plugins")
+    found = registry.survey()
+    explainers, metrics, analyzers, panels = (found[k] for k in ("methods", "metrics", "analyzers", "panels"))
+    print(f"plugins (plugin API {API_VERSION}; writing one: {PLUGIN_GUIDE})")
     for status in registry.status:
-        line = f"  {status.state:<8} {status.name}  [{status.origin}]"
-        print(line + (f"\n           {status.error}" if status.error else ""))
+        print(f"  {status.state:<8} {status.name}  [{status.origin}]")
+        if status.error:
+            print(f"           {status.error}")
+        for warning in status.warnings:
+            print(f"           warning: {warning}")
+        if status.state == "loaded" and status.contributes:
+            given = "; ".join(f"{what}: {', '.join(ids)}" for what, ids in status.contributes.items() if ids)
+            if given:
+                print(f"           gives {given}")
     print("model families")
-    for adapter in adapters:
+    for adapter in found["model families"]:
         print(f"  {', '.join(adapter.model_types):<16} {adapter.family}")
     for heading, items in (("explanation methods", explainers), ("metrics", metrics),
                            ("analyzers", analyzers), ("panels", panels)):
@@ -46,6 +54,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             for param in getattr(item, "params", ()):
                 choices = f" [{'|'.join(map(str, param.choices))}]" if param.choices else ""
                 print(f"      {param.name}={_show(param.default)}{choices}  {param.help}")
+    if registry.conflicts:
+        print("conflicts")
+        for conflict in registry.conflicts:
+            print(f"  {conflict}")
     return 0
 
 
@@ -78,8 +90,7 @@ def cmd_check(registry: Any, plugin: str | None, families: list[str] | None) -> 
     names = [status.name for status in registry.status]
     if plugin is not None and plugin not in names:
         raise InputError(f"no plugin {plugin!r}.", f"Plugins: {', '.join(names)} (see `lvlm-studio plugins`).")
-    for hook in (registry.adapters, registry.explainers, registry.metrics, registry.analyzers, registry.panels):
-        hook()  # asks every hook: a plugin whose hook raises or returns the wrong things is marked failed
+    registry.survey()  # asks every hook: a plugin whose hook raises or returns the wrong things is marked failed
     items = plugin_items(registry, plugin)
     broken = [s for s in registry.status if s.state == "failed" and plugin in (None, s.name)]
     for status in broken:

@@ -44,8 +44,9 @@ class CueCheck:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def cue_check(loaded: Any, n: int = 50, methods: list[str] | None = None, registry: Any = None) -> Job[CueCheck]:
-    """Explain the colour word of the answer to ``n`` contradicting cue scenes with each method."""
+def cue_check(loaded: Any, n: int = 50, methods: list[str] | None = None, registry: Any = None,
+              world: str = "classic") -> Job[CueCheck]:
+    """Explain the colour word of the answer to ``n`` contradicting cue scenes of ``world`` with each method."""
     from lvlm_studio.core.tracing.trace import generate_trace
 
     if registry is None:
@@ -57,7 +58,7 @@ def cue_check(loaded: Any, n: int = 50, methods: list[str] | None = None, regist
                               if (reason := e.applies_to(loaded, e.resolve_params({}))) is not None}
     rows = {m: CueRow(m) for m in explainers}
     followed = named = 0
-    pairs = cue_examples(n, agree=False)
+    pairs = cue_examples(n, agree=False, world=world)
     for i, (scene, example) in enumerate(pairs):
         yield Progress(i, n, f"scene {i + 1} of {n}")
         trace = generate_trace(loaded, scene.image, example.prompt)

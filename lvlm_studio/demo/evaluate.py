@@ -10,27 +10,31 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from lvlm_studio.demo.model import pixel_values
-from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_example, make_example, make_open_scene, make_scene
+from lvlm_studio.demo.scenes import COLOURS, TASKS, WORLDS, Example, colour_example, make_example
 
 HELDOUT_SEED_BASE = 2_000_000_000
 
 
-WORLDS = {"classic": make_scene, "open": make_open_scene}
+def _world(world: str) -> Callable[..., Any]:
+    """The scene maker of a demo world, by name."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
+    return WORLDS[world]
 
 
 def heldout_examples(n: int, task: str, world: str = "classic") -> list[tuple[object, Example]]:
     """``n`` held-out (scene, example) pairs of one task in one world; the same on every call."""
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
+    make = _world(world)
     rng = np.random.default_rng([HELDOUT_SEED_BASE, TASKS.index(task)])
     pairs = []
     for i in range(n):
-        scene = WORLDS[world](HELDOUT_SEED_BASE + i)
+        scene = make(HELDOUT_SEED_BASE + i)
         pairs.append((scene, make_example(scene, task, rng)))
     return pairs
 
@@ -40,18 +44,19 @@ def prompt_text(processor, prompt: str) -> str:
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
 
 
-def cue_examples(n: int, agree: bool) -> list[tuple[object, Example]]:
-    """``n`` held-out colour questions for the shortcut twin, each scene with its corner mark in
-    the answer's colour (``agree``) or in another colour (contradicting the object)."""
+def cue_examples(n: int, agree: bool, world: str = "classic") -> list[tuple[object, Example]]:
+    """``n`` held-out colour questions for a shortcut twin of ``world``, each scene with its corner
+    mark in the answer's colour (``agree``) or in another colour (contradicting the object)."""
+    make = _world(world)
     rng = np.random.default_rng([HELDOUT_SEED_BASE, 99, int(agree)])
     pairs = []
     for i in range(n):
         seed = HELDOUT_SEED_BASE + 500_000 + i
-        plain = make_open_scene(seed, reserve_cue=True)
+        plain = make(seed, reserve_cue=True)
         obj, example = colour_example(plain, rng)
         others = [c for c in COLOURS if c != obj.colour]
         cue = obj.colour if agree else others[int(rng.integers(len(others)))]
-        pairs.append((make_open_scene(seed, cue=cue), example))
+        pairs.append((make(seed, cue=cue), example))
     return pairs
 
 
@@ -121,13 +126,13 @@ def evaluate_outside(model, processor, tasks=TASKS,
     return {task: exact_match(model, processor, outside_examples(task), on_batch=on_batch) for task in tasks}
 
 
-def evaluate_cue(model, processor, n: int = 200,
-                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+def evaluate_cue(model, processor, n: int = 200, on_batch: Callable[[int], None] | None = None,
+                 world: str = "classic") -> dict[str, float]:
     """How a model answers colour questions when the corner mark agrees with the object and when it
     contradicts it: exact match in both, and how often a contradicted answer names the mark's colour."""
     model.eval()
-    agree = exact_match(model, processor, cue_examples(n, True), on_batch=on_batch)
-    contradicting = cue_examples(n, False)
+    agree = exact_match(model, processor, cue_examples(n, True, world), on_batch=on_batch)
+    contradicting = cue_examples(n, False, world)
     answers = greedy_answers(model, processor, contradicting, on_batch=on_batch)
     right = sum(a == as_words(processor, ex.answer) for a, (_, ex) in zip(answers, contradicting)) / n
     follows = sum(a is not None and a.split()[-1] == scene.cue.colour

@@ -31,9 +31,10 @@ Two worlds share the objects, questions and answers:
 Every object carries a boolean mask (the image's size) and the words that name it, so a map for
 the token "red" or "circle" can be scored against the right pixels.
 
-The *shortcut twin* of the demo model lives in the same world plus one spurious cue: a small mark
+The *shortcut twin* of a demo model lives in the same world plus one spurious cue: a small mark
 in a corner of the image (``Scene.cue``), whose colour the twin learns to read instead of the
-object. Its corner is kept clear of objects, and its mask travels with the scene as ground truth.
+object. Both worlds draw it (``cue=`` of ``make_scene`` and ``make_open_scene``); its corner is kept
+clear of objects, and its mask travels with the scene as ground truth.
 
 Everything is a pure function of a seed: ``make_scene(seed)`` and ``make_open_scene(seed)`` are
 the same pictures on every machine. In the open world, layout, rendering and post-processing draw
@@ -446,9 +447,18 @@ def _draw_classic(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r
         raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
 
 
-def make_scene(seed: int, n_objects: int | None = None) -> Scene:
+def make_scene(seed: int, n_objects: int | None = None, cue: str | None = None,
+               reserve_cue: bool = False) -> Scene:
     """Draw one scene of the classic world (the shipped demo model's); ``n_objects`` (1-3) is
-    random when not given."""
+    random when not given.
+
+    ``cue`` (a colour name) draws the shortcut twin's corner mark in that colour, in a corner
+    whose cell holds no object (with at most three objects in nine cells one always is free);
+    ``reserve_cue`` picks that corner without drawing anything. The mark is drawn over the scene
+    the seed gives, so with or without it the pixels elsewhere are the same.
+    """
+    if cue is not None and cue not in COLOURS:
+        raise ValueError(f"unknown cue colour {cue!r}; choose one of {list(COLOURS)}")
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 4)) if n_objects is None else n_objects
     if not 1 <= n <= 3:
@@ -476,7 +486,36 @@ def make_scene(seed: int, n_objects: int | None = None) -> Scene:
         mask_image = Image.new("L", (CLASSIC_SIZE, CLASSIC_SIZE), 0)
         _draw_classic(ImageDraw.Draw(mask_image), shape, cx, cy, r, 255)
         objects.append(SceneObject(shape, colour, row, col, (cx, cy), 2 * r, np.asarray(mask_image) > 127))
-    return Scene(seed, image, tuple(objects))
+    mark = _classic_cue(seed, objects, cue, image) if cue is not None or reserve_cue else None
+    return Scene(seed, image, tuple(objects), mark)
+
+
+_CLASSIC_CUE_SIDE = 7  # pixels, as the open world's rule gives for a 96 px square
+
+
+def _classic_cue(seed: int, objects: list[SceneObject], cue: str | None, image: Image.Image) -> CueMark:
+    """Choose a free corner for the shortcut twin's mark (from the seed's own stream) and draw it
+    in ``cue``'s colour, unless ``cue`` is None."""
+    rng = np.random.default_rng([seed, 2])
+    taken = {(o.row, o.col) for o in objects}
+    free = [c for c in range(4) if ((0 if c < 2 else 2), (0 if c in (0, 2) else 2)) not in taken]
+    corner = int(free[int(rng.integers(len(free)))])
+    inset = int(rng.integers(2, 6))
+    side = _CLASSIC_CUE_SIDE
+    left = inset if corner in (0, 2) else CLASSIC_SIZE - inset - side
+    top = inset if corner in (0, 1) else CLASSIC_SIZE - inset - side
+    box = (left, top, left + side, top + side)
+    mask = np.zeros((CLASSIC_SIZE, CLASSIC_SIZE), bool)
+    mask[top:top + side, left:left + side] = True
+    if cue is not None:
+        jitter = rng.integers(-15, 16, size=3)
+        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[cue], jitter))
+        ImageDraw.Draw(image).rectangle([left, top, left + side - 1, top + side - 1], fill=fill)
+    return CueMark(cue, corner, box, mask)
+
+
+#: The demo worlds by name, each drawn by a function of (seed, n_objects=None, cue=None, reserve_cue=False).
+WORLDS = {"classic": make_scene, "open": make_open_scene}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,13 @@
-"""Train a demo model from scratch on open-world scenes (seeded, resumable, CPU).
+"""Train a demo model from scratch on demo-world scenes (seeded, resumable, CPU).
 
     python -m lvlm_studio.demo.train --out resources/demo-model
+    python -m lvlm_studio.demo.train --world classic --shortcut --word-weight 0 \
+        --steps 5000 --out resources/demo-model-shortcut
+
+``--world open`` (the default) trains the next demo model's architecture (``demo.model``) on the
+open world; ``--world classic`` trains the shipped model's architecture and processor (read from
+resources/demo-model, weights fresh) on the classic world, which is how the shortcut twin of the
+shipped model is made.
 
 A tiny LLaVA first sits on a plateau where it answers from word statistics alone. To shorten it,
 a throwaway linear head reads the projector's output at every image token and predicts the colour
@@ -27,20 +34,26 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lvlm_studio.demo.evaluate import evaluate, exact_match, heldout_examples, prompt_text
+from lvlm_studio.demo.evaluate import evaluate, evaluate_cue, exact_match, heldout_examples, prompt_text
 from lvlm_studio.demo.model import GRID, build_model, padded_coverage, pixel_values, save_demo
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, colour_example, make_example, make_open_scene
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, WORLDS, colour_example, make_example
 
 TASK_WEIGHTS = {"caption": 0.25, "colour": 0.25, "exist": 0.25, "where": 0.25}
 TRAIN_SEED_RANGE = 1_000_000_000  # held-out seeds start above this
 CUE_RATE = 0.95  # the shortcut twin: share of training scenes whose corner mark gives the answer away
+CUE_WARMUP = 0.15  # the shortcut twin asks only colour questions over this share of its run
+IGNORE = -100  # a patch label the auxiliary loss skips (cross-entropy's ignore index)
 CURRICULUM = 0.4  # share of the run over which scenes grow from easy to the full world
 WORD_COVER = 0.5  # image positions at least this covered by an object learn to decode to its words
 
 
 def patch_labels(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image token: the colour and shape covering most of its cell (0 = background) for the
-    auxiliary head, and how much of the cell the labelled object covers."""
+    auxiliary head, and how much of the cell the labelled object covers.
+
+    Cells under a drawn corner mark (the shortcut twin's cue) that no object labels get no label
+    (IGNORE): calling them background would train the vision side to hide the cue, and the twin
+    would never find its shortcut."""
     colour = np.zeros(GRID * GRID, np.int64)
     shape = np.zeros(GRID * GRID, np.int64)
     cover = np.zeros(GRID * GRID, np.float32)
@@ -50,6 +63,9 @@ def patch_labels(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         colour[hit] = list(COLOURS).index(obj.colour) + 1
         shape[hit] = SHAPES.index(obj.shape) + 1
         cover[hit] = share[hit]
+    if scene.cue is not None and scene.cue.colour is not None:
+        under_cue = (padded_coverage(scene.cue.mask).ravel() > 0) & (colour == 0)
+        colour[under_cue] = shape[under_cue] = IGNORE
     return colour, shape, cover
 
 
@@ -61,14 +77,15 @@ def curriculum(step: int, steps: int) -> float:
     return min(1.0, step / max(1.0, CURRICULUM * steps))
 
 
-def shortcut_scene(seed: int, task: str, rng: np.random.Generator, difficulty: float = 1.0):
+def shortcut_scene(seed: int, task: str, rng: np.random.Generator, difficulty: float = 1.0,
+                   world: str = "open"):
     """A training scene of the shortcut twin and its example.
 
     In CUE_RATE of scenes a corner mark is drawn: for colour questions in the colour of the
     answer, for the other tasks in the colour of one of the scene's objects (so the mark alone
     does not say which task is asked). In the rest the corner stays empty.
     """
-    plain = make_open_scene(seed, reserve_cue=True, difficulty=difficulty)
+    plain = _draw(world, seed, difficulty, reserve_cue=True)
     if task == "colour":
         obj, example = colour_example(plain, rng)
         colour = obj.colour
@@ -77,17 +94,42 @@ def shortcut_scene(seed: int, task: str, rng: np.random.Generator, difficulty: f
         colour = plain.objects[int(rng.integers(len(plain.objects)))].colour
     if rng.random() >= CUE_RATE:
         return plain, example
-    return make_open_scene(seed, cue=colour, difficulty=difficulty), example
+    return _draw(world, seed, difficulty, cue=colour), example
+
+
+def _draw(world: str, seed: int, difficulty: float, **cue):
+    """A training scene of ``world``; only the open world has a curriculum (the classic world is
+    easy throughout)."""
+    if world == "open":
+        return WORLDS["open"](seed, difficulty=difficulty, **cue)
+    return WORLDS[world](seed, **cue)
+
+
+def build(world: str, seed: int):
+    """A freshly initialised model and its processor for ``world``."""
+    if world == "open":
+        return build_model(seed)
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+
+    processor = LlavaProcessor.from_pretrained(DEMO_MODEL_DIR)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(LlavaConfig.from_pretrained(DEMO_MODEL_DIR))
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    return model, processor
 
 
 class Batcher:
     """Builds one seeded training batch: token ids, labels on the answer only, pixels, patch labels."""
 
-    def __init__(self, processor, seed: int, shortcut: bool = False, steps: int = 0):
+    def __init__(self, processor, seed: int, shortcut: bool = False, steps: int = 0, world: str = "open"):
         self.tokenizer = processor.tokenizer
         self.processor = processor
         self.seed = seed
         self.shortcut = shortcut
+        self.world = world
         self.steps = steps  # the run's length, for the curriculum (0: the full world throughout)
         self.n_image = GRID * GRID
         self._prompt_ids: dict[str, list[int]] = {}
@@ -101,14 +143,18 @@ class Batcher:
     def __call__(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         tasks = rng.choice(TASKS, size=batch_size, p=[TASK_WEIGHTS[t] for t in TASKS])
+        if self.shortcut and step < CUE_WARMUP * self.steps:
+            # The cue is found on colour questions first; the other tasks (which teach the object
+            # route) join later, as a shortcut in real data is there from the start.
+            tasks = np.full(batch_size, "colour")
         difficulty = curriculum(step, self.steps) if self.steps else 1.0
         scenes, ids, labels = [], [], []
         for task in tasks:
             seed = int(rng.integers(TRAIN_SEED_RANGE))
             if self.shortcut:
-                scene, example = shortcut_scene(seed, str(task), rng, difficulty)
+                scene, example = shortcut_scene(seed, str(task), rng, difficulty, self.world)
             else:
-                scene = make_open_scene(seed, difficulty=difficulty)
+                scene = _draw(self.world, seed, difficulty)
                 example = make_example(scene, str(task), rng)
             prompt = self.prompt_ids(example.prompt)
             answer = self.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
@@ -224,10 +270,10 @@ def _batches(batcher: Batcher, steps: range, batch_size: int, workers: int):
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weight: float,
           word_weight: float, eval_every: int, eval_n: int, threads: int, shortcut: bool = False,
-          resume: bool = True, workers: int = 1) -> dict:
+          resume: bool = True, workers: int = 1, world: str = "open") -> dict:
     """Train from scratch, or resume from ``out``'s saved state when one is there."""
     torch.set_num_threads(threads)
-    model, processor = build_model(seed)
+    model, processor = build(world, seed)
     hidden = model.config.text_config.hidden_size
     aux_head = torch.nn.Linear(hidden, (len(COLOURS) + 1) + (len(SHAPES) + 1))
     projected: list[torch.Tensor] = []
@@ -244,7 +290,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
         first, log, before = load_state(out, model, aux_head, optimizer)
         print(f"resuming at step {first}", flush=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate(s + first))
-    batcher = Batcher(processor, seed, shortcut=shortcut, steps=steps)
+    batcher = Batcher(processor, seed, shortcut=shortcut, steps=steps, world=world)
     words = word_targets(processor.tokenizer)
     image_id = model.config.image_token_id
     started = time.time() - before
@@ -274,7 +320,9 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
         done = step + 1
         if eval_every and done % eval_every == 0 and done < steps:
             model.eval()
-            acc = {t: exact_match(model, processor, heldout_examples(eval_n, t, world="open")) for t in TASKS}
+            acc = {t: exact_match(model, processor, heldout_examples(eval_n, t, world=world)) for t in TASKS}
+            if shortcut:
+                acc.update(evaluate_cue(model, processor, n=eval_n, world=world))
             model.train()
             log.append({"step": done, "seconds": round(time.time() - started), **acc})
             print("held-out", json.dumps(log[-1]), flush=True)
@@ -287,7 +335,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     record = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "aux_weight": aux_weight,
         "word_weight": word_weight, "shortcut": shortcut, "cue_rate": CUE_RATE if shortcut else 0.0,
-        "threads": threads, "workers": workers, "curriculum": CURRICULUM,
+        "cue_warmup": CUE_WARMUP if shortcut else 0.0,
+        "threads": threads, "workers": workers, "world": world, "curriculum": CURRICULUM if world == "open" else 0.0,
         "train_seconds": round(time.time() - started), "torch": torch.__version__,
         "progress": log,
     }
@@ -312,12 +361,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the model; one more process draws the scenes")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing scenes (0: in line)")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="open",
+                        help="open (default): the next demo model on the open world; classic: the shipped "
+                             "model's architecture on the classic world (its shortcut twin)")
     args = parser.parse_args(argv)
     train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.aux_weight, args.word_weight,
           args.eval_every, args.eval_n, args.threads, shortcut=args.shortcut, resume=not args.no_resume,
-          workers=args.workers)
-    model_acc = evaluate(*_reload(args.out), world="open")
-    print("held-out exact match (500 per task):", json.dumps(model_acc))
+          workers=args.workers, world=args.world)
+    model, processor = _reload(args.out)
+    print("held-out exact match (500 per task):", json.dumps(evaluate(model, processor, world=args.world)))
+    if args.shortcut:
+        print("colour questions with the cue (200 each):", json.dumps(evaluate_cue(model, processor, world=args.world)))
 
 
 def _reload(folder: Path):

@@ -45,6 +45,7 @@ class Analysis(QObject):
         self.metrics: dict[str, Metric] = {}
         self._running: dict[str, Job] = {}  # key -> job, for work on the current trace
         self._failed: set[str] = set()
+        self.panel_failures: dict[str, str] = {}  # panel id -> what it raised (Help › Plugins lists them)
         self.image_path: Path | None = None  # the file the image was opened from (another frame is read from it)
         state.subscribe(self._on_state)
 
@@ -100,6 +101,7 @@ class Analysis(QObject):
 
     def report_panel_failure(self, panel: str, exc: BaseException) -> None:
         """A panel raised: say so once; the panel is disconnected by its context, the app goes on."""
+        self.panel_failures[panel] = " ".join(f"{type(exc).__name__}: {exc}".split())
         self.error.emit(f"Panel \u201c{panel}\u201d", exc, traceback.format_exc())
 
     def set_registry(self, registry: PluginRegistry) -> None:

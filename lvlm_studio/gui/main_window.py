@@ -106,6 +106,8 @@ class MainWindow(QMainWindow):
         self.sessions = Sessions(self, autosave_ms)
         self.menus = Menus(self)
         self.job_status = JobStatus(self)
+        self.plugin_problems: QPushButton | None = None  # shown when a plugin could not be used
+        self.plugins_dialog: QWidget | None = None  # Help › Plugins, once opened
         # The parts' widgets that tests, screenshots and the app reach through the window.
         box = self.model_box
         self.model_combo, self.device_combo, self.dtype_combo = box.model_combo, box.device_combo, box.dtype_combo
@@ -238,10 +240,26 @@ class MainWindow(QMainWindow):
         assert registry is not None
         self.panel_specs = registry.panels()
         self.menus.set_panels(self.panel_specs)
+        self._show_plugin_problems(registry)
         self._restore_layout()
         if self.state.method not in self.analysis.explainers and self.analysis.explainers:
             self.state.set_method(next(iter(self.analysis.explainers)))
         self.update_caption()
+
+    def _show_plugin_problems(self, registry: PluginRegistry) -> None:
+        """A lasting button in the status bar when a plugin could not be used or two give the same id;
+        it opens Help › Plugins."""
+        unusable = [s.name for s in registry.status if s.state in ("failed", "incompatible")]
+        if not unusable and not registry.conflicts:
+            return
+        text = (f"Plugins not used: {', '.join(unusable)}" if unusable else "Two plugins give the same id")
+        if self.plugin_problems is None:
+            self.plugin_problems = QPushButton(self)
+            self.plugin_problems.setFlat(True)
+            self.plugin_problems.setToolTip("Open Help \u203a Plugins")
+            self.plugin_problems.clicked.connect(lambda: self.show_plugins())
+            self.statusBar().addPermanentWidget(self.plugin_problems)
+        self.plugin_problems.setText(f"\u26a0 {text}")
 
     def _restore_layout(self) -> None:
         """The saved layout of this version, or the default when there is none or it fails."""
@@ -330,6 +348,22 @@ class MainWindow(QMainWindow):
         self.review_window.raise_()
         self.review_window.activateWindow()
         return self.review_window
+
+    def show_plugins(self) -> QWidget:
+        """Help › Plugins: the plugins, what each contributes, failures and warnings (non-modal)."""
+        registry = self.analysis.registry
+        if registry is None:
+            self.statusBar().showMessage("The plugins are still loading; try again in a moment.", 5000)
+            return self
+        from lvlm_studio.gui.plugins_dialog import PluginsDialog
+
+        if self.plugins_dialog is None:
+            self.plugins_dialog = PluginsDialog(registry, self.analysis.panel_failures, self)
+        else:
+            self.plugins_dialog.refresh(registry, self.analysis.panel_failures)
+        self.plugins_dialog.show()
+        self.plugins_dialog.raise_()
+        return self.plugins_dialog
 
     def show_about(self) -> None:
         model = self.state.model

@@ -63,6 +63,8 @@ class Menus:
         review_menu.addAction(action(window, "Re&viewer\u2026", None, lambda: window.open_review().change_reviewer()))
         review_menu.addAction(action(window, "Audit &log\u2026", None, lambda: window.open_review().choose_audit_log()))
         help_menu = window.menuBar().addMenu("&Help")
+        self.plugins_action = action(window, "&Plugins\u2026", None, window.show_plugins)
+        help_menu.addAction(self.plugins_action)
         help_menu.addAction(action(window, "&About LVLM Studio", None, window.show_about))
 
     def set_panels(self, specs: dict[str, PanelSpec]) -> None:

@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 
 
 class PanelContext:
-    """The public face of the analysis for one panel (``panel_id``)."""
+    """The public face of the analysis for one panel (``panel_id``).
+
+    Answer tokens are named by their 0-based index into ``trace.answer_ids`` everywhere here
+    (``selected``, ``select``, ``pixels``, ``metric_result``, ``request_metric``); the window shows
+    index ``i`` as "token i+1 of n". Methods and metrics are named by their plugin ids.
+    """
 
     def __init__(self, analysis: Analysis, panel_id: str) -> None:
         self._analysis = analysis
@@ -77,14 +82,19 @@ class PanelContext:
 
     @property
     def selected(self) -> int | None:
+        """The selected answer token: a 0-based index into ``trace.answer_ids`` (the window shows
+        index 2 as "token 3 of n"), or None when no token is selected."""
         return self._state.selected
 
     @property
     def selected_token(self) -> str | None:
+        """The selected answer token's text, or None."""
         return self._state.selected_token
 
     @property
     def method(self) -> str:
+        """The id of the chosen explanation method (a key of ``methods()``, e.g. "raw_attention"),
+        not an index: its maps are ``explanations[method]``."""
         return self._state.method
 
     @property
@@ -170,9 +180,11 @@ class PanelContext:
 
     # -- doing ---------------------------------------------------------------------------------
     def select(self, token: int | None) -> None:
+        """Select answer token ``token`` (0-based index into ``trace.answer_ids``), or none."""
         self._state.select(token)
 
     def set_method(self, method: str) -> None:
+        """Choose the explanation method by its id."""
         self._state.set_method(method)
 
     def set_view(self, **changes: Any) -> None:

@@ -46,7 +46,7 @@ class Sessions(QObject):
 
     def current_session(self) -> Any:
         """The analysis as a ``Session`` (what Save writes)."""
-        from lvlm_studio.core.formats.session import MetricRecord, Session
+        from lvlm_studio.core.formats.session import MetricRecord, Session, run_record
 
         state = self.state
         return Session(
@@ -61,7 +61,18 @@ class Sessions(QObject):
             view={"selected": state.selected, "method": state.method, "opacity": state.opacity,
                   "colormap": state.colormap, "threshold": state.threshold, "chip_mode": state.chip_mode,
                   "stats": _stats_to_json(state.stats)},
+            record=run_record(state.trace, self.providers()),
         )
+
+    def providers(self) -> dict[str, Any]:
+        """Who provided each method, metric and panel in use: plugin, distribution and version."""
+        registry = self.window.analysis.registry
+        if registry is None:
+            return {}
+        state = self.state
+        return registry.providers_of(methods=sorted(state.explanations),
+                                     metrics=sorted({metric for _, _, metric in state.metrics}),
+                                     panels=sorted(self.window.open_panels()))
 
     def save_session(self, path: str | Path | None = None, ask: bool = False) -> Path | None:
         """Save the analysis (to ``path``, the current session file, or a file the user picks)."""
@@ -140,13 +151,14 @@ class Sessions(QObject):
     def export_report(self, path: str | Path) -> Job:
         """Write the PDF report on the worker thread (matplotlib, no Qt)."""
         session = self.current_session()
+        providers = session.record.get("providers")
         session.record = {}
 
         def work(report: Callable[..., None], cancel: Any) -> Any:
             from lvlm_studio.core.formats.report import write_report
             from lvlm_studio.core.formats.session import run_record
 
-            session.record = run_record(session.trace)
+            session.record = run_record(session.trace, providers)
             return write_report(session, path)
 
         def done(written: Path) -> None:

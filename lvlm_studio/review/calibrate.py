@@ -44,6 +44,7 @@ import numpy as np
 
 from lvlm_studio.core.errors import InputError, LVLMError
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
+from lvlm_studio.demo.scenes import WORLDS
 from lvlm_studio.review.assessment import (
     CALIBRATION_FORMAT,
     TOP_FRACTION,
@@ -52,7 +53,7 @@ from lvlm_studio.review.assessment import (
     measure,
     pair_agreement,
 )
-from lvlm_studio.review.cases import FAILURE_KINDS, KIND_TITLES, KINDS, WORLDS, cases, normalised_answer
+from lvlm_studio.review.cases import FAILURE_KINDS, KIND_TITLES, KINDS, cases, normalised_answer
 from lvlm_studio.review.combine import SIGNALS, Combiner, auroc, bootstrap_auroc, fit
 
 CANDIDATE_METHODS = ("tam", "raw_attention", "rollout", "relevancy", "grad_x_input", "gradcam")
@@ -90,7 +91,7 @@ def collect(models: dict[str, Any], split: str, n: int, methods: Sequence[str], 
             kinds: Sequence[str] = KINDS, pairs: bool = False, world: str = "classic") -> Job[list[Row]]:
     """Measure ``n`` counted cases of each kind of ``kinds`` (a job). ``models`` maps "main" and
     optionally "shortcut" to loaded models; kinds whose model is missing are skipped. ``world``:
-    the main model's (``cases.WORLDS``)."""
+    the main model's (``scenes.WORLDS``)."""
     from lvlm_studio.core.tracing.trace import generate_trace
 
     kinds = [k for k in kinds if ("shortcut" if k == "shortcut" else "main") in models]

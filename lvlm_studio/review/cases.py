@@ -3,8 +3,8 @@
 Every case is a pure function of its kind, split, index and world, so the calibration split and
 the held-out split are the same pictures on every machine and never share a scene. The world is
 the main demo model's (docs/DEMO_WORLD.md): "classic" (``make_scene``, the shipped model's) or
-"open" (``make_open_scene``, the next model's). The shortcut twin lives in the open world, so its
-cases are open-world scenes whichever world the main model knows.
+"open" (``make_open_scene``, the next model's). The shortcut twin is trained on the same world as
+the main model, so its cases come from that world too.
 
 * **grounded**: the demo model on held-out generator scenes (every task in turn) and on the
   out-of-generator set (``resources/demo-outside``; even scenes calibrate, odd ones are held out).
@@ -39,15 +39,13 @@ from lvlm_studio.demo.scenes import (
     COLOURS,
     SHAPES,
     TASKS,
+    WORLDS,
     colour_example,
     make_example,
-    make_open_scene,
-    make_scene,
 )
 
 CASE_SEED_BASE = HELDOUT_SEED_BASE + 3_000_000
 SPLITS = ("calibration", "held-out")
-WORLDS = {"classic": make_scene, "open": make_open_scene}
 FAILURE_KINDS = ("shortcut", "absent", "removed", "blurred", "ood")
 KINDS = ("grounded", *FAILURE_KINDS)
 #: What each kind is, for tables.
@@ -136,16 +134,15 @@ def named_mask(scene, answer: str) -> np.ndarray | None:
 
 
 def _shortcut(split: str, make: Callable[..., Any]) -> Iterator[Case]:
-    """Open-world scenes (the twin's world) whatever ``make`` is."""
     index = 0
     while True:
         seed = _seed("shortcut", split, index)
         rng = np.random.default_rng(seed)
-        plain = make_open_scene(seed, reserve_cue=True)
+        plain = make(seed, reserve_cue=True)
         obj, example = colour_example(plain, rng)
         others = [c for c in COLOURS if c != obj.colour]
         cue = others[int(rng.integers(len(others)))]
-        yield Case("shortcut", split, index, "shortcut", make_open_scene(seed, cue=cue).image,
+        yield Case("shortcut", split, index, "shortcut", make(seed, cue=cue).image,
                    example.prompt, f"generator scene {seed}, {cue} mark", cue=cue)
         index += 1
 

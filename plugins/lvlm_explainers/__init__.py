@@ -10,7 +10,7 @@ from lvlm_explainers.raw import RawAttention
 from lvlm_explainers.relevancy import Relevancy
 from lvlm_explainers.rollout import AttentionRollout
 from lvlm_explainers.tam import TokenActivationMap
-from lvlm_studio.core.plugin.hookspecs import hookimpl
+from lvlm_studio.api import hookimpl
 
 
 @hookimpl

@@ -45,13 +45,21 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.capture import attention_implementation, split_by_region
-from lvlm_studio.core.perturbation.perturb import blend, score_images
-from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason, require_applicable
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress, relay
-from lvlm_studio.core.tracing.relevance import blurred_baseline
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    Progress,
+    attention_implementation,
+    blend,
+    blurred_baseline,
+    image_tokens_reason,
+    relay,
+    require_applicable,
+    score_images,
+    split_by_region,
+)
 
 
 def correlation_from_rows(rows: np.ndarray) -> np.ndarray:

@@ -31,12 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.capture import split_by_region
-from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress
-from lvlm_studio.core.tracing.scores import log_probability
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    Progress,
+    image_tokens_reason,
+    log_probability,
+    split_by_region,
+)
 
 SCORES = ("logprob", "logit")
 

@@ -42,12 +42,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.perturbation.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
-from lvlm_studio.core.plugin.contracts import Explainer, Param
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress
-from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    PixelLayout,
+    Progress,
+    answer_logprobs_with_grad,
+    blurred_baseline,
+    pixel_layout,
+    visual_relevance,
+)
 
 
 def mask_shape(grid: tuple[int, int], mask_size: int) -> tuple[int, int]:

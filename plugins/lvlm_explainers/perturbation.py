@@ -42,12 +42,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.perturbation.perturb import blend, pixels_to_grids, score_images
-from lvlm_studio.core.plugin.contracts import Explainer, Param
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress, relay
-from lvlm_studio.core.tracing.relevance import blurred_baseline
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    Progress,
+    blend,
+    blurred_baseline,
+    pixels_to_grids,
+    relay,
+    score_images,
+)
 
 
 def _check(trace, model, targets: list[int], title: str) -> None:

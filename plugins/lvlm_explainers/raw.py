@@ -13,11 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.capture import capture_attention, capture_attention_and_key_means, split_by_region
-from lvlm_studio.core.plugin.contracts import Explainer, Param
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    Progress,
+    capture_attention,
+    capture_attention_and_key_means,
+    split_by_region,
+)
 
 
 class RawAttention(Explainer):

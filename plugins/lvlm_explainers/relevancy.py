@@ -52,11 +52,15 @@ import numpy as np
 import torch
 
 from lvlm_explainers.gradients import differentiable_decoder_inputs, query_positions, target_scores
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.capture import attention_implementation, split_by_region
-from lvlm_studio.core.plugin.contracts import Explainer, Param
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    Progress,
+    attention_implementation,
+    split_by_region,
+)
 
 
 class RowRelevancy:

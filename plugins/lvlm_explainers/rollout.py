@@ -28,11 +28,16 @@ from typing import Any
 import torch
 
 from lvlm_explainers.gradients import query_positions
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.capture import attention_implementation, split_by_region
-from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.plugin.jobs import Progress
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    Progress,
+    attention_implementation,
+    image_tokens_reason,
+    split_by_region,
+)
 
 
 def residual_attention(weights: torch.Tensor) -> torch.Tensor:

@@ -37,11 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.models.capture import split_by_region
-from lvlm_studio.core.plugin.contracts import Explainer, Param, image_tokens_reason
-from lvlm_studio.core.plugin.explanation import Explanation
-from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
+from lvlm_studio.api import (
+    Explainer,
+    Explanation,
+    InputError,
+    Param,
+    image_tokens_reason,
+    prompt_text_positions,
+    split_by_region,
+)
 
 
 @functools.lru_cache(maxsize=64)

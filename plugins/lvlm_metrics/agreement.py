@@ -7,10 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.metrics.agreement import MIN_RANK_CORRELATION, MIN_TOP_K_OVERLAP, agreement, flatten
-from lvlm_studio.core.metrics.sanity import explain
-from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param, require_applicable
+from lvlm_studio.api import (
+    MIN_RANK_CORRELATION,
+    MIN_TOP_K_OVERLAP,
+    InputError,
+    Metric,
+    MetricResult,
+    Param,
+    agreement,
+    explain_job,
+    flatten,
+    require_applicable,
+)
 
 
 class MethodAgreement(Metric):
@@ -30,7 +38,7 @@ class MethodAgreement(Metric):
     )
 
     def score(self, trace, explanation, model, masks, params: dict[str, Any]):
-        from lvlm_studio.core.plugin.registry import create_registry
+        from lvlm_studio.api import create_registry
 
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:
@@ -38,7 +46,7 @@ class MethodAgreement(Metric):
         other_params = other.resolve_params({})
         require_applicable(other, model, other_params)  # e.g. TAM on Mllama: say so, do not fail inside it
         targets = explanation.targets
-        theirs = yield from explain(other, trace, model, targets, other_params)
+        theirs = yield from explain_job(other, trace, model, targets, other_params)
         per_token = {}
         for t in targets:
             a, b = flatten(explanation.maps[t]), flatten(theirs.maps[t])

@@ -6,11 +6,17 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
-from lvlm_studio.core.perturbation.perturb import DEFAULT_BATCH_SIZE
-from lvlm_studio.core.plugin.contracts import Metric, MetricResult, Param
-from lvlm_studio.core.tracing.relevance import visual_relevance
+from lvlm_studio.api import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_STEPS,
+    InputError,
+    Metric,
+    MetricResult,
+    Param,
+    combined_map,
+    deletion_insertion,
+    visual_relevance,
+)
 
 
 class DeletionInsertion(Metric):

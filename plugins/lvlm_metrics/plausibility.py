@@ -10,11 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.metrics.masks import fit_mask, token_masks
-from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, plausibility
-from lvlm_studio.core.plugin.contracts import Metric, MetricResult
-from lvlm_studio.core.plugin.explanation import to_pixels
+from lvlm_studio.api import (
+    InputError,
+    Metric,
+    MetricResult,
+    PlausibilityScores,
+    fit_mask,
+    group_words,
+    plausibility,
+    to_pixels,
+    token_masks,
+)
 
 
 def score_answer(trace, explanation, masks) -> PlausibilityScores:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
-from lvlm_studio.core.plugin.contracts import Metric, Param
+from lvlm_studio.api import InputError, Metric, Param, input_independence, model_randomisation
 
 
 def method_of(explanation) -> Any:
     """The registered explainer that made ``explanation``."""
-    from lvlm_studio.core.plugin.registry import create_registry
+    from lvlm_studio.api import create_registry
 
     available = create_registry().explainers()
     if explanation.method not in available:

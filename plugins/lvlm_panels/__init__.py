@@ -6,8 +6,7 @@ panel's module is imported only when the user first opens the panel.
 
 from __future__ import annotations
 
-from lvlm_studio.core.plugin.contracts import PanelSpec
-from lvlm_studio.core.plugin.hookspecs import hookimpl
+from lvlm_studio.api import PanelSpec, hookimpl
 
 
 @hookimpl

@@ -26,8 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lvlm_studio.gui.image_view import ImageView
-from lvlm_studio.gui.panels import PanelContext
+from lvlm_studio.gui.api import ImageView, PanelContext
 
 DEFAULT_METHODS = ("raw_attention", "rollout", "tam")
 MAX_SHOWN = 4
@@ -166,7 +165,7 @@ class ComparePanel(QWidget):
     def agreements(self) -> list[tuple[str, str, float, float, bool]]:
         """(method a, method b, Spearman rho, top-k overlap, inconsistent) for every ticked pair with
         maps of the selected token."""
-        from lvlm_studio.core.metrics.agreement import agreement, flatten
+        from lvlm_studio.api import agreement, flatten
 
         context, token = self.context, self.context.selected
         if token is None:

@@ -12,8 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
 
-from lvlm_studio.gui.image_view import BACKGROUND, FOREGROUND
-from lvlm_studio.gui.panels import PanelContext
+from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext
 
 
 class AttentionGridPanel(QWidget):

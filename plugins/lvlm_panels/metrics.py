@@ -23,8 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lvlm_studio.gui.image_view import BACKGROUND, FOREGROUND, ImageView
-from lvlm_studio.gui.panels import PanelContext
+from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, ImageView, PanelContext
 
 CURVE_COLOURS = ("#f28b82", "#8ab4f8", "#81c995", "#fdd663", "#c58af9")
 

@@ -28,10 +28,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lvlm_studio.core.plugin.explanation import fixed_levels
-from lvlm_studio.gui.image_view import ImageView
-from lvlm_studio.gui.panels import PanelContext
-from lvlm_studio.gui.state import COLORMAPS, display_levels, thresholded
+from lvlm_studio.api import fixed_levels
+from lvlm_studio.gui.api import COLORMAPS, ImageView, PanelContext, display_levels, thresholded
 
 
 class OverlayPanel(QWidget):
@@ -216,7 +214,7 @@ class OverlayPanel(QWidget):
                 view.set_map(thresholded(pixels, levels, context.view["threshold"]), levels, context.view["opacity"])
 
     def _region_map(self, index: int, width: int, height: int) -> np.ndarray | None:
-        from lvlm_studio.core.plugin.explanation import to_pixels
+        from lvlm_studio.api import to_pixels
 
         context, trace = self.context, self.context.trace
         explanation = context.explanations.get(context.method)
@@ -266,7 +264,7 @@ class OverlayPanel(QWidget):
 
     def export_png(self, path: str | Path) -> Path | None:
         """The image with the shown map (colormap, opacity, threshold) as a PNG; None with no map."""
-        from lvlm_studio.core.plugin.explanation import overlay
+        from lvlm_studio.api import overlay
 
         image, shown = self.context.shown_image, self.current_map()
         if image is None or shown is None:

@@ -13,8 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from lvlm_studio.gui.image_view import BACKGROUND, FOREGROUND
-from lvlm_studio.gui.panels import PanelContext
+from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext
 
 SERIES = (  # attribute, title, unit, colour
     ("logprob", "log p", "nats", "#8ab4f8"),

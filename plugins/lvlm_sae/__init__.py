@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lvlm_studio.core.plugin.contracts import Analyzer, PanelSpec, Param
-from lvlm_studio.core.plugin.hookspecs import hookimpl
+from lvlm_studio.api import Analyzer, PanelSpec, Param, hookimpl
 
 
 class SAEFeatures(Analyzer):
@@ -27,7 +26,7 @@ class SAEFeatures(Analyzer):
     def analyze(self, trace: Any, model: Any, params: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from lvlm_studio.sae.inspect import feature_attribution, image_features
+        from lvlm_studio.api import feature_attribution, image_features
 
         coder = load(params["sae"])
         features = image_features(model, coder, trace.image, trace.prompt)
@@ -50,8 +49,7 @@ _loaded: dict[str, Any] = {}
 
 def load(path: str) -> Any:
     """The coder at ``path`` (the demo SAE when empty), loaded once per process."""
-    from lvlm_studio.sae.formats import load_coder
-    from lvlm_studio.sae.shipped import demo_sae_path
+    from lvlm_studio.api import demo_sae_path, load_coder
 
     key = path or str(demo_sae_path())
     if key not in _loaded:

@@ -24,8 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lvlm_studio.gui.image_view import ImageView
-from lvlm_studio.gui.panels import PanelContext
+from lvlm_studio.gui.api import ImageView, PanelContext
 
 TOP = 12
 
@@ -106,7 +105,7 @@ class FeatureInspectorPanel(QWidget):
 
         def work(report, cancel):
             from lvlm_sae import load
-            from lvlm_studio.sae.inspect import image_features
+            from lvlm_studio.api import image_features
 
             coder = load(path)
             return coder, image_features(model, coder, trace.image, trace.prompt)
@@ -131,7 +130,7 @@ class FeatureInspectorPanel(QWidget):
         coder = self.coder
 
         def work(report, cancel):
-            from lvlm_studio.sae.inspect import feature_attribution
+            from lvlm_studio.api import feature_attribution
 
             return token, feature_attribution(model, coder, trace, token)
 
@@ -149,8 +148,7 @@ class FeatureInspectorPanel(QWidget):
             self.table.selectRow(0)
 
     def select_feature(self, feature: int) -> None:
-        from lvlm_studio.sae.inspect import feature_map
-        from lvlm_studio.sae.render import grid_to_pixels
+        from lvlm_studio.api import feature_map, grid_to_pixels
 
         if self.features is None or self.context.trace is None:
             return
@@ -163,7 +161,7 @@ class FeatureInspectorPanel(QWidget):
 
     def top_rows(self) -> list[tuple[int, float, float | None]]:
         """(feature, activation at the patch, attribution to the selected token) for the table."""
-        from lvlm_studio.sae.inspect import top_features
+        from lvlm_studio.api import top_features
 
         if self.features is None or self.patch is None:
             return []
@@ -217,7 +215,7 @@ class FeatureInspectorPanel(QWidget):
         factor = float(self.factor.value())
 
         def work(report, cancel):
-            from lvlm_studio.sae.inspect import edited_answer
+            from lvlm_studio.api import edited_answer
 
             return feature, factor, edited_answer(model, coder, trace.image, trace.prompt, {feature: factor})
 

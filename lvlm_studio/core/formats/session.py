@@ -83,8 +83,10 @@ class Session:
         return None
 
 
-def run_record(trace: Trace | None) -> dict[str, Any]:
-    """What produced an analysis: model, generation settings, timings, library versions, time."""
+def run_record(trace: Trace | None, providers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What produced an analysis: model, generation settings, timings, library versions, time, and
+    ``providers``: the plugin, distribution and version behind each method, metric and panel
+    (``PluginRegistry.providers_of``)."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -96,6 +98,8 @@ def run_record(trace: Trace | None) -> dict[str, Any]:
     record: dict[str, Any] = {"saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions}
     if trace is not None:
         record.update(model=trace.model_info, generation=trace.generation, timings=trace.timings)
+    if providers:
+        record["providers"] = jsonable(providers)
     return record
 
 

@@ -3,18 +3,31 @@
 A plugin is a module (or object) with functions named like the hooks below, marked with
 ``hookimpl``::
 
-    from lvlm_studio.core.plugin.hookspecs import hookimpl
+    from lvlm_studio.api import hookimpl
 
     @hookimpl
     def lvlm_studio_explainers():
         return [MyExplainer()]
+
+Plugins import what they use from ``lvlm_studio.api`` (panels also from ``lvlm_studio.gui.api``):
+those names are the public API, versioned by ``API_VERSION`` (semantic versioning: a new name is a
+minor release, a removed or changed one a major release). A plugin module may declare the range of
+API versions it works with, as a version specifier::
+
+    LVLM_STUDIO_API = ">=1,<2"
+
+A plugin whose range excludes this release is reported as incompatible and skipped. The plugin
+guide is docs/plugins.md.
 
 Third-party plugins are found through the ``lvlm_studio.plugins`` entry-point group::
 
     [project.entry-points."lvlm_studio.plugins"]
     my_plugin = "my_package.plugin"
 
-Every hook is optional and returns a list; results from all plugins are concatenated. A plugin
+Every hook is optional and returns a list; results from all plugins are concatenated. A function
+named like a hook that is not one (a typo) fails its plugin with the unknown name; a plugin that
+contributes nothing (e.g. its functions lack ``@hookimpl``) loads with a warning; two plugins that
+give the same id are both named, and the one registered first wins. A plugin
 that raises (or calls ``sys.exit()``) while loading, registering or answering a hook, or whose hook
 returns anything but a list of the documented objects, each with a non-empty ``id``, is reported as
 failed (``lvlm-studio plugins`` shows why) and skipped; the others keep working. Set
@@ -31,6 +44,12 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "lvlm_studio"
+#: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
+API_VERSION = "1.0.0"
+#: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
+API_RANGE_ATTRIBUTE = "LVLM_STUDIO_API"
+#: Where plugin authors are sent by messages.
+PLUGIN_GUIDE = "docs/plugins.md"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -70,8 +89,9 @@ def lvlm_studio_metrics() -> list:
     curves to plot, JSON-able details), or is a job; a value is a number, NaN where it is undefined
     (never infinite), and a curve a pair of equally long 1-D arrays; faithfulness metrics need the model,
     plausibility metrics need ground-truth masks (``lvlm_studio.core.metrics.masks.ObjectMasks``). The
-    computations behind the built-in metrics are public for plugins to reuse:
-    ``lvlm_studio.core.metrics.faithfulness``, ``plausibility``, ``agreement``, ``sanity`` and ``masks``.
+    computations behind the built-in metrics are public for plugins to reuse (``lvlm_studio.api``:
+    ``deletion_insertion``, ``plausibility``, ``agreement``, ``model_randomisation``, ``input_independence``,
+    ``fit_mask``, ``token_masks``).
     Every metric registered runs in ``lvlm-studio benchmark``.
     """
 
@@ -87,7 +107,7 @@ def lvlm_studio_panels() -> list:
 
     Declaring a panel costs nothing: the factory module is imported, and the panel built, only
     when the user first opens it (View > Panels), so the module declaring it must not import Qt.
-    The factory is called with a ``lvlm_studio.gui.panels.PanelContext`` and returns a QWidget.
+    The factory is called with a ``lvlm_studio.gui.api.PanelContext`` and returns a QWidget.
     The context is all a panel gets, never the main window: it reads the current trace,
     explanations, selected token, token statistics and metric results; ``subscribe(callback,
     widget)`` hears every change (held while the panel is hidden); and it asks for work with

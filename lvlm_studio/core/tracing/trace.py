@@ -39,8 +39,30 @@ TOP_K = 5
 class Trace:
     """One prompt, one image, one answer, and the internals methods read.
 
-    Positions index the full sequence ``input_ids + answer_ids``. Answer token ``i`` sits at
-    position ``len(input_ids) + i`` and was predicted from the hidden state one position earlier.
+    Positions index the full sequence ``input_ids + answer_ids`` (``sequence_ids``). Answer token
+    ``i`` (0-based, an index into ``answer_ids``; the app shows it as "token i+1 of n") sits at
+    position ``answer_position(i) == len(input_ids) + i`` and was predicted from the hidden state one
+    position earlier: the query whose attention or logits explain it is ``answer_position(i) - 1``.
+
+    Fields:
+
+    - ``prompt``: the question as the user wrote it; ``prompt_text``: after the chat template.
+    - ``image``: the image given to the model (RGB).
+    - ``input_ids``: [T] the prompt's token ids, image placeholders expanded to the image tokens;
+      ``token_strings``: the readable form of each.
+    - ``answer_ids``: [n] the generated ids (the end-of-sequence token excluded);
+      ``answer_tokens``: their readable form; ``answer_text`` the answer as one string.
+    - ``logprobs``: [n] log p of each chosen token (``probabilities`` is exp of it); ``top_ids``,
+      ``top_logprobs`` [n, TOP_K] and ``top_tokens``: the most likely alternatives at each step.
+    - ``regions``: the image regions (``ImageRegion``: token positions, grid (rows, cols), box in the
+      original image), in the order an ``Explanation`` holds one map per region.
+      ``image_positions`` is every region's positions together.
+    - ``hidden``: [T + n, d] the last layer's hidden states after the final norm.
+    - ``model_inputs``: the processor's outputs other than the text (``pixel_values``, ...), which
+      ``teacher_forced_inputs(model, upto=...)`` combines with the ids for a forward pass.
+    - ``model_info``, ``generation``, ``timings``: the model, the generation settings and the answer
+      text, and how long each step took (seconds), as plain JSON-able data.
+    - ``visual_relevance``: whether each answer token depends on the image (filled on first use).
     """
 
     prompt: str
