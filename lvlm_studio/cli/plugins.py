@@ -25,11 +25,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from lvlm_studio.core.plugin.hookspecs import API_VERSION, PLUGIN_GUIDE
     from lvlm_studio.core.plugin.registry import create_registry
 
-    if args.families is not None and args.check is None:
+    check, families = getattr(args, "check", None), getattr(args, "families", None)  # callers may pass neither
+    if families is not None and check is None:
         raise InputError("--families only applies with --check.", "Add --check, or leave --families out.")
     registry = create_registry()
-    if args.check is not None:
-        return cmd_check(registry, args.check or None, _families(args.families))
+    if check is not None:
+        return cmd_check(registry, check or None, _families(families))
     found = registry.survey()
     explainers, metrics, analyzers, panels = (found[k] for k in ("methods", "metrics", "analyzers", "panels"))
     print(f"plugins (plugin API {API_VERSION}; writing one: {PLUGIN_GUIDE})")
