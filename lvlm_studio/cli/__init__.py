@@ -4,6 +4,8 @@
     lvlm-studio ask --image IMG --prompt TEXT       answer, with per-token probabilities
     lvlm-studio explain --method ID --image IMG --prompt TEXT --out DIR
     lvlm-studio plugins                             list plugins, methods and their status
+    lvlm-studio plugins --check [NAME]              run plugins' methods and metrics on every family, check results
+    lvlm-studio new-plugin NAME [--panel]           write a ready plugin package (method, metric, tests, CI)
     lvlm-studio demo accuracy                       the demo model's held-out exact-match accuracy
     lvlm-studio demo pointing --n 200               pointing game of every method on held-out scenes
     lvlm-studio demo causal --n 100                 causal token subsets against random ones
@@ -24,7 +26,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, plugins, report, review, sae
+from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, new_plugin, plugins, report, review, sae
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
 from lvlm_studio.core.errors import Cancelled, LVLMError
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=cmd_gui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # the order of `lvlm-studio -h`
-    for group in (explain, plugins, sae, demo, benchmark, report, review, audit, dicom):
+    for group in (explain, plugins, new_plugin, sae, demo, benchmark, report, review, audit, dicom):
         group.add_parsers(sub)
     return parser
 

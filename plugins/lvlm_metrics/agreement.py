@@ -17,6 +17,7 @@ from lvlm_studio.api import (
     agreement,
     explain_job,
     flatten,
+    require_applicable,
 )
 
 
@@ -42,8 +43,10 @@ class MethodAgreement(Metric):
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:
             raise InputError(f"{other.id} needs the model.", "Load the model that produced the trace.")
+        other_params = other.resolve_params({})
+        require_applicable(other, model, other_params)  # e.g. TAM on Mllama: say so, do not fail inside it
         targets = explanation.targets
-        theirs = yield from explain_job(other, trace, model, targets, other.resolve_params({}))
+        theirs = yield from explain_job(other, trace, model, targets, other_params)
         per_token = {}
         for t in targets:
             a, b = flatten(explanation.maps[t]), flatten(theirs.maps[t])
