@@ -39,6 +39,7 @@ from lvlm_studio.gui.job_status import JobStatus
 from lvlm_studio.gui.menus import Menus
 from lvlm_studio.gui.model_box import ModelBox, describe_model
 from lvlm_studio.gui.panels import PanelContext, build_panel
+from lvlm_studio.gui.params_form import MethodParamsBox
 from lvlm_studio.gui.sessions import Sessions
 from lvlm_studio.gui.settings import StudioSettings
 from lvlm_studio.gui.state import StudioState
@@ -176,12 +177,13 @@ class MainWindow(QMainWindow):
         answer_box = group("Answer", self.token_bar,
                            row(self.answer_label, QLabel("Colour by"), self.chip_combo, stretch=0),
                            self.map_caption)
+        self.params_box = MethodParamsBox(self.analysis)
 
         center = QWidget()
         center.setMinimumWidth(360)
         layout = QVBoxLayout(center)
         layout.setContentsMargins(6, 6, 6, 6)
-        for box in (self.model_box, image_box, question_box, answer_box):
+        for box in (self.model_box, image_box, question_box, answer_box, self.params_box):
             layout.addWidget(box)
         layout.addStretch(1)
         self.setCentralWidget(center)
@@ -383,7 +385,7 @@ class MainWindow(QMainWindow):
             self._update_answer_label()
             if self.state.trace is not None and self.state.chip_mode == "relevance":
                 self.analysis.token_stats()
-        elif name in ("selected", "method"):
+        elif name in ("selected", "method", "params"):
             self._follow_selection()
         elif name == "view":
             index = self.chip_combo.findData(self.state.chip_mode)

@@ -83,8 +83,9 @@ class Session:
         return None
 
 
-def run_record(trace: Trace | None) -> dict[str, Any]:
-    """What produced an analysis: model, generation settings, timings, library versions, time."""
+def run_record(trace: Trace | None, explanations: dict[str, Explanation] | None = None) -> dict[str, Any]:
+    """What produced an analysis: model, generation settings, timings, library versions, time, and
+    the parameters each method's maps were made with."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -96,6 +97,8 @@ def run_record(trace: Trace | None) -> dict[str, Any]:
     record: dict[str, Any] = {"saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions}
     if trace is not None:
         record.update(model=trace.model_info, generation=trace.generation, timings=trace.timings)
+    if explanations:
+        record["methods"] = {method: {"params": jsonable(e.params)} for method, e in explanations.items()}
     return record
 
 
@@ -111,7 +114,7 @@ def save_session(session: Session, path: str | Path) -> Path:
         "image_name": session.image_name,
         "model_source": session.model_source,
         "view": session.view,
-        "record": session.record or run_record(session.trace),
+        "record": session.record or run_record(session.trace, session.explanations),
         "explanations": {},
         "metrics": [],
         "masks": sorted(_mask_key(k) for k in session.masks),

@@ -272,6 +272,8 @@ def check_view(view: dict[str, Any]) -> None:
         typed(view["selected"], "a whole number", f"{where}selected", optional=True)
     if view.get("stats") is not None:
         typed(view["stats"], "an object", f"{where}stats")
+    for method, chosen in typed(view.get("params", {}), "an object", f"{where}params").items():
+        typed(chosen, "an object", f"{where}params.{method}")  # the values are checked by the method itself
 
 
 def check_members(manifest: dict[str, Any], archive: SessionArchive) -> None:
