@@ -144,7 +144,7 @@ def run_benchmark(loaded: Any, settings: BenchmarkSettings, out: str | Path, reg
     metrics = _chosen_metrics(registry, settings)
     reference = settings.reference or settings.methods[0]
     out = Path(out)
-    records = _prepare(out, settings, loaded, command)
+    records = _prepare(out, settings, loaded, command, metric_directions(metrics))
     done = {r["sample"] for r in records}
     samples = (demo_samples(settings.n) if settings.images is None
                else coco_samples(settings.images, settings.coco or "", settings.n))
@@ -273,9 +273,24 @@ def _safe(name: str) -> str:
 
 
 # -- files --------------------------------------------------------------------------------------
-def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None) -> list[dict[str, Any]]:
+def metric_directions(metrics: dict[str, Any]) -> dict[str, str]:
+    """"METRIC.VALUE" -> "higher" or "lower" (which is better), as each metric declares it
+    (``Metric.directions``); values a metric does not name have no direction."""
+    found = {}
+    for metric_id, metric in metrics.items():
+        declared = getattr(metric, "directions", None)
+        for value in declared if isinstance(declared, dict) else ():
+            direction = metric.direction(value) if hasattr(metric, "direction") else None
+            if direction is not None:
+                found[f"{metric_id}.{value}"] = direction
+    return found
+
+
+def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None,
+             directions: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Create or reopen the output folder (refused when it is not ours); return the samples already
-    done. The reports of an earlier run are removed, so that nothing old looks complete."""
+    done. The reports of an earlier run are removed, so that nothing old looks complete.
+    ``directions`` (which way each metric value is better) go into run.json for the report."""
     check_output_folder(out, resume=True)
     previous = read_run_record(out)
     if previous is not None:
@@ -294,6 +309,7 @@ def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[
                   "samples": "held-out demo scenes, seeds HELDOUT_SEED_BASE + i" if settings.images is None
                   else f"first {settings.n} images of {settings.coco} present in {settings.images}, by name"},
         "generation": "greedy",
+        "directions": directions or {},
         "versions": environment(("lvlm-studio", "torch", "transformers", "numpy", "scipy", "scikit-image",
                                  "pycocotools")),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -124,6 +124,12 @@ class PanelContext:
         found = self._analysis.metrics.get(metric)
         return found.needs if found is not None else frozenset()
 
+    def metric_direction(self, metric: str, value: str) -> str | None:
+        """"higher" or "lower": which is better for value ``value`` of ``metric``, as the metric declares
+        it (``Metric.directions``); None when it declares none."""
+        found = self._analysis.metrics.get(metric)
+        return found.direction(value) if found is not None and hasattr(found, "direction") else None
+
     def title_of(self, method: str) -> str:
         return self.methods().get(method) or (self.explanations[method].provenance.get("method", method)
                                               if method in self._state.explanations else method)

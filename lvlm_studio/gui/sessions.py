@@ -56,12 +56,18 @@ class Sessions(QObject):
             model_source=state.model_source,
             trace=state.trace,
             explanations=dict(state.explanations),
-            metrics=[MetricRecord(m, t, k, r) for (m, t, k), r in state.metrics.items()],
+            metrics=[MetricRecord(m, t, k, r, self._directions(k, r)) for (m, t, k), r in state.metrics.items()],
             masks=dict(state.masks),
             view={"selected": state.selected, "method": state.method, "opacity": state.opacity,
                   "colormap": state.colormap, "threshold": state.threshold, "chip_mode": state.chip_mode,
                   "stats": _stats_to_json(state.stats), "params": _params_to_json(state.params)},
         )
+
+    def _directions(self, metric_id: str, result: Any) -> dict[str, str]:
+        """Which way each value of ``result`` is better, as metric ``metric_id`` declares it."""
+        metric = self.window.analysis.metrics.get(metric_id)
+        found = {name: metric.direction(name) for name in result.values} if hasattr(metric, "direction") else {}
+        return {name: way for name, way in found.items() if way is not None}
 
     def save_session(self, path: str | Path | None = None, ask: bool = False) -> Path | None:
         """Save the analysis (to ``path``, the current session file, or a file the user picks)."""

@@ -49,12 +49,14 @@ MANIFEST = "session.json"
 
 @dataclass
 class MetricRecord:
-    """One metric's result for one method's map of one answer token."""
+    """One metric's result for one method's map of one answer token, and which way each of its values
+    is better ("higher" or "lower", as the metric declared it when it scored; values not named: neither)."""
 
     method: str
     token: int
     metric: str
     result: MetricResult
+    directions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +150,7 @@ def save_session(session: Session, path: str | Path) -> Path:
                     "method": item.method, "token": item.token, "metric": item.metric,
                     "values": {k: float(v) for k, v in item.result.values.items()},
                     "details": jsonable(item.result.details), "curves": names,
+                    "directions": dict(item.directions),
                 })
             if curves:
                 archive.writestr("metric_curves.npz", _npz_bytes(curves))
@@ -275,7 +278,8 @@ def _read_metrics(archive: checks.SessionArchive, items: list[dict[str, Any]]) -
             pairs[name] = (x, y)
         values = {name: float(value) for name, value in item["values"].items()}
         result = MetricResult(values=values, curves=pairs, details=item["details"])
-        records.append(MetricRecord(item["method"], item["token"], item["metric"], result))
+        directions = {name: way for name, way in item.get("directions", {}).items() if way in ("higher", "lower")}
+        records.append(MetricRecord(item["method"], item["token"], item["metric"], result, directions))
     return records
 
 
