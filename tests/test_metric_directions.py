@@ -8,6 +8,7 @@ import pytest
 
 from lvlm_studio.benchmark.report import best_methods, directions_of, summarise, write_report, write_tables
 from lvlm_studio.benchmark.runner import RANDOM, BenchmarkSettings, metric_directions, run_benchmark
+from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import write_record
 from lvlm_studio.core.plugin.contracts import Metric, MetricResult
 from lvlm_studio.core.plugin.jobs import run_job
@@ -122,3 +123,30 @@ def test_a_session_with_bad_directions_is_refused(tmp_path, demo_trace, directio
             archive.writestr(name, data)
     with pytest.raises(InputError, match="directions"):
         load_session(path)
+
+
+# -- a method's parameters in the benchmark -------------------------------------------------------
+def test_the_benchmark_runs_methods_with_their_parameters_and_records_them(demo_model, lvlm_registry, tmp_path):
+    settings = BenchmarkSettings(methods=["raw_attention"], n=1, metrics=["pointing_game"], examples=0,
+                                 method_params={"raw_attention": {"reduce": "max", "layers": "0"}})
+    records = run_job(run_benchmark(demo_model, settings, tmp_path, lvlm_registry))
+    assert "pointing_game.pointing" in records[0]["methods"]["raw_attention"]["values"]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["methods"]["raw_attention"]["params"]["reduce"] == "max"
+    assert run["methods"]["raw_attention"]["params"]["layers"] == [0]
+    assert run["settings"]["method_params"] == {"raw_attention": {"reduce": "max", "layers": "0"}}
+    assert "method_params" not in BenchmarkSettings(methods=["tam"]).key()  # older runs still resume
+    wrong = BenchmarkSettings(methods=["raw_attention"], n=1, method_params={"tam": {"scale": "joint"}})
+    with pytest.raises(InputError, match="does not explain with"):
+        run_job(run_benchmark(demo_model, wrong, tmp_path / "w", lvlm_registry))
+
+
+def test_the_benchmark_command_checks_method_parameters_before_loading(tmp_path, capsys):
+    from lvlm_studio.cli import main
+
+    assert main(["benchmark", "--methods", "raw_attention", "--param", "tam.scale=joint",
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "does not name a method of this run" in capsys.readouterr().err
+    assert main(["benchmark", "--methods", "raw_attention", "--param", "raw_attention.reduce=median",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "Choose one of: mean, max" in capsys.readouterr().err
