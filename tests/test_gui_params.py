@@ -105,8 +105,11 @@ def test_a_form_has_one_widget_per_param_of_each_type(qtbot):
 def test_the_form_follows_the_chosen_method_and_its_screenshot(qtbot, window):
     box = window.params_box
     assert box.form is not None and box.form.params == PARAMS
-    assert "Knobs" in box.title.text() and box.note.text() == "Defaults in use."
-    box.resize(420, box.sizeHint().height())
+    assert box.title.text() == "Knobs" and box.note.text() == "Defaults in use."
+    assert not box.expanded and box.scroll.isHidden() and box.apply_button.isHidden()  # folded at first
+    box.title.click()
+    assert box.expanded and not box.scroll.isHidden() and not box.apply_button.isHidden()
+    box.resize(480, box.sizeHint().height())
     box.grab().save("/tmp/params-form.png")
     window.state.set_method("raw_attention")
     assert [p.name for p in box.form.params] == [p.name for p in window.analysis.explainers["raw_attention"].params]

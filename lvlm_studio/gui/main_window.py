@@ -174,16 +174,16 @@ class MainWindow(QMainWindow):
         self.answer_label = wrapping_label("", lines=2)
         self.answer_label.setStyleSheet(HINT_STYLE)
         self.map_caption = wrapping_label("", lines=2)
+        self.params_box = MethodParamsBox(self.analysis)
         answer_box = group("Answer", self.token_bar,
                            row(self.answer_label, QLabel("Colour by"), self.chip_combo, stretch=0),
-                           self.map_caption)
-        self.params_box = MethodParamsBox(self.analysis)
+                           self.map_caption, self.params_box)
 
         center = QWidget()
         center.setMinimumWidth(360)
         layout = QVBoxLayout(center)
         layout.setContentsMargins(6, 6, 6, 6)
-        for box in (self.model_box, image_box, question_box, answer_box, self.params_box):
+        for box in (self.model_box, image_box, question_box, answer_box):
             layout.addWidget(box)
         layout.addStretch(1)
         self.setCentralWidget(center)

@@ -15,10 +15,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from magicgui import widgets as mg
-from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget
 
 from lvlm_studio.core.errors import LVLMError
-from lvlm_studio.gui.widgets import HINT_STYLE, group, row, wrapping_label
+from lvlm_studio.gui.widgets import HINT_STYLE, row, wrapping_label
 
 if TYPE_CHECKING:
     from lvlm_studio.core.plugin.contracts import Param
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e12
 ERROR_STYLE = "color: #b00020;"
+MIN_FORM_HEIGHT = 60  # pixels: about two parameters; a short window scrolls the rest
+MAX_FORM_HEIGHT = 190  # about six parameters, then the form scrolls
 
 
 def param_widget(param: Param) -> mg.ValueWidget:
@@ -122,8 +125,9 @@ class ParamsForm(QWidget):
 
 
 class MethodParamsBox(QWidget):
-    """The chosen method's parameters (the method is picked in the Image overlay panel): a form,
-    Apply and Defaults, and a line that says what is applied or what is wrong."""
+    """The chosen method's parameters (the method is picked in the Image overlay panel): one line
+    that says which are in use (or what is wrong), and, unfolded, the form with Apply and Defaults.
+    Folded by default, so the window's layout stays as it was for those who keep the defaults."""
 
     def __init__(self, analysis: Analysis, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -131,10 +135,21 @@ class MethodParamsBox(QWidget):
         self.state = analysis.state
         self.method: str | None = None
         self.form: ParamsForm | None = None
-        self.title = QLabel()
+        self.title = QToolButton()
+        self.title.setCheckable(True)
+        self.title.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.title.setAutoRaise(True)
+        self.title.setToolTip("Show or hide the parameters of the method (chosen in the Image overlay panel)")
+        self.title.toggled.connect(self.set_expanded)
         self.form_area = QWidget()
         self.form_holder = QVBoxLayout(self.form_area)
         self.form_holder.setContentsMargins(0, 0, 0, 0)
+        # A method with many parameters scrolls instead of pushing the window taller than the screen.
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(self.form_area)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.apply_button = QPushButton("Apply")
         self.apply_button.setToolTip("Use these parameters for the method's maps (computed again, or taken "
                                      "from the ones already computed with them)")
@@ -142,16 +157,30 @@ class MethodParamsBox(QWidget):
         self.defaults_button = QPushButton("Defaults")
         self.defaults_button.setToolTip("Show the method's default parameters (Apply uses them)")
         self.defaults_button.clicked.connect(self.show_defaults)
-        self.note = wrapping_label("", lines=2)
+        self.note = wrapping_label("", lines=1)
         self.note.setStyleSheet(HINT_STYLE)
-        self.box = group("Method parameters", row(self.title, self.defaults_button, self.apply_button, stretch=0),
-                         self.form_area, self.note)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self)  # no box of its own: it sits under the map caption, in the Answer box
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.box)
+        layout.addWidget(row(self.title, self.note, self.defaults_button, self.apply_button, stretch=1))
+        layout.addWidget(self.scroll)
         self.state.subscribe(self._on_state)
         analysis.registry_ready.connect(self.rebuild)
         self.rebuild()
+        self.set_expanded(False)
+
+    @property
+    def expanded(self) -> bool:
+        return self.title.isChecked()
+
+    def set_expanded(self, expanded: bool) -> None:
+        """Unfold (the form, Apply, Defaults) or fold the box to its one line."""
+        if self.title.isChecked() != expanded:
+            self.title.setChecked(expanded)  # comes back here through ``toggled``
+            return
+        self.title.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        shown = expanded and self.form is not None
+        for widget in (self.scroll, self.apply_button, self.defaults_button):
+            widget.setVisible(shown)
 
     def _on_state(self, name: str) -> None:
         if name == "method" and self.state.method != self.method:
@@ -169,14 +198,18 @@ class MethodParamsBox(QWidget):
         self.method = self.state.method
         explainer = self.analysis.explainers.get(self.method)
         params = tuple(explainer.params) if explainer is not None else ()
-        self.title.setText(f"<b>{explainer.title or self.method}</b>" if explainer is not None else
-                           "No method loaded yet.")
+        self.title.setText(f"{explainer.title or self.method}" if explainer is not None else "No method loaded yet.")
         if params:
             self.form = ParamsForm(params)
             self.form.set_values(self.state.params.get(self.method, {}))
             self.form_holder.addWidget(self.form)
+        rows = self.form.sizeHint().height() if self.form is not None else 0
+        self.scroll.setMinimumHeight(min(rows, MIN_FORM_HEIGHT))  # the window shares its height out
+        self.scroll.setMaximumHeight(min(rows + 4, MAX_FORM_HEIGHT))
+        self.scroll.setVisible(self.form is not None)
         for button in (self.apply_button, self.defaults_button):
             button.setEnabled(bool(params))
+        self.set_expanded(self.expanded)
         if explainer is not None and not params:
             self.note.setText("This method has no parameters.")
         else:
