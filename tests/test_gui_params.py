@@ -20,7 +20,7 @@ pytest.importorskip("magicgui")
 from gui_helpers import JOB_TIMEOUT_MS, ask
 from magicgui import widgets as mg
 
-from lvlm_studio.core.plugin.contracts import Explainer, Param
+from lvlm_studio.core.plugin.contracts import Explainer, Metric, MetricResult, Param
 from lvlm_studio.core.plugin.explanation import Explanation
 from lvlm_studio.core.plugin.hookspecs import hookimpl
 from lvlm_studio.gui.params_form import MethodParamsBox, ParamsForm
@@ -57,10 +57,27 @@ class KnobsExplainer(Explainer):
         return Explanation(self.id, maps, dict(params), {"method": self.title})
 
 
+class SpreadMetric(Metric):
+    """Two values, one declared lower-is-better, one with no direction."""
+
+    id = "spread"
+    title = "Spread"
+    directions = {"spread": "lower"}
+
+    def score(self, trace, explanation, model, masks, params):
+        (token,) = explanation.targets
+        cells = np.concatenate([m.ravel() for m in explanation.maps[token]])
+        return MetricResult(values={"spread": float(cells.std()), "cells": float(cells.size)})
+
+
 class KnobsPlugin:
     @hookimpl
     def lvlm_studio_explainers(self):
         return [KnobsExplainer()]
+
+    @hookimpl
+    def lvlm_studio_metrics(self):
+        return [SpreadMetric()]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +93,11 @@ def window(make_window, registry):
     made = make_window(registry)
     made.state.set_method("knobs")
     return made
+
+
+def unfolded(window) -> MethodParamsBox:
+    window.params_box.set_expanded(True)
+    return window.params_box
 
 
 def explained(qtbot, window, token: int = 1):
@@ -102,15 +124,19 @@ def test_a_form_has_one_widget_per_param_of_each_type(qtbot):
     assert form.values()["layers"] == "0,2" and form.values()["invert"] is True and form.values()["steps"] == 4
 
 
-def test_the_form_follows_the_chosen_method_and_its_screenshot(qtbot, window):
+def test_the_form_follows_the_chosen_method_and_its_screenshot(qtbot, window, tmp_path):
     box = window.params_box
-    assert box.form is not None and box.form.params == PARAMS
     assert box.title.text() == "Knobs" and box.note.text() == "Defaults in use."
-    assert not box.expanded and box.scroll.isHidden() and box.apply_button.isHidden()  # folded at first
+    assert not box.expanded and box.form is None and box.apply_button.isHidden()  # folded, nothing built
     box.title.click()
     assert box.expanded and not box.scroll.isHidden() and not box.apply_button.isHidden()
-    box.resize(480, box.sizeHint().height())
-    box.grab().save("/tmp/params-form.png")
+    assert box.form is not None and box.form.params == PARAMS
+    alone = MethodParamsBox(window.analysis)  # the same box outside the window, at its full height
+    qtbot.addWidget(alone)
+    alone.set_expanded(True)
+    alone.resize(480, alone.sizeHint().height())
+    alone.show()
+    alone.grab().save(str(tmp_path / "params-form.png"))
     window.state.set_method("raw_attention")
     assert [p.name for p in box.form.params] == [p.name for p in window.analysis.explainers["raw_attention"].params]
     window.state.set_method("knobs")
@@ -121,7 +147,7 @@ def test_changing_a_value_changes_the_parameters_the_maps_are_made_with(qtbot, w
     ask(qtbot, window)
     first = explained(qtbot, window)
     assert KnobsExplainer.calls[-1] == {"steps": 4, "scale": 0.5, "mode": "flat", "invert": False, "layers": ()}
-    box = window.params_box
+    box = unfolded(window)
     box.form.widget("steps").value = 7
     box.form.widget("mode").value = "ramp"
     box.form.widget("layers").value = "0, 1"
@@ -159,7 +185,7 @@ def test_maps_are_cached_per_parameter_set(qtbot, window):
 def test_an_invalid_value_gives_one_clear_message_and_changes_nothing(qtbot, window, dialogs):
     ask(qtbot, window)
     first = explained(qtbot, window)
-    box = window.params_box
+    box = unfolded(window)
     box.form.widget("layers").value = "two"
     assert not box.apply()
     assert "parameter 'layers' got 'two'" in box.note.text() and "Example: layers=" in box.note.text()
@@ -187,7 +213,7 @@ def test_parameters_are_saved_and_restored_with_the_session(qtbot, window, make_
     assert other.state.method == "knobs"
     assert params_key(other.state.params["knobs"]) == params_key({"scale": 1.5, "layers": (3,)})
     assert other.state.explanation is not None and other.state.explanation.params["scale"] == 1.5
-    assert other.params_box.form.values()["scale"] == 1.5 and other.params_box.form.values()["layers"] == "3"
+    assert unfolded(other).form.values()["scale"] == 1.5 and other.params_box.form.values()["layers"] == "3"
     calls = len(KnobsExplainer.calls)
     other.state.select(0)
     assert not other.runner.busy and len(KnobsExplainer.calls) == calls  # restored maps are used, not recomputed
@@ -210,3 +236,18 @@ def test_a_box_without_a_registry_says_so(qtbot, gui_settings):
     box = MethodParamsBox(Analysis(StudioState()))
     qtbot.addWidget(box)
     assert box.form is None and not box.apply_button.isEnabled() and not box.apply()
+
+
+def test_the_metrics_panel_shows_which_way_is_better(qtbot, window, tmp_path):
+    ask(qtbot, window)
+    explained(qtbot, window)
+    panel = window.toggle_panel("metrics").widget()
+    panel.metric_combo.setCurrentIndex(panel.metric_combo.findData("spread"))
+    panel.run()
+    qtbot.waitUntil(lambda: panel.result() is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    rows = {panel.table.item(r, 0).text(): panel.table.item(r, 2).text() for r in range(panel.table.rowCount())}
+    assert rows == {"spread": "\u2193 lower", "cells": ""}
+    path = window.save_session(tmp_path / "scored.lvlm")
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read("session.json"))
+    assert manifest["metrics"][0]["directions"] == {"spread": "lower"}

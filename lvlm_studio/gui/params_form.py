@@ -6,7 +6,8 @@ whole numbers and numbers, and a text field for text and for lists of numbers ("
 The help text is the widget's tooltip. Nothing runs while values are edited: Apply checks them with
 the method's own ``resolve_params`` (one message names a bad value, the window goes on) and makes
 them the method's parameters for this window (``Analysis.set_params``); its maps are then computed
-for that parameter set, or taken from the cache when they were computed before.
+for that parameter set, or taken from the cache when they were computed before. The form (and
+magicgui) is only built when the user unfolds it, so opening the window costs nothing more.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from magicgui import widgets as mg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget
 
@@ -22,6 +22,8 @@ from lvlm_studio.core.errors import LVLMError
 from lvlm_studio.gui.widgets import HINT_STYLE, row, wrapping_label
 
 if TYPE_CHECKING:
+    from magicgui import widgets as mg
+
     from lvlm_studio.core.plugin.contracts import Param
     from lvlm_studio.gui.analysis import Analysis
 
@@ -35,6 +37,8 @@ MAX_FORM_HEIGHT = 190  # about six parameters, then the form scrolls
 
 def param_widget(param: Param) -> mg.ValueWidget:
     """One widget for ``param``, showing its default, with its help, bounds and choices as tooltip."""
+    from magicgui import widgets as mg
+
     default, common = param.default, {"name": param.name, "label": param.name, "tooltip": _tooltip(param)}
     if param.choices is not None:
         return mg.ComboBox(value=default, choices=tuple(param.choices), **common)
@@ -101,6 +105,8 @@ class ParamsForm(QWidget):
 
     def __init__(self, params: tuple[Param, ...], parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from magicgui import widgets as mg
+
         self.params = tuple(params)
         self.container = mg.Container(widgets=[param_widget(p) for p in self.params], labels=True)
         layout = QVBoxLayout(self)
@@ -178,6 +184,8 @@ class MethodParamsBox(QWidget):
             self.title.setChecked(expanded)  # comes back here through ``toggled``
             return
         self.title.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        if expanded and self.form is None:
+            self._build_form()
         shown = expanded and self.form is not None
         for widget in (self.scroll, self.apply_button, self.defaults_button):
             widget.setVisible(shown)
@@ -189,24 +197,32 @@ class MethodParamsBox(QWidget):
             self.form.set_values(self.state.params.get(self.method, {}))
             self._say_applied()
 
+    def _params(self) -> tuple[Param, ...]:
+        explainer = self.analysis.explainers.get(self.method or "")
+        return tuple(explainer.params) if explainer is not None else ()
+
+    def _build_form(self) -> None:
+        """The form of the chosen method, showing the parameters chosen for it (none without any)."""
+        params = self._params()
+        if not params:
+            return
+        self.form = ParamsForm(params)
+        self.form.set_values(self.state.params.get(self.method or "", {}))
+        self.form_holder.addWidget(self.form)
+        rows = self.form.sizeHint().height()
+        self.scroll.setMinimumHeight(min(rows, MIN_FORM_HEIGHT))  # the window shares its height out
+        self.scroll.setMaximumHeight(min(rows + 4, MAX_FORM_HEIGHT))
+
     def rebuild(self) -> None:
-        """The form of the chosen method, showing the parameters chosen for it."""
+        """Follow the chosen method: its title, what is in use, and its form when unfolded."""
         if self.form is not None:
             self.form.setParent(None)
             self.form.deleteLater()
             self.form = None
         self.method = self.state.method
         explainer = self.analysis.explainers.get(self.method)
-        params = tuple(explainer.params) if explainer is not None else ()
+        params = self._params()
         self.title.setText(f"{explainer.title or self.method}" if explainer is not None else "No method loaded yet.")
-        if params:
-            self.form = ParamsForm(params)
-            self.form.set_values(self.state.params.get(self.method, {}))
-            self.form_holder.addWidget(self.form)
-        rows = self.form.sizeHint().height() if self.form is not None else 0
-        self.scroll.setMinimumHeight(min(rows, MIN_FORM_HEIGHT))  # the window shares its height out
-        self.scroll.setMaximumHeight(min(rows + 4, MAX_FORM_HEIGHT))
-        self.scroll.setVisible(self.form is not None)
         for button in (self.apply_button, self.defaults_button):
             button.setEnabled(bool(params))
         self.set_expanded(self.expanded)

@@ -55,7 +55,7 @@ class StudioState:
         self.masks: dict[str, np.ndarray] = {}  # ground truth for the image, when it has any
         self.trace: Trace | None = None
         self.method = method
-        self.explanations: dict[str, Explanation] = {}  # by method id, for the current trace
+        self.explanations: dict[str, Explanation] = {}  # by method id, for the current trace and chosen params
         self.selected: int | None = None  # answer token index
         self.opacity = opacity
         self.colormap = DEFAULT_COLORMAP
