@@ -103,25 +103,32 @@ def test_sessions_keep_the_directions_and_the_report_shows_them(tmp_path, demo_t
     assert write_pdf(again, tmp_path / "r.pdf").stat().st_size > 0
 
 
-@pytest.mark.parametrize("directions", [{"error": 3}, ["lower"]])
-def test_a_session_with_bad_directions_is_refused(tmp_path, demo_trace, directions):
+def _set_in_manifest(path, change) -> None:
     import zipfile
 
-    from lvlm_studio.core.errors import InputError
+    with zipfile.ZipFile(path) as archive:
+        parts = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(parts["session.json"])
+    change(manifest)
+    parts["session.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize(("where", "bad"), [("directions", {"error": 3}), ("directions", ["lower"]),
+                                           ("params", ["tam"]), ("params", {"tam": "scale=joint"})])
+def test_a_session_with_bad_directions_or_params_is_refused(tmp_path, demo_trace, where, bad):
     from lvlm_studio.core.formats.session import MetricRecord, Session, load_session, save_session
 
     session = Session(prompt="p", trace=demo_trace, image=demo_trace.image,
                       metrics=[MetricRecord("m", 0, "declared", MetricResult({"error": 0.1}))])
     path = save_session(session, tmp_path / "s.lvlm")
-    with zipfile.ZipFile(path) as archive:
-        parts = {name: archive.read(name) for name in archive.namelist()}
-    manifest = json.loads(parts["session.json"])
-    manifest["metrics"][0]["directions"] = directions
-    parts["session.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in parts.items():
-            archive.writestr(name, data)
-    with pytest.raises(InputError, match="directions"):
+    if where == "directions":
+        _set_in_manifest(path, lambda manifest: manifest["metrics"][0].update(directions=bad))
+    else:
+        _set_in_manifest(path, lambda manifest: manifest["view"].update(params=bad))
+    with pytest.raises(InputError, match=where):
         load_session(path)
 
 
