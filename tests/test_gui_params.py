@@ -153,6 +153,8 @@ def test_changing_a_value_changes_the_parameters_the_maps_are_made_with(qtbot, w
     box.form.widget("layers").value = "0, 1"
     assert box.apply()
     assert window.state.params["knobs"] == {"steps": 7, "mode": "ramp", "layers": (0, 1)}
+    context = window.contexts["overlay"]  # what panels see
+    assert context.params("knobs") == {"steps": 7, "mode": "ramp", "layers": (0, 1)}
     qtbot.waitUntil(lambda: window.state.explanation is not None and not window.runner.busy, timeout=JOB_TIMEOUT_MS)
     second = window.state.explanation
     assert second is not first
@@ -251,3 +253,4 @@ def test_the_metrics_panel_shows_which_way_is_better(qtbot, window, tmp_path):
     with zipfile.ZipFile(path) as archive:
         manifest = json.loads(archive.read("session.json"))
     assert manifest["metrics"][0]["directions"] == {"spread": "lower"}
+    assert window.contexts["metrics"].params("knobs") == {}

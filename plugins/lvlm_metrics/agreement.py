@@ -38,7 +38,8 @@ class MethodAgreement(Metric):
 
         if params["other"] == explanation.method:
             raise InputError(f"agreement needs two methods: these maps are by {explanation.method}, the method it "
-                             "would compare them with.", "Set the metric's `other` to another method.")
+                             "would compare them with.",
+                             "Score another method's maps with it, or set its parameter `other` to another method.")
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:
             raise InputError(f"{other.id} needs the model.", "Load the model that produced the trace.")
