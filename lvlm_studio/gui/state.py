@@ -281,7 +281,7 @@ class StudioState:
 
 
 def params_key(params: dict[str, Any]) -> str:
-    """One text per parameter set (names sorted, tuples and lists alike), for caches and job keys."""
+    """One text per parameter set (names sorted, tuples and lists alike): the key of the maps cache."""
     from lvlm_studio.core.io.records import jsonable
 
     return json.dumps(jsonable(params), sort_keys=True)
