@@ -1,4 +1,4 @@
-"""Tables and figures of a grounded-benchmark run, from its ``results.jsonl`` alone.
+"""Tables and figures of a grounded-benchmark run, from its ``results.jsonl`` (and the directions in ``run.json``).
 
 Every metric value is per sample; a method's row gives the mean over the samples where the metric
 applied, with a 95 % confidence interval from Student's t (the samples are independent draws of
@@ -8,11 +8,11 @@ Func-IoU (the TAM protocol), so its interval comes from a seeded bootstrap over 
 Files written into the run folder:
   tables/<method>.csv, tables/<method>.md   one row per metric: mean, 95 % CI, samples
   summary.md, summary.csv                   methods side by side (the README table)
+  curves.png                                mean deletion and insertion curves of every method
+  examples.png                              image and each method's overlay for the first samples
 
 Which way each value is better comes from the metrics themselves (``Metric.directions``, saved in
 ``run.json`` by the runner): the tables mark it with an arrow and the best mean of each column in bold.
-  curves.png                                mean deletion and insertion curves of every method
-  examples.png                              image and each method's overlay for the first samples
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ HEADLINE = ("deletion_insertion.deletion_auc", "deletion_insertion.insertion_auc
             "iou.f1_iou (dataset)", "pointing_game.pointing", "model_randomisation.rho_language",
             "model_randomisation.rho_all", "input_independence.rho_input", "agreement.rank_correlation",
             "agreement.top_k_overlap", "agreement.inconsistent")
+#: How a declared direction is shown ("higher" or "lower" is better).
 ARROWS = {"higher": "\u2191", "lower": "\u2193"}
 
 
