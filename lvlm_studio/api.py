@@ -75,6 +75,9 @@ from lvlm_studio.core.plugin import hookspecs
 from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter
 from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
 from lvlm_studio.core.plugin.contracts import (
+    DIRECTIONS,
+    HIGHER,
+    LOWER,
     Analyzer,
     Explainer,
     Metric,
@@ -99,6 +102,9 @@ from lvlm_studio.sae.render import grid_to_pixels
 from lvlm_studio.sae.shipped import demo_sae_path
 
 __all__ = [
+    "DIRECTIONS",
+    "HIGHER",
+    "LOWER",
     # versions and hooks
     "API_VERSION",
     "API_RANGE_ATTRIBUTE",

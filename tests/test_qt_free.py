@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QT_PACKAGES = ("PySide6", "pyqtgraph", "superqt", "shiboken6")
+QT_PACKAGES = ("PySide6", "pyqtgraph", "superqt", "shiboken6", "magicgui", "qtpy")
 
 # Run with ``python -c BOOTSTRAP QT_PACKAGE... -- TARGET...``: blocks the Qt packages, imports each
 # target and, for a package, every module below it, then prints the imported names as JSON.

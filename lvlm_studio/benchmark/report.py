@@ -1,4 +1,4 @@
-"""Tables and figures of a grounded-benchmark run, from its ``results.jsonl`` alone.
+"""Tables and figures of a grounded-benchmark run, from its ``results.jsonl`` (and the directions in ``run.json``).
 
 Every metric value is per sample; a method's row gives the mean over the samples where the metric
 applied, with a 95 % confidence interval from Student's t (the samples are independent draws of
@@ -10,6 +10,9 @@ Files written into the run folder:
   summary.md, summary.csv                   methods side by side (the README table)
   curves.png                                mean deletion and insertion curves of every method
   examples.png                              image and each method's overlay for the first samples
+
+Which way each value is better comes from the metrics themselves (``Metric.directions``, saved in
+``run.json`` by the runner): the tables mark it with an arrow and the best mean of each column in bold.
 """
 
 from __future__ import annotations
@@ -31,10 +34,40 @@ HEADLINE = ("deletion_insertion.deletion_auc", "deletion_insertion.insertion_auc
             "iou.f1_iou (dataset)", "pointing_game.pointing", "model_randomisation.rho_language",
             "model_randomisation.rho_all", "input_independence.rho_input", "agreement.rank_correlation",
             "agreement.top_k_overlap", "agreement.inconsistent")
-#: Which direction is better, for the table's header line.
-BETTER = {"deletion_auc": "lower", "insertion_auc": "higher", "obj_iou": "higher", "func_iou": "higher",
-          "f1_iou (dataset)": "higher", "pointing": "higher", "rho_language": "lower", "rho_all": "lower",
-          "rho_input": "lower"}
+#: How a declared direction is shown ("higher" or "lower" is better).
+ARROWS = {"higher": "\u2191", "lower": "\u2193"}
+
+
+def directions_of(out: Path) -> dict[str, str]:
+    """"METRIC.VALUE" -> "higher" or "lower", as the run's metrics declared it (``run.json``); empty for
+    a run recorded before metrics declared directions."""
+    from lvlm_studio.core.io.files import read_run_record
+
+    record = read_run_record(out) or {}
+    found = record.get("directions")
+    return {k: v for k, v in found.items() if v in ARROWS} if isinstance(found, dict) else {}
+
+
+def direction(directions: dict[str, str], column: str) -> str | None:
+    """The direction of a column; the dataset F1-IoU is better the way the per-sample F1-IoU is."""
+    return directions.get(column.replace(" (dataset)", ""))
+
+
+def better_label(directions: dict[str, str], column: str) -> str:
+    """"↓ lower", "↑ higher", or "" when the metric declared no direction for the column."""
+    found = direction(directions, column)
+    return f"{ARROWS[found]} {found}" if found else ""
+
+
+def best_methods(summary: dict[str, dict[str, tuple[float, float, float, int]]], column: str,
+                 directions: dict[str, str]) -> set[str]:
+    """The methods with the best mean in ``column``: none without a direction or below two methods."""
+    found = direction(directions, column)
+    means = {m: rows[column][0] for m, rows in summary.items() if column in rows and rows[column][3]}
+    if found is None or len(means) < 2:
+        return set()
+    best = max(means.values()) if found == "higher" else min(means.values())
+    return {m for m, v in means.items() if v == best}
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float, int]:
@@ -106,8 +139,11 @@ def _fmt(row: tuple[float, float, float, int]) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def write_tables(out: Path, records: list[dict[str, Any]], title: str = "") -> str:
-    """Per-method CSV and Markdown tables and the side-by-side summary; returns the summary text."""
+def write_tables(out: Path, records: list[dict[str, Any]], title: str = "",
+                 directions: dict[str, str] | None = None) -> str:
+    """Per-method CSV and Markdown tables and the side-by-side summary; returns the summary text.
+    ``directions`` ("METRIC.VALUE" -> "higher"/"lower"): by default those in the run's run.json."""
+    directions = directions_of(out) if directions is None else directions
     summary = summarise(records)
     tables = out / "tables"
     for method, rows in summary.items():
@@ -119,7 +155,7 @@ def write_tables(out: Path, records: list[dict[str, Any]], title: str = "") -> s
         for name in ordered(rows):
             mean, low, high, n = rows[name]
             ci = f"{low:.3f}-{high:.3f}" if math.isfinite(low) else "n/a"
-            lines.append(f"| {name} | {BETTER.get(name.split('.', 1)[-1], '')} | "
+            lines.append(f"| {name} | {better_label(directions, name)} | "
                          f"{mean:.3f} | {ci} | {n} |" if n else f"| {name} | | n/a | n/a | 0 |")
         write_text(tables / f"{stem}.md", "\n".join(lines) + "\n")
     columns = ordered({name for rows in summary.values() for name in rows})
@@ -131,13 +167,17 @@ def write_tables(out: Path, records: list[dict[str, Any]], title: str = "") -> s
             cells += [_cell(mean), _cell(low), _cell(high)]
         table.append([method, *cells])
     write_text(out / "summary.csv", _csv(table))
-    header = [c.split(".", 1)[-1] + (f" ({BETTER[c.split('.', 1)[-1]]} better)" if c.split(".", 1)[-1] in BETTER
-                                      else "") for c in columns]
+    header = [c.split(".", 1)[-1] + (f" ({better_label(directions, c)} better)" if direction(directions, c) else "")
+              for c in columns]
+    best = {c: best_methods(summary, c, directions) for c in columns}
     lines = [title, ""] if title else []
     lines += ["| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
     for method, rows in summary.items():
-        lines.append(f"| {method} | " + " | ".join(_fmt(rows[c]) if c in rows else "n/a" for c in columns) + " |")
-    lines += ["", "Mean over samples [95% confidence interval]."]
+        cells = [("**" + _fmt(rows[c]) + "**" if method in best[c] else _fmt(rows[c])) if c in rows else "n/a"
+                 for c in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean over samples [95% confidence interval]; \u2191/\u2193: higher/lower is better, as each "
+              "metric declares it; the best mean of such a column is in bold."]
     lines += [f"{method}: {metric} did not apply on {count} samples ({example})"
               for method, metric, count, example in skipped(records)]
     text = "\n".join(lines) + "\n"
@@ -178,15 +218,19 @@ def mean_curves(records: list[dict[str, Any]], name: str, points: int = 51) -> d
     return found
 
 
-def plot_curves(out: Path, records: list[dict[str, Any]]) -> Path | None:
-    """curves.png: mean deletion (left) and insertion (right) curves per method."""
+def plot_curves(out: Path, records: list[dict[str, Any]], directions: dict[str, str] | None = None) -> Path | None:
+    """curves.png: mean deletion (left) and insertion (right) curves per method; the titles say which
+    way their area is better, as the metric declares it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("deletion_insertion.deletion", "deletion (lower is better)"),
-              ("deletion_insertion.insertion", "insertion (higher is better)")]
+    directions = directions_of(out) if directions is None else directions
+    panels = []
+    for name in ("deletion", "insertion"):
+        found = direction(directions, f"deletion_insertion.{name}_auc")
+        panels.append((f"deletion_insertion.{name}", f"{name} ({found} is better)" if found else name))
     curves = [mean_curves(records, name) for name, _ in panels]
     if not any(curves):
         return None
@@ -245,9 +289,11 @@ def _save(figure: Any, path: Path, dpi: int) -> Path:
     return path
 
 
-def write_report(out: Path, records: list[dict[str, Any]], title: str = "") -> str:
-    """All tables and figures of a run; returns the summary table."""
-    text = write_tables(out, records, title)
-    plot_curves(out, records)
+def write_report(out: Path, records: list[dict[str, Any]], title: str = "",
+                 directions: dict[str, str] | None = None) -> str:
+    """All tables and figures of a run; returns the summary table. ``directions`` as for ``write_tables``."""
+    directions = directions_of(out) if directions is None else directions
+    text = write_tables(out, records, title, directions)
+    plot_curves(out, records, directions)
     example_grid(out, methods_of(records))
     return text

@@ -70,9 +70,17 @@ class BenchmarkSettings:
     max_new_tokens: int = 32
     seed: int = 0
     examples: int = 4  # samples whose overlays are drawn
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> name -> value
 
     def key(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+        key = {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+        if not self.method_params:  # the key of a run recorded before methods took parameters
+            del key["method_params"]
+        return key
+
+    def params_of(self, explainer: Any) -> dict[str, Any]:
+        """The parameters ``explainer`` runs with: its defaults overlaid with ``method_params``."""
+        return explainer.resolve_params(self.method_params.get(explainer.id, {}))
 
 
 @dataclass
@@ -139,14 +147,19 @@ def run_benchmark(loaded: Any, settings: BenchmarkSettings, out: str | Path, reg
     if settings.n < 1:
         raise InputError(f"n = {settings.n} leaves nothing to run.", "Use at least 1 sample.")
     explainers = {m: registry.explainer(m) for m in settings.methods}
+    unknown = sorted(set(settings.method_params) - set(explainers))
+    if unknown:
+        raise InputError(f"parameters are given for {unknown[0]!r}, which this run does not explain with.",
+                         f"Its methods: {', '.join(settings.methods)}.")
     for explainer in explainers.values():  # refuse at once, not with an error row per sample
-        require_applicable(explainer, loaded, explainer.resolve_params({}))
+        require_applicable(explainer, loaded, settings.params_of(explainer))
     metrics = _chosen_metrics(registry, settings)
     reference = settings.reference or settings.methods[0]
     out = Path(out)
     providers = (registry.providers_of(methods=list(explainers), metrics=list(metrics))
                  if hasattr(registry, "providers_of") else {})
-    records = _prepare(out, settings, loaded, command, providers)
+    records = _prepare(out, settings, loaded, command, metric_directions(metrics),
+                       {m: settings.params_of(e) for m, e in explainers.items()}, providers)
     done = {r["sample"] for r in records}
     samples = (demo_samples(settings.n) if settings.images is None
                else coco_samples(settings.images, settings.coco or "", settings.n))
@@ -202,7 +215,7 @@ def _score_method(loaded, trace, method, explainer, metrics, masks, masks_error,
             explanation = random_explanation(trace, targets, settings.seed, index)
         else:
             explanation = yield from _forwarded(
-                explain(explainer, trace, loaded, targets, explainer.resolve_params({})), index, settings.n, message)
+                explain(explainer, trace, loaded, targets, settings.params_of(explainer)), index, settings.n, message)
     except (Cancelled, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - one broken method must not stop the benchmark
@@ -275,11 +288,27 @@ def _safe(name: str) -> str:
 
 
 # -- files --------------------------------------------------------------------------------------
+def metric_directions(metrics: dict[str, Any]) -> dict[str, str]:
+    """"METRIC.VALUE" -> "higher" or "lower" (which is better), as each metric declares it
+    (``Metric.directions``); values a metric does not name have no direction."""
+    found = {}
+    for metric_id, metric in metrics.items():
+        declared = getattr(metric, "directions", None)
+        for value in declared if isinstance(declared, dict) else ():
+            direction = metric.direction(value) if hasattr(metric, "direction") else None
+            if direction is not None:
+                found[f"{metric_id}.{value}"] = direction
+    return found
+
+
 def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None,
+             directions: dict[str, str] | None = None, params: dict[str, dict[str, Any]] | None = None,
              providers: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Create or reopen the output folder (refused when it is not ours); return the samples already
-    done. The reports of an earlier run are removed, so that nothing old looks complete. ``providers``
-    (the plugin, distribution and version behind each method and metric) go into the run record."""
+    done. The reports of an earlier run are removed, so that nothing old looks complete.
+    ``directions`` (which way each metric value is better) go into run.json for the report, with
+    ``params``, every method's parameters (defaults included), and ``providers``, the plugin,
+    distribution and version behind each method and metric."""
     check_output_folder(out, resume=True)
     previous = read_run_record(out)
     if previous is not None:
@@ -298,6 +327,8 @@ def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[
                   "samples": "held-out demo scenes, seeds HELDOUT_SEED_BASE + i" if settings.images is None
                   else f"first {settings.n} images of {settings.coco} present in {settings.images}, by name"},
         "generation": "greedy",
+        "methods": {method: {"params": jsonable(chosen)} for method, chosen in (params or {}).items()},
+        "directions": directions or {},
         "versions": environment(("lvlm-studio", "torch", "transformers", "numpy", "scipy", "scikit-image",
                                  "pycocotools")),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

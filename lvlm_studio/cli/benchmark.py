@@ -21,6 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--coco", help="COCO-format annotation file with the images' object masks")
     bench.add_argument("--prompt", help="prompt for every image (default: 'describe the image.')")
     bench.add_argument("--metrics", help="comma-separated metric ids (default: every metric)")
+    bench.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                       help="method parameter (repeatable), e.g. raw_attention.layers=0,1; recorded in run.json")
     bench.add_argument("--metric-param", action="append", default=[], metavar="METRIC.NAME=VALUE",
                        help="metric parameter (repeatable), e.g. deletion_insertion.steps=20")
     bench.add_argument("--max-new-tokens", type=int, default=32)
@@ -54,10 +56,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise InputError(f"--metric-param {item!r} is not METRIC.NAME=VALUE.",
                              "Example: --metric-param deletion_insertion.steps=20.")
         metric_params.setdefault(name, {}).update(common.parse_params([rest]))
+    method_params = _method_params(args.param, registry, methods)
     _check_benchmark(args, registry, metrics, metric_params)
     settings = BenchmarkSettings(methods=methods, n=args.n, prompt=args.prompt or PROMPT, images=args.images,
                                  coco=args.coco, metrics=metrics, metric_params=metric_params,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples)
+                                 max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples,
+                                 method_params=method_params)
     out = check_output_folder(args.out, resume=True)  # a run of ours is resumed, never replaced
     loaded, _ = common.load(args)
     try:
@@ -73,6 +77,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     print(write_report(out, records, title), end="")
     common.status(f"tables, curves.png, examples.png, {RESULTS} and run.json written to {out}")
     return 0
+
+
+def _method_params(items: list[str], registry, methods: list[str]) -> dict[str, dict[str, str]]:
+    """``--param METHOD.NAME=VALUE`` as method -> name -> text, checked before the model loads."""
+    given: dict[str, dict[str, str]] = {}
+    for item in items:
+        method, sep, rest = item.partition(".")
+        if not sep or method not in methods:
+            raise InputError(f"--param {item!r} does not name a method of this run ({', '.join(methods)}).",
+                             "Write METHOD.NAME=VALUE, e.g. --param raw_attention.layers=0,1.")
+        given.setdefault(method, {}).update(common.parse_params([rest]))
+    for method, params in given.items():
+        registry.explainer(method).resolve_params(params)
+    return given
 
 
 def _check_benchmark(args: argparse.Namespace, registry, metrics: list[str],

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 
+from lvlm_studio.core.errors import InputError, LVLMError
 from lvlm_studio.core.plugin.jobs import Progress
-from lvlm_studio.gui.state import StudioState
+from lvlm_studio.gui.state import StudioState, params_key
 from lvlm_studio.gui.worker import Job, JobRunner
 
 if TYPE_CHECKING:
@@ -233,19 +234,48 @@ class Analysis(QObject):
             return None
         explainer = self.explainers[method]
         targets = list(range(len(trace.answer_tokens)))
+        chosen = dict(state.params.get(method, {}))
+        try:  # checked again here: a session may bring parameters another version of the plugin knew
+            params = explainer.resolve_params(chosen)
+        except LVLMError as exc:
+            self._failed.add(key)
+            self.error.emit(f"Parameters of {explainer.title or method}", exc, "")
+            return None
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
             from lvlm_studio.core.plugin.checks import check_explanation
             from lvlm_studio.core.plugin.jobs import run_job
 
-            made = run_job(explainer.explain(trace, model, targets, explainer.resolve_params({})), report, cancel)
+            made = run_job(explainer.explain(trace, model, targets, params), report, cancel)
             return check_explanation(made, trace, targets, explainer)
 
         def done(explanation: Any) -> None:
-            if state.add_explanation(trace, method, explanation):
+            if state.add_explanation(trace, method, explanation, chosen):
                 self.message.emit(f"{explainer.title}: maps for all {len(targets)} tokens ready.")
 
         return self.start(f"Explaining with {explainer.title}", work, done, key=key)
+
+    def set_params(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Choose ``method``'s parameters from ``params`` (any subset, as text or values); raise
+        ``InputError`` naming the bad one. The values that differ from the defaults are kept in the
+        state (returned); work on the old set's maps stops, and the new set's maps come from the cache
+        or are computed when a token is selected."""
+        explainer = self.explainers.get(method)
+        if explainer is None:
+            raise InputError(f"no explanation method {method!r} is loaded.", "Choose one of the methods listed.")
+        resolved = explainer.resolve_params(params)
+        defaults = {p.name: p.default for p in explainer.params}
+        chosen = {name: value for name, value in resolved.items() if value != defaults[name]}
+        if params_key(chosen) == self.state.params_key(method):
+            return chosen
+        running = self._running.pop(f"explain:{method}", None)
+        if running is not None:
+            running.cancel()
+            self.activity.emit()
+        self._failed = {k for k in self._failed  # what failed with the old set may work with the new
+                        if k != f"explain:{method}" and not (k.startswith("metric:") and k.split(":")[2] == method)}
+        self.state.set_params(method, chosen)
+        return chosen
 
     def token_stats(self) -> Job | None:
         """Log-probability, visual relevance and entropy per token (three forward passes)."""
@@ -319,6 +349,8 @@ class Analysis(QObject):
                                                report, cancel), metric)
 
         def done(result: Any) -> None:
+            if state.explanations.get(method) is not explanation:  # the method's parameters changed meanwhile
+                return
             if state.add_metric(trace, (method, token, metric_id), result):
                 self.message.emit(f"{metric.title or metric_id}: scored {method} on token {token + 1}.")
 

@@ -39,6 +39,7 @@ from lvlm_studio.gui.job_status import JobStatus
 from lvlm_studio.gui.menus import Menus
 from lvlm_studio.gui.model_box import ModelBox, describe_model
 from lvlm_studio.gui.panels import PanelContext, build_panel
+from lvlm_studio.gui.params_form import MethodParamsBox
 from lvlm_studio.gui.sessions import Sessions
 from lvlm_studio.gui.settings import StudioSettings
 from lvlm_studio.gui.state import StudioState
@@ -175,9 +176,10 @@ class MainWindow(QMainWindow):
         self.answer_label = wrapping_label("", lines=2)
         self.answer_label.setStyleSheet(HINT_STYLE)
         self.map_caption = wrapping_label("", lines=2)
+        self.params_box = MethodParamsBox(self.analysis)
         answer_box = group("Answer", self.token_bar,
                            row(self.answer_label, QLabel("Colour by"), self.chip_combo, stretch=0),
-                           self.map_caption)
+                           self.map_caption, self.params_box)
 
         center = QWidget()
         center.setMinimumWidth(360)
@@ -417,7 +419,7 @@ class MainWindow(QMainWindow):
             self._update_answer_label()
             if self.state.trace is not None and self.state.chip_mode == "relevance":
                 self.analysis.token_stats()
-        elif name in ("selected", "method"):
+        elif name in ("selected", "method", "params"):
             self._follow_selection()
         elif name == "view":
             index = self.chip_combo.findData(self.state.chip_mode)

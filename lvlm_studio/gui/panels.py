@@ -115,6 +115,11 @@ class PanelContext:
         state = self._state
         return {"opacity": state.opacity, "colormap": state.colormap, "threshold": state.threshold}
 
+    def params(self, method: str) -> dict[str, Any]:
+        """The parameters chosen for ``method`` in this window that differ from its defaults (its maps
+        in ``explanations`` were made with them; the explanation's own ``params`` has them all)."""
+        return dict(self._state.params.get(method, {}))
+
     def metric_result(self, metric: str, method: str, token: int) -> MetricResult | None:
         return self._state.metrics.get((method, token, metric))
 
@@ -134,6 +139,12 @@ class PanelContext:
         found = self._analysis.metrics.get(metric)
         return found.needs if found is not None else frozenset()
 
+    def metric_direction(self, metric: str, value: str) -> str | None:
+        """"higher" or "lower": which is better for value ``value`` of ``metric``, as the metric declares
+        it (``Metric.directions``); None when it declares none."""
+        found = self._analysis.metrics.get(metric)
+        return found.direction(value) if found is not None and hasattr(found, "direction") else None
+
     def title_of(self, method: str) -> str:
         return self.methods().get(method) or (self.explanations[method].provenance.get("method", method)
                                               if method in self._state.explanations else method)
@@ -148,7 +159,7 @@ class PanelContext:
     # -- listening -----------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[str], None], widget: QWidget | None = None) -> None:
         """Call ``listener(name)`` on every change: the state's names ("trace", "selected",
-        "method", "explanations", "view", "stats", "metrics", "heads", "masks", ...), "registry"
+        "method", "explanations", "params", "view", "stats", "metrics", "heads", "masks", ...), "registry"
         when plugins are known, and "activity" when a job starts or ends.
 
         With ``widget``, changes that happen while the widget is hidden (a dock tabbed away or

@@ -56,12 +56,12 @@ class Sessions(QObject):
             model_source=state.model_source,
             trace=state.trace,
             explanations=dict(state.explanations),
-            metrics=[MetricRecord(m, t, k, r) for (m, t, k), r in state.metrics.items()],
+            metrics=[MetricRecord(m, t, k, r, self._directions(k, r)) for (m, t, k), r in state.metrics.items()],
             masks=dict(state.masks),
             view={"selected": state.selected, "method": state.method, "opacity": state.opacity,
                   "colormap": state.colormap, "threshold": state.threshold, "chip_mode": state.chip_mode,
-                  "stats": _stats_to_json(state.stats)},
-            record=run_record(state.trace, self.providers()),
+                  "stats": _stats_to_json(state.stats), "params": _params_to_json(state.params)},
+            record=run_record(state.trace, self.providers(), state.explanations),
         )
 
     def providers(self) -> dict[str, Any]:
@@ -73,6 +73,12 @@ class Sessions(QObject):
         return registry.providers_of(methods=sorted(state.explanations),
                                      metrics=sorted({metric for _, _, metric in state.metrics}),
                                      panels=sorted(self.window.open_panels()))
+
+    def _directions(self, metric_id: str, result: Any) -> dict[str, str]:
+        """Which way each value of ``result`` is better, as metric ``metric_id`` declares it."""
+        metric = self.window.analysis.metrics.get(metric_id)
+        found = {name: metric.direction(name) for name in result.values} if hasattr(metric, "direction") else {}
+        return {name: way for name, way in found.items() if way is not None}
 
     def save_session(self, path: str | Path | None = None, ask: bool = False) -> Path | None:
         """Save the analysis (to ``path``, the current session file, or a file the user picks)."""
@@ -128,13 +134,17 @@ class Sessions(QObject):
         if session.image is not None:
             state.set_image(session.image, session.image_name, session.masks)
         self.window.prompt_edit.setPlainText(session.prompt)
+        params = view.get("params") if isinstance(view.get("params"), dict) else {}
         if session.trace is not None:
             state.set_trace(session.trace)
+        for method in {**state.params, **params}:  # before the maps: they were made with these parameters
+            state.set_params(method, params.get(method, {}))
+        if session.trace is not None:
             stats = _stats_from_json(view.get("stats"), session.trace)
             if stats is not None:
                 state.set_stats(session.trace, stats)
             for method, explanation in session.explanations.items():
-                state.add_explanation(session.trace, method, explanation)
+                state.add_explanation(session.trace, method, explanation, params.get(method, {}))
             for record in session.metrics:
                 state.add_metric(session.trace, (record.method, record.token, record.metric), record.result)
         state.set_view(**{k: view[k] for k in ("opacity", "colormap", "threshold", "chip_mode") if k in view})
@@ -158,7 +168,7 @@ class Sessions(QObject):
             from lvlm_studio.core.formats.report import write_report
             from lvlm_studio.core.formats.session import run_record
 
-            session.record = run_record(session.trace, providers)
+            session.record = run_record(session.trace, providers, session.explanations)
             return write_report(session, path)
 
         def done(written: Path) -> None:
@@ -221,6 +231,13 @@ class Sessions(QObject):
     def _on_job_started(self, job: Job) -> None:
         if self._autosave_after_jobs:  # an answer, a map, a score: autosaved the moment it is there
             job.ended.connect(self.autosave)
+
+
+def _params_to_json(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The parameters chosen for each method (only those that differ from its defaults)."""
+    from lvlm_studio.core.io.records import jsonable
+
+    return {method: jsonable(chosen) for method, chosen in params.items() if chosen}
 
 
 def _stats_to_json(stats: Any) -> dict[str, list] | None:

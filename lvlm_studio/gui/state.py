@@ -8,6 +8,7 @@ state (and the window) stays instant.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,8 @@ CHIP_MODES = ("probability", "relevance")
 
 #: Called with the name of what changed: "model", "image", "trace", "selected", "method",
 #: "explanations", "view" (opacity, colormap, threshold, chip colouring), "stats", "metrics",
-#: "heads", "masks" or "window" (the grey-level window the image is shown in).
+#: "heads", "masks", "window" (the grey-level window the image is shown in) or "params" (a
+#: method's chosen parameters).
 Listener = Callable[[str], None]
 MetricKey = tuple[str, int, str]  # method, answer token, metric id
 
@@ -53,7 +55,7 @@ class StudioState:
         self.masks: dict[str, np.ndarray] = {}  # ground truth for the image, when it has any
         self.trace: Trace | None = None
         self.method = method
-        self.explanations: dict[str, Explanation] = {}  # by method id, for the current trace
+        self.explanations: dict[str, Explanation] = {}  # by method id, for the current trace and chosen params
         self.selected: int | None = None  # answer token index
         self.opacity = opacity
         self.colormap = DEFAULT_COLORMAP
@@ -62,6 +64,12 @@ class StudioState:
         self.stats: TokenStats | None = None
         self.heads: HeadAttention | None = None
         self.metrics: dict[MetricKey, MetricResult] = {}
+        # The parameters chosen for each method, as the values that differ from its defaults (so that
+        # "the defaults" has one spelling, {}); a method not named here runs with its defaults.
+        self.params: dict[str, dict[str, Any]] = {}
+        # Every explanation of the current trace by (method, params_key) with the metrics of its maps,
+        # so that going back to a parameter set shows its maps again instead of computing them anew.
+        self._cache: dict[tuple[str, str], tuple[Explanation, dict[MetricKey, MetricResult]]] = {}
         self.revision = 0  # counts changes worth saving (autosave compares it)
         self._pixels: dict[tuple[str, int], tuple[np.ndarray, tuple[float, float]]] = {}
         self._listeners: list[Listener] = []
@@ -105,6 +113,7 @@ class StudioState:
         self.stats = None
         self.heads = None
         self.metrics = {}
+        self._cache = {}
         self._pixels = {}
         self.selected = None
         self._notify("trace")
@@ -132,15 +141,52 @@ class StudioState:
             self.method = method
             self._notify("method")
 
-    def add_explanation(self, trace: Trace, method: str, explanation: Explanation) -> bool:
-        """Keep ``method``'s ``explanation`` if it explains the current trace; a late result for an
-        answer that has since been replaced is dropped (False)."""
+    def add_explanation(self, trace: Trace, method: str, explanation: Explanation,
+                        params: dict[str, Any] | None = None) -> bool:
+        """Keep ``method``'s ``explanation``, made with the parameters ``params`` (as chosen: the values
+        that differ from the defaults; None: the ones chosen now), if it explains the current trace; a
+        late result for an answer that has since been replaced is dropped (False). A result for
+        parameters that are no longer the chosen ones is kept in the cache only (False)."""
         if trace is not self.trace:
             return False
+        key = params_key(self.params.get(method, {}) if params is None else params)
+        if key != self.params_key(method):
+            self._cache[(method, key)] = (explanation, {})
+            return False
         self.explanations[method] = explanation
+        self._cache[(method, key)] = (explanation, {k: v for k, v in self.metrics.items() if k[0] == method})
         self._pixels = {k: v for k, v in self._pixels.items() if k[0] != method}
         self._notify("explanations")
         return True
+
+    def set_params(self, method: str, params: dict[str, Any]) -> None:
+        """Choose ``method``'s parameters (the values that differ from its defaults, already checked).
+        Its maps and their metrics become those of the new parameter set: from the cache when they
+        were computed before on this answer, else none until they are computed."""
+        params = dict(params)
+        if params_key(params) == self.params_key(method):
+            return
+        old = (method, self.params_key(method))
+        if method in self.explanations:  # keep the old set's maps and scores for a way back
+            self._cache[old] = (self.explanations[method], {k: v for k, v in self.metrics.items() if k[0] == method})
+        if params:
+            self.params[method] = params
+        else:
+            self.params.pop(method, None)
+        self.metrics = {k: v for k, v in self.metrics.items() if k[0] != method}
+        self.explanations.pop(method, None)
+        cached = self._cache.get((method, self.params_key(method)))
+        if cached is not None:
+            self.explanations[method] = cached[0]
+            self.metrics.update(cached[1])
+        self._pixels = {k: v for k, v in self._pixels.items() if k[0] != method}
+        self._notify("params")
+        self._notify("explanations")
+        self._notify("metrics")
+
+    def params_key(self, method: str) -> str:
+        """The cache key of ``method``'s chosen parameters."""
+        return params_key(self.params.get(method, {}))
 
     def set_stats(self, trace: Trace, stats: TokenStats) -> bool:
         if trace is not self.trace:
@@ -160,6 +206,9 @@ class StudioState:
         if trace is not self.trace:
             return False
         self.metrics[key] = result
+        cached = self._cache.get((key[0], self.params_key(key[0])))
+        if cached is not None and cached[0] is self.explanations.get(key[0]):
+            cached[1][key] = result
         self._notify("metrics")
         return True
 
@@ -229,6 +278,13 @@ class StudioState:
             return None
         found = self.pixels(self.method, self.selected)
         return None if found is None else found[0]
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """One text per parameter set (names sorted, tuples and lists alike): the key of the maps cache."""
+    from lvlm_studio.core.io.records import jsonable
+
+    return json.dumps(jsonable(params), sort_keys=True)
 
 
 def finite_range(values: np.ndarray) -> tuple[float, float] | None:

@@ -23,7 +23,11 @@ from lvlm_studio.api import (
 
 class MethodAgreement(Metric):
     """Explain the same tokens with another method and compare the maps token by token: Spearman
-    rank correlation, top-k overlap, and the share of tokens whose grounding is inconsistent."""
+    rank correlation, top-k overlap, and the share of tokens whose grounding is inconsistent.
+
+    It declares no better direction: agreeing with another method says two methods are alike, not
+    that either is right. Comparing a method with itself says nothing, and is refused.
+    """
 
     id = "agreement"
     title = "Agreement with another method"
@@ -40,6 +44,10 @@ class MethodAgreement(Metric):
     def score(self, trace, explanation, model, masks, params: dict[str, Any]):
         from lvlm_studio.api import create_registry
 
+        if params["other"] == explanation.method:
+            raise InputError(f"agreement needs two methods: these maps are by {explanation.method}, the method it "
+                             "would compare them with.",
+                             "Score another method's maps with it, or set its parameter `other` to another method.")
         other = create_registry().explainer(params["other"])
         if other.needs and model is None:
             raise InputError(f"{other.id} needs the model.", "Load the model that produced the trace.")

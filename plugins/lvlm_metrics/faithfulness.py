@@ -31,6 +31,7 @@ class DeletionInsertion(Metric):
     id = "deletion_insertion"
     title = "Deletion / insertion AUC"
     needs = frozenset({"model"})
+    directions = {"deletion_auc": "lower", "insertion_auc": "higher"}
     params = (
         Param("steps", DEFAULT_STEPS, "number of equal steps from 0 to all units", minimum=2, maximum=10_000),
         Param("space", "grid", "order grid cells or image pixels", choices=("grid", "pixels")),

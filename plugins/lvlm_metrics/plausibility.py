@@ -41,6 +41,7 @@ class PlausibilityIoU(Metric):
     id = "iou"
     title = "Obj-IoU, Func-IoU, F1-IoU"
     needs = frozenset({"masks"})
+    directions = {"obj_iou": "higher", "func_iou": "higher", "f1_iou": "higher"}
 
     def score(self, trace, explanation, model, masks, params: dict[str, Any]) -> MetricResult:
         scores = score_answer(trace, explanation, masks)
@@ -57,6 +58,7 @@ class PointingGame(Metric):
     id = "pointing_game"
     title = "Pointing game"
     needs = frozenset({"masks"})
+    directions = {"pointing": "higher"}
 
     def score(self, trace, explanation, model, masks, params: dict[str, Any]) -> MetricResult:
         scores = score_answer(trace, explanation, masks)

@@ -29,6 +29,7 @@ class ModelRandomisation(Metric):
     id = "model_randomisation"
     title = "Sanity: model randomisation (cascading)"
     needs = frozenset({"model"})
+    directions = {"rho_language": "lower", "rho_all": "lower"}  # a map that ignores the weights stays alike
     params = (Param("granularity", "layer", "one stage per layer, two (language model, then vision side) or one",
                     choices=("layer", "block", "model")),)
 
@@ -48,6 +49,7 @@ class InputIndependence(Metric):
     id = "input_independence"
     title = "Sanity: input independence"
     needs = frozenset({"model"})
+    directions = {"rho_input": "lower"}  # a map that ignores the image stays alike
 
     def score(self, trace, explanation, model, masks, params: dict[str, Any]):
         if model is None:

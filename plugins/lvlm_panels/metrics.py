@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, ImageView, PanelContext
 
 CURVE_COLOURS = ("#f28b82", "#8ab4f8", "#81c995", "#fdd663", "#c58af9")
+ARROWS = {"higher": "\u2191", "lower": "\u2193"}
 
 
 class MetricsPanel(QWidget):
@@ -48,8 +49,8 @@ class MetricsPanel(QWidget):
         top.addWidget(QLabel("Mask"))
         top.addWidget(self.mask_combo, 1)
 
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["measure", "value"])
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["measure", "value", "better"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -139,7 +140,7 @@ class MetricsPanel(QWidget):
         return context.metric_result(metric, context.method, context.selected)
 
     def redraw(self) -> None:
-        result = self.result()
+        result, metric = self.result(), self.metric_combo.currentData()
         values = result.values if result is not None else {}
         self.table.setRowCount(len(values))
         for row, (name, value) in enumerate(values.items()):
@@ -148,6 +149,11 @@ class MetricsPanel(QWidget):
             if np.isnan(value):
                 item.setToolTip("Not defined for this map (e.g. no word of that kind in the answer)")
             self.table.setItem(row, 1, item)
+            direction = self.context.metric_direction(metric, name) if metric is not None else None
+            better = QTableWidgetItem(f"{ARROWS[direction]} {direction}" if direction else "")
+            better.setToolTip(f"{direction.capitalize()} is better, as the metric declares it" if direction
+                              else "The metric declares no better direction for this value")
+            self.table.setItem(row, 2, better)
         self.plot.clear()
         self.plot.setVisible(result is None or bool(result.curves))
         if result is not None:

@@ -116,6 +116,9 @@ def _summary_page(session: Session) -> Figure:
                              colWidths=[0.06, 0.18, 0.1, 0.1, 0.56], loc="upper left", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    if any(m.directions for m in session.metrics):
+        table_axes.text(0, -0.05, "\u2191 higher is better, \u2193 lower is better (as each metric declares it)",
+                        transform=table_axes.transAxes, fontsize=7, va="top")
     return figure
 
 
@@ -148,14 +151,19 @@ def _metrics_page(session: Session) -> Figure:
     trace = session.trace
     assert trace is not None
     figure = page("Metrics")
+    arrows = {"higher": " \u2191", "lower": " \u2193"}  # which way is better, as the metric declared it
     rows = [[m.metric, m.method, f"#{m.token} {trace.answer_tokens[m.token].strip()}",
-             ", ".join(f"{k} = {v:.3g}" for k, v in m.result.values.items())] for m in session.metrics]
+             ", ".join(f"{k} = {v:.3g}{arrows.get(m.directions.get(k), '')}" for k, v in m.result.values.items())]
+            for m in session.metrics]
     table_axes = figure.add_axes((0.08, 0.6, 0.84, 0.3))
     table_axes.set_axis_off()
     table = table_axes.table(cellText=rows[:20], colLabels=["metric", "method", "token", "values"],
                              colWidths=[0.18, 0.18, 0.16, 0.48], loc="upper left", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    if any(m.directions for m in session.metrics):
+        table_axes.text(0, -0.05, "\u2191 higher is better, \u2193 lower is better (as each metric declares it)",
+                        transform=table_axes.transAxes, fontsize=7, va="top")
     curves = [(m, name, xy) for m in session.metrics for name, xy in m.result.curves.items()][:4]
     for i, (record, name, (x, y)) in enumerate(curves):
         axes = figure.add_axes((0.1 + (i % 2) * 0.45, 0.32 - (i // 2) * 0.27, 0.36, 0.2))

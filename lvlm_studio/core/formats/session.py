@@ -49,12 +49,14 @@ MANIFEST = "session.json"
 
 @dataclass
 class MetricRecord:
-    """One metric's result for one method's map of one answer token."""
+    """One metric's result for one method's map of one answer token, and which way each of its values
+    is better ("higher" or "lower", as the metric declared it when it scored; values not named: neither)."""
 
     method: str
     token: int
     metric: str
     result: MetricResult
+    directions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,10 +85,11 @@ class Session:
         return None
 
 
-def run_record(trace: Trace | None, providers: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What produced an analysis: model, generation settings, timings, library versions, time, and
-    ``providers``: the plugin, distribution and version behind each method, metric and panel
-    (``PluginRegistry.providers_of``)."""
+def run_record(trace: Trace | None, providers: dict[str, Any] | None = None,
+               explanations: dict[str, Explanation] | None = None) -> dict[str, Any]:
+    """What produced an analysis: model, generation settings, timings, library versions, time,
+    ``providers`` (the plugin, distribution and version behind each method, metric and panel:
+    ``PluginRegistry.providers_of``) and the parameters each method's maps were made with."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -100,6 +103,8 @@ def run_record(trace: Trace | None, providers: dict[str, Any] | None = None) -> 
         record.update(model=trace.model_info, generation=trace.generation, timings=trace.timings)
     if providers:
         record["providers"] = jsonable(providers)
+    if explanations:
+        record["methods"] = {method: {"params": jsonable(e.params)} for method, e in explanations.items()}
     return record
 
 
@@ -115,7 +120,7 @@ def save_session(session: Session, path: str | Path) -> Path:
         "image_name": session.image_name,
         "model_source": session.model_source,
         "view": session.view,
-        "record": session.record or run_record(session.trace),
+        "record": session.record or run_record(session.trace, explanations=session.explanations),
         "explanations": {},
         "metrics": [],
         "masks": sorted(_mask_key(k) for k in session.masks),
@@ -149,6 +154,7 @@ def save_session(session: Session, path: str | Path) -> Path:
                     "method": item.method, "token": item.token, "metric": item.metric,
                     "values": {k: float(v) for k, v in item.result.values.items()},
                     "details": jsonable(item.result.details), "curves": names,
+                    "directions": dict(item.directions),
                 })
             if curves:
                 archive.writestr("metric_curves.npz", _npz_bytes(curves))
@@ -276,7 +282,8 @@ def _read_metrics(archive: checks.SessionArchive, items: list[dict[str, Any]]) -
             pairs[name] = (x, y)
         values = {name: float(value) for name, value in item["values"].items()}
         result = MetricResult(values=values, curves=pairs, details=item["details"])
-        records.append(MetricRecord(item["method"], item["token"], item["metric"], result))
+        directions = {name: way for name, way in item.get("directions", {}).items() if way in ("higher", "lower")}
+        records.append(MetricRecord(item["method"], item["token"], item["metric"], result, directions))
     return records
 
 

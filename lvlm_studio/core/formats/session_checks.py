@@ -248,6 +248,8 @@ def check_manifest(manifest: Any, expected_format: str) -> dict[str, Any]:
         for name, value in field(item, "values", "an object", f"{where}.").items():
             typed(value, "a number", f"{where}.values.{name}")
         free_json(field(item, "details", "an object", f"{where}."), f"{where}.details")
+        for name, way in typed(item.get("directions", {}), "an object", f"{where}.directions").items():
+            typed(way, "a string", f"{where}.directions.{name}")  # older sessions have none
         curves = strings(field(item, "curves", "a list", f"{where}."), f"{where}.curves")
         if len(set(curves)) != len(curves):
             raise BadSession(f"{where}.curves names a curve twice")
@@ -272,6 +274,8 @@ def check_view(view: dict[str, Any]) -> None:
         typed(view["selected"], "a whole number", f"{where}selected", optional=True)
     if view.get("stats") is not None:
         typed(view["stats"], "an object", f"{where}stats")
+    for method, chosen in typed(view.get("params", {}), "an object", f"{where}params").items():
+        typed(chosen, "an object", f"{where}params.{method}")  # the values are checked by the method itself
 
 
 def check_members(manifest: dict[str, Any], archive: SessionArchive) -> None:

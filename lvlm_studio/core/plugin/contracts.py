@@ -201,13 +201,32 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+#: The directions a metric's value may declare as better (``Metric.directions``).
+HIGHER, LOWER = "higher", "lower"
+DIRECTIONS = (HIGHER, LOWER)
+
+
 class Metric(_Described):
     """Scores an explanation: faithfulness (needs the model) or plausibility (needs masks).
 
     ``needs`` as for ``Explainer``, plus "masks" for metrics that compare against ground truth.
+
+    ``directions`` says, for each name in ``MetricResult.values``, whether a "higher" or a "lower"
+    value is better (``{"deletion_auc": "lower", "insertion_auc": "higher"}``). The benchmark's
+    tables, the Metrics panel and the reports show it as an arrow and order by it. A value it does
+    not name has no better direction (the default, and what metrics written before directions
+    existed get): it is shown without an arrow and nothing is ranked by it. Name none for values
+    that are not better either way (how alike two maps are, a count).
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    directions: ClassVar[dict[str, str]] = {}
+
+    def direction(self, value: str) -> str | None:
+        """"higher" or "lower" when that is better for ``value``; None when not declared (or not one of them)."""
+        declared = getattr(self, "directions", None)
+        found = declared.get(value) if isinstance(declared, dict) else None
+        return found if found in DIRECTIONS else None
 
     def score(
         self,
