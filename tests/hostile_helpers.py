@@ -6,7 +6,7 @@ the documented exit code, one clear line on stderr that says what to do, no trac
 
 Mark each case ``@pytest.mark.hostile("AREA")`` (areas: images, prompts, models, options, outputs,
 sessions, sae, benchmark, filesystem, plugins, app, audit) so ``tests/hostile_table.py`` can count them
-for the README's reliability table.
+for the reliability table in docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Count the hostile-input cases by area, for the README's reliability table.
+"""Count the hostile-input cases by area, for the reliability table in docs/reliability.md.
 
     python tests/hostile_table.py          # prints the Markdown table
     pytest -m hostile                      # runs every case it counts

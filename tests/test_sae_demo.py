@@ -1,6 +1,6 @@
 """The shipped demo SAE against the demo world's ground truth (run with -s to see the tables).
 
-Reproduce the SAE with the command in README.md (Inside the vision tower); `lvlm-studio sae eval --concepts
+Reproduce the SAE with the command in docs/sae.md (The shipped demo SAE); `lvlm-studio sae eval --concepts
 --ablate red` prints the same tables on more scenes.
 """
 
@@ -49,7 +49,7 @@ def test_ablating_the_red_feature_changes_answers_about_red_objects_only(demo_mo
     """The shipped coder is a Matryoshka SAE, whose first features hold whole concepts: zeroing the
     best red feature turns most answers about red objects to another colour, and leaves answers
     about objects of other colours as they were (the control). With a plain SAE the same edit
-    changed nothing: "red" was split over dozens of narrower features (README, ablation table)."""
+    changed nothing: "red" was split over dozens of narrower features (docs/sae.md, ablation table)."""
     from lvlm_studio.sae.demo import ablation_test
 
     red = next(r.feature for r in concepts if r.word == "red")

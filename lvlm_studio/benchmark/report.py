@@ -7,7 +7,7 @@ Func-IoU (the TAM protocol), so its interval comes from a seeded bootstrap over 
 
 Files written into the run folder:
   tables/<method>.csv, tables/<method>.md   one row per metric: mean, 95 % CI, samples
-  summary.md, summary.csv                   methods side by side (the README table)
+  summary.md, summary.csv                   methods side by side (the table in docs/benchmark.md)
   curves.png                                mean deletion and insertion curves of every method
   examples.png                              image and each method's overlay for the first samples
 

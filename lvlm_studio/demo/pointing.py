@@ -7,7 +7,7 @@ brightest pixel lies inside the mask of the object the word names, or within ``t
 cells of it. The original pointing game (Zhang et al. 2016) allows 15 px at 224 px (6.7% of the
 side); half a cell of an 8x8 grid is 6.25%, and lets a map that peaks on a small object's cell hit
 it although the object misses the cell's centre (the open world's objects can be that small). The
-default is 0, the strict rule the README's tables use. A map that is flat everywhere points
+default is 0, the strict rule of the tables in docs/methods-overview.md. A map that is flat everywhere points
 nowhere: no credit for it.
 
 Which object a word names: captions list objects in reading order ("a red circle, a blue square

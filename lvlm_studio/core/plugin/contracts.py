@@ -183,8 +183,8 @@ def require_applicable(explainer: Explainer, model: LoadedModel | None, params: 
     reason = explainer.applies_to(model, params)
     if reason is not None:
         raise InputError(f"{explainer.id} does not apply to this model: {reason}.",
-                         "Choose another method (`lvlm-studio plugins` lists them; the README's support table "
-                         "says which apply to which family).")
+                         "Choose another method (`lvlm-studio plugins` lists them; the support table in "
+                         "docs/families.md says which apply to which family).")
 
 
 @dataclass
