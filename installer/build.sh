@@ -62,6 +62,16 @@ $NICE "$PY" -m pip install -q ".[gui]" "$PYINSTALLER_SPEC"
 $NICE "$PY" -m pip install -q --no-deps --force-reinstall .
 took venv
 
+if [ "$(uname -s)" = Linux ]; then
+    # Present here, Qt's window libraries travel in the bundle; absent, each user must install them.
+    for lib in libxcb-cursor.so.0 libxcb-icccm.so.4 libxcb-keysyms.so.1; do
+        if ! { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q "$lib"; then
+            echo "note: $lib is not on this machine, so the bundle will not carry it: its users must install it" \
+                 "(apt-get install libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1) for the window to open." >&2
+        fi
+    done
+fi
+
 step "freeze (PyInstaller, one folder)"
 rm -rf "$OUT/dist/lvlm-studio"
 $NICE "$PY" -m PyInstaller --noconfirm --log-level WARN \

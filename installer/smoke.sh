@@ -55,7 +55,7 @@ fi
 say "== ask"
 if bundle ask --image "$SAMPLE" --prompt "describe the image." > "$OUT/ask.txt" 2>&1 \
         && grep -q "a red circle, a blue square and a yellow triangle" "$OUT/ask.txt"; then
-    say "ok: $(head -1 "$OUT/ask.txt")"
+    say "ok: $(grep -m1 "a red circle" "$OUT/ask.txt")"
 else
     fail "ask (see $OUT/ask.txt)"; cat "$OUT/ask.txt"
 fi
