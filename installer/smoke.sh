@@ -12,6 +12,7 @@
 #     the time from launch to the window on screen, target <= 5 s
 # and prints the bundle's size (target <= 1.5 GB with CPU torch), the tarball's size and the build
 # time (build/installer/build-times.txt). Results also go to build/installer/smoke/results.txt.
+# On a real X server instead of offscreen: DISPLAY=:99 QT_QPA_PLATFORM_SMOKE=xcb installer/smoke.sh
 # Exit status 0 only when every check passes and the targets are met.
 set -euo pipefail
 cd "$(dirname "$0")/.."
