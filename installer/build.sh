@@ -74,8 +74,10 @@ fi
 
 step "freeze (PyInstaller, one folder)"
 rm -rf "$OUT/dist/lvlm-studio"
-$NICE "$PY" -m PyInstaller --noconfirm --log-level WARN \
-    --distpath "$OUT/dist" --workpath "$OUT/work" installer/lvlm-studio.spec
+# From outside the checkout: PyInstaller then takes the installed project and its dist-info (entry
+# points), not the source folder and a stray egg-info in it.
+(cd "$OUT" && $NICE "$PY" -m PyInstaller --noconfirm --log-level WARN \
+    --distpath "$OUT/dist" --workpath "$OUT/work" "$ROOT/installer/lvlm-studio.spec")
 APP=$OUT/dist/lvlm-studio
 took freeze
 

@@ -13,6 +13,7 @@
 # and prints the bundle's size (target <= 1.5 GB with CPU torch), the tarball's size and the build
 # time (build/installer/build-times.txt). Results also go to build/installer/smoke/results.txt.
 # On a real X server instead of offscreen: DISPLAY=:99 QT_QPA_PLATFORM_SMOKE=xcb installer/smoke.sh
+# Other model families too: SMOKE_MODELS="DIR ..." installer/smoke.sh (each folder gets an `ask`).
 # Exit status 0 only when every check passes and the targets are met.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,18 @@ if bundle explain --method raw_attention --image "$SAMPLE" --prompt "what color 
 else
     fail "explain (see $OUT/explain.txt)"; cat "$OUT/explain.txt"
 fi
+
+# Families other than the demo's load code that transformers imports only then: SMOKE_MODELS="DIR ..."
+# asks each of these model folders too (e.g. tiny models: lvlm_studio.testing.tiny_models.build_tiny_model).
+for model in ${SMOKE_MODELS:-}; do
+    say "== ask --model $model"
+    if bundle ask --model "$model" --image "$SAMPLE" --prompt "describe the image." --max-new-tokens 3 \
+            > "$OUT/ask-$(basename "$model").txt" 2>&1; then
+        say "ok: $(grep -m1 '^loaded' "$OUT/ask-$(basename "$model").txt")"
+    else
+        fail "ask --model $model (see $OUT/ask-$(basename "$model").txt)"; tail -5 "$OUT/ask-$(basename "$model").txt"
+    fi
+done
 
 say "== app (offscreen screenshot)"
 launched=$(date +%s.%N)
