@@ -82,18 +82,33 @@ def test_desktop_entry_has_the_keys_a_desktop_needs():
     entry = parser["Desktop Entry"]
     assert entry["Type"] == "Application"
     assert entry["Name"] == "LVLM Studio"
-    assert entry["Exec"].split()[0] == "lvlm-studio"
+    # No %f: the command line takes an image as --image FILE, and a bare path would read as a subcommand.
+    assert entry["Exec"] == "lvlm-studio"
     assert entry["Icon"] == "lvlm-studio" and (INSTALLER / "icon" / f"{entry['Icon']}.png").exists()
     assert entry["Terminal"] == "false"
-    known = {"Type", "Name", "GenericName", "Comment", "Exec", "Icon", "Terminal", "Categories", "MimeType",
-             "Keywords", "StartupWMClass"}
+    known = {"Type", "Name", "GenericName", "Comment", "Exec", "Icon", "Terminal", "Categories", "Keywords"}
     assert set(entry) <= known
-    for key in ("Categories", "MimeType", "Keywords"):  # lists end with a semicolon
+    for key in ("Categories", "Keywords"):  # lists end with a semicolon
         assert entry[key].endswith(";"), key
     if shutil.which("desktop-file-validate"):  # apt-get install desktop-file-utils
         run = subprocess.run(["desktop-file-validate", str(INSTALLER / "lvlm-studio.desktop")],
                              capture_output=True, text=True)
         assert run.returncode == 0 and not run.stdout.strip(), run.stdout  # no error, warning or hint
+
+
+def test_desktop_entry_script_points_the_menu_at_the_unpacked_folder(tmp_path):
+    folder = tmp_path / "unpacked app"  # a space, as in "My Programs"
+    folder.mkdir()
+    for name in ("lvlm-studio.desktop", "install-desktop-entry.sh"):
+        shutil.copy(INSTALLER / name, folder / name)
+    shutil.copy(INSTALLER / "icon" / "lvlm-studio.png", folder / "lvlm-studio.png")
+    data = tmp_path / "data"
+    run = subprocess.run(["sh", str(folder / "install-desktop-entry.sh")], capture_output=True, text=True,
+                         env={**os.environ, "XDG_DATA_HOME": str(data)})
+    assert run.returncode == 0, run.stderr
+    entry = (data / "applications" / "lvlm-studio.desktop").read_text()
+    assert f'Exec="{folder}/lvlm-studio"\n' in entry
+    assert (data / "icons" / "hicolor" / "256x256" / "apps" / "lvlm-studio.png").exists()
 
 
 @pytest.mark.parametrize("script", ["build.sh", "smoke.sh", "install-desktop-entry.sh"])
