@@ -17,7 +17,7 @@ import tomllib
 import yaml
 from PIL import Image
 
-from lvlm_studio.cli import build_parser
+from lvlm_studio.cli import EXIT_INPUT, build_parser, main
 from lvlm_studio.core.plugin.registry import FIRST_PARTY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +137,15 @@ def test_workflow_builds_on_windows_and_macos():
 def test_screenshot_option_is_on_the_command_line():
     args = build_parser().parse_args(["--screenshot", "window.png"])
     assert args.screenshot == "window.png" and args.command is None
+
+
+@pytest.mark.parametrize("name", ["window.jpg", "missing-folder-is-fine/but/a/file/is/not.png"])
+def test_screenshot_refuses_a_bad_file_before_the_window_opens(tmp_path, capsys, name):
+    (tmp_path / "missing-folder-is-fine" / "but").mkdir(parents=True)
+    (tmp_path / "missing-folder-is-fine" / "but" / "a").write_text("a file, not a folder")
+    assert main(["--screenshot", str(tmp_path / name)]) == EXIT_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
 
 
 def test_screenshot_run_opens_answers_and_saves_the_window(tmp_path):

@@ -27,12 +27,18 @@ from typing import NoReturn
 
 from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, plugins, report, review, sae
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
-from lvlm_studio.core.errors import Cancelled, LVLMError
+from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
+from lvlm_studio.core.io.files import check_output_file
 
 __all__ = ["EXIT_BUG", "EXIT_CANCELLED", "EXIT_INPUT", "build_parser", "main"]
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    if args.screenshot is not None:  # refused before the window opens, not after the answer
+        if not args.screenshot.lower().endswith(".png"):
+            raise InputError(f"--screenshot {args.screenshot}: the window is saved as a PNG file.",
+                             "Give a file name ending in .png.")
+        check_output_file(args.screenshot)
     try:
         from lvlm_studio.gui.app import run
     except ImportError as exc:

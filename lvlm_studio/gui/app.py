@@ -93,6 +93,8 @@ def _screenshot_run(model: str | None, image: str | None, prompt: str | None, ou
     import tempfile
     import time
 
+    from lvlm_studio.core.errors import LVLMError
+    from lvlm_studio.core.io.files import atomic_path
     from lvlm_studio.gui.settings import StudioSettings
 
     with tempfile.TemporaryDirectory() as folder:  # the user's layout and recent files stay untouched
@@ -118,12 +120,14 @@ def _screenshot_run(model: str | None, image: str | None, prompt: str | None, ou
                 app.quit()
 
         def save() -> None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if window.grab().save(str(out)):
+            try:
+                with atomic_path(out) as temporary:
+                    if not window.grab().save(str(temporary)):
+                        raise OSError(f"Qt could not write {temporary.name}")
                 steps["code"] = 0
                 print(f"screenshot: {out} (answered {time.monotonic() - start:.1f} s after the window opened)")
-            else:
-                print(f"error: could not write {out}; check that its folder is writable", file=sys.stderr)
+            except (OSError, LVLMError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
             window.close()
             app.quit()
 
