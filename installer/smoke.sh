@@ -32,7 +32,9 @@ mkdir -p "$OUT/home" "$OUT/empty-path"
 RESULTS=$OUT/results.txt
 : > "$RESULTS"
 failures=0
+passes=0
 say() { echo "$*" | tee -a "$RESULTS"; }
+ok() { say "ok: $*"; passes=$((passes + 1)); }
 fail() { say "FAIL: $*"; failures=$((failures + 1)); }
 
 # The bundle's only environment: no python on PATH (the folder is empty), nothing inherited.
@@ -49,7 +51,7 @@ SAMPLE=$APP/_internal/resources/samples/shapes.png
 say "== plugins"
 if bundle plugins > "$OUT/plugins.txt" 2>&1 && ! grep -q "failed" "$OUT/plugins.txt" \
         && grep -q "raw_attention" "$OUT/plugins.txt"; then
-    say "ok: $(grep -c '^  loaded' "$OUT/plugins.txt") plugins loaded"
+    ok "$(grep -c '^  loaded' "$OUT/plugins.txt") plugins loaded"
 else
     fail "plugins (see $OUT/plugins.txt)"; cat "$OUT/plugins.txt"
 fi
@@ -57,7 +59,7 @@ fi
 say "== ask"
 if bundle ask --image "$SAMPLE" --prompt "describe the image." > "$OUT/ask.txt" 2>&1 \
         && grep -q "a red circle, a blue square and a yellow triangle" "$OUT/ask.txt"; then
-    say "ok: $(grep -m1 "a red circle" "$OUT/ask.txt")"
+    ok "$(grep -m1 "a red circle" "$OUT/ask.txt")"
 else
     fail "ask (see $OUT/ask.txt)"; cat "$OUT/ask.txt"
 fi
@@ -67,7 +69,7 @@ if bundle explain --method raw_attention --image "$SAMPLE" --prompt "what color 
         --param layers=-1 --out "$OUT/explain" > "$OUT/explain.txt" 2>&1 \
         && [ -f "$OUT/explain/maps.npz" ] && [ -f "$OUT/explain/run.json" ] \
         && ls "$OUT/explain"/token00_*.png >/dev/null 2>&1; then
-    say "ok: $(ls "$OUT/explain" | wc -l) files in $OUT/explain"
+    ok "$(ls "$OUT/explain" | wc -l) files in $OUT/explain"
 else
     fail "explain (see $OUT/explain.txt)"; cat "$OUT/explain.txt"
 fi
@@ -78,7 +80,7 @@ for model in ${SMOKE_MODELS:-}; do
     say "== ask --model $model"
     if bundle ask --model "$model" --image "$SAMPLE" --prompt "describe the image." --max-new-tokens 3 \
             > "$OUT/ask-$(basename "$model").txt" 2>&1; then
-        say "ok: $(grep -m1 '^loaded' "$OUT/ask-$(basename "$model").txt")"
+        ok "$(grep -m1 '^loaded' "$OUT/ask-$(basename "$model").txt")"
     else
         fail "ask --model $model (see $OUT/ask-$(basename "$model").txt)"; tail -5 "$OUT/ask-$(basename "$model").txt"
     fi
@@ -89,7 +91,7 @@ launched=$(date +%s.%N)
 if bundle --screenshot "$OUT/window.png" > "$OUT/app.txt" 2>&1 && [ -s "$OUT/window.png" ]; then
     shown=$(sed -n 's/^window on screen at \([0-9.]*\)$/\1/p' "$OUT/app.txt")
     window_s=$(awk -v a="$launched" -v b="$shown" 'BEGIN { printf "%.2f", b - a }')
-    say "ok: $OUT/window.png; window on screen ${window_s} s after launch (target <= ${MAX_WINDOW_S} s)"
+    ok "$OUT/window.png; window on screen ${window_s} s after launch (target <= ${MAX_WINDOW_S} s)"
     if awk -v s="$window_s" -v m="$MAX_WINDOW_S" 'BEGIN { exit !(s > m) }'; then
         fail "window took ${window_s} s (> ${MAX_WINDOW_S} s)"
     fi
@@ -113,8 +115,5 @@ if [ -f "$TIMES" ]; then
     say "build time: $(awk '$1 == "total" { t = $2 } $1 != "total" { s = s sprintf("%s %ss, ", $1, $2) } END { printf "%d s (%s)", t, substr(s, 1, length(s) - 2) }' "$TIMES")"
 fi
 
-if [ "$failures" -gt 0 ]; then
-    say "smoke test: $failures check(s) failed"
-    exit 1
-fi
-say "smoke test: every check passed"
+say "smoke: $passes passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -134,6 +134,11 @@ def test_workflow_builds_on_windows_and_macos():
         assert "--screenshot" in commands and " ask " in commands and " explain " in commands, name
 
 
+def test_ci_builds_and_smoke_tests_the_folder_after_the_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index(".venv/bin/pytest") < ci.index("bash installer/build.sh") < ci.index("bash installer/smoke.sh")
+
+
 def test_screenshot_option_is_on_the_command_line():
     args = build_parser().parse_args(["--screenshot", "window.png"])
     assert args.screenshot == "window.png" and args.command is None
