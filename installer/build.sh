@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --venv) VENV=$(realpath -m "$2"); shift 2 ;;
         --keep-torch) KEEP_TORCH=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1. See installer/build.sh --help." >&2; exit 2 ;;
     esac
 done
