@@ -1,6 +1,7 @@
 """The ``lvlm-studio`` command: the desktop app with no arguments, headless analyses with a subcommand.
 
     lvlm-studio                                     open the app (demo model unless --model)
+    lvlm-studio --screenshot FILE.png               open the app, ask, save the window, quit (a check)
     lvlm-studio ask --image IMG --prompt TEXT       answer, with per-token probabilities
     lvlm-studio explain --method ID --image IMG --prompt TEXT --out DIR
     lvlm-studio plugins                             list plugins, methods and their status
@@ -28,19 +29,25 @@ from typing import NoReturn
 
 from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, new_plugin, plugins, report, review, sae
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
-from lvlm_studio.core.errors import Cancelled, LVLMError
+from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
+from lvlm_studio.core.io.files import check_output_file
 
 __all__ = ["EXIT_BUG", "EXIT_CANCELLED", "EXIT_INPUT", "build_parser", "main"]
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    if args.screenshot is not None:  # refused before the window opens, not after the answer
+        if not args.screenshot.lower().endswith(".png"):
+            raise InputError(f"--screenshot {args.screenshot}: the window is saved as a PNG file.",
+                             "Give a file name ending in .png.")
+        check_output_file(args.screenshot)
     try:
         from lvlm_studio.gui.app import run
     except ImportError as exc:
         raise LVLMError(f"the desktop app needs Qt, which is not installed ({exc.name}).",
                         "Install it with: pip install 'lvlm-studio[gui]'. Every analysis also runs headless: "
                         "see `lvlm-studio --help`.") from None
-    return run(model=args.model, image=args.image, prompt=args.prompt)
+    return run(model=args.model, image=args.image, prompt=args.prompt, screenshot=args.screenshot)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model folder for the app (default: the demo model)")
     parser.add_argument("--image", help="image to open in the app")
     parser.add_argument("--prompt", help="prompt to put in the app")
+    parser.add_argument("--screenshot", metavar="FILE.png",
+                        help="check the app: open it, ask the prompt, save the window to FILE.png and quit")
     parser.set_defaults(func=cmd_gui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # the order of `lvlm-studio -h`
