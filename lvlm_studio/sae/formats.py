@@ -163,7 +163,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a Prisma file: a state dict, possibly under "state_dict" / "model_state_dict"."""
+    """Every tensor of a Prisma file (a state dict, possibly under "state_dict" / "model_state_dict"),
+    named by the last part of its key; ``_assemble`` refuses any that the coder would not use."""
     if isinstance(loaded, dict):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(loaded.get(key), dict):
