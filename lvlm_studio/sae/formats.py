@@ -8,6 +8,24 @@ from ``k`` or ``activation_fn_kwargs.k``; the hook from ``hook_name`` or ``metad
 What SAELens has no field for (transcoder/crosscoder kind, which tokens) is kept under an
 ``lvlm_studio`` key that SAELens ignores.
 
+Foreign files are read so that the loaded coder gives the numbers their own library gives:
+
+* ``activation_fn_str: "topk"`` means TopK even beside ``"architecture": "standard"`` (what
+  ViT-Prisma and older SAELens write); an architecture that contradicts it is refused.
+* SAELens TopK with ``rescale_acts_by_decoder_norm: true`` computes, with nᵢ = ‖W_dec,ᵢ‖,
+  f = TopK(((x − b_dec) W_enc + b_enc) ⊙ n) and x̂ = (f ⊘ n) W_dec + b_dec. That is exactly a plain
+  TopK coder with W_enc·diag(n), b_enc ⊙ n and decoder rows W_dec,ᵢ / nᵢ, which is what is loaded
+  (the same features f, the same x̂; saved back, the file needs no flag). A zero decoder row is
+  refused, since SAELens would divide by zero.
+* Transcoders written with ``is_transcoder: true`` (ViT-Prisma) compute
+  f = act((x − b_dec) W_enc + b_enc) and x̂ = f W_dec + b_dec_out, with ``d_out`` outputs (d_in if
+  absent). They load as a ``Transcoder`` whose b_enc is b_enc − b_dec W_enc (the input centring
+  folded in) and whose output bias is ``b_dec_out``.
+* Every tensor in the file must be used: an unknown one (gated SAEs' ``b_gate``, ``r_mag``, ...) is
+  refused by name rather than dropped, since the coder would run without it.
+* Run-time normalisations (``layer_norm``, ``constant_norm_rescale``) are not applied yet, so files
+  that need them are refused by name.
+
 ViT-Prisma folder: ``config.json`` (``d_in``, ``d_sae`` or ``expansion_factor``, ``hook_point``,
 ``activation_fn_str``, ``activation_fn_kwargs``) + ``weights.pt``, a torch file read with
 ``torch.load(weights_only=True)``: only tensors and plain containers can come out of it, and a file
@@ -35,7 +53,6 @@ SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 PRISMA_CONFIG = "config.json"
 PRISMA_WEIGHTS = "weights.pt"
-_TENSOR_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "W_skip")
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
@@ -111,7 +128,7 @@ def load_saelens(folder: str | Path) -> SparseAutoencoder:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise InputError(f"{weights_path} is not a safetensors file ({exc}).", "Re-save or re-download it.") from None
-    return _assemble(_config_from(config, folder), tensors, weights_path)
+    return _build(config, folder, tensors, weights_path)
 
 
 def load_prisma(folder: str | Path, weights_path: Path | None = None) -> SparseAutoencoder:
@@ -132,7 +149,7 @@ def load_prisma(folder: str | Path, weights_path: Path | None = None) -> SparseA
     except (RuntimeError, OSError, EOFError) as exc:
         raise InputError(f"{weights_path} is not a readable torch file ({exc}).",
                          "Re-save or re-download it.") from None
-    return _assemble(_config_from(config, folder), _state_dict(loaded, weights_path), weights_path)
+    return _build(config, folder, _state_dict(loaded, weights_path), weights_path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -146,7 +163,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a Prisma file: a state dict, possibly under "state_dict" / "model_state_dict"."""
+    """Every tensor of a Prisma file (a state dict, possibly under "state_dict" / "model_state_dict"),
+    named by the last part of its key; ``_assemble`` refuses any that the coder would not use."""
     if isinstance(loaded, dict):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(loaded.get(key), dict):
@@ -155,30 +173,114 @@ def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict):
         raise InputError(f"{path} holds a {type(loaded).__name__}, not a dictionary of tensors.",
                          "Save the SAE's state_dict().")
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
     for key, value in loaded.items():
         name = str(key).rsplit(".", 1)[-1]  # "sae.W_enc" and "module.W_enc" are both W_enc
-        if name in _TENSOR_NAMES:
-            if not isinstance(value, torch.Tensor):
-                raise InputError(f"{path}: {key} is a {type(value).__name__}, not a tensor.", "Save the state_dict().")
-            tensors[name] = value
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{path}: {key} is a {type(value).__name__}, not a tensor.", "Save the state_dict().")
+        if name in tensors:
+            raise InputError(f"{path} holds two tensors named {name} ({key} is the second).",
+                             "Save the state_dict() of one SAE only.")
+        tensors[name] = value
     return tensors
+
+
+def _build(config: dict[str, Any], folder: Path, tensors: dict[str, torch.Tensor], source: Path) -> SparseAutoencoder:
+    """The coder a config and its tensors describe, with foreign conventions folded into our weights
+    (module docstring: the rescale flag, Prisma transcoders' biases)."""
+    cfg = _config_from(config, folder)
+    if "lvlm_studio" in config:
+        return _assemble(cfg, tensors, source)
+    input_bias = None
+    if cfg.kind == "transcoder":
+        for name in ("b_dec", "b_dec_out"):
+            if name not in tensors:
+                raise InputError(f"{source} has no {name!r} tensor, which a transcoder (is_transcoder) needs.",
+                                 f"It holds: {', '.join(sorted(tensors)) or 'nothing'}.")
+        input_bias = tensors.pop("b_dec")
+        tensors["b_dec"] = tensors.pop("b_dec_out")
+    coder = _assemble(cfg, tensors, source)
+    if input_bias is not None:
+        _fold_input_bias(coder, input_bias, source)
+    if _flag(config, "rescale_acts_by_decoder_norm", folder):
+        _fold_decoder_norms(coder, source)
+    return coder
+
+
+@torch.no_grad()
+def _fold_input_bias(coder: SparseAutoencoder, input_bias: torch.Tensor, source: Path) -> None:
+    """(x − b) W_enc + b_enc = x W_enc + (b_enc − b W_enc): a transcoder's input centring in b_enc."""
+    if input_bias.shape != (coder.cfg.d_in,):
+        raise InputError(f"{source}: b_dec has shape {tuple(input_bias.shape)}, expected ({coder.cfg.d_in},) "
+                         f"for d_in={coder.cfg.d_in}.", "The config and weights do not match.")
+    if not torch.isfinite(input_bias).all():
+        raise InputError(f"{source}: b_dec holds NaN or infinite values.", "Re-save or re-download the coder.")
+    coder.b_enc.sub_(input_bias.float() @ coder.W_enc)
+
+
+@torch.no_grad()
+def _fold_decoder_norms(coder: SparseAutoencoder, source: Path) -> None:
+    """SAELens's ``rescale_acts_by_decoder_norm`` folded into the weights (module docstring)."""
+    norms = coder.W_dec.norm(dim=-1)
+    if not (norms > 0).all():
+        zero = (norms <= 0).nonzero().flatten().tolist()
+        raise InputError(f"{source}: rescale_acts_by_decoder_norm is set but decoder rows {zero[:10]} are zero, "
+                         "so the activations would be divided by zero.",
+                         "Remove those features (or give them a non-zero decoder row) and save again.")
+    coder.W_enc.mul_(norms)
+    coder.b_enc.mul_(norms)
+    coder.W_dec.div_(norms[:, None])
+
+
+def _flag(config: dict[str, Any], key: str, folder: Path) -> bool:
+    """``config[key]`` as true or false (false when absent or null); anything else is refused."""
+    value = config.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InputError(f"{folder}: {key} in the config is {value!r}, not true or false.",
+                         "Fix or replace the config file.")
+    return value
+
+
+_RUN_TIME_NORMALISATIONS = {
+    "layer_norm": "each token centred and divided by its standard deviation before encoding",
+    "constant_norm_rescale": "each token scaled to norm √d_in before encoding",
+}
 
 
 def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
     if "lvlm_studio" in config:
         return _our_config(config["lvlm_studio"], folder)
     normalise = config.get("normalize_activations") or "none"
+    if normalise in _RUN_TIME_NORMALISATIONS:
+        raise InputError(f"{folder}: this SAE needs the run-time normalisation normalize_activations={normalise!r} "
+                         f"({_RUN_TIME_NORMALISATIONS[normalise]}, undone after decoding), which LVLM Studio does "
+                         "not apply yet; loaded without it, its features would be wrong.",
+                         "Use an SAE trained with normalize_activations='none'.")
+    if normalise == "expected_average_only_in":
+        raise InputError(f"{folder}: activations were scaled by a dataset-wide factor "
+                         "(normalize_activations='expected_average_only_in') that this file does not hold.",
+                         "Fold the factor into the weights and save with normalize_activations='none' "
+                         "(SAELens does this when it saves a finished SAE).")
     if normalise != "none":
-        raise InputError(f"{folder}: activations were normalised ({normalise!r}) with a factor this file lacks.",
-                         "Fold the scaling into the weights, or save with normalize_activations='none'.")
+        raise InputError(f"{folder}: unknown normalize_activations {normalise!r}.",
+                         "LVLM Studio reads SAEs saved with normalize_activations='none'.")
     kwargs = _section(config, "activation_fn_kwargs", folder)
-    architecture = config.get("architecture") or ("topk" if config.get("activation_fn_str") == "topk" else "standard")
-    if architecture == "jumprelu" or config.get("activation_fn_str") == "jumprelu":
-        architecture = "jumprelu"
+    function = config.get("activation_fn_str")
+    architecture = config.get("architecture") or "standard"
+    if function in ("topk", "jumprelu") and architecture != function:
+        if architecture != "standard":  # "standard" beside activation_fn_str: ViT-Prisma's and older SAELens's way
+            raise InputError(f"{folder}: the config says architecture {architecture!r} but activation_fn_str "
+                             f"{function!r}.", "Fix the config so that the two agree.")
+        architecture = function
     if architecture not in ("standard", "topk", "jumprelu"):
         raise InputError(f"{folder}: architecture {architecture!r} is not supported.",
                          "LVLM Studio reads standard (ReLU), TopK and JumpReLU sparse autoencoders.")
+    if _flag(config, "rescale_acts_by_decoder_norm", folder) and architecture != "topk":
+        raise InputError(f"{folder}: rescale_acts_by_decoder_norm is set for a {architecture} SAE; LVLM Studio "
+                         "reads that flag for TopK SAEs only.", "Check the config's architecture.")
+    transcoder = _flag(config, "is_transcoder", folder)
     d_in = _number(config, "d_in", folder)
     d_sae = _number(config, "d_sae", folder) or int(d_in * _number(config, "expansion_factor", folder, float))
     metadata = _section(config, "metadata", folder)
@@ -194,6 +296,8 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
         hook_name=hook, apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
         model_name=str(config.get("model_name") or metadata.get("model_name") or ""),
         tokens="all",
+        kind="transcoder" if transcoder else "sae",
+        d_out=_number(config, "d_out", folder) if transcoder else 0,
     )
 
 
@@ -257,9 +361,15 @@ def _assemble(cfg: CoderConfig, tensors: dict[str, torch.Tensor], source: Path) 
     claims a huge d_sae is refused for its shapes instead of allocating them.
     """
     if "threshold" not in tensors and "log_threshold" in tensors:
-        tensors["threshold"] = tensors["log_threshold"].exp()
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
     with torch.device("meta"):
         expected = dict(build_coder(cfg).named_parameters())
+    unknown = sorted(set(tensors) - {"threshold" if name == "log_threshold" else name for name in expected})
+    if unknown:
+        raise InputError(f"{source} holds tensors that a {cfg.architecture} {cfg.kind} does not use: "
+                         f"{', '.join(unknown)}; ignoring them would give wrong numbers.",
+                         "LVLM Studio reads standard, TopK and JumpReLU SAEs and transcoders; check that the config's "
+                         "architecture matches the weights (a gated SAE, for one, is not supported yet).")
     for name, parameter in expected.items():
         stored = "threshold" if name == "log_threshold" else name
         if stored not in tensors:
