@@ -2,7 +2,7 @@
 
     lvlm-studio sae hooks                                         the model's hook-point names
     lvlm-studio sae train --hook blocks.1.hook_resid_post --out my-sae      (demo scenes by default)
-    lvlm-studio sae eval --sae my-sae --out eval/                 L0, explained variance, CE recovered
+    lvlm-studio sae eval --sae my-sae --out eval/                 L0, EV, cosine, KL, density, CE recovered
     lvlm-studio sae inspect --sae my-sae --image IMG --patch 3,4 --feature 17 --folder imgs/ --out insp/
 
 Each command writes Markdown tables and PNGs into ``--out``; training writes a SAELens folder.
@@ -63,7 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sae_sub.add_parser("eval", help="L0, explained variance, dead features, CE recovered (+ demo checks)")
+    evaluate = sae_sub.add_parser("eval", help="L0, explained variance (patch, CLS), cosine, L2 ratio, KL divergence, "
+                                               "feature density, dead/dense features, CE recovered (+ demo checks)")
     common.add_model_options(evaluate)
     evaluate.add_argument("--sae", action="append", default=[],
                           help="coder folder (repeatable, side by side; default: the shipped demo SAEs)")
@@ -75,7 +76,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           help="demo: ablate the best feature for this colour (e.g. red) and count changed answers")
     evaluate.add_argument("--factor", type=float, default=0.0,
                           help="with --ablate: scale the feature by this (0 ablates, -10 pushes against it)")
-    evaluate.add_argument("--out", help="write eval.md and eval.json into this folder")
+    evaluate.add_argument("--out", help="write eval.md, eval.json and density.png into this folder")
+    evaluate.add_argument("--plot", help="write the feature-density histogram to this PNG file")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -219,9 +221,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvlm_studio.core.models.hooks import hook_points
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.demo.scenes import COLOURS
-    from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations
+    from lvlm_studio.core.io.files import check_output_file
+    from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations, plot_density
 
     out = check_output_folder(args.out, args.overwrite) if args.out else None
+    plot = check_output_file(args.plot) if args.plot else None
     common.check_at_least("--n", args.n)
     common.check_number("--factor", args.factor, "0")
     common.check_prompt(args.prompt)
@@ -248,10 +252,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.concepts or args.ablate:
             text += "\n" + _demo_checks(args, loaded, name, coder, report)
     print(text, end="")
+    if plot is not None:
+        plot_density(results, plot)
     if out is not None:
         with staged_folder(out, args.overwrite) as folder:
             (folder / "eval.md").write_text(text)
             (folder / "eval.json").write_text(json.dumps(report, indent=1))
+            plot_density(results, folder / "density.png")
             _mark(folder)
     return 0
 

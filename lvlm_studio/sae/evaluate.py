@@ -5,16 +5,37 @@ Per example (an image, a prompt, and an answer: the reference one, or the model'
 * the coder's rows at its hook point give L0 (active features per token: per patch and per class
   token for vision coders, per text position for language ones), explained variance
   1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², and which features fired at all (dead vs alive);
+* the same rows give the shape of the reconstruction: cosine similarity between x and x̂ and the L2
+  ratio ‖x̂‖ / ‖x‖ (below 1: shrinkage, the usual price of an L1 penalty), both averaged over rows,
+  and explained variance separately for patch rows and class-token rows (a vision coder trained on
+  patches is also run on the class token, which it never saw);
+* feature density: the fraction of rows on which each feature fires; dead features never fire,
+  dense ones fire on more than ``DENSE_THRESHOLD`` (10%) of rows; ``density_histogram`` bins
+  log10 of the density;
 * three teacher-forced passes give the answer's mean NLL with the model as is, with x̂ spliced in
   place of x (the substitution test), and with zeros in place of x; CE recovered is
-  (NLL_zero − NLL_coder) / (NLL_zero − NLL_original): 1 when the coder loses nothing.
+  (NLL_zero − NLL_coder) / (NLL_zero − NLL_original): 1 when the coder loses nothing. The spliced
+  pass also gives the KL divergence KL(p_original ‖ p_spliced) of the next-token distribution,
+  averaged over the positions from the end of the image to the end of the answer (the positions
+  whose prediction can depend on the image), then over examples.
+
+CE recovered is *saturated* (``ce_saturated``) when it cannot rank coders, under either of two rules:
+
+* the clean answer loss is at its floor: NLL_original < ``SATURATED_NLL`` (0.01 nats per token,
+  p(answer token) > 0.99). There, any coder that keeps the answer's argmax recovers more than 0.99,
+  a random one included (the demo model: 0.9993 for a random TopK SAE with explained variance −1.37);
+* zero-ablation leaves no room: NLL_zero − NLL_original < ``SATURATED_ROOM`` (0.01 nats) or below
+  10% of NLL_original (``SATURATED_RELATIVE``): the quotient is then a ratio of small noisy numbers.
+
+A saturated CE recovered is printed with "(saturated)"; read the KL divergence, cosine and explained
+variance instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +51,18 @@ if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
 
 Example = tuple[Image.Image, str, "str | None"]
+
+#: A feature firing on more than this fraction of rows is "dense".
+DENSE_THRESHOLD = 0.1
+#: CE recovered is saturated below this clean answer NLL (nats per token) ...
+SATURATED_NLL = 0.01
+#: ... or when NLL_zero − NLL_original is below this many nats ...
+SATURATED_ROOM = 0.01
+#: ... or below this fraction of NLL_original.
+SATURATED_RELATIVE = 0.1
+#: Bin edges of the density histogram, log10 of the fraction of rows a feature fires on; dead
+#: features (density 0) are counted apart.
+DENSITY_BINS = tuple(float(v) for v in np.arange(-7.0, 0.5, 0.5))
 
 
 @dataclass
@@ -47,14 +80,64 @@ class Evaluation:
     nll_original: float
     nll_coder: float
     nll_zero: float
+    kl: float = float("nan")  # KL(original ‖ spliced) of the next-token distribution, nats per position
+    cosine: float = float("nan")  # mean cos(x, x̂) over rows
+    l2_ratio: float = float("nan")  # mean ‖x̂‖ / ‖x‖ over rows
+    explained_variance_cls: float | None = None  # on class-token rows, where the tower has them
+    dense: int = 0  # features firing on more than DENSE_THRESHOLD of rows
+    density: list[float] = field(default_factory=list)  # per feature: fraction of rows it fires on
 
     @property
     def ce_recovered(self) -> float:
         gap = self.nll_zero - self.nll_original
         return float("nan") if abs(gap) < 1e-12 else (self.nll_zero - self.nll_coder) / gap
 
-    def to_dict(self) -> dict[str, float | int | str | None]:
-        return asdict(self) | {"ce_recovered": self.ce_recovered}
+    @property
+    def ce_saturated(self) -> bool:
+        """True when CE recovered cannot rank coders (rules in the module docstring)."""
+        return ce_saturated(self.nll_original, self.nll_zero)
+
+    def density_histogram(self) -> tuple[list[int], int]:
+        """(counts per ``DENSITY_BINS`` interval of log10 density, dead features)."""
+        return density_histogram(np.asarray(self.density))
+
+    def to_dict(self) -> dict[str, Any]:
+        counts, dead = self.density_histogram()
+        return asdict(self) | {"ce_recovered": self.ce_recovered, "ce_saturated": self.ce_saturated,
+                               "dense_threshold": DENSE_THRESHOLD,
+                               "density_histogram": {"log10_edges": list(DENSITY_BINS), "counts": counts,
+                                                     "dead": dead}}
+
+
+def ce_saturated(nll_original: float, nll_zero: float) -> bool:
+    """CE recovered cannot rank coders: the clean loss is at its floor, or zero-ablation leaves no room."""
+    room = nll_zero - nll_original
+    return bool(nll_original < SATURATED_NLL or room < max(SATURATED_ROOM, SATURATED_RELATIVE * nll_original))
+
+
+def density_histogram(density: np.ndarray) -> tuple[list[int], int]:
+    """Counts of log10(density) per ``DENSITY_BINS`` interval (the lowest bin also takes anything
+    rarer, the top one density 1), and the dead features apart; together they count every feature."""
+    density = np.asarray(density, dtype=np.float64)
+    alive = density[density > 0]
+    edges = np.asarray(DENSITY_BINS)
+    logs = np.clip(np.log10(alive), edges[0], edges[-1])
+    counts, _ = np.histogram(logs, bins=edges)
+    return [int(c) for c in counts], int((density <= 0).sum())
+
+
+def reconstruction_stats(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: cos(x, x̂) and ‖x̂‖ / ‖x‖ (a zero row counts as cosine 0 and ratio 0 / ratio of its x̂)."""
+    norm_x = x.norm(dim=-1)
+    norm_hat = x_hat.norm(dim=-1)
+    cosine = (x * x_hat).sum(-1) / (norm_x * norm_hat).clamp_min(1e-12)
+    return cosine, norm_hat / norm_x.clamp_min(1e-12)
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² over the rows of ``x`` (x̄ their mean)."""
+    total = float((x - x.mean(dim=0)).pow(2).sum())
+    return 1.0 - float((x - x_hat).pow(2).sum()) / max(total, 1e-12)
 
 
 def _inputs(loaded: LoadedModel, image: Image.Image, prompt: str, answer: str | None
@@ -82,20 +165,36 @@ def _nll(loaded: LoadedModel, inputs: dict[str, torch.Tensor], n_answer: int) ->
     return float(torch.nn.functional.cross_entropy(logits, targets))
 
 
+def _log_probs(loaded: LoadedModel, inputs: dict[str, torch.Tensor], start: int) -> torch.Tensor:
+    """Next-token log-probabilities [positions, vocab] from position ``start`` to the last but one."""
+    logits = loaded.model(**inputs, use_cache=False).logits[0, start:-1].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _kl_start(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> int:
+    """The last image position (its prediction is the first to see the whole image), or 0."""
+    from lvlm_studio.sae.activations import _image_token_id
+
+    image = (inputs["input_ids"][0] == _image_token_id(loaded)).nonzero()
+    return int(image[-1, 0]) if len(image) else 0
+
+
 @torch.no_grad()
 def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iterable[Example], total: int
                    ) -> Job[Evaluation]:
     """Evaluate ``coder`` on ``examples`` (a job: one progress report per example, three passes each)."""
     cfg = coder.cfg
     point = hook_points(loaded)[cfg.hook_name]
-    fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
+    fired = torch.zeros(cfg.d_sae, dtype=torch.float64)  # rows each feature fired on
     l0_sum = l0_cls_sum = 0.0
     rows = cls_rows = 0
     error = 0.0
     xs_sum = None
     nll = np.zeros(3)
+    kl = cosine = l2_ratio = 0.0
     count = 0
     seen: list[torch.Tensor] = []  # the rows, for the variance around their mean at the end
+    seen_cls: list[tuple[torch.Tensor, torch.Tensor]] = []  # class-token rows and their reconstruction
     for image, prompt, answer in examples:
         inputs, n_answer = _inputs(loaded, image.convert("RGB"), prompt, answer)
         _, cache = run_with_cache(loaded, inputs, [cfg.hook_name])
@@ -105,20 +204,30 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
         f = coder.encode(x)
         l0_sum += float((f > 0).sum())
         rows += len(x)
-        fired |= (f > 0).any(dim=0).cpu()
-        residual = coder.decode(f, x) - x
-        error += float(residual.pow(2).sum())
+        fired += (f > 0).sum(dim=0).cpu().double()
+        x_hat = coder.decode(f, x)
+        error += float((x_hat - x).pow(2).sum())
+        row_cosine, row_ratio = reconstruction_stats(x, x_hat)
+        cosine += float(row_cosine.sum())
+        l2_ratio += float(row_ratio.sum())
         seen.append(x)
         xs_sum = x.sum(dim=0) if xs_sum is None else xs_sum + x.sum(dim=0)
         if point.part == "vision" and cfg.tokens == "patch":
             cls_x = _cls_rows(loaded, inputs, activation)
             if cls_x is not None:
-                l0_cls_sum += float((coder.encode(cls_x.float()) > 0).sum())
+                cls_f = coder.encode(cls_x.float())
+                l0_cls_sum += float((cls_f > 0).sum())
                 cls_rows += len(cls_x)
+                seen_cls.append((cls_x.float(), coder.decode(cls_f, cls_x.float())))
         nll[0] += _nll(loaded, inputs, n_answer)
+        start = _kl_start(loaded, inputs)
+        clean = _log_probs(loaded, inputs, start)
         for slot, mode in ((1, "reconstruct"), (2, "zero")):
             with hooks(loaded, [(cfg.hook_name, splice_hook(loaded, coder, inputs, mode))]):
                 nll[slot] += _nll(loaded, inputs, n_answer)
+                if mode == "reconstruct":
+                    spliced = _log_probs(loaded, inputs, start)
+                    kl += float((clean.exp() * (clean - spliced)).sum(-1).mean())
         count += 1
         yield Progress(count, total, f"L0 {l0_sum / max(rows, 1):.1f}")
     mean = xs_sum / rows
@@ -127,9 +236,18 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
     l0_cls = (l0_cls_sum / cls_rows) if cls_rows else None
     if point.part == "vision" and cfg.tokens in ("cls", "all"):
         l0_cls = None if cfg.tokens == "all" else l0_sum / max(rows, 1)
+    ev_cls = None
+    if seen_cls:
+        ev_cls = explained_variance(torch.cat([c for c, _ in seen_cls]), torch.cat([h for _, h in seen_cls]))
+    elif point.part == "vision" and cfg.tokens == "cls":
+        ev_cls = 1.0 - error / max(total_var, 1e-12)
+    density = (fired / max(rows, 1)).tolist()
     return Evaluation(cfg.hook_name, cfg.tokens, count, rows, l0_sum / max(rows, 1), l0_cls,
-                      1.0 - error / max(total_var, 1e-12), int(fired.sum()), int((~fired).sum()), cfg.d_sae,
-                      float(nll[0]), float(nll[1]), float(nll[2]))
+                      1.0 - error / max(total_var, 1e-12), int((fired > 0).sum()), int((fired == 0).sum()),
+                      cfg.d_sae, float(nll[0]), float(nll[1]), float(nll[2]),
+                      kl=kl / max(count, 1), cosine=cosine / max(rows, 1), l2_ratio=l2_ratio / max(rows, 1),
+                      explained_variance_cls=ev_cls, dense=int((fired / max(rows, 1) > DENSE_THRESHOLD).sum()),
+                      density=density)
 
 
 def _cls_rows(loaded: LoadedModel, inputs: dict[str, torch.Tensor], activation: torch.Tensor) -> torch.Tensor | None:
@@ -140,9 +258,13 @@ def _cls_rows(loaded: LoadedModel, inputs: dict[str, torch.Tensor], activation: 
 
 
 def format_evaluations(evaluations: Sequence[tuple[str, Evaluation]]) -> str:
-    """A Markdown table, one column per coder (e.g. vision beside language)."""
+    """A Markdown table, one column per coder (e.g. vision beside language), then each coder's
+    feature density in one line of text."""
     def show(value: float | None, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+        return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+    def ce(e: Evaluation) -> str:
+        return show(e.ce_recovered) + (" (saturated)" if e.ce_saturated else "")
 
     header = "| metric | " + " | ".join(name for name, _ in evaluations) + " |"
     lines = [header, "|---|" + "---:|" * len(evaluations)]
@@ -154,11 +276,60 @@ def format_evaluations(evaluations: Sequence[tuple[str, Evaluation]]) -> str:
         ("L0 per CLS token", [show(e.l0_cls, 1) for _, e in evaluations]),
         ("L0 / d_sae", [show(e.l0 / e.d_sae) for _, e in evaluations]),
         ("explained variance", [show(e.explained_variance) for _, e in evaluations]),
+        ("explained variance, CLS token", [show(e.explained_variance_cls) for _, e in evaluations]),
+        ("cosine(x, x̂)", [show(e.cosine) for _, e in evaluations]),
+        ("L2 ratio ‖x̂‖/‖x‖", [show(e.l2_ratio) for _, e in evaluations]),
         ("alive / dead features", [f"{e.alive} / {e.dead}" for _, e in evaluations]),
+        (f"dense features (> {DENSE_THRESHOLD:.0%} of tokens)", [str(e.dense) for _, e in evaluations]),
+        ("KL(original ‖ spliced), nats", [show(e.kl, 4) for _, e in evaluations]),
         ("answer NLL, original", [show(e.nll_original, 4) for _, e in evaluations]),
         ("answer NLL, coder spliced in", [show(e.nll_coder, 4) for _, e in evaluations]),
         ("answer NLL, zero-ablated", [show(e.nll_zero, 4) for _, e in evaluations]),
-        ("CE recovered", [show(e.ce_recovered) for _, e in evaluations]),
+        ("CE recovered", [ce(e) for _, e in evaluations]),
     ]
     lines += [f"| {name} | " + " | ".join(values) + " |" for name, values in table]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if any(e.ce_saturated for _, e in evaluations):
+        text += (f"\n(saturated: the clean answer NLL is below {SATURATED_NLL} nats, or zero-ablation adds less "
+                 f"than max({SATURATED_ROOM}, {SATURATED_RELATIVE:g} x clean NLL); CE recovered cannot rank "
+                 "coders then: read KL, cosine and explained variance.)\n")
+    for name, e in evaluations:
+        text += "\n" + format_density(name, e)
+    return text
+
+
+def format_density(name: str, evaluation: Evaluation) -> str:
+    """One line per coder: the log10-density histogram as ``[lo,hi):count`` for non-empty bins."""
+    counts, dead = evaluation.density_histogram()
+    parts = [f"[{lo:g},{hi:g}):{c}" for lo, hi, c in zip(DENSITY_BINS, DENSITY_BINS[1:], counts) if c]
+    return (f"{name} feature density (log10 fraction of tokens fired on): {' '.join(parts) or '-'}; "
+            f"dead {dead}; dense (> {DENSE_THRESHOLD:g}) {evaluation.dense}\n")
+
+
+def plot_density(evaluations: Sequence[tuple[str, Evaluation]], path: Any) -> None:
+    """A PNG of each coder's log10 feature-density histogram (dead features left out, counted in the
+    legend), written atomically to ``path``."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lvlm_studio.core.io.files import write_bytes
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for name, e in evaluations:
+        density = np.asarray(e.density)
+        alive = density[density > 0]
+        axis.hist(np.clip(np.log10(alive), DENSITY_BINS[0], DENSITY_BINS[-1]) if len(alive) else [],
+                  bins=list(DENSITY_BINS), alpha=0.5, label=f"{name} (dead {int((density <= 0).sum())})")
+    axis.axvline(np.log10(DENSE_THRESHOLD), color="grey", linestyle="--", linewidth=1)
+    axis.set_xlabel("log10 fraction of tokens a feature fires on")
+    axis.set_ylabel("features")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_bytes(path, buffer.getvalue())
