@@ -137,4 +137,5 @@ def test_evaluation_of_an_exact_coder_recovers_everything(demo_model):
     language = run_job(evaluate_coder(demo_model, _exact_coder("lm.blocks.2.hook_resid_post", "text"), examples, 3))
     assert language.l0_cls is None and language.ce_recovered == pytest.approx(1.0, abs=1e-4)
     table = format_evaluations([("vision", vision), ("language", language)])
-    assert "| CE recovered | 1.000 | 1.000 |" in table
+    # The demo captions' clean NLL is ~0, the loss floor: CE recovered is flagged as saturated there.
+    assert "| CE recovered | 1.000 (saturated) | 1.000 (saturated) |" in table
