@@ -19,7 +19,7 @@ from typing import Any
 
 from lvlm_studio.cli import common
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.io.files import check_output_folder, staged_folder, write_record
+from lvlm_studio.core.io.files import check_output_file, check_output_folder, staged_folder, write_record
 from lvlm_studio.core.io.images import open_image
 
 
@@ -221,7 +221,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvlm_studio.core.models.hooks import hook_points
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.demo.scenes import COLOURS
-    from lvlm_studio.core.io.files import check_output_file
     from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations, plot_density
 
     out = check_output_folder(args.out, args.overwrite) if args.out else None
