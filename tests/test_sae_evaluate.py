@@ -20,6 +20,7 @@ from lvlm_studio.sae.evaluate import (
     evaluate_coder,
     explained_variance,
     format_evaluations,
+    random_topk_like,
     reconstruction_stats,
 )
 
@@ -28,13 +29,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 def random_topk(seed: int = 0) -> torch.nn.Module:
     """A random TopK SAE (k=16, 512 features): unit random decoder rows, the encoder tied, no biases."""
-    generator = torch.Generator().manual_seed(seed)
-    coder = build_coder(CoderConfig(d_in=128, d_sae=512, architecture="topk", k=16, hook_name=HOOK))
-    directions = torch.nn.functional.normalize(torch.randn(512, 128, generator=generator), dim=1)
-    with torch.no_grad():
-        coder.W_dec.copy_(directions)
-        coder.W_enc.copy_(directions.T)
-    return coder
+    return random_topk_like(build_coder(CoderConfig(d_in=128, d_sae=512, hook_name=HOOK)), seed=seed)
 
 
 def test_cosine_l2_ratio_and_explained_variance_match_numpy():
@@ -139,3 +134,11 @@ def test_eval_command_writes_the_density_plot(tmp_path, capsys):
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())["random"]
     assert report["ce_saturated"] is True and report["dense_threshold"] == DENSE_THRESHOLD
     assert sum(report["density_histogram"]["counts"]) + report["density_histogram"]["dead"] == 512
+
+
+def test_eval_baseline_adds_a_random_twin(capsys):
+    from lvlm_studio.cli import main
+
+    assert main(["sae", "eval", "--device", "cpu", "--baseline", "--n", "2"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "random TopK (vision-blocks.1.hook_resid_post)" in header

@@ -76,6 +76,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           help="demo: ablate the best feature for this colour (e.g. red) and count changed answers")
     evaluate.add_argument("--factor", type=float, default=0.0,
                           help="with --ablate: scale the feature by this (0 ablates, -10 pushes against it)")
+    evaluate.add_argument("--baseline", action="store_true",
+                          help="also evaluate a random TopK SAE (k=16) of each coder's shape, side by side")
     evaluate.add_argument("--out", help="write eval.md, eval.json and density.png into this folder")
     evaluate.add_argument("--plot", help="write the feature-density histogram to this PNG file")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
@@ -221,7 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvlm_studio.core.models.hooks import hook_points
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.demo.scenes import COLOURS
-    from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations, plot_density
+    from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations, plot_density, random_topk_like
 
     out = check_output_folder(args.out, args.overwrite) if args.out else None
     plot = check_output_file(args.plot) if args.plot else None
@@ -234,6 +236,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.ablate and args.ablate not in COLOURS:
         raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
     coders = _coders(args.sae)
+    if args.baseline:
+        if any(coder.cfg.kind != "sae" for _, coder in coders):
+            raise InputError("--baseline builds a random SAE; transcoders and crosscoders have no random twin yet.",
+                             "Drop --baseline, or evaluate SAEs only.")
+        coders += [(f"random TopK ({name})", random_topk_like(coder)) for name, coder in coders]
     loaded, _ = common.load(args)
     points = hook_points(loaded)
     results, report = [], {}

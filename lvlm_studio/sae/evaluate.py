@@ -126,6 +126,22 @@ def density_histogram(density: np.ndarray) -> tuple[list[int], int]:
     return [int(c) for c in counts], int((density <= 0).sum())
 
 
+def random_topk_like(coder: SparseAutoencoder, k: int = 16, seed: int = 0) -> SparseAutoencoder:
+    """A random TopK SAE with ``coder``'s hook point, tokens and sizes: unit random decoder rows, the
+    encoder tied to them, no biases. The baseline every metric should tell apart from a trained coder."""
+    from lvlm_studio.sae.coders import CoderConfig, build_coder
+
+    cfg = coder.cfg
+    generator = torch.Generator().manual_seed(seed)
+    baseline = build_coder(CoderConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, architecture="topk", k=min(k, cfg.d_sae),
+                                       hook_name=cfg.hook_name, tokens=cfg.tokens, model_name=cfg.model_name))
+    directions = torch.nn.functional.normalize(torch.randn(cfg.d_sae, cfg.d_in, generator=generator), dim=1)
+    with torch.no_grad():
+        baseline.W_dec.copy_(directions)
+        baseline.W_enc.copy_(directions.T)
+    return baseline
+
+
 def reconstruction_stats(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: cos(x, x̂) and ‖x̂‖ / ‖x‖ (a zero row counts as cosine 0 and ratio 0 / ratio of its x̂)."""
     norm_x = x.norm(dim=-1)
