@@ -142,3 +142,21 @@ def test_eval_baseline_adds_a_random_twin(capsys):
     assert main(["sae", "eval", "--device", "cpu", "--baseline", "--n", "2"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert "random TopK (vision-blocks.1.hook_resid_post)" in header
+
+
+def test_explained_variance_is_split_by_token_type_for_all_tokens(demo_model):
+    """A coder reading patches and class tokens together ("all") gets one explained variance per type,
+    each equal to a coder restricted to that type."""
+    from lvlm_studio.demo.evaluate import heldout_examples
+
+    examples = [(s.image, e.prompt, e.answer) for s, e in heldout_examples(2, "caption")]
+    coder = random_topk()
+    both = {}
+    for tokens in ("all", "patch", "cls"):
+        coder.cfg.tokens = tokens
+        both[tokens] = run_job(evaluate_coder(demo_model, coder, examples, 2))
+    assert both["all"].rows == both["patch"].rows + both["cls"].rows
+    assert both["all"].explained_variance_patch == pytest.approx(both["patch"].explained_variance, abs=1e-5)
+    assert both["all"].explained_variance_cls == pytest.approx(both["cls"].explained_variance, abs=1e-5)
+    assert both["all"].l0_cls == pytest.approx(both["cls"].l0, abs=1e-5)
+    assert both["patch"].explained_variance_patch == both["patch"].explained_variance

@@ -84,6 +84,7 @@ class Evaluation:
     cosine: float = float("nan")  # mean cos(x, x̂) over rows
     l2_ratio: float = float("nan")  # mean ‖x̂‖ / ‖x‖ over rows
     explained_variance_cls: float | None = None  # on class-token rows, where the tower has them
+    explained_variance_patch: float | None = None  # on patch rows (vision coders; tokens="all" split by type)
     dense: int = 0  # features firing on more than DENSE_THRESHOLD of rows
     density: list[float] = field(default_factory=list)  # per feature: fraction of rows it fires on
 
@@ -211,6 +212,7 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
     count = 0
     seen: list[torch.Tensor] = []  # the rows, for the variance around their mean at the end
     seen_cls: list[tuple[torch.Tensor, torch.Tensor]] = []  # class-token rows and their reconstruction
+    seen_patch: list[tuple[torch.Tensor, torch.Tensor]] = []  # patch rows, when tokens="all" mixes both
     for image, prompt, answer in examples:
         inputs, n_answer = _inputs(loaded, image.convert("RGB"), prompt, answer)
         _, cache = run_with_cache(loaded, inputs, [cfg.hook_name])
@@ -235,6 +237,14 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
                 l0_cls_sum += float((cls_f > 0).sum())
                 cls_rows += len(cls_x)
                 seen_cls.append((cls_x.float(), coder.decode(cls_f, cls_x.float())))
+        if point.part == "vision" and cfg.tokens == "all":
+            is_cls = _cls_mask(loaded, inputs, activation)
+            if is_cls is not None:
+                is_cls = is_cls.to(x.device)
+                l0_cls_sum += float((f[is_cls] > 0).sum())
+                cls_rows += int(is_cls.sum())
+                seen_cls.append((x[is_cls], x_hat[is_cls]))
+                seen_patch.append((x[~is_cls], x_hat[~is_cls]))
         nll[0] += _nll(loaded, inputs, n_answer)
         start = _kl_start(loaded, inputs)
         clean = _log_probs(loaded, inputs, start)
@@ -250,20 +260,36 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
     total_var = sum(float((x - mean).pow(2).sum()) for x in seen)
     nll /= max(count, 1)
     l0_cls = (l0_cls_sum / cls_rows) if cls_rows else None
-    if point.part == "vision" and cfg.tokens in ("cls", "all"):
-        l0_cls = None if cfg.tokens == "all" else l0_sum / max(rows, 1)
-    ev_cls = None
+    if point.part == "vision" and cfg.tokens == "cls":
+        l0_cls = l0_sum / max(rows, 1)
+    ev_all = 1.0 - error / max(total_var, 1e-12)
+    ev_cls = ev_patch = None
     if seen_cls:
         ev_cls = explained_variance(torch.cat([c for c, _ in seen_cls]), torch.cat([h for _, h in seen_cls]))
     elif point.part == "vision" and cfg.tokens == "cls":
-        ev_cls = 1.0 - error / max(total_var, 1e-12)
+        ev_cls = ev_all
+    if seen_patch:
+        ev_patch = explained_variance(torch.cat([c for c, _ in seen_patch]), torch.cat([h for _, h in seen_patch]))
+    elif point.part == "vision" and cfg.tokens == "patch":
+        ev_patch = ev_all
     density = (fired / max(rows, 1)).tolist()
     return Evaluation(cfg.hook_name, cfg.tokens, count, rows, l0_sum / max(rows, 1), l0_cls,
-                      1.0 - error / max(total_var, 1e-12), int((fired > 0).sum()), int((fired == 0).sum()),
+                      ev_all, int((fired > 0).sum()), int((fired == 0).sum()),
                       cfg.d_sae, float(nll[0]), float(nll[1]), float(nll[2]),
                       kl=kl / max(count, 1), cosine=cosine / max(rows, 1), l2_ratio=l2_ratio / max(rows, 1),
-                      explained_variance_cls=ev_cls, dense=int((fired / max(rows, 1) > DENSE_THRESHOLD).sum()),
+                      explained_variance_cls=ev_cls, explained_variance_patch=ev_patch,
+                      dense=int((fired / max(rows, 1) > DENSE_THRESHOLD).sum()),
                       density=density)
+
+
+def _cls_mask(loaded: LoadedModel, inputs: dict[str, torch.Tensor], activation: torch.Tensor
+              ) -> torch.Tensor | None:
+    """For tokens="all" rows (per image: its class token, then its patches), which are class tokens;
+    None when the tower has no class token."""
+    grids = loaded.adapter.vision_patch_grids(inputs)
+    if not (activation.dim() == 3 and activation.shape[1] == grids[0].size + 1):
+        return None
+    return torch.cat([torch.arange(g.size + 1) == 0 for g in grids])
 
 
 def _cls_rows(loaded: LoadedModel, inputs: dict[str, torch.Tensor], activation: torch.Tensor) -> torch.Tensor | None:
@@ -292,6 +318,7 @@ def format_evaluations(evaluations: Sequence[tuple[str, Evaluation]]) -> str:
         ("L0 per CLS token", [show(e.l0_cls, 1) for _, e in evaluations]),
         ("L0 / d_sae", [show(e.l0 / e.d_sae) for _, e in evaluations]),
         ("explained variance", [show(e.explained_variance) for _, e in evaluations]),
+        ("explained variance, patch tokens", [show(e.explained_variance_patch) for _, e in evaluations]),
         ("explained variance, CLS token", [show(e.explained_variance_cls) for _, e in evaluations]),
         ("cosine(x, x̂)", [show(e.cosine) for _, e in evaluations]),
         ("L2 ratio ‖x̂‖/‖x‖", [show(e.l2_ratio) for _, e in evaluations]),
