@@ -4,6 +4,7 @@ them (``torch.save({"cfg": <dataclass>, "state_dict": ...})``), and pickles that
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -232,3 +233,34 @@ def test_a_checkpoint_with_weights_and_no_config_anywhere_says_so(tmp_path):
     torch.save(_weights(), folder / "n_images_5.pt")
     with pytest.raises(InputError, match="holds weights but no config"):
         load_coder(folder)
+
+
+def _torch_zip(path, data_pkl: bytes) -> None:
+    """A torch-style archive whose data.pkl is ``data_pkl``, written opcode by opcode below."""
+    import zipfile
+
+    path.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/version", "3\n")
+
+
+def _text(value: str) -> bytes:
+    return b"X" + len(value).to_bytes(4, "little") + value.encode()
+
+
+def test_hand_written_pickles_cannot_reach_code_or_change_the_stand_ins(tmp_path):
+    from lvlm_studio.sae.prisma_checkpoint import RestrictedUnpickler
+
+    # GLOBAL builtins.getattr: refused by name before anything is called
+    _torch_zip(tmp_path / "a" / "n_images_1.pt", b"\x80\x02cbuiltins\ngetattr\n" + _text("x") + b"\x85R.")
+    with pytest.raises(InputError, match=r"\(builtins.getattr\)"):
+        load_coder(tmp_path / "a" / "n_images_1.pt")
+    # BUILD with a slot state sets attributes on the torch.device stand-in: it is this file's own
+    # stand-in, so the next file's is untouched (and the result is no checkpoint)
+    build = b"\x80\x02ctorch\ndevice\nN}" + _text("__defaults__") + _text("evil") + b"\x85s\x86b."
+    _torch_zip(tmp_path / "b" / "n_images_1.pt", build)
+    with pytest.raises(InputError, match="not a ViT-Prisma trainer checkpoint"):
+        load_coder(tmp_path / "b" / "n_images_1.pt")
+    device = RestrictedUnpickler(io.BytesIO(b"")).find_class("torch", "device")
+    assert device("cuda", 0) == "cuda:0" and device.__defaults__ is None

@@ -90,19 +90,20 @@ class _Placeholder:
         return "<tensor>"
 
 
-TENSOR = _Placeholder()
+def _stand_ins() -> dict[str, Any]:
+    """Fresh stand-ins for one file, so that whatever a pickle does to them (a BUILD can set their
+    attributes) stays with that file's objects and is thrown away with them."""
 
+    def tensor(*args: Any) -> _Placeholder:
+        return _Placeholder()
 
-def _tensor(*args: Any) -> _Placeholder:
-    return TENSOR
+    def device(*args: Any) -> str:
+        return ":".join(str(a) for a in args)
 
+    def as_list(items: Any = ()) -> list[Any]:
+        return list(items)
 
-def _device(*args: Any) -> str:
-    return ":".join(str(a) for a in args)
-
-
-def _as_list(items: Any = ()) -> list[Any]:
-    return list(items)
+    return {"tensor": tensor, "device": device, "list": as_list, "dict": type("OrderedDict", (_PlainDict,), {})}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -111,6 +112,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file)
         self.records: dict[str, type[Record]] = {}
+        self.stand_ins = _stand_ins()
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__builtin__":  # what protocol 2 (torch.save's) writes for builtins
@@ -125,17 +127,17 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in _DTYPES:
             return name
         if full == "torch.device":
-            return _device
+            return self.stand_ins["device"]
         if (module, name) in _TENSOR_REBUILDERS or module in ("torch", "torch.storage") and name.endswith("Storage"):
-            return _tensor
+            return self.stand_ins["tensor"]
         if full == "collections.OrderedDict":
-            return _PlainDict
+            return self.stand_ins["dict"]
         if full in ("builtins.set", "builtins.frozenset"):
-            return _as_list
+            return self.stand_ins["list"]
         raise RefusedGlobal(full)
 
     def persistent_load(self, pid: Any) -> _Placeholder:
-        return TENSOR
+        return _Placeholder()
 
 
 def plain(value: Any) -> Any:
