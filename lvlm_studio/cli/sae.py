@@ -95,6 +95,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--token", type=int, help="answer token for feature attribution (default: none)")
     inspect.add_argument("--scale", action="append", default=[], metavar="FEATURE=FACTOR",
                          help="re-answer with a feature scaled (0 ablates; repeatable)")
+    inspect.add_argument("--tokens", default=None, choices=["patch", "cls", "all"],
+                         help="tokens the coder is applied at (default: those it was trained on; a coder trained "
+                              "on all, as SAELens and ViT-Prisma coders are, may be applied at patch or cls only); "
+                              "maps, top patches and attribution read the patches, --scale edits these tokens")
     inspect.add_argument("--out", required=True, help="output folder (inspect.md and PNGs)")
     inspect.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     inspect.set_defaults(func=cmd_inspect)
@@ -275,7 +279,7 @@ def _demo_checks(args, loaded, name: str, coder, report: dict) -> str:
 
     if args.data != "demo" or loaded.source != "demo" and "demo-model" not in str(loaded.source):
         raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
-    if hook_part(loaded, coder) not in ("vision", "projector") or coder.cfg.tokens != "patch":
+    if hook_part(loaded, coder) not in ("vision", "projector") or coder.cfg.tokens not in ("patch", "all"):
         return (f"{name}: --concepts and --ablate read image patches; this coder is at {coder.cfg.hook_name} "
                 f"({coder.cfg.tokens} tokens), so they were skipped.\n")
     with common.progress_bar(f"concepts of {name}") as on_progress:
@@ -313,10 +317,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.sae.formats import load_coder
     from lvlm_studio.sae.inspect import (
+        cls_features,
         edited_answer,
         feature_attribution,
         feature_map,
         image_features,
+        scoped,
         top_features,
         top_patches,
     )
@@ -335,16 +341,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         paths = folder_images(args.folder)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     coder = load_coder(args.sae or demo_sae_path())
+    tokens = scoped(coder, args.tokens).cfg.tokens  # a scope the coder was not trained on is refused here
+    if tokens == "cls" and (patch or args.folder or args.feature or args.token is not None):
+        raise InputError("--patch, --feature (maps), --folder and --token read the image's patches; --tokens cls "
+                         "reads the class token.",
+                         "Drop them, or use --tokens patch or all with a coder trained on patches.")
     loaded, _ = common.load(args)
-    features = image_features(loaded, coder, image, args.prompt)
-    if patch:
-        row, col = patch
+    if tokens == "cls":
+        values = cls_features(loaded, coder, image, args.prompt)
+        order = np.argsort(-values, kind="stable")[:10]
+        top = [(int(i), float(values[i])) for i in order if values[i] > 0]
+        lines = [f"# Features of the class token of {args.image}"]
     else:
-        row, col = np.unravel_index(int(features.sum(axis=-1).argmax()), features.shape[:2])
-    top = top_features(features, int(row), int(col), k=10)
-    lines = [f"# Features at patch ({row}, {col}) of {args.image}", "", "| feature | activation |", "|---:|---:|"]
+        features = image_features(loaded, coder, image, args.prompt)
+        if patch:
+            row, col = patch
+        else:
+            row, col = np.unravel_index(int(features.sum(axis=-1).argmax()), features.shape[:2])
+        top = top_features(features, int(row), int(col), k=10)
+        lines = [f"# Features at patch ({row}, {col}) of {args.image}"]
+    lines += ["", f"Coder at {coder.cfg.hook_name}, trained on {coder.cfg.tokens} tokens, applied at {tokens}.",
+              "", "| feature | activation |", "|---:|---:|"]
     lines += [f"| {f} | {v:.3f} |" for f, v in top]
-    chosen = args.feature or [f for f, _ in top[:3]]
+    chosen = [] if tokens == "cls" else args.feature or [f for f, _ in top[:3]]
     with staged_folder(out, args.overwrite) as folder:  # written beside --out, moved into place at the end
         files = []
         for feature in chosen:
@@ -371,8 +390,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             from lvlm_studio.core.tracing.trace import generate_trace
 
             before = generate_trace(loaded, image, args.prompt).answer_text
-            after = edited_answer(loaded, coder, image, args.prompt, scales)
-            lines += ["", "# Edited answer", "", f"scales {scales}: {before!r} -> {after!r}"]
+            after = edited_answer(loaded, coder, image, args.prompt, scales, tokens=tokens)
+            lines += ["", "# Edited answer", "", f"scales {scales} at {tokens} tokens: {before!r} -> {after!r}"]
         text = "\n".join(lines) + "\n"
         (folder / "inspect.md").write_text(text)
         _mark(folder)

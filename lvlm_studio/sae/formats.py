@@ -26,10 +26,18 @@ Foreign files are read so that the loaded coder gives the numbers their own libr
 * Run-time normalisations (``layer_norm``, ``constant_norm_rescale``) are not applied yet, so files
   that need them are refused by name.
 
-ViT-Prisma folder: ``config.json`` (``d_in``, ``d_sae`` or ``expansion_factor``, ``hook_point``,
-``activation_fn_str``, ``activation_fn_kwargs``) + ``weights.pt``, a torch file read with
-``torch.load(weights_only=True)``: only tensors and plain containers can come out of it, and a file
-that holds any other pickled object is refused before it can run code.
+ViT-Prisma folder: ``config.json`` (``d_in``, ``d_sae`` or ``expansion_factor``, ``hook_point`` or
+``hook_point_layer`` + ``layer_subtype``, ``activation_fn_str``, ``activation_fn_kwargs``) + ``weights.pt``,
+a torch file read with ``torch.load(weights_only=True)``: only tensors and plain containers can come
+out of it. Prisma's hook ``blocks.{L}.{subtype}`` is our hook point of the same name for the
+block-level subtypes (``PRISMA_SUBTYPES``); its ``use_patches_only`` / ``cls_token_only`` give the
+coder's tokens.
+
+ViT-Prisma trainer checkpoints (``n_images_N.pt``: ``{"cfg": <dataclass>, "state_dict"}``) are the one
+exception to "no pickle": their config is read as plain data by the restricted unpickler of
+``prisma_checkpoint`` (nothing imported, nothing run; any global but plain data and ``vit_prisma``
+config classes is refused), their tensors by ``torch.load(weights_only=True)``. Any other pickled
+object is refused before it can run code.
 """
 
 from __future__ import annotations
@@ -48,11 +56,13 @@ import torch
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import atomic_path, write_text
 from lvlm_studio.sae.coders import CoderConfig, SparseAutoencoder, build_coder
+from lvlm_studio.sae.prisma_checkpoint import read_checkpoint
 
 SAELENS_CONFIG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 PRISMA_CONFIG = "config.json"
 PRISMA_WEIGHTS = "weights.pt"
+PRISMA_SPARSITY_LOG = "_log_feature_sparsity.pt"
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
@@ -100,19 +110,32 @@ def save_saelens(coder: SparseAutoencoder, folder: str | Path, dtype: str = "flo
 
 
 def load_coder(path: str | Path) -> SparseAutoencoder:
-    """A coder from a SAELens folder, a ViT-Prisma folder, or a Prisma ``.pt`` file beside its config."""
+    """A coder from a SAELens folder, a ViT-Prisma folder, or a Prisma ``.pt`` file (a state dict
+    beside its ``config.json``, or a trainer checkpoint such as ``n_images_N.pt`` that holds its config)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist.", "Give a folder with cfg.json + sae_weights.safetensors "
                                                     "(SAELens) or config.json + weights.pt (ViT-Prisma).")
     if path.is_file() and path.suffix == ".pt":
         return load_prisma(path.parent, path)
+    if path.is_file() and path.name.endswith((".pkl", ".pkl.gz")):
+        raise InputError(f"{path} is a plain pickle (ViT-Prisma's .pkl/.pkl.gz save), which LVLM Studio does not "
+                         "read: unpickling it could run any code.",
+                         "Save the SAE as .pt (torch.save) or in SAELens format, and load that.")
     if (path / SAELENS_CONFIG).exists():
         return load_saelens(path)
-    if (path / PRISMA_CONFIG).exists():
+    if (path / PRISMA_CONFIG).exists() or _prisma_checkpoints(path):
         return load_prisma(path)
     raise InputError(f"{path} holds no sparse coder.", "Expected cfg.json + sae_weights.safetensors (SAELens) "
                                                        "or config.json + weights.pt (ViT-Prisma).")
+
+
+def _prisma_checkpoints(folder: Path) -> list[Path]:
+    """The ``.pt`` files of a folder that may hold an SAE: all but ViT-Prisma's trainer's sparsity
+    logs (``n_images_N_log_feature_sparsity.pt``)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.pt") if not p.name.endswith(PRISMA_SPARSITY_LOG))
 
 
 def load_saelens(folder: str | Path) -> SparseAutoencoder:
@@ -132,24 +155,52 @@ def load_saelens(folder: str | Path) -> SparseAutoencoder:
 
 
 def load_prisma(folder: str | Path, weights_path: Path | None = None) -> SparseAutoencoder:
+    """A ViT-Prisma coder: ``weights_path`` (default ``weights.pt``, or the folder's only ``.pt`` file)
+    holds a state dict of tensors, read with ``weights_only=True``, and ``config.json`` the config; or
+    it is a trainer checkpoint holding both, whose config is read as plain data (``prisma_checkpoint``)."""
     folder = Path(folder)
-    config = _read_json(folder / PRISMA_CONFIG)
-    weights_path = weights_path or folder / PRISMA_WEIGHTS
-    if not weights_path.exists():
-        raise InputError(f"{folder} has {PRISMA_CONFIG} but no {PRISMA_WEIGHTS}.", "Copy the weights file too.")
+    weights_path = weights_path or _prisma_weights(folder)
+    if weights_path.name.endswith(PRISMA_SPARSITY_LOG):
+        checkpoint = weights_path.name.replace(PRISMA_SPARSITY_LOG, ".pt")
+        raise InputError(f"{weights_path} is ViT-Prisma's log of feature sparsity, not an SAE.",
+                         f"Give the checkpoint saved beside it ({checkpoint}).")
     try:
         loaded = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         if not zipfile.is_zipfile(weights_path):  # torch saves a zip archive; random bytes fail unpickling too
             raise InputError(f"{weights_path} is not a torch file.", "Re-save or re-download it.") from None
-        raise InputError(f"{weights_path} holds a pickled object that is not a tensor, so it was not loaded "
-                         f"({str(exc).splitlines()[0][:160]}).",
-                         "Only weights are read from .pt files (torch.load with weights_only=True); re-save the "
-                         "SAE's state_dict alone, or convert it to SAELens format.") from None
+        # not only tensors: a ViT-Prisma trainer checkpoint ({"cfg": dataclass, "state_dict"}) is read
+        # through the restricted unpickler; anything else is refused by it, naming what the pickle holds
+        config, state = read_checkpoint(weights_path)
+        return _build(config, folder, _state_dict(state, weights_path), weights_path)
     except (RuntimeError, OSError, EOFError) as exc:
         raise InputError(f"{weights_path} is not a readable torch file ({exc}).",
                          "Re-save or re-download it.") from None
+    if isinstance(loaded, torch.Tensor):
+        raise InputError(f"{weights_path} holds one tensor, not an SAE's state dict.",
+                         "Give the SAE's weights file (weights.pt, or a trainer checkpoint n_images_N.pt).")
+    if isinstance(loaded, dict) and isinstance(loaded.get("cfg"), dict) and "state_dict" in loaded:
+        config = loaded["cfg"]  # a checkpoint whose config was saved as a plain dict: its own config wins
+    else:
+        if not (folder / PRISMA_CONFIG).exists():
+            raise InputError(f"{weights_path} holds weights but no config, and {folder} has no {PRISMA_CONFIG}.",
+                             f"Put the SAE's {PRISMA_CONFIG} beside it.")
+        config = _read_json(folder / PRISMA_CONFIG)
     return _build(config, folder, _state_dict(loaded, weights_path), weights_path)
+
+
+def _prisma_weights(folder: Path) -> Path:
+    """``weights.pt``, or else the folder's one checkpoint; several are refused rather than guessed among."""
+    if (folder / PRISMA_WEIGHTS).exists():
+        return folder / PRISMA_WEIGHTS
+    candidates = _prisma_checkpoints(folder)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise InputError(f"{folder} has {PRISMA_CONFIG} but no {PRISMA_WEIGHTS}.", "Copy the weights file too.")
+    names = ", ".join(p.name for p in candidates[:6]) + (", ..." if len(candidates) > 6 else "")
+    raise InputError(f"{folder} holds {len(candidates)} ViT-Prisma checkpoints ({names}) and no {PRISMA_WEIGHTS}.",
+                     "Give the file you want (its path) instead of the folder.")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -284,7 +335,7 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
     d_in = _number(config, "d_in", folder)
     d_sae = _number(config, "d_sae", folder) or int(d_in * _number(config, "expansion_factor", folder, float))
     metadata = _section(config, "metadata", folder)
-    hook = config.get("hook_name") or config.get("hook_point") or metadata.get("hook_name") or ""
+    hook = config.get("hook_name") or metadata.get("hook_name") or _prisma_hook(config, folder)
     if not d_in or not d_sae:
         raise InputError(f"{folder}: the config gives no d_in and d_sae.", "Add them (SAELens: d_in, d_sae).")
     if not isinstance(hook, str):
@@ -295,10 +346,59 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
         k=_number(config, "k", folder) or _number(kwargs, "k", folder),
         hook_name=hook, apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
         model_name=str(config.get("model_name") or metadata.get("model_name") or ""),
-        tokens="all",
+        tokens=_prisma_tokens(config, folder),
         kind="transcoder" if transcoder else "sae",
         d_out=_number(config, "d_out", folder) if transcoder else 0,
     )
+
+
+def _prisma_tokens(config: dict[str, Any], folder: Path) -> str:
+    """Which tokens a foreign coder was trained on: ViT-Prisma's trainer keeps only the class token
+    (``cls_token_only``) or only the patches (``use_patches_only``), else every token, as SAELens does."""
+    cls_only, patches_only = _flag(config, "cls_token_only", folder), _flag(config, "use_patches_only", folder)
+    if cls_only and patches_only:
+        raise InputError(f"{folder}: the config sets both cls_token_only and use_patches_only.",
+                         "Fix the config so that at most one is true.")
+    for key in ("hook_head_index", "hook_point_head_index"):
+        if config.get(key) is not None:
+            raise InputError(f"{folder}: {key} is {config[key]!r}: this coder reads one attention head's slice "
+                             "of the hook point, which LVLM Studio's hook points do not give.",
+                             "Use a coder trained on the whole hook point (head index null).")
+    return "cls" if cls_only else "patch" if patches_only else "all"
+
+
+#: ViT-Prisma's block-level hook names that are LVLM Studio hook points of the same name
+#: (``core/models/hooks.py``); Prisma's others (``mlp.hook_post``, ``attn.hook_z``, ``ln1.hook_normalized``,
+#: ...) have no hook point here.
+PRISMA_SUBTYPES = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
+def _prisma_hook(config: dict[str, Any], folder: Path) -> Any:
+    """The hook point a ViT-Prisma config names: ``hook_point`` ("blocks.9.hook_mlp_out"), or the
+    ``hook_point_layer`` + ``layer_subtype`` pair its trainer's config holds (it builds
+    ``blocks.{layer}.{subtype}`` at run time and does not save it). Prisma's vision blocks are our
+    vision blocks (``blocks.{L}``, counted from 0), so the name carries over; a subtype with no hook
+    point here is refused. "" when the config names no hook at all."""
+    layer, subtype = config.get("hook_point_layer"), config.get("layer_subtype")
+    if isinstance(layer, list) and len(layer) == 1:  # older Prisma configs keep one layer in a list
+        layer = layer[0]
+    hook = config.get("hook_point")
+    if layer is None:
+        return hook or ""
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise InputError(f"{folder}: hook_point_layer in the config is {layer!r}, not one block's index.",
+                         "A sparse coder reads one hook point; set hook_point_layer to one block, e.g. 9.")
+    subtype = "hook_resid_post" if subtype is None else subtype  # Prisma's default
+    if subtype not in PRISMA_SUBTYPES:
+        raise InputError(f"{folder}: layer_subtype {subtype!r} (ViT-Prisma's blocks.{layer}.{subtype}) has no "
+                         "matching hook point in LVLM Studio.",
+                         f"LVLM Studio reads a vision block at {', '.join(PRISMA_SUBTYPES)}; "
+                         "`lvlm-studio sae hooks` lists them.")
+    derived = f"blocks.{layer}.{subtype}"
+    if hook and hook != derived:
+        raise InputError(f"{folder}: the config says hook_point {hook!r} but hook_point_layer {layer} with "
+                         f"layer_subtype {subtype!r}, which is {derived!r}.", "Fix the config so that they agree.")
+    return derived
 
 
 def _section(config: dict[str, Any], key: str, folder: Path) -> dict[str, Any]:

@@ -8,10 +8,17 @@ which features the answer leans on, and what the answer becomes without them.
   log-probability with respect to each feature at each patch (the coder is spliced in with its
   reconstruction error held fixed, so the forward pass is the model's own).
 * ``edited_answer``: ablate or scale features (at every patch, or some) and let the model answer again.
+* ``cls_features``: the class token's features.
+
+Which tokens the coder is applied at (``scoped``): maps, top patches and attribution read the
+patches; edits the tokens the coder was trained on, or a narrower choice ("patch" or "cls" for a
+coder trained on "all", which is how SAELens and ViT-Prisma coders load).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,24 +42,66 @@ if TYPE_CHECKING:
     from lvlm_studio.core.tracing.trace import Trace
 
 
-def _check_vision(coder: SparseAutoencoder) -> None:
-    if coder.cfg.tokens != "patch":
-        raise InputError(f"this coder reads {coder.cfg.tokens!r} tokens; patch inspection needs a patch coder.",
-                         "Train one with --tokens patch.")
+SCOPES = ("patch", "cls", "all")
+
+
+def scoped(coder: SparseAutoencoder, tokens: str | None = None) -> SparseAutoencoder:
+    """The coder applied at ``tokens`` ("patch", "cls" or "all"; None: the tokens it was trained on).
+
+    A coder trained on every token ("all": SAELens's and ViT-Prisma's default, so every foreign
+    coder that says nothing else) may be applied at the patches only or the class token only, since
+    those rows are part of what it was trained on; a patch or class-token coder only at its own
+    tokens. Returns ``coder`` itself, or a view sharing its weights whose ``cfg.tokens`` is the scope
+    (what the splice reads to choose rows).
+    """
+    trained = coder.cfg.tokens
     if coder.cfg.kind == "crosscoder":
         raise InputError("patch inspection reads one hook point; this is a crosscoder.", "Use an SAE or transcoder.")
+    if trained not in SCOPES:
+        raise InputError(f"this coder reads {trained!r} tokens (a language hook point); inspection reads the image's "
+                         "patches and class token.", "Use a coder trained at a vision hook point.")
+    tokens = tokens or trained
+    if tokens not in SCOPES:
+        raise InputError(f"--tokens {tokens!r} is not a vision token kind.", f"Choose one of: {', '.join(SCOPES)}.")
+    if trained != "all" and tokens != trained:
+        raise InputError(f"this coder was trained on {trained} tokens only; applied at {tokens} tokens it would read "
+                         "activations it never saw.",
+                         f"Use --tokens {trained}, or a coder trained with --tokens {tokens} (or all).")
+    if tokens == trained:
+        return coder
+    view = copy.copy(coder)  # shares the parameters; only the scope differs
+    view.cfg = dataclasses.replace(coder.cfg, tokens=tokens)
+    return view
+
+
+def _check_vision(coder: SparseAutoencoder) -> SparseAutoencoder:
+    """The coder applied at the image's patches (for maps, top patches and attribution)."""
+    if coder.cfg.tokens == "cls":
+        raise InputError("this coder was trained on the class token only, so it has no patch maps.",
+                         "Use --tokens cls to see its features of the class token and edit them.")
+    return scoped(coder, "patch")
 
 
 @torch.no_grad()
 def image_features(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str = DEFAULT_PROMPT
                    ) -> np.ndarray:
     """Feature activations on the image's patch grid, [rows, cols, d_sae] (first image region)."""
-    _check_vision(coder)
+    coder = _check_vision(coder)
     inputs = image_inputs(loaded, [image.convert("RGB")], prompt)
     grid = loaded.adapter.vision_patch_grids(inputs)[0].shape
     (rows,) = image_batch_rows(loaded, [coder.cfg.hook_name], [image.convert("RGB")], "patch", prompt)
     features = coder.encode(rows.to(coder.W_enc.device)).cpu().numpy()
     return features[: grid[0] * grid[1]].reshape(*grid, -1)
+
+
+@torch.no_grad()
+def cls_features(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str = DEFAULT_PROMPT
+                 ) -> np.ndarray:
+    """Feature activations of the image's class token, [d_sae] (first image region); the coder must
+    have been trained on the class token ("cls" or "all")."""
+    coder = scoped(coder, "cls")
+    (rows,) = image_batch_rows(loaded, [coder.cfg.hook_name], [image.convert("RGB")], "cls", prompt)
+    return coder.encode(rows[:1].to(coder.W_enc.device)).cpu().numpy()[0]
 
 
 def top_features(features: np.ndarray, row: int, col: int, k: int = 10) -> list[tuple[int, float]]:
@@ -84,7 +133,7 @@ class PatchHit:
 def top_patches(loaded: LoadedModel, coder: SparseAutoencoder, images: Sequence[str | Path], feature: int,
                 n: int = 16, batch: int = 16) -> Job[list[PatchHit]]:
     """The ``n`` patches across ``images`` where ``feature`` is strongest (a job, one pass per batch)."""
-    _check_vision(coder)
+    coder = _check_vision(coder)
     if not 0 <= feature < coder.cfg.d_sae:
         raise InputError(f"feature {feature} does not exist.", f"This coder has features 0..{coder.cfg.d_sae - 1}.")
     best: list[PatchHit] = []
@@ -113,8 +162,9 @@ def top_patches(loaded: LoadedModel, coder: SparseAutoencoder, images: Sequence[
 
 def feature_attribution(loaded: LoadedModel, coder: SparseAutoencoder, trace: Trace, token: int) -> np.ndarray:
     """Activation x gradient of log p(answer token ``token``) for every feature at every patch of
-    the first image, [rows, cols, d_sae]; summed over patches it ranks the features the token used."""
-    _check_vision(coder)
+    the first image, [rows, cols, d_sae]; summed over patches it ranks the features the token used
+    (the coder is spliced in at the patches)."""
+    coder = _check_vision(coder)
     position = trace.answer_position(token)
     inputs = trace.teacher_forced_inputs(loaded, upto=position + 1)
     kept: dict[str, torch.Tensor] = {}
@@ -143,16 +193,21 @@ def feature_attribution(loaded: LoadedModel, coder: SparseAutoencoder, trace: Tr
 
 def edited_answer(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str,
                   features: dict[int, float], patches: Sequence[tuple[int, int]] | None = None,
-                  max_new_tokens: int = 32) -> str:
-    """The model's answer with each feature i scaled by ``features[i]`` (0 ablates) at every patch,
-    or only at ``patches`` [(row, col)]; the reconstruction error stays in place."""
-    return edited_trace(loaded, coder, image, prompt, features, patches, max_new_tokens).answer_text
+                  max_new_tokens: int = 32, tokens: str | None = None) -> str:
+    """The model's answer with each feature i scaled by ``features[i]`` (0 ablates) at every token of
+    ``tokens`` (``scoped``: default the coder's own), or only at ``patches`` [(row, col)]; the
+    reconstruction error stays in place."""
+    return edited_trace(loaded, coder, image, prompt, features, patches, max_new_tokens, tokens).answer_text
 
 
 def edited_trace(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Image, prompt: str,
                  features: dict[int, float], patches: Sequence[tuple[int, int]] | None = None,
-                 max_new_tokens: int = 32) -> Trace:
+                 max_new_tokens: int = 32, tokens: str | None = None) -> Trace:
     from lvlm_studio.core.tracing.trace import generate_trace
+
+    coder = scoped(coder, tokens)
+    if patches is not None:  # an edit confined to some patches reads the patch rows only
+        coder = _check_vision(coder)
 
     for feature in features:
         if not 0 <= feature < coder.cfg.d_sae:
