@@ -15,6 +15,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +84,27 @@ def assert_untouched(folder: Path, before: dict[str, str]) -> None:
     after = snapshot(folder)
     lost = {name for name in before if before[name] != after.get(name)}
     assert not lost, f"the user's files changed or vanished: {sorted(lost)}"
+
+
+def assert_rgb_or_input_error(data: bytes, suffix: str) -> None:
+    """``data`` saved with ``suffix`` opens as an RGB image of at least 4x4 pixels, or is refused with
+    one InputError; either way without a warning."""
+    from PIL import Image
+
+    from lvlm_studio.core.errors import InputError
+    from lvlm_studio.core.io.images import open_image
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"fuzzed{suffix}"
+        path.write_bytes(data)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                image = open_image(path)
+            except InputError:
+                image = None
+        assert not seen, [str(w.message) for w in seen]
+        if image is None:
+            return
+        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        assert min(image.size) >= 4

@@ -8,18 +8,13 @@ of each format and are cut short or have bytes overwritten: that reaches the dec
 from __future__ import annotations
 
 import io
-import tempfile
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_helpers import assert_rgb_or_input_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.io.images import open_image
 
 
 def _encoded(fmt: str, image: Image.Image, **options) -> bytes:
@@ -46,23 +41,6 @@ def damaged_files(draw) -> bytes:
     for _ in range(draw(st.integers(0, 8))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     return bytes(data[: draw(st.integers(0, len(data)))])
-
-
-def assert_rgb_or_input_error(data: bytes, suffix: str) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"fuzzed{suffix}"
-        path.write_bytes(data)
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            try:
-                image = open_image(path)
-            except InputError:
-                image = None
-        assert not seen, [str(w.message) for w in seen]
-        if image is None:
-            return
-        assert isinstance(image, Image.Image) and image.mode == "RGB"
-        assert min(image.size) >= 4
 
 
 @pytest.mark.hostile("images")
