@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sae_helpers import exact_coder
 
 from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.sae.coders import CoderConfig, build_coder
@@ -108,11 +109,7 @@ def test_the_shipped_sae_beats_a_random_topk_sae(shipped_and_random):
 def test_an_exact_coder_has_no_kl_and_full_cosine(demo_model):
     from lvlm_studio.demo.evaluate import heldout_examples
 
-    coder = build_coder(CoderConfig(d_in=128, d_sae=256, hook_name=HOOK, apply_b_dec_to_input=False))
-    eye = torch.eye(128)
-    with torch.no_grad():  # f = [relu(x), relu(-x)], x̂ = x
-        coder.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        coder.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    coder = exact_coder(HOOK)
     examples = [(s.image, e.prompt, e.answer) for s, e in heldout_examples(2, "caption")]
     evaluation = run_job(evaluate_coder(demo_model, coder, examples, 2))
     assert evaluation.kl == pytest.approx(0.0, abs=1e-5)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sae_helpers import exact_coder
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.models.hooks import hooks, run_with_cache
 from lvlm_studio.core.plugin.jobs import run_job
-from lvlm_studio.sae.coders import CoderConfig, build_coder
 from lvlm_studio.sae.inspect import (
     edited_answer,
     feature_attribution,
@@ -27,12 +27,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 @pytest.fixture(scope="module")
 def exact():
-    coder = build_coder(CoderConfig(d_in=128, d_sae=256, hook_name=HOOK, apply_b_dec_to_input=False))
-    eye = torch.eye(128)
-    with torch.no_grad():
-        coder.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        coder.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return coder
+    return exact_coder(HOOK)
 
 
 def _patches(demo_model, demo_trace) -> torch.Tensor:

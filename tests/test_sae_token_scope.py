@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sae_helpers import exact_coder
 
 from lvlm_studio.cli import main
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.models.hooks import hooks, run_with_cache
 from lvlm_studio.sae.activations import image_inputs
-from lvlm_studio.sae.coders import CoderConfig, build_coder
 from lvlm_studio.sae.formats import save_saelens
 from lvlm_studio.sae.inspect import cls_features, edited_answer, image_features, scoped
 from lvlm_studio.sae.splice import scale_features, splice_hook
@@ -23,12 +23,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 
 def _exact(tokens: str):
-    coder = build_coder(CoderConfig(d_in=128, d_sae=256, hook_name=HOOK, apply_b_dec_to_input=False, tokens=tokens))
-    eye = torch.eye(128)
-    with torch.no_grad():
-        coder.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        coder.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return coder
+    return exact_coder(HOOK, tokens)
 
 
 def test_a_coder_trained_on_all_tokens_may_be_applied_at_any_of_them():

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from sae_helpers import exact_coder
 
 from lvlm_studio.core.errors import Cancelled, InputError
 from lvlm_studio.core.plugin.jobs import collect, run_job
@@ -108,21 +109,11 @@ def test_language_coders_train_at_text_positions(demo_model):
         run_job(train_coder(demo_model, TrainSettings(hook_name="blocks.0.attn.hook_pattern", **SMALL)))
 
 
-def _exact_coder(hook: str, tokens: str) -> torch.nn.Module:
-    """f = [relu(x), relu(−x)], x̂ = relu(x) − relu(−x) = x: reconstructs exactly, L0 = nonzero coordinates."""
-    coder = build_coder(CoderConfig(d_in=128, d_sae=256, hook_name=hook, apply_b_dec_to_input=False, tokens=tokens))
-    eye = torch.eye(128)
-    with torch.no_grad():
-        coder.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        coder.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return coder
-
-
 def test_evaluation_of_an_exact_coder_recovers_everything(demo_model):
     from lvlm_studio.demo.evaluate import heldout_examples
 
     examples = [(s.image, e.prompt, e.answer) for s, e in heldout_examples(3, "caption")]
-    vision = run_job(evaluate_coder(demo_model, _exact_coder("blocks.1.hook_resid_post", "patch"), examples, 3))
+    vision = run_job(evaluate_coder(demo_model, exact_coder("blocks.1.hook_resid_post", "patch"), examples, 3))
     assert vision.rows == 3 * 64 and vision.l0 == 128 and vision.l0_cls == 128
     assert vision.explained_variance == pytest.approx(1.0, abs=1e-6)
     assert vision.nll_coder == pytest.approx(vision.nll_original, abs=1e-5)
@@ -134,7 +125,7 @@ def test_evaluation_of_an_exact_coder_recovers_everything(demo_model):
     (rows,) = image_batch_rows(demo_model, ["blocks.1.hook_resid_post"], [e[0] for e in examples], "patch")
     expected_alive = int((rows > 0).any(0).sum() + (rows < 0).any(0).sum())
     assert vision.alive == expected_alive and vision.dead == 256 - expected_alive
-    language = run_job(evaluate_coder(demo_model, _exact_coder("lm.blocks.2.hook_resid_post", "text"), examples, 3))
+    language = run_job(evaluate_coder(demo_model, exact_coder("lm.blocks.2.hook_resid_post", "text"), examples, 3))
     assert language.l0_cls is None and language.ce_recovered == pytest.approx(1.0, abs=1e-4)
     table = format_evaluations([("vision", vision), ("language", language)])
     # The demo captions' clean NLL is ~0, the loss floor: CE recovered is flagged as saturated there.
