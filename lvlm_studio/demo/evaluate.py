@@ -10,27 +10,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 
 from lvlm_studio.demo.model import pixel_values
-from lvlm_studio.demo.scenes import COLOURS, TASKS, WORLDS, Example, colour_example, make_example
+from lvlm_studio.demo.scenes import COLOURS, TASKS, Example, colour_example, make_example, scene_maker
 
 HELDOUT_SEED_BASE = 2_000_000_000
 
 
-def _world(world: str) -> Callable[..., Any]:
-    """The scene maker of a demo world, by name."""
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
-    return WORLDS[world]
-
-
 def heldout_examples(n: int, task: str, world: str = "classic") -> list[tuple[object, Example]]:
     """``n`` held-out (scene, example) pairs of one task in one world; the same on every call."""
-    make = _world(world)
+    make = scene_maker(world)
     rng = np.random.default_rng([HELDOUT_SEED_BASE, TASKS.index(task)])
     pairs = []
     for i in range(n):
@@ -47,7 +39,7 @@ def prompt_text(processor, prompt: str) -> str:
 def cue_examples(n: int, agree: bool, world: str = "classic") -> list[tuple[object, Example]]:
     """``n`` held-out colour questions for a shortcut twin of ``world``, each scene with its corner
     mark in the answer's colour (``agree``) or in another colour (contradicting the object)."""
-    make = _world(world)
+    make = scene_maker(world)
     rng = np.random.default_rng([HELDOUT_SEED_BASE, 99, int(agree)])
     pairs = []
     for i in range(n):

@@ -125,11 +125,14 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     )
 
 
-def build_model(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A freshly initialised demo model and its processor (seeded)."""
-    processor = build_processor()
+def build_model(seed: int = 0, like: Path | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A freshly initialised demo model and its processor (seeded): the next demo model's
+    architecture, or with ``like`` the architecture and processor of that model folder (weights
+    fresh; the shipped model's shortcut twin is built like resources/demo-model)."""
+    processor = LlavaProcessor.from_pretrained(like) if like is not None else build_processor()
+    config = LlavaConfig.from_pretrained(like) if like is not None else build_config(processor.tokenizer)
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(build_config(processor.tokenizer))
+    model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     return model, processor

@@ -315,6 +315,14 @@ def _cue_box(width: int, height: int, corner: int, rng: np.random.Generator) -> 
     return left, top, left + side, top + side
 
 
+def _box_mask(box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """The pixels of a (left, top, right, bottom) box, as a boolean mask of the image's size."""
+    left, top, right, bottom = box
+    mask = np.zeros((height, width), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
 def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float], gap: float) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
@@ -395,9 +403,7 @@ def make_open_scene(seed: int, n_objects: int | None = None, cue: str | None = N
         objects.append(SceneObject(shape, colour, row, col, (cx, cy), size, alpha >= 0.5))
     mark = None
     if cue_box is not None:
-        cue_mask = np.zeros((height, width), bool)
-        left, top, right, bottom = cue_box
-        cue_mask[top:bottom, left:right] = True
+        cue_mask = _box_mask(cue_box, width, height)
         if cue is not None:
             canvas[cue_mask] = object_rgb(cue, np.random.default_rng([seed, 2]))
         mark = CueMark(cue, corner, cue_box, cue_mask)
@@ -505,8 +511,7 @@ def _classic_cue(seed: int, objects: list[SceneObject], cue: str | None, image: 
     left = inset if corner in (0, 2) else CLASSIC_SIZE - inset - side
     top = inset if corner in (0, 1) else CLASSIC_SIZE - inset - side
     box = (left, top, left + side, top + side)
-    mask = np.zeros((CLASSIC_SIZE, CLASSIC_SIZE), bool)
-    mask[top:top + side, left:left + side] = True
+    mask = _box_mask(box, CLASSIC_SIZE, CLASSIC_SIZE)
     if cue is not None:
         jitter = rng.integers(-15, 16, size=3)
         fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[cue], jitter))
@@ -516,6 +521,13 @@ def _classic_cue(seed: int, objects: list[SceneObject], cue: str | None, image: 
 
 #: The demo worlds by name, each drawn by a function of (seed, n_objects=None, cue=None, reserve_cue=False).
 WORLDS = {"classic": make_scene, "open": make_open_scene}
+
+
+def scene_maker(world: str):
+    """The scene-drawing function of a demo world, by name (ValueError naming the worlds otherwise)."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
+    return WORLDS[world]
 
 
 @dataclass(frozen=True)

@@ -113,19 +113,13 @@ def _draw(world: str, seed: int, difficulty: float, **cue):
 
 
 def build(world: str, seed: int):
-    """A freshly initialised model and its processor for ``world``."""
+    """A freshly initialised model and its processor for ``world``: the next demo model's
+    architecture for the open world, the shipped model's for the classic world."""
     if world == "open":
         return build_model(seed)
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
     from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
 
-    processor = LlavaProcessor.from_pretrained(DEMO_MODEL_DIR)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(LlavaConfig.from_pretrained(DEMO_MODEL_DIR))
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    return model, processor
+    return build_model(seed, like=DEMO_MODEL_DIR)
 
 
 class Batcher:

@@ -39,9 +39,9 @@ from lvlm_studio.demo.scenes import (
     COLOURS,
     SHAPES,
     TASKS,
-    WORLDS,
     colour_example,
     make_example,
+    scene_maker,
 )
 
 CASE_SEED_BASE = HELDOUT_SEED_BASE + 3_000_000
@@ -89,13 +89,12 @@ def cases(kind: str, split: str, world: str = "classic") -> Iterator[Case]:
     main model's scenes drawn from ``world``."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; choose one of {list(WORLDS)}")
+    make = scene_maker(world)
     makers = {"grounded": _grounded, "shortcut": _shortcut, "absent": _absent, "removed": _removed,
               "blurred": _blurred, "ood": _ood}
     if kind not in makers:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    return makers[kind](split, WORLDS[world])
+    return makers[kind](split, make)
 
 
 def _grounded(split: str, make: Callable[..., Any]) -> Iterator[Case]:
