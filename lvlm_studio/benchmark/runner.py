@@ -38,7 +38,7 @@ from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.io.files import atomic_path, check_output_folder, read_run_record, reporting, write_text
 from lvlm_studio.core.io.records import environment, jsonable, package_version
 from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
-from lvlm_studio.core.plugin.contracts import require_applicable
+from lvlm_studio.core.plugin.contracts import declared_directions, require_applicable
 from lvlm_studio.core.plugin.explanation import Explanation, fixed_levels, overlay, to_pixels
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay
 
@@ -291,14 +291,8 @@ def _safe(name: str) -> str:
 def metric_directions(metrics: dict[str, Any]) -> dict[str, str]:
     """"METRIC.VALUE" -> "higher" or "lower" (which is better), as each metric declares it
     (``Metric.directions``); values a metric does not name have no direction."""
-    found = {}
-    for metric_id, metric in metrics.items():
-        declared = getattr(metric, "directions", None)
-        for value in declared if isinstance(declared, dict) else ():
-            direction = metric.direction(value) if hasattr(metric, "direction") else None
-            if direction is not None:
-                found[f"{metric_id}.{value}"] = direction
-    return found
+    return {f"{metric_id}.{value}": way for metric_id, metric in metrics.items()
+            for value, way in declared_directions(metric).items()}
 
 
 def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[str] | None,

@@ -20,6 +20,7 @@ from PySide6.QtCore import QEvent, QObject
 from PySide6.QtWidgets import QWidget
 
 from lvlm_studio.core.errors import PluginError
+from lvlm_studio.core.plugin.contracts import declared_directions
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -142,8 +143,7 @@ class PanelContext:
     def metric_direction(self, metric: str, value: str) -> str | None:
         """"higher" or "lower": which is better for value ``value`` of ``metric``, as the metric declares
         it (``Metric.directions``); None when it declares none."""
-        found = self._analysis.metrics.get(metric)
-        return found.direction(value) if found is not None and hasattr(found, "direction") else None
+        return declared_directions(self._analysis.metrics.get(metric)).get(value)
 
     def title_of(self, method: str) -> str:
         return self.methods().get(method) or (self.explanations[method].provenance.get("method", method)

@@ -76,9 +76,10 @@ class Sessions(QObject):
 
     def _directions(self, metric_id: str, result: Any) -> dict[str, str]:
         """Which way each value of ``result`` is better, as metric ``metric_id`` declares it."""
-        metric = self.window.analysis.metrics.get(metric_id)
-        found = {name: metric.direction(name) for name in result.values} if hasattr(metric, "direction") else {}
-        return {name: way for name, way in found.items() if way is not None}
+        from lvlm_studio.core.plugin.contracts import declared_directions
+
+        declared = declared_directions(self.window.analysis.metrics.get(metric_id))
+        return {name: declared[name] for name in result.values if name in declared}
 
     def save_session(self, path: str | Path | None = None, ask: bool = False) -> Path | None:
         """Save the analysis (to ``path``, the current session file, or a file the user picks)."""

@@ -206,6 +206,15 @@ HIGHER, LOWER = "higher", "lower"
 DIRECTIONS = (HIGHER, LOWER)
 
 
+def declared_directions(metric: Any) -> dict[str, str]:
+    """Value name -> "higher" or "lower" (which is better), as ``metric`` declares it in
+    ``directions``; empty for anything that declares none (a third-party object, None)."""
+    declared = getattr(metric, "directions", None)
+    if not isinstance(declared, dict):
+        return {}
+    return {str(value): way for value, way in declared.items() if way in DIRECTIONS}
+
+
 class Metric(_Described):
     """Scores an explanation: faithfulness (needs the model) or plausibility (needs masks).
 
@@ -224,9 +233,7 @@ class Metric(_Described):
 
     def direction(self, value: str) -> str | None:
         """"higher" or "lower" when that is better for ``value``; None when not declared (or not one of them)."""
-        declared = getattr(self, "directions", None)
-        found = declared.get(value) if isinstance(declared, dict) else None
-        return found if found in DIRECTIONS else None
+        return declared_directions(self).get(value)
 
     def score(
         self,
