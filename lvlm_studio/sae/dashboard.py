@@ -255,6 +255,24 @@ def cache_key(coder: SparseAutoencoder, sae_hash: str, images: ImageSet, model: 
             "prompt": prompt}
 
 
+def model_identity(source: str | Path) -> str:
+    """The model part of a cache key: its folder, resolved."""
+    return str(Path(source).expanduser().resolve())
+
+
+def cached_dashboard(loaded: LoadedModel, coder: SparseAutoencoder, key: dict[str, Any], images: ImageSet,
+                     folder: str | Path, batch: int = 16) -> Job[FeatureDashboard]:
+    """The dashboard cached in ``folder`` under ``key``, or (a job) one built now and saved there."""
+    found = load_cache(folder, key)
+    if found is not None:
+        return found
+    dashboard = yield from build_dashboard(loaded, coder, images, key, top_k=key["top_k"], batch=batch,
+                                           prompt=key["prompt"])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_cache(dashboard, folder)
+    return dashboard
+
+
 # -- the pass ----------------------------------------------------------------------------------------
 class _TopK:
     """The running ``k`` largest activations of every feature over the rows seen so far."""
