@@ -72,6 +72,10 @@ def test_windows_crops_density_and_histograms_match_the_features(demo_model, bui
         window = np.pad(grid, 1, constant_values=np.nan)[r:r + 3, c:c + 3].ravel()
         np.testing.assert_allclose(example["window"], window, atol=1e-5)
         assert example["crop"].shape == (dash.CROP, dash.CROP, 3) and example["crop"].max() > 0
+    corner = dash.crop(images.open(0), (8, 8), 0, 0)  # beyond the image's edge: grey padding
+    assert (corner[:dash.CROP // 3 - 1, :dash.CROP // 3 - 1] == dash.PAD).all()
+    middle = np.asarray(images.open(0).crop((0, 0, 12, 12)).resize((16, 16), 0))  # patch (0, 0) itself
+    np.testing.assert_array_equal(corner[16:32, 16:32], middle)
 
 
 def test_histograms_grow_by_merging_bins_and_stay_exact():

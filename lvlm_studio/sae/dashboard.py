@@ -273,6 +273,27 @@ def cached_dashboard(loaded: LoadedModel, coder: SparseAutoencoder, key: dict[st
     return dashboard
 
 
+def find_dashboard(sae_path: str | Path, images: ImageSet, model_source: str | Path, folder: str | Path,
+                   top_k: int = 16, prompt: str = DEFAULT_PROMPT) -> FeatureDashboard | None:
+    """The dashboard cached in ``folder`` for this coder file, image set, model and settings, or None."""
+    from lvlm_studio.sae.formats import load_coder
+
+    coder = load_coder(sae_path)
+    return load_cache(folder, cache_key(coder, coder_hash(sae_path), images, model_identity(model_source), top_k,
+                                        prompt))
+
+
+def dashboard_job(loaded: LoadedModel, sae_path: str | Path, images: ImageSet, folder: str | Path, top_k: int = 16,
+                  prompt: str = DEFAULT_PROMPT, batch: int = 16) -> Job[FeatureDashboard]:
+    """The dashboard of the coder at ``sae_path`` over ``images``: from the cache in ``folder`` when
+    it matches, else built now (one pass, a job) and cached there."""
+    from lvlm_studio.sae.formats import load_coder
+
+    coder = load_coder(sae_path)
+    key = cache_key(coder, coder_hash(sae_path), images, model_identity(loaded.source), top_k, prompt)
+    return (yield from cached_dashboard(loaded, coder, key, images, folder, batch))
+
+
 # -- the pass ----------------------------------------------------------------------------------------
 class _TopK:
     """The running ``k`` largest activations of every feature over the rows seen so far."""
@@ -341,24 +362,29 @@ def _windows(values: np.ndarray, rows: np.ndarray, features: np.ndarray, grid: t
 
 
 def crop_box(size: tuple[int, int], grid: tuple[int, int], row: int, col: int) -> tuple[int, int, int, int]:
-    """The pixel box (left, top, right, bottom) of the 3x3 patches around (row, col), clipped to the image."""
+    """The pixel box (left, top, right, bottom) of the 3x3 patches around (row, col); it reaches
+    past the image at its edges (``crop`` pads there), so the patch is always the middle one."""
     width, height = size
     rows, cols = grid
     cell_w, cell_h = width / cols, height / rows
-    box = (max(0.0, (col - 1) * cell_w), max(0.0, (row - 1) * cell_h),
-           min(width, (col + 2) * cell_w), min(height, (row + 2) * cell_h))
+    box = ((col - 1) * cell_w, (row - 1) * cell_h, (col + 2) * cell_w, (row + 2) * cell_h)
     return tuple(int(round(v)) for v in box)  # type: ignore[return-value]
 
 
-def patch_in_crop(dashboard: FeatureDashboard, example: dict[str, Any]) -> tuple[float, float, float, float]:
-    """Where the example's patch lies in its crop (0..1 of the crop's width and height)."""
-    rows, cols = dashboard.grid
-    # the crop spans up to three cells; the patch is the middle one unless the crop was clipped
-    left = 0 if example["col"] == 0 else 1
-    top = 0 if example["row"] == 0 else 1
-    span_c = min(cols, example["col"] + 2) - max(0, example["col"] - 1)
-    span_r = min(rows, example["row"] + 2) - max(0, example["row"] - 1)
-    return left / span_c, top / span_r, (left + 1) / span_c, (top + 1) / span_r
+PAD = (160, 160, 160)  # what a crop shows beyond the image's edge
+
+
+def crop(image: Image.Image, grid: tuple[int, int], row: int, col: int, size: int = CROP) -> np.ndarray:
+    """The 3x3 patches around (row, col) as a ``size`` x ``size`` RGB array, grey beyond the image."""
+    left, top, right, bottom = crop_box(image.size, grid, row, col)
+    canvas = Image.new("RGB", (right - left, bottom - top), PAD)
+    inside = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
+    canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
+    return np.asarray(canvas.resize((size, size), Image.NEAREST))
+
+
+#: Where an example's patch lies in its crop (left, top, right, bottom in units of the crop).
+PATCH_BOX = (1 / 3, 1 / 3, 2 / 3, 2 / 3)
 
 
 def build_dashboard(loaded: LoadedModel, coder: SparseAutoencoder, images: ImageSet, key: dict[str, Any],
@@ -440,9 +466,7 @@ def _crops(images: ImageSet, grid: tuple[int, int], top_image: np.ndarray, top_p
     for n, (image_index, patch) in enumerate(pairs):
         if current is None or current[0] != image_index:
             current = (image_index, images.open(image_index))
-        image = current[1]
-        box = crop_box(image.size, grid, patch // grid[1], patch % grid[1])
-        crops[n] = np.asarray(image.crop(box).resize((CROP, CROP), Image.NEAREST))
+        crops[n] = crop(current[1], grid, patch // grid[1], patch % grid[1])
     top_crop = np.full(top_image.shape, -1, dtype=np.int64)
     for (f, slot), image_index in np.ndenumerate(top_image):
         if image_index >= 0:
@@ -588,12 +612,12 @@ def contact_sheet(dashboard: FeatureDashboard, feature: int, columns: int = 4, t
     density = float(dashboard.density[feature])
     draw.text((4, 2), f"feature {feature}: density {density:.4f}", fill=(0, 0, 0))
     for index, example in enumerate(examples):
-        crop = Image.fromarray(example["crop"]).resize((tile, tile), Image.NEAREST)
-        x0, y0, x1, y1 = patch_in_crop(dashboard, example)
-        ImageDraw.Draw(crop).rectangle([x0 * tile, y0 * tile, x1 * tile - 1, y1 * tile - 1],
-                                       outline=(255, 0, 255), width=2)
+        enlarged = Image.fromarray(example["crop"]).resize((tile, tile), Image.NEAREST)
+        x0, y0, x1, y1 = PATCH_BOX
+        ImageDraw.Draw(enlarged).rectangle([x0 * tile, y0 * tile, x1 * tile - 1, y1 * tile - 1],
+                                           outline=(255, 0, 255), width=2)
         x, y = (index % columns) * tile, 16 + (index // columns) * (tile + 14)
-        sheet.paste(crop, (x, y))
+        sheet.paste(enlarged, (x, y))
         draw.text((x + 2, y + tile), f"{example['activation']:.2f} {example['image'][-10:]}", fill=(0, 0, 0))
     return sheet
 
