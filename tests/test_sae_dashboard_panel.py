@@ -76,6 +76,12 @@ def test_dashboard_panel_builds_in_the_background_and_shows_a_feature(qtbot, win
     shot = tmp_path / "dashboard.png"
     assert panel.grab().save(str(shot)) and shot.stat().st_size > 0
 
+    panel.open_folder(tmp_path / "nothing")
+    assert "holds no feature dashboard" in panel.status.text()
+    panel.open_folder(panel.cache_path())  # a folder written by the command line opens the same way
+    assert panel.opened and panel.dashboard.image_ids == board.image_ids
+    panel.opened = False
+
     panel.dashboard = None  # the cache is found again without a pass
     panel.look_for_cache()
     qtbot.waitUntil(lambda: panel.dashboard is not None, timeout=JOB_TIMEOUT_MS)

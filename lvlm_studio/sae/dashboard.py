@@ -303,11 +303,13 @@ class _TopK:
         self.rows = torch.full((d_sae, k), -1, dtype=torch.long)
 
     def add(self, features: torch.Tensor, first_row: int) -> None:
-        """Merge a batch's features [n, d_sae] (rows ``first_row``.. onward) into the kept ones."""
-        n = features.shape[0]
-        values = torch.cat([self.values, features.T.float()], dim=1)
-        rows = torch.cat([self.rows, torch.arange(first_row, first_row + n).expand(features.shape[1], n)], dim=1)
-        kept = values.topk(self.values.shape[1], dim=1)  # ties: any order
+        """Merge a batch's features [n, d_sae] (rows ``first_row``.. onward) into the kept ones: the
+        batch's own top-k per feature first, so the merge is [d_sae, 2k] whatever the batch size."""
+        k = self.values.shape[1]
+        batch = features.T.float().topk(min(k, features.shape[0]), dim=1)
+        values = torch.cat([self.values, batch.values], dim=1)
+        rows = torch.cat([self.rows, batch.indices + first_row], dim=1)
+        kept = values.topk(k, dim=1)  # ties: any order
         self.values = kept.values
         self.rows = rows.gather(1, kept.indices)
         self.rows[self.values <= 0] = -1  # only patches where the feature fires are examples

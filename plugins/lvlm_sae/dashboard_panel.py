@@ -72,6 +72,7 @@ class FeatureDashboardPanel(QWidget):
         self.feature = 0
         self.hits: list[int] = []
         self.building = False
+        self.opened = False  # showing a folder the user opened, whatever model it was built with
 
         self.choose_sae = QPushButton("SAE\u2026")
         self.choose_sae.clicked.connect(self._choose_sae)
@@ -146,7 +147,8 @@ class FeatureDashboardPanel(QWidget):
 
     # -- finding or building the cache ---------------------------------------------------------------
     def _on_change(self, name: str) -> None:
-        if name == "model" and self.dashboard is None:
+        if name == "model" and not self.opened and not self.building:
+            self.dashboard = None  # built for another model: find this one's
             self.look_for_cache()
 
     def _image_set(self):
@@ -226,13 +228,13 @@ class FeatureDashboardPanel(QWidget):
     def _choose_sae(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "SAE folder (SAELens or ViT-Prisma)")
         if folder:
-            self.sae_path, self.dashboard, self.cache_folder = folder, None, None
+            self.sae_path, self.dashboard, self.cache_folder, self.opened = folder, None, None, False
             self.look_for_cache()
 
     def _choose_images(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of images to build the dashboard over")
         if folder:
-            self.images_folder, self.dashboard, self.cache_folder = folder, None, None
+            self.images_folder, self.dashboard, self.cache_folder, self.opened = folder, None, None, False
             self.look_for_cache()
 
     def _open_cache(self) -> None:
@@ -249,6 +251,7 @@ class FeatureDashboardPanel(QWidget):
         if found is None:
             self.status.setText(f"{folder} holds no feature dashboard.")
             return
+        self.opened = True
         self.set_dashboard(found)
 
     # -- showing ---------------------------------------------------------------------------------------
