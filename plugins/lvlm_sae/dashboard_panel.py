@@ -104,6 +104,7 @@ class FeatureDashboardPanel(QWidget):
         self.examples.setResizeMode(QListView.ResizeMode.Adjust)
         self.examples.setMovement(QListView.Movement.Static)
         self.examples.setWordWrap(True)
+        self.examples.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # image ids differ at their ends
         self.histogram = pg.PlotWidget(background=BACKGROUND)
         self.histogram.setLabel("bottom", "activation", color=FOREGROUND)
         self.histogram.setLabel("left", "patches", color=FOREGROUND)
