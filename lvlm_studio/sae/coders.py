@@ -47,6 +47,9 @@ from torch import nn
 from lvlm_studio.core.errors import InputError
 
 ARCHITECTURES = ("standard", "topk", "jumprelu", "gated", "batchtopk", "matryoshka_batchtopk")
+#: SAELens's run-time normalisations that need no stored factor: each token is normalised before
+#: encoding and the reconstruction mapped back with the same token's statistics (``normalise_in``)
+NORMALISATIONS = ("none", "constant_norm_rescale", "layer_norm")
 #: the architectures that keep a whole batch's k·n strongest activations in training
 BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
 KINDS = ("sae", "transcoder", "crosscoder")
@@ -78,6 +81,7 @@ class CoderConfig:
     jumprelu_bandwidth: float = 0.05
     topk_threshold_lr: float = 0.01
     matryoshka_widths: tuple[int, ...] = ()
+    normalize_activations: str = "none"
     tokens: str = "patch"
     model_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +102,12 @@ class CoderConfig:
                     or widths[0] < 1:
                 raise InputError(f"matryoshka_widths {list(widths)} must increase strictly from 1 or more and end "
                                  f"at d_sae={self.d_sae}.", f"For example [{max(1, self.d_sae // 4)}, {self.d_sae}].")
+        if self.normalize_activations not in NORMALISATIONS:
+            raise InputError(f"unknown run-time normalisation {self.normalize_activations!r}.",
+                             f"Choose one of: {', '.join(NORMALISATIONS)}.")
+        if self.normalize_activations != "none" and self.kind != "sae":
+            raise InputError(f"a run-time normalisation ({self.normalize_activations}) is for sparse autoencoders "
+                             f"only, not a {self.kind}.", "Use normalize_activations='none'.")
         if self.kind == "transcoder":
             self.apply_b_dec_to_input = False  # input and output spaces differ
         if not self.d_out:
@@ -139,8 +149,37 @@ class SparseAutoencoder(nn.Module):
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
 
+    def normalise_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The run-time normalisation of each token before encoding (SAELens's, for a coder that has one):
+
+        * ``constant_norm_rescale``: x · √d_in / ‖x‖, every token scaled to norm √d_in;
+        * ``layer_norm``: (x − μ) / (σ + 10⁻⁵), μ and σ the token's mean and standard deviation
+          (σ with Bessel's correction, as ``Tensor.std``).
+        """
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            return x * (self.cfg.d_in ** 0.5 / x.norm(dim=-1, keepdim=True))
+        if mode == "layer_norm":
+            centred = x - x.mean(dim=-1, keepdim=True)
+            return centred / (centred.std(dim=-1, keepdim=True) + 1e-5)
+        return x
+
+    def normalise_out(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """A reconstruction mapped back to the input's scale with the input token's statistics:
+        out · ‖x‖ / √d_in, or out · σ + μ (SAELens adds no 10⁻⁵ on the way back)."""
+        mode = self.cfg.normalize_activations
+        if mode == "none":
+            return out
+        if x is None:
+            raise ValueError(f"a coder with normalize_activations={mode!r} needs its input to decode")
+        if mode == "constant_norm_rescale":
+            return out / (self.cfg.d_in ** 0.5 / x.norm(dim=-1, keepdim=True))
+        return out * (x - x.mean(dim=-1, keepdim=True)).std(dim=-1, keepdim=True) + x.mean(dim=-1, keepdim=True)
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """p = (x − b_dec) W_enc (b_dec only with ``apply_b_dec_to_input``): the encoder without its bias."""
+        """p = (x − b_dec) W_enc (b_dec only with ``apply_b_dec_to_input``; x normalised first if the
+        coder has a run-time normalisation): the encoder without its bias."""
+        x = self.normalise_in(x)
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc
@@ -182,14 +221,16 @@ class SparseAutoencoder(nn.Module):
         return self.activate(self.pre_activation(x), gate)
 
     def decode(self, f: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """The reconstruction x̂ [..., d_out] (``x`` only matters to transcoders with a skip)."""
-        return f @ self.W_dec + self.b_dec
+        """The reconstruction x̂ [..., d_out] (``x`` only matters to transcoders with a skip, and to
+        coders with a run-time normalisation, whose output is mapped back with x's statistics)."""
+        return self.normalise_out(f @ self.W_dec + self.b_dec, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x), x)
 
     def feature_direction(self, feature: int) -> torch.Tensor:
-        """What feature ``feature`` adds to the output per unit of activation (its decoder row)."""
+        """What feature ``feature`` adds to the output per unit of activation (its decoder row; for a
+        coder with a run-time normalisation, in the normalised space)."""
         return self.W_dec[feature]
 
     # -- training ------------------------------------------------------------------------------

@@ -1,30 +1,46 @@
 """Sparse-coder files: SAELens (read and write) and ViT-Prisma (read), never a full unpickle.
 
 SAELens folder: ``cfg.json`` + ``sae_weights.safetensors`` holding ``W_enc`` [d_in, d_sae],
-``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in], ``b_dec`` [d_in], plus ``threshold`` [d_sae] for
-JumpReLU (and ``W_skip`` for transcoders with a skip path). The architecture comes from
-``architecture`` ("standard", "topk", "jumprelu") or, in older files, ``activation_fn_str``; TopK's k
-from ``k`` or ``activation_fn_kwargs.k``; the hook from ``hook_name`` or ``metadata.hook_name``.
-What SAELens has no field for (transcoder/crosscoder kind, which tokens) is kept under an
-``lvlm_studio`` key that SAELens ignores.
+``b_enc`` [d_sae], ``W_dec`` [d_sae, d_out], ``b_dec`` [d_out], plus ``threshold`` [d_sae] for
+JumpReLU, ``b_gate``, ``b_mag``, ``r_mag`` [d_sae] instead of ``b_enc`` for gated SAEs, and ``W_skip``
+[d_out, d_in] for skip transcoders. The architecture comes from ``architecture`` (``SAELENS_READS``)
+or, in older files, ``activation_fn_str``; TopK's k from ``k`` or ``activation_fn_kwargs.k``; the hook
+from ``hook_name`` or ``metadata.hook_name``. What SAELens has no field for (crosscoders, which
+tokens, a BatchTopK's training state) is kept under an ``lvlm_studio`` key that SAELens ignores.
 
 Foreign files are read so that the loaded coder gives the numbers their own library gives:
 
 * ``activation_fn_str: "topk"`` means TopK even beside ``"architecture": "standard"`` (what
-  ViT-Prisma and older SAELens write); an architecture that contradicts it is refused.
+  ViT-Prisma and older SAELens write); an architecture that contradicts it is refused, and so is an
+  activation computed nowhere here (ViT-Prisma's ``tanh-relu``).
 * SAELens TopK with ``rescale_acts_by_decoder_norm: true`` computes, with nᵢ = ‖W_dec,ᵢ‖,
   f = TopK(((x − b_dec) W_enc + b_enc) ⊙ n) and x̂ = (f ⊘ n) W_dec + b_dec. That is exactly a plain
   TopK coder with W_enc·diag(n), b_enc ⊙ n and decoder rows W_dec,ᵢ / nᵢ, which is what is loaded
   (the same features f, the same x̂; saved back, the file needs no flag). A zero decoder row is
   refused, since SAELens would divide by zero.
+* SAELens's BatchTopK and Matryoshka-BatchTopK exist only in training; SAELens saves them for
+  inference as a JumpReLU whose every threshold is the learned ``topk_threshold`` (after folding the
+  decoder norms in, with the rescale flag). Their checkpoints (``"architecture": "batchtopk"``) are
+  read as that JumpReLU.
+* SAELens transcoders (``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
+  ``jumprelu_skip_transcoder``) do not centre their input (b_dec is the output's bias) and apply
+  the skip path as x W_skipᵀ.
 * Transcoders written with ``is_transcoder: true`` (ViT-Prisma) compute
   f = act((x − b_dec) W_enc + b_enc) and x̂ = f W_dec + b_dec_out, with ``d_out`` outputs (d_in if
   absent). They load as a ``Transcoder`` whose b_enc is b_enc − b_dec W_enc (the input centring
   folded in) and whose output bias is ``b_dec_out``.
-* Every tensor in the file must be used: an unknown one (gated SAEs' ``b_gate``, ``r_mag``, ...) is
-  refused by name rather than dropped, since the coder would run without it.
-* Run-time normalisations (``layer_norm``, ``constant_norm_rescale``) are not applied yet, so files
-  that need them are refused by name.
+* Every tensor in the file must be used: an unknown one is refused by name rather than dropped,
+  since the coder would run without it (an all-ones ``scaling_factor``, which SAELens drops too,
+  excepted; any other is folded into the decoder when ``finetuning_scaling_factor`` says it applies).
+* Run-time normalisations: ``layer_norm`` and ``constant_norm_rescale`` are applied per token by the
+  coder (``coders.NORMALISATIONS``); ``expected_average_only_in`` is a dataset-wide factor, folded into
+  the weights when SAELens's trainer left it beside the checkpoint (``activation_scaler.json``) and
+  refused otherwise, since the file does not hold it; ``covariance_whitening`` is refused (its mean
+  and matrix are not folded here); ``reshape_activations: "hook_z"`` is refused (no hook point gives
+  attention heads' outputs).
+
+Written files are read by SAELens as they are read here (``save_saelens``): the architecture
+SAELens must run, decoder rows unit-norm with the scale folded in, ``dtype`` the compute dtype.
 
 ViT-Prisma folder: ``config.json`` (``d_in``, ``d_sae`` or ``expansion_factor``, ``hook_point`` or
 ``hook_point_layer`` + ``layer_subtype``, ``activation_fn_str``, ``activation_fn_kwargs``) + ``weights.pt``,
@@ -55,7 +71,7 @@ import torch
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import atomic_path, write_text
-from lvlm_studio.sae.coders import CoderConfig, SparseAutoencoder, build_coder
+from lvlm_studio.sae.coders import NORMALISATIONS, CoderConfig, SparseAutoencoder, build_coder
 from lvlm_studio.sae.prisma_checkpoint import read_checkpoint
 
 SAELENS_CONFIG = "cfg.json"
@@ -158,7 +174,7 @@ def save_saelens(coder: SparseAutoencoder, folder: str | Path, dtype: str = "flo
         "dtype": compute_dtype,
         "device": "cpu",
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-        "normalize_activations": "none",
+        "normalize_activations": cfg.normalize_activations,
         "reshape_activations": "none",
         "hook_name": cfg.hook_name,  # where SAELens before 6.0 and other readers look
         "model_name": cfg.model_name,
@@ -316,6 +332,8 @@ def _build(config: dict[str, Any], folder: Path, tensors: dict[str, torch.Tensor
             cfg = _batch_topk_threshold(cfg, tensors)
         return _assemble(cfg, tensors, source)
     _fold_scaling_factor(config, tensors, source)
+    if _normalisation(config, folder) == "expected_average_only_in":
+        _fold_scale(tensors, _scaling_factor(folder), _flag(config, "rescale_acts_by_decoder_norm", folder))
     if architecture in SAELENS_BATCH_TOPK and "topk_threshold" in tensors:
         # a SAELens training checkpoint: its inference form, as SAELens saves it, a JumpReLU whose
         # every feature has the one threshold
@@ -412,29 +430,62 @@ def _flag(config: dict[str, Any], key: str, folder: Path) -> bool:
     return value
 
 
-_RUN_TIME_NORMALISATIONS = {
-    "layer_norm": "each token centred and divided by its standard deviation before encoding",
-    "constant_norm_rescale": "each token scaled to norm √d_in before encoding",
-}
+SAELENS_SCALER = "activation_scaler.json"  # beside a SAELens trainer's checkpoint: its dataset-wide factor
+
+
+def _normalisation(config: dict[str, Any], folder: Path) -> str:
+    """``normalize_activations``, with SAELens's older true/false meaning the dataset-wide factor / none."""
+    value = config.get("normalize_activations")
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "expected_average_only_in"
+    if value in (*NORMALISATIONS, "expected_average_only_in"):
+        return value
+    if value == "covariance_whitening":
+        held = (folder / "activation_whitening.safetensors").exists()
+        raise InputError(f"{folder}: this SAE was trained on whitened activations (normalize_activations="
+                         "'covariance_whitening': (x − mean)·M before encoding, M⁻¹ and the mean after), "
+                         + ("and LVLM Studio does not fold the mean and matrix saved beside it into the weights."
+                            if held else "and this folder does not hold the mean and matrix."),
+                         "Load it in SAELens and save the finished SAE (SAELens folds the whitening into the "
+                         "weights and writes normalize_activations='none').")
+    raise InputError(f"{folder}: unknown normalize_activations {value!r}.",
+                     f"LVLM Studio reads: {', '.join(NORMALISATIONS)}, expected_average_only_in (with its factor).")
+
+
+def _scaling_factor(folder: Path) -> float:
+    """The dataset-wide factor of an ``expected_average_only_in`` SAE: SAELens's trainer keeps it in
+    ``activation_scaler.json`` beside its checkpoints; SAELens's pretrained releases keep it in
+    SAELens's own directory of releases, which no file here holds."""
+    path = folder / SAELENS_SCALER
+    factor = _read_json(path).get("scaling_factor") if path.exists() else None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise InputError(f"{folder}: this SAE was trained on activations multiplied by a dataset-wide factor "
+                         "(normalize_activations='expected_average_only_in'), and "
+                         + (f"{SAELENS_SCALER} gives {factor!r}, not a positive number." if path.exists() else
+                            f"neither its folder ({SAELENS_SCALER}) nor its file holds the factor; SAELens "
+                            "itself would run it unscaled."),
+                         f"Put {SAELENS_SCALER} with {{\"scaling_factor\": <the factor>}} beside cfg.json, or load it "
+                         "in SAELens by its release and save it (which folds the factor into the weights).")
+    return float(factor)
+
+
+def _fold_scale(tensors: dict[str, torch.Tensor], factor: float, rescaled: bool) -> None:
+    """SAELens's ``fold_activation_norm_scaling_factor``: the coder read s·x and wrote s·x̂, so
+    W_enc·s, W_dec / s and b_dec / s read and write x itself; a BatchTopK checkpoint that rescales
+    by decoder norms also has its threshold divided by s (its units are those of ‖W_dec,ᵢ‖)."""
+    for name, scale in (("W_enc", factor), ("W_dec", 1 / factor), ("b_dec", 1 / factor)):
+        if name in tensors:
+            tensors[name] = tensors[name].double() * scale
+    if rescaled and "topk_threshold" in tensors:
+        tensors["topk_threshold"] = tensors["topk_threshold"].double() / factor
 
 
 def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
     if "lvlm_studio" in config:
         return _our_config(config["lvlm_studio"], folder)
-    normalise = config.get("normalize_activations") or "none"
-    if normalise in _RUN_TIME_NORMALISATIONS:
-        raise InputError(f"{folder}: this SAE needs the run-time normalisation normalize_activations={normalise!r} "
-                         f"({_RUN_TIME_NORMALISATIONS[normalise]}, undone after decoding), which LVLM Studio does "
-                         "not apply yet; loaded without it, its features would be wrong.",
-                         "Use an SAE trained with normalize_activations='none'.")
-    if normalise == "expected_average_only_in":
-        raise InputError(f"{folder}: activations were scaled by a dataset-wide factor "
-                         "(normalize_activations='expected_average_only_in') that this file does not hold.",
-                         "Fold the factor into the weights and save with normalize_activations='none' "
-                         "(SAELens does this when it saves a finished SAE).")
-    if normalise != "none":
-        raise InputError(f"{folder}: unknown normalize_activations {normalise!r}.",
-                         "LVLM Studio reads SAEs saved with normalize_activations='none'.")
+    normalise = _normalisation(config, folder)
     kwargs = _section(config, "activation_fn_kwargs", folder)
     function = config.get("activation_fn_str")
     architecture = config.get("architecture") or "standard"
@@ -477,8 +528,13 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
         raise InputError(f"{folder}: hook_name is {hook!r}, not a hook point's name.",
                          "Set it to a hook point, e.g. blocks.1.hook_resid_post (`lvlm-studio sae hooks`).")
     hook_out = config.get("hook_name_out") or metadata.get("hook_name_out") or ""
+    run_time = normalise if normalise in NORMALISATIONS else "none"  # the factor is folded in by _build
+    if run_time != "none" and kind != "sae":
+        raise InputError(f"{folder}: a {architecture} with normalize_activations={run_time!r}: SAELens normalises a "
+                         "transcoder's input but never maps its output back, so which output was meant is unclear.",
+                         "LVLM Studio reads transcoders with normalize_activations='none'.")
     return CoderConfig(
-        d_in=d_in, d_sae=d_sae, architecture=activation,
+        d_in=d_in, d_sae=d_sae, architecture=activation, normalize_activations=run_time,
         k=_number(config, "k", folder) or _number(kwargs, "k", folder) if activation == "topk" else 0,
         hook_name=hook, apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
         model_name=str(config.get("model_name") or metadata.get("model_name") or ""),

@@ -237,3 +237,51 @@ def test_a_coder_saelens_has_no_architecture_for_is_refused_by_saelens(tmp_path)
     folder = save_saelens(_coder("topk", kind="transcoder"), tmp_path / "t")
     with pytest.raises(Exception, match="lvlm_studio.transcoder.topk"):
         SAE.load_from_disk(folder)
+
+
+# -- run-time normalisations -------------------------------------------------------------------------
+@pytest.mark.parametrize("normalisation", ["layer_norm", "constant_norm_rescale"])
+def test_run_time_normalisations_agree_both_ways(tmp_path, normalisation):
+    x = _inputs() + 2.0  # an offset, so that layer_norm's centring matters
+    sae = StandardSAE(_saelens_cfg(StandardSAEConfig, normalize_activations=normalisation))
+    _fill(sae)
+    sae.save_model(tmp_path / "theirs")
+    f, x_hat = _theirs(sae, x)
+    _assert_active(f)
+    coder = load_coder(tmp_path / "theirs")
+    assert coder.cfg.normalize_activations == normalisation
+    ours_f, ours_x_hat = _ours(coder, x)
+    _close(ours_f, f)
+    _close(ours_x_hat, x_hat)
+    ours = _coder("standard", normalize_activations=normalisation)
+    back = SAE.load_from_disk(save_saelens(ours, tmp_path / "ours"))
+    assert back.cfg.normalize_activations == normalisation
+    ours_f, ours_x_hat = _ours(ours, x)
+    f, x_hat = _theirs(back, x)
+    _close(f, ours_f * ours.W_dec.detach().norm(dim=-1))
+    _close(x_hat, ours_x_hat)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+def test_a_checkpoint_with_its_trainers_scaling_factor_reads_as_saelens_folds_it(tmp_path, architecture):
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    if architecture == "topk":
+        sae = TopKSAE(_saelens_cfg(TopKSAEConfig, k=K, rescale_acts_by_decoder_norm=True,
+                                   normalize_activations="expected_average_only_in"))
+        _fill(sae)
+    else:
+        sae = _batch_topk(BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, True,
+                          normalize_activations="expected_average_only_in")
+    sae.save_model(tmp_path / "checkpoint")
+    ActivationScaler(scaling_factor=0.4).save(str(tmp_path / "checkpoint" / "activation_scaler.json"))
+    sae.fold_activation_norm_scaling_factor(0.4)  # what SAELens's trainer does before its final save
+    if architecture == "batchtopk":
+        sae.save_inference_model(tmp_path / "final")
+        sae = SAE.load_from_disk(tmp_path / "final")
+    x = _inputs()
+    f, x_hat = _theirs(sae, x)
+    _assert_active(f)
+    ours_f, ours_x_hat = _ours(load_coder(tmp_path / "checkpoint"), x)
+    _close(ours_f, f)
+    _close(ours_x_hat, x_hat)
