@@ -20,7 +20,7 @@ from lvlm_studio.sae.inspect import (
     top_patches,
 )
 from lvlm_studio.sae.render import dashboard, map_overlay
-from lvlm_studio.sae.splice import scale_features, splice_hook
+from lvlm_studio.sae.splice import scale_features, splice_hooks
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -107,8 +107,8 @@ def test_edits_keep_the_answer_when_nothing_changes_and_confine_to_patches(demo_
 
     inputs = image_inputs(demo_model, [image], prompt)
     everything = {i: 0.0 for i in range(256)}
-    hook = splice_hook(demo_model, exact, inputs, "edit", scale_features(everything), rows=torch.tensor([9]))
-    with hooks(demo_model, [(HOOK, hook)]):
+    with hooks(demo_model, splice_hooks(demo_model, exact, inputs, "edit", scale_features(everything),
+                                        rows=torch.tensor([9]))):
         _, cache = run_with_cache(demo_model, inputs, ["blocks.2.hook_resid_post", "hook_projector_in"])
     _, plain = run_with_cache(demo_model, inputs, [HOOK])
     edited, original = cache[HOOK][0, 1:], plain[HOOK][0, 1:]

@@ -17,7 +17,7 @@ from lvlm_studio.core.models.hooks import hooks, run_with_cache
 from lvlm_studio.sae.activations import image_inputs
 from lvlm_studio.sae.formats import save_saelens
 from lvlm_studio.sae.inspect import cls_features, edited_answer, image_features, scoped
-from lvlm_studio.sae.splice import scale_features, splice_hook
+from lvlm_studio.sae.splice import scale_features, splice_hooks
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -74,8 +74,8 @@ def test_edits_reach_exactly_the_chosen_tokens(demo_model, demo_trace, tokens, z
     """Every feature × 0 sets the edited rows to x − x̂ = 0 and leaves the others as they were."""
     coder = scoped(_exact("all"), tokens)
     inputs = image_inputs(demo_model, [demo_trace.image], demo_trace.prompt)
-    hook = splice_hook(demo_model, coder, inputs, "edit", scale_features({i: 0.0 for i in range(256)}))
-    with hooks(demo_model, [(HOOK, hook)]):
+    ablate = scale_features({i: 0.0 for i in range(256)})
+    with hooks(demo_model, splice_hooks(demo_model, coder, inputs, "edit", ablate)):
         _, cache = run_with_cache(demo_model, inputs, [HOOK, "hook_projector_in"])
     edited, original = cache[HOOK][0], _activation(demo_model, demo_trace)
     kept = [i for i in range(65) if i not in zeroed]

@@ -167,7 +167,7 @@ def ablation_test(loaded: LoadedModel, coder: SparseAutoencoder, features: dict[
     from lvlm_studio.core.tracing.trace import generate_trace
     from lvlm_studio.sae.activations import image_inputs
     from lvlm_studio.sae.inspect import edited_answer
-    from lvlm_studio.sae.splice import scale_features, splice_hook
+    from lvlm_studio.sae.splice import scale_features, splice_hooks
 
     questions = colour_questions(colour, n)
     result = AblationResult(dict(features), len(questions), 0)
@@ -175,8 +175,9 @@ def ablation_test(loaded: LoadedModel, coder: SparseAutoencoder, features: dict[
     for index, (scene, prompt) in enumerate(questions):
         trace = generate_trace(loaded, scene.image, prompt)
         after = edited_answer(loaded, coder, scene.image, prompt, features)
-        hook = splice_hook(loaded, coder, image_inputs(loaded, [scene.image], prompt), "edit", scale_features(features))
-        with hooks(loaded, [(coder.cfg.hook_name, hook)]):
+        inputs = image_inputs(loaded, [scene.image], prompt)
+        splice = splice_hooks(loaded, coder, inputs, "edit", scale_features(features))
+        with hooks(loaded, splice):
             edited = yield from score_images(loaded, trace, [scene.image], what="scoring the edited answer")
         word = next((i for i, t in enumerate(trace.answer_tokens) if t.strip() in COLOURS),
                     int(trace.logprobs.argmin()))  # the colour word of "the circle is red"

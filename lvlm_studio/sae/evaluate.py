@@ -4,7 +4,10 @@ Per example (an image, a prompt, and an answer: the reference one, or the model'
 
 * the coder's rows at its hook point give L0 (active features per token: per patch and per class
   token for vision coders, per text position for language ones), explained variance
-  1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², and which features fired at all (dead vs alive);
+  1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², and which features fired at all (dead vs alive). For a transcoder,
+  which reads x at ``hook_name`` and predicts the output y at ``hook_name_out``, every
+  reconstruction metric compares its prediction ŷ with the true y (1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²,
+  cos(y, ŷ), ‖ŷ‖ / ‖y‖), and the spliced passes replace y (``splice.splice_points``);
 * the same rows give the shape of the reconstruction: cosine similarity between x and x̂ and the L2
   ratio ‖x̂‖ / ‖x‖ (below 1: shrinkage, the usual price of an L1 penalty), both averaged over rows,
   and explained variance separately for patch rows and class-token rows (a vision coder trained on
@@ -45,7 +48,7 @@ from lvlm_studio.core.models.hooks import hook_points, hooks, run_with_cache
 from lvlm_studio.core.plugin.jobs import Job, Progress
 from lvlm_studio.sae.activations import vision_rows
 from lvlm_studio.sae.coders import SparseAutoencoder
-from lvlm_studio.sae.splice import row_index, splice_hook
+from lvlm_studio.sae.splice import row_index, splice_hooks, splice_points
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -67,7 +70,7 @@ DENSITY_BINS = tuple(float(v) for v in np.arange(-7.0, 0.5, 0.5))
 
 @dataclass
 class Evaluation:
-    hook_name: str
+    hook_name: str  # where the coder reads
     tokens: str
     examples: int
     rows: int
@@ -87,6 +90,7 @@ class Evaluation:
     explained_variance_patch: float | None = None  # on patch rows (vision coders; tokens="all" split by type)
     dense: int = 0  # features firing on more than DENSE_THRESHOLD of rows
     density: list[float] = field(default_factory=list)  # per feature: fraction of rows it fires on
+    hook_name_out: str = ""  # where a transcoder writes (what the reconstruction metrics compare)
 
     @property
     def ce_recovered(self) -> float:
@@ -128,18 +132,25 @@ def density_histogram(density: np.ndarray) -> tuple[list[int], int]:
 
 
 def random_topk_like(coder: SparseAutoencoder, k: int = 16, seed: int = 0) -> SparseAutoencoder:
-    """A random TopK SAE with ``coder``'s hook point, tokens and sizes: unit random decoder rows, the
-    encoder tied to them, no biases. The baseline every metric should tell apart from a trained coder."""
+    """A random TopK coder with ``coder``'s hook points, tokens and sizes: unit random decoder rows,
+    no biases, the encoder tied to the decoder (an SAE) or random (a transcoder, whose input and
+    output differ). The baseline every metric should tell apart from a trained coder."""
     from lvlm_studio.sae.coders import CoderConfig, build_coder
 
     cfg = coder.cfg
+    transcoder = cfg.kind == "transcoder"
     generator = torch.Generator().manual_seed(seed)
     baseline = build_coder(CoderConfig(d_in=cfg.d_in, d_sae=cfg.d_sae, architecture="topk", k=min(k, cfg.d_sae),
-                                       hook_name=cfg.hook_name, tokens=cfg.tokens, model_name=cfg.model_name))
-    directions = torch.nn.functional.normalize(torch.randn(cfg.d_sae, cfg.d_in, generator=generator), dim=1)
+                                       hook_name=cfg.hook_name, tokens=cfg.tokens, model_name=cfg.model_name,
+                                       kind="transcoder" if transcoder else "sae",
+                                       hook_name_out=cfg.hook_name_out if transcoder else "",
+                                       d_out=cfg.d_out if transcoder else 0))
+    directions = torch.nn.functional.normalize(torch.randn(cfg.d_sae, baseline.cfg.d_out, generator=generator), dim=1)
+    encoder = (torch.nn.functional.normalize(torch.randn(cfg.d_sae, cfg.d_in, generator=generator), dim=1)
+               if transcoder else directions)
     with torch.no_grad():
         baseline.W_dec.copy_(directions)
-        baseline.W_enc.copy_(directions.T)
+        baseline.W_enc.copy_(encoder.T)
     return baseline
 
 
@@ -199,9 +210,11 @@ def _kl_start(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> int:
 @torch.no_grad()
 def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iterable[Example], total: int
                    ) -> Job[Evaluation]:
-    """Evaluate ``coder`` on ``examples`` (a job: one progress report per example, three passes each)."""
+    """Evaluate ``coder`` on ``examples`` (a job: one progress report per example, three passes each);
+    a transcoder whose output hook point is not one of the model's is refused (``splice_points``)."""
     cfg = coder.cfg
-    point = hook_points(loaded)[cfg.hook_name]
+    source, target = splice_points(loaded, coder)
+    point = hook_points(loaded)[source]
     fired = torch.zeros(cfg.d_sae, dtype=torch.float64)  # rows each feature fired on
     l0_sum = l0_cls_sum = 0.0
     rows = cls_rows = 0
@@ -210,46 +223,46 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
     nll = np.zeros(3)
     kl = cosine = l2_ratio = 0.0
     count = 0
-    seen: list[torch.Tensor] = []  # the rows, for the variance around their mean at the end
-    seen_cls: list[tuple[torch.Tensor, torch.Tensor]] = []  # class-token rows and their reconstruction
+    seen: list[torch.Tensor] = []  # the target rows, for the variance around their mean at the end
+    seen_cls: list[tuple[torch.Tensor, torch.Tensor]] = []  # class-token target rows and their reconstruction
     seen_patch: list[tuple[torch.Tensor, torch.Tensor]] = []  # patch rows, when tokens="all" mixes both
     for image, prompt, answer in examples:
         inputs, n_answer = _inputs(loaded, image.convert("RGB"), prompt, answer)
-        _, cache = run_with_cache(loaded, inputs, [cfg.hook_name])
-        activation = cache[cfg.hook_name]
-        x = activation.reshape(-1, activation.shape[-1]).index_select(
-            0, row_index(loaded, coder, inputs, activation).to(activation.device)).float()
+        _, cache = run_with_cache(loaded, inputs, list(dict.fromkeys([source, target])))
+        activation, output = cache[source], cache[target]
+        x, y = (a.reshape(-1, a.shape[-1]).index_select(0, row_index(loaded, coder, inputs, a).to(a.device)).float()
+                for a in (activation, output))
         f = coder.encode(x)
         l0_sum += float((f > 0).sum())
         rows += len(x)
         fired += (f > 0).sum(dim=0).cpu().double()
-        x_hat = coder.decode(f, x)
-        error += float((x_hat - x).pow(2).sum())
-        row_cosine, row_ratio = reconstruction_stats(x, x_hat)
+        y_hat = coder.decode(f, x)  # the reconstruction of x (SAE: y = x) or the prediction of y (transcoder)
+        error += float((y_hat - y).pow(2).sum())
+        row_cosine, row_ratio = reconstruction_stats(y, y_hat)
         cosine += float(row_cosine.sum())
         l2_ratio += float(row_ratio.sum())
-        seen.append(x)
-        xs_sum = x.sum(dim=0) if xs_sum is None else xs_sum + x.sum(dim=0)
+        seen.append(y)
+        xs_sum = y.sum(dim=0) if xs_sum is None else xs_sum + y.sum(dim=0)
         if point.part == "vision" and cfg.tokens == "patch":
-            cls_x = _cls_rows(loaded, inputs, activation)
-            if cls_x is not None:
+            cls_x, cls_y = _cls_rows(loaded, inputs, activation), _cls_rows(loaded, inputs, output)
+            if cls_x is not None and cls_y is not None:
                 cls_f = coder.encode(cls_x.float())
                 l0_cls_sum += float((cls_f > 0).sum())
                 cls_rows += len(cls_x)
-                seen_cls.append((cls_x.float(), coder.decode(cls_f, cls_x.float())))
+                seen_cls.append((cls_y.float(), coder.decode(cls_f, cls_x.float())))
         if point.part == "vision" and cfg.tokens == "all":
             is_cls = _cls_mask(loaded, inputs, activation)
             if is_cls is not None:
                 is_cls = is_cls.to(x.device)
                 l0_cls_sum += float((f[is_cls] > 0).sum())
                 cls_rows += int(is_cls.sum())
-                seen_cls.append((x[is_cls], x_hat[is_cls]))
-                seen_patch.append((x[~is_cls], x_hat[~is_cls]))
+                seen_cls.append((y[is_cls], y_hat[is_cls]))
+                seen_patch.append((y[~is_cls], y_hat[~is_cls]))
         nll[0] += _nll(loaded, inputs, n_answer)
         start = _kl_start(loaded, inputs)
         clean = _log_probs(loaded, inputs, start)
         for slot, mode in ((1, "reconstruct"), (2, "zero")):
-            with hooks(loaded, [(cfg.hook_name, splice_hook(loaded, coder, inputs, mode))]):
+            with hooks(loaded, splice_hooks(loaded, coder, inputs, mode)):
                 nll[slot] += _nll(loaded, inputs, n_answer)
                 if mode == "reconstruct":
                     spliced = _log_probs(loaded, inputs, start)
@@ -279,7 +292,7 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
                       kl=kl / max(count, 1), cosine=cosine / max(rows, 1), l2_ratio=l2_ratio / max(rows, 1),
                       explained_variance_cls=ev_cls, explained_variance_patch=ev_patch,
                       dense=int((fired / max(rows, 1) > DENSE_THRESHOLD).sum()),
-                      density=density)
+                      density=density, hook_name_out=target if target != source else "")
 
 
 def _cls_mask(loaded: LoadedModel, inputs: dict[str, torch.Tensor], activation: torch.Tensor
@@ -311,7 +324,7 @@ def format_evaluations(evaluations: Sequence[tuple[str, Evaluation]]) -> str:
     header = "| metric | " + " | ".join(name for name, _ in evaluations) + " |"
     lines = [header, "|---|" + "---:|" * len(evaluations)]
     table = [
-        ("hook point", [e.hook_name for _, e in evaluations]),
+        ("hook point", [e.hook_name + (f" → {e.hook_name_out}" if e.hook_name_out else "") for _, e in evaluations]),
         ("tokens", [f"{e.tokens} ({e.rows} rows, {e.examples} examples)" for _, e in evaluations]),
         ("features (d_sae)", [str(e.d_sae) for _, e in evaluations]),
         ("L0 per token", [show(e.l0, 1) for _, e in evaluations]),

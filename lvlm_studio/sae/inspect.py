@@ -35,7 +35,7 @@ from lvlm_studio.core.plugin.jobs import Job, Progress
 from lvlm_studio.core.tracing.scores import log_probability
 from lvlm_studio.sae.activations import DEFAULT_PROMPT, image_batch_rows, image_inputs, open_images
 from lvlm_studio.sae.coders import SparseAutoencoder
-from lvlm_studio.sae.splice import row_index, scale_features, splice_hook
+from lvlm_studio.sae.splice import scale_features, splice_hooks
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -163,25 +163,13 @@ def top_patches(loaded: LoadedModel, coder: SparseAutoencoder, images: Sequence[
 def feature_attribution(loaded: LoadedModel, coder: SparseAutoencoder, trace: Trace, token: int) -> np.ndarray:
     """Activation x gradient of log p(answer token ``token``) for every feature at every patch of
     the first image, [rows, cols, d_sae]; summed over patches it ranks the features the token used
-    (the coder is spliced in at the patches)."""
+    (the coder is spliced in at the patches with its error held fixed; a transcoder's features act
+    through its prediction of the output hook point)."""
     coder = _check_vision(coder)
     position = trace.answer_position(token)
     inputs = trace.teacher_forced_inputs(loaded, upto=position + 1)
     kept: dict[str, torch.Tensor] = {}
-
-    def splice(activation: torch.Tensor, point) -> torch.Tensor:
-        index = row_index(loaded, coder, inputs, activation).to(activation.device)
-        flat = activation.reshape(-1, activation.shape[-1])
-        x = flat.index_select(0, index).float()
-        f = coder.encode(x).detach().requires_grad_(True)
-        kept["features"] = f
-        reconstruction = coder.decode(f, x)
-        new = reconstruction + (x - reconstruction).detach()  # the model's own values; gradients reach f
-        out = flat.clone()
-        out[index] = new.to(flat.dtype)
-        return out.reshape(activation.shape)
-
-    with hooks(loaded, [(coder.cfg.hook_name, splice)]), torch.enable_grad():
+    with hooks(loaded, splice_hooks(loaded, coder, inputs, "attribute", record=kept)), torch.enable_grad():
         logits = loaded.model(**inputs, use_cache=False, logits_to_keep=2).logits[0, -2]
         logprob = log_probability(logits, torch.tensor(int(trace.answer_ids[token]), device=logits.device))
         logprob.backward()
@@ -219,6 +207,5 @@ def edited_trace(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Ima
         grid = loaded.adapter.vision_patch_grids(inputs)[0]
         cols = grid.shape[1]
         rows = torch.as_tensor([r * cols + c for r, c in patches], dtype=torch.long)
-    hook = splice_hook(loaded, coder, inputs, "edit", scale_features(features), rows=rows)
-    with hooks(loaded, [(coder.cfg.hook_name, hook)]):
+    with hooks(loaded, splice_hooks(loaded, coder, inputs, "edit", scale_features(features), rows=rows)):
         return generate_trace(loaded, image, prompt, max_new_tokens=max_new_tokens)
