@@ -151,3 +151,26 @@ def test_a_transcoder_whose_output_is_not_a_hook_point_is_refused(demo_model, de
         run_job(evaluate_coder(demo_model, coder, _examples(1), 1))
     with pytest.raises(InputError, match=message):
         edited_answer(demo_model, coder, demo_trace.image, demo_trace.prompt, {0: 0.0})
+
+
+def test_the_cli_evaluates_a_transcoder_against_its_output_and_refuses_an_unknown_one(tmp_path, capsys):
+    from lvlm_studio.cli import main
+    from lvlm_studio.sae.formats import save_saelens
+
+    good = build_coder(CoderConfig(d_in=128, d_sae=64, kind="transcoder", hook_name=HOOK_IN, hook_name_out=HOOK_OUT,
+                                   tokens="all"))
+    save_saelens(random_topk_like(good), tmp_path / "good", "float32")
+    assert main(["sae", "eval", "--device", "cpu", "--sae", str(tmp_path / "good"), "--n", "1", "--baseline"]) == 0
+    assert f"| hook point | {HOOK_IN} → {HOOK_OUT} | {HOOK_IN} → {HOOK_OUT} |" in capsys.readouterr().out
+    bad = build_coder(CoderConfig(d_in=128, d_sae=64, kind="transcoder", hook_name=HOOK_IN,
+                                  hook_name_out=f"blocks.{LAYER}.ln2.hook_normalized", tokens="all"))
+    save_saelens(bad, tmp_path / "bad", "float32")
+    assert main(["sae", "eval", "--device", "cpu", "--sae", str(tmp_path / "bad"), "--n", "1"]) == 2
+    assert "not one of this model's hook points" in capsys.readouterr().err
+    image = tmp_path / "scene.png"
+    from lvlm_studio.demo.scenes import make_scene
+
+    make_scene(3).image.save(image)
+    assert main(["sae", "inspect", "--device", "cpu", "--sae", str(tmp_path / "bad"), "--image", str(image),
+                 "--scale", "0=0", "--out", str(tmp_path / "inspect")]) == 2
+    assert "not one of this model's hook points" in capsys.readouterr().err

@@ -258,6 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.demo.scenes import COLOURS
     from lvlm_studio.sae.evaluate import evaluate_coder, format_evaluations, plot_density, random_topk_like
+    from lvlm_studio.sae.splice import splice_points
 
     out = check_output_folder(args.out, args.overwrite) if args.out else None
     plot = check_output_file(args.plot) if args.plot else None
@@ -271,9 +272,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
     coders = _coders(args.sae)
     if args.baseline:
-        if any(coder.cfg.kind != "sae" for _, coder in coders):
-            raise InputError("--baseline builds a random SAE; transcoders and crosscoders have no random twin yet.",
-                             "Drop --baseline, or evaluate SAEs only.")
+        if any(coder.cfg.kind == "crosscoder" for _, coder in coders):
+            raise InputError("--baseline builds a random SAE or transcoder; crosscoders have no random twin yet.",
+                             "Drop --baseline, or evaluate SAEs and transcoders only.")
         coders += [(f"random TopK ({name})", random_topk_like(coder)) for name, coder in coders]
     loaded, _ = common.load(args)
     points = hook_points(loaded)
@@ -282,6 +283,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if coder.cfg.hook_name not in points:
             raise InputError(f"{name} reads {coder.cfg.hook_name!r}, which this model does not have.",
                              "Evaluate a coder on the model it was trained for.")
+        splice_points(loaded, coder)  # a transcoder's output must be a hook point too
         examples = _examples(args, points[coder.cfg.hook_name].part == "language")
         with common.progress_bar(f"evaluating {name}") as on_progress:
             evaluation = run_job(evaluate_coder(loaded, coder, examples, len(examples)), on_progress)
@@ -358,6 +360,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     )
     from lvlm_studio.sae.render import dashboard, map_overlay
     from lvlm_studio.sae.shipped import demo_sae_path
+    from lvlm_studio.sae.splice import splice_points
 
     image = open_image(args.image)
     common.check_prompt(args.prompt)
@@ -377,6 +380,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                          "reads the class token.",
                          "Drop them, or use --tokens patch or all with a coder trained on patches.")
     loaded, _ = common.load(args)
+    if scales:
+        splice_points(loaded, coder)  # a transcoder's edits land at its output hook point, which must exist
     if tokens == "cls":
         values = cls_features(loaded, coder, image, args.prompt)
         order = np.argsort(-values, kind="stable")[:10]
@@ -390,7 +395,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             row, col = np.unravel_index(int(features.sum(axis=-1).argmax()), features.shape[:2])
         top = top_features(features, int(row), int(col), k=10)
         lines = [f"# Features at patch ({row}, {col}) of {args.image}"]
-    lines += ["", f"Coder at {coder.cfg.hook_name}, trained on {coder.cfg.tokens} tokens, applied at {tokens}.",
+    at = coder.cfg.hook_name + (f" (predicting {coder.cfg.hook_name_out})" if coder.cfg.kind == "transcoder" else "")
+    lines += ["", f"Coder at {at}, trained on {coder.cfg.tokens} tokens, applied at {tokens}.",
               "", "| feature | activation |", "|---:|---:|"]
     lines += [f"| {f} | {v:.3f} |" for f, v in top]
     chosen = [] if tokens == "cls" else args.feature or [f for f, _ in top[:3]]
