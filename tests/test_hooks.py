@@ -20,8 +20,8 @@ def test_every_family_names_its_vision_blocks_projector_and_decoder(tiny_model):
     names = list(hook_points(tiny_model))
     blocks = len(tiny_model.adapter.vision_blocks())
     for index in range(blocks):
-        for suffix in ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
-                       "hook_resid_post"):
+        for suffix in ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized",
+                       "hook_mlp_out", "hook_resid_post"):
             assert f"blocks.{index}.{suffix}" in names
     assert {"hook_embed", "hook_projector_in", "hook_projector_out", "lm.blocks.0.hook_resid_post"} <= set(names)
     assert names.index("blocks.0.hook_resid_pre") < names.index(f"blocks.{blocks - 1}.hook_resid_post")
@@ -29,7 +29,7 @@ def test_every_family_names_its_vision_blocks_projector_and_decoder(tiny_model):
 
 def test_cache_holds_only_what_was_asked_and_the_stream_adds_up(tiny_model, tiny_trace):
     asked = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out",
-             "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]
+             "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.ln2.hook_normalized"]
     output, cache = run_with_cache(tiny_model, _inputs(tiny_model, tiny_trace), asked)
     assert sorted(cache) == sorted(asked)
     assert output is None  # stopped once the vision activations were in: the language model never ran
@@ -40,6 +40,10 @@ def test_cache_holds_only_what_was_asked_and_the_stream_adds_up(tiny_model, tiny
     torch.testing.assert_close(mid, pre + scale_attn * attn)
     torch.testing.assert_close(cache["blocks.0.hook_resid_post"], mid + scale_mlp * cache["blocks.0.hook_mlp_out"])
     torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"])
+    # the MLP's input is what its output is computed from (a transcoder's input and output)
+    with torch.no_grad():
+        mlp = next(getattr(block, n) for n in ("mlp", "feed_forward", "ffn") if hasattr(block, n))
+        torch.testing.assert_close(mlp(cache["blocks.0.ln2.hook_normalized"]), cache["blocks.0.hook_mlp_out"])
 
 
 def test_patch_grids_index_every_patch_once(tiny_model, tiny_trace):

@@ -2,10 +2,10 @@
 output at ``hook_name_out``, and every reconstruction metric compares their prediction with that output.
 
 Planted truth: one of the demo model's vision MLPs is made exactly computable by a transcoder for the
-length of a test (its second layer norm becomes the identity and its activation a ReLU, or the identity
-for a linear stand-in), and a transcoder is built from the MLP's own weights, so its prediction is the
-block's true output. Spliced in, it must leave the model unchanged (explained variance 1, KL 0); a
-random transcoder at the same hook points must not.
+length of a test (its activation becomes a ReLU, or the identity for a linear stand-in), and a
+transcoder reading the MLP's input (``ln2.hook_normalized``, as SAELens's and ViT-Prisma's do) is built
+from the MLP's own weights, so its prediction is the block's true output. Spliced in, it must leave
+the model unchanged (explained variance 1, KL 0); a random transcoder at the same hook points must not.
 """
 
 from __future__ import annotations
@@ -26,21 +26,21 @@ from lvlm_studio.sae.inspect import edited_answer, feature_attribution
 from lvlm_studio.sae.splice import scale_features, splice_hooks, splice_points
 
 LAYER = 1
-HOOK_IN = f"blocks.{LAYER}.hook_resid_mid"  # the input of the block's second norm, here the identity
+HOOK_IN = f"blocks.{LAYER}.ln2.hook_normalized"  # the MLP's input
 HOOK_OUT = f"blocks.{LAYER}.hook_mlp_out"
 
 
 @contextmanager
 def _simplified(demo_model, activation: nn.Module) -> Iterator[nn.Module]:
-    """Block LAYER's MLP reading its residual stream (no norm) through ``activation``, for the length of
-    the block; yields the MLP and puts the model back afterwards (it is shared by the whole session)."""
-    block = demo_model.adapter.vision_blocks()[LAYER]
-    norm, function = block.layer_norm2, block.mlp.activation_fn
-    block.layer_norm2, block.mlp.activation_fn = nn.Identity(), activation
+    """Block LAYER's MLP with ``activation`` in place of its own, for the length of the block; yields
+    the MLP and puts the model back afterwards (it is shared by the whole session)."""
+    mlp = demo_model.adapter.vision_blocks()[LAYER].mlp
+    function = mlp.activation_fn
+    mlp.activation_fn = activation
     try:
-        yield block.mlp
+        yield mlp
     finally:
-        block.layer_norm2, block.mlp.activation_fn = norm, function
+        mlp.activation_fn = function
 
 
 @pytest.fixture
@@ -104,13 +104,13 @@ def test_a_skip_transcoder_equal_to_a_linear_mlp_scores_perfectly(demo_model):
 
 def test_ablating_a_transcoders_features_changes_the_output_it_predicts(demo_model, demo_trace, relu_mlp):
     """Every feature × 0 leaves ŷ(0) = b_dec in place of the MLP's output (its input untouched), and the
-    block's output becomes its residual stream + b_dec; scaling by 1 changes nothing."""
+    block's output becomes the stream between attention and MLP + b_dec; scaling by 1 changes nothing."""
     mlp = relu_mlp
     coder = _exact_transcoder(mlp)
     from lvlm_studio.sae.activations import image_inputs
 
     inputs = image_inputs(demo_model, [demo_trace.image], demo_trace.prompt)
-    names = [HOOK_IN, HOOK_OUT, f"blocks.{LAYER}.hook_resid_post"]
+    names = [HOOK_IN, HOOK_OUT, f"blocks.{LAYER}.hook_resid_post", f"blocks.{LAYER}.hook_resid_mid"]
     _, plain = run_with_cache(demo_model, inputs, names)
     ablate = scale_features({i: 0.0 for i in range(coder.cfg.d_sae)})
     with hooks(demo_model, splice_hooks(demo_model, coder, inputs, "edit", ablate)):
@@ -118,7 +118,7 @@ def test_ablating_a_transcoders_features_changes_the_output_it_predicts(demo_mod
     torch.testing.assert_close(edited[HOOK_IN], plain[HOOK_IN])
     expected = mlp.fc2.bias.detach().expand_as(plain[HOOK_OUT])
     torch.testing.assert_close(edited[HOOK_OUT], expected, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(edited[names[2]], plain[HOOK_IN] + expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(edited[names[2]], plain[names[3]] + expected, atol=1e-4, rtol=1e-4)
     with hooks(demo_model, splice_hooks(demo_model, coder, inputs, "edit", scale_features({0: 1.0}))):
         _, same = run_with_cache(demo_model, inputs, names)
     torch.testing.assert_close(same[names[2]], plain[names[2]], atol=1e-5, rtol=1e-5)
@@ -137,7 +137,7 @@ def test_inspection_edits_and_attribution_act_through_the_prediction(demo_model,
 
 @pytest.mark.parametrize(("out", "message"), [
     ("", "names no output hook point"),
-    (f"blocks.{LAYER}.ln2.hook_normalized", "not one of this model's hook points"),
+    (f"blocks.{LAYER}.mlp.hook_post", "not one of this model's hook points"),
     (f"blocks.{LAYER}.attn.hook_pattern", "an attention pattern"),
     ("lm.blocks.0.hook_mlp_out", "same part of the model"),
     (f"blocks.{LAYER - 1}.hook_mlp_out", "comes later in the forward pass"),
@@ -163,7 +163,7 @@ def test_the_cli_evaluates_a_transcoder_against_its_output_and_refuses_an_unknow
     assert main(["sae", "eval", "--device", "cpu", "--sae", str(tmp_path / "good"), "--n", "1", "--baseline"]) == 0
     assert f"| hook point | {HOOK_IN} → {HOOK_OUT} | {HOOK_IN} → {HOOK_OUT} |" in capsys.readouterr().out
     bad = build_coder(CoderConfig(d_in=128, d_sae=64, kind="transcoder", hook_name=HOOK_IN,
-                                  hook_name_out=f"blocks.{LAYER}.ln2.hook_normalized", tokens="all"))
+                                  hook_name_out=f"blocks.{LAYER}.mlp.hook_post", tokens="all"))
     save_saelens(bad, tmp_path / "bad", "float32")
     assert main(["sae", "eval", "--device", "cpu", "--sae", str(tmp_path / "bad"), "--n", "1"]) == 2
     assert "not one of this model's hook points" in capsys.readouterr().err

@@ -12,6 +12,7 @@ gets hook points with no code here:
 ``blocks.{L}.attn.hook_pattern``          attention weights [batch, heads, query, key]
 ``blocks.{L}.hook_attn_out``              output of block L's attention (added to the stream)
 ``blocks.{L}.hook_resid_mid``             stream between attention and MLP (input of the 2nd norm)
+``blocks.{L}.ln2.hook_normalized``        the MLP's input (the normalised stream; a transcoder's usual input)
 ``blocks.{L}.hook_mlp_out``               output of block L's MLP
 ``blocks.{L}.hook_resid_post``            output of vision block L
 ``hook_projector_in`` / ``_out``          the projector's input and output (image features)
@@ -102,6 +103,7 @@ def _add_block(add, prefix: str, block: nn.Module, part: str, index: int, with_p
         add(f"{prefix}.attn.hook_pattern", attention, "pattern", part, index)
     add(f"{prefix}.hook_attn_out", attention, "output", part, index)
     add(f"{prefix}.hook_resid_mid", norm2, "input", part, index)
+    add(f"{prefix}.ln2.hook_normalized", mlp, "input", part, index)  # what the MLP reads, whichever norm made it
     add(f"{prefix}.hook_mlp_out", mlp, "output", part, index)
     add(f"{prefix}.hook_resid_post", block, "output", part, index)
 
