@@ -108,3 +108,17 @@ def test_right_for_the_wrong_reasons_exposes_the_shortcut_twin_and_clears_the_de
     assert classes["demo"][CLASSES[0]] >= 0.8
     where = {r["model"]: r for r in report.tables[1].rows}
     assert where["twin"]["points on cue"] >= 0.6 and where["demo"]["points on cue"] == 0
+
+
+def test_the_guides_study_runs_on_the_demo_model(tmp_path):
+    import re
+    import types
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "plugins.md").read_text(), flags=re.S)
+    (source,) = [b for b in blocks if re.search(r"^class AnswerLength\(", b, flags=re.M)]
+    module = types.ModuleType("guide_answer_length")
+    exec(compile(source, "plugins.md:AnswerLength", "exec"), module.__dict__)  # noqa: S102 - our own documentation
+    study = module.AnswerLength()
+    records = run(study, {"demo": load_model(None)}, tmp_path, n=2)
+    report = study.summarize(all_rows(records), study.resolve_params({}))
+    assert report.tables[0].rows[0]["mean"] >= 3  # "the circle is red": four tokens
