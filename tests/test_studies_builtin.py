@@ -42,6 +42,16 @@ def test_modality_influence_runs_on_every_family(tiny_model, tmp_path):
     assert "image share per model" in text and (tmp_path / "image_share.png").is_file()
 
 
+def test_contradiction_and_grounding_run_on_every_family(tiny_model, tmp_path):
+    """Random tiny models answer nonsense: the rows say so (unreadable, wrong) instead of failing."""
+    contradiction = all_rows(run(ContradictionStudy(), {"tiny": tiny_model}, tmp_path / "c",
+                                 {"max_new_tokens": 3}, n=1))
+    assert len(contradiction) == 2 and all(set(r) >= {"yes_a", "yes_b", "contradiction"} for r in contradiction)
+    grounding = all_rows(run(GroundingStudy(), {"tiny": tiny_model}, tmp_path / "g",
+                             {"methods": "relevancy", "max_new_tokens": 3}, n=1))
+    assert all(r["class"] in CLASSES for r in grounding)
+
+
 def test_modality_influence_on_the_demo_model_puts_colour_words_on_the_image(tmp_path):
     """The answer's colour word comes from the picture, its shape word is copied from the question."""
     study = ModalityInfluenceStudy()
