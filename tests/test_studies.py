@@ -164,6 +164,8 @@ def test_the_cli_runs_a_study_on_the_demo_model_and_a_rerun_resumes(capsys, tmp_
     printed = capsys.readouterr().out
     assert "image share per model" in printed and "| demo-model | 1 |" in printed
     first = (out / "results.jsonl").read_text()
+    run = json.loads((out / "run.json").read_text())
+    assert run["provider"]["plugin"] == "lvlm_studies" and run["models"]["demo-model"]["family"] == "llava"
     assert main(command) == 0  # nothing left to run: the same rows, the same report
     assert (out / "results.jsonl").read_text() == first
     assert main([*command[:-2], "--param", "questions=0", "--out", str(out)]) == 2
