@@ -125,6 +125,10 @@ def test_a_manifest_gives_questions_and_masks_and_bad_ones_are_refused(tmp_path)
     (tmp_path / "bad.json").write_text(json.dumps({"samples": [{"image": "a.png", "questions": []}]}))
     with pytest.raises(InputError, match="has no question"):
         list(manifest_samples(tmp_path / "bad.json", 5))
+    (tmp_path / "missing.csv").write_text("image,question\nnot-there.png,is it?\n")
+    with pytest.raises(InputError, match="not-there.png"):
+        DatasetSettings(manifest=str(tmp_path / "missing.csv")).check()
+    DatasetSettings(manifest=str(tmp_path / "m.csv")).check()
     with pytest.raises(InputError, match="--images and --coco"):
         DatasetSettings(coco="x.json").check()
 

@@ -75,6 +75,13 @@ class DatasetSettings:
                                               ("--coco", self.coco, Path.is_file, "file")):
             if value is not None and not is_right(Path(value)):
                 raise InputError(f"{option} {value} is not a {kind}.", f"Check the path of the {kind}.")
+        if self.manifest:  # a missing image is found now, not after the models loaded
+            path = Path(self.manifest)
+            for index, entry in enumerate(_read_manifest(path)[: self.n]):
+                image = entry.get("image")
+                if not isinstance(image, str) or not (path.parent / image).is_file():
+                    raise InputError(f"entry {index + 1} of {path} names image {image!r}, which is not a file.",
+                                     "Give each entry the path of its image, relative to the manifest.")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
