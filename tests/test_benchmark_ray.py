@@ -9,6 +9,7 @@ import json
 import pytest
 
 from lvlm_studio.benchmark.runner import RESULTS, BenchmarkSettings, read_results, run_benchmark
+from lvlm_studio.cli import main
 from lvlm_studio.core.errors import LVLMError
 from lvlm_studio.core.models.loading import LoadOptions
 from lvlm_studio.core.plugin.jobs import run_job
@@ -42,6 +43,17 @@ def test_a_model_folder_missing_on_the_replicas_is_one_error(local_ray, tmp_path
     with ReplicaPool(str(tmp_path / "nowhere"), LoadOptions(device="cpu"), replicas=1) as replicas:
         with pytest.raises(LVLMError, match="nowhere"):
             replicas.describe()
+
+
+def test_cli_with_ray(local_ray, tmp_path, capsys):
+    """``--ray`` joins the Ray this process started (it is left running); the command's report is the usual one."""
+    out = tmp_path / "run"
+    command = ["benchmark", "--methods", "tam", "--n", "2", "--metrics", "iou,pointing_game", "--device", "cpu",
+               "--out", str(out), "--ray"]
+    assert main([*command, "--ray-replicas", "1"]) == 0
+    assert "| tam |" in capsys.readouterr().out and ray.is_initialized()
+    assert [r["index"] for r in sorted(read_results(out), key=lambda r: r["index"])] == [0, 1]
+    assert main(["benchmark", "--methods", "tam", "--ray-replicas", "0", "--out", str(tmp_path / "x")]) == 2
 
 
 @pytest.fixture(scope="module")
