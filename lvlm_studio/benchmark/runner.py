@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -42,6 +41,7 @@ from PIL import Image
 
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.io.files import check_output_folder, read_run_record, reporting, write_bytes, write_text
+from lvlm_studio.core.io.lines import append_line, read_lines
 from lvlm_studio.core.io.records import environment, jsonable, package_version
 from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
 from lvlm_studio.core.plugin.contracts import declared_directions, require_applicable
@@ -286,7 +286,7 @@ def _keep(out: Path, record: dict[str, Any], files: dict[str, bytes]) -> None:
     """A finished sample on disk: its example files, then its line in results.jsonl."""
     for name, data in files.items():
         write_bytes(out / EXAMPLES / name, data)
-    _append(out / RESULTS, record)
+    append_line(out / RESULTS, record)
 
 
 def _chosen_metrics(registry: Any, settings: BenchmarkSettings) -> dict[str, Any]:
@@ -436,51 +436,14 @@ def _prepare(out: Path, settings: BenchmarkSettings, model: dict[str, Any], comm
 
 
 def read_results(out: str | Path) -> list[dict[str, Any]]:
-    """The finished samples in ``out``. A damaged line is skipped (its sample runs again) with a
-    warning; only a last line cut short by an interruption is removed, so that appending continues
-    on a clean line."""
-    path = Path(out) / RESULTS
-    if not path.exists():
-        return []
-    with reporting(path):
-        data = path.read_bytes()
-    lines = data.split(b"\n")
-    unfinished = lines.pop()  # what follows the last newline: empty unless a write was cut short
-    records = [record for record in map(_sample_record, lines) if record is not None]
-    damaged = sum(1 for line in lines if line.strip()) - len(records)
-    if unfinished:
-        record = _sample_record(unfinished)
-        with reporting(path), path.open("r+b") as handle:
-            if record is None:  # cut off mid-write: drop it
-                handle.truncate(len(data) - len(unfinished))
-            else:  # complete but for its newline
-                handle.seek(0, os.SEEK_END)
-                handle.write(b"\n")
-        if record is not None:
-            records.append(record)
-    if damaged:
-        log.warning("%s: %d damaged line%s skipped; %s run again.", path, damaged, "s" if damaged > 1 else "",
-                    "their samples are" if damaged > 1 else "its sample is")
-    return records
+    """The finished samples in ``out`` (``read_lines``: a damaged line is skipped and its sample runs
+    again; a last line cut short by an interruption is removed)."""
+    return read_lines(Path(out) / RESULTS, _is_sample_record)
 
 
-def _sample_record(line: bytes) -> dict[str, Any] | None:
-    """One line of results.jsonl as a sample's record, or None when it is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("sample"), str) \
-            or not isinstance(record.get("index"), int):
-        return None
-    return record
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with reporting(path), path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def _is_sample_record(record: dict[str, Any]) -> bool:
+    """Whether a line of results.jsonl is a sample's record."""
+    return isinstance(record.get("sample"), str) and isinstance(record.get("index"), int)
 
 
 def _finish(out: Path, records: list[dict[str, Any]], seconds: float) -> None:
