@@ -65,7 +65,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                  max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples,
                                  method_params=method_params)
     out = check_output_folder(args.out, resume=True)  # a run of ours is resumed, never replaced
-    replicas = common.replica_pool(args)  # with --ray each replica loads the model; this process does not
+    replicas = common.replica_pool(args, args.model)  # with --ray each replica loads the model; this process does not
     loaded = common.load(args)[0] if replicas is None else None
     try:
         with common.progress_bar("benchmark") as on_progress:

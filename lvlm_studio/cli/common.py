@@ -101,21 +101,27 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
 LOCAL_RAY = "local"
 
 
-def replica_pool(args: argparse.Namespace):
-    """The Ray replicas ``--ray`` asks for (each loads ``--model`` itself), or None without ``--ray``."""
-    from lvlm_studio.core.models.replicas import ReplicaPool
-
-    if args.ray is None:
-        if args.ray_replicas is not None:
-            raise InputError("--ray-replicas goes with --ray.", "Add --ray, or drop --ray-replicas.")
-        return None
+def check_ray_options(args: argparse.Namespace) -> bool:
+    """Whether ``--ray`` was given (``--ray-replicas`` checked), before any model loads."""
+    if args.ray is None and args.ray_replicas is not None:
+        raise InputError("--ray-replicas goes with --ray.", "Add --ray, or drop --ray-replicas.")
     if args.ray_replicas is not None:
         check_at_least("--ray-replicas", args.ray_replicas)
+    return args.ray is not None
+
+
+def replica_pool(args: argparse.Namespace, folder: str | None):
+    """The Ray replicas ``--ray`` asks for, each loading the model in ``folder`` (None: the demo
+    model) itself; None without ``--ray``."""
+    from lvlm_studio.core.models.replicas import ReplicaPool
+
+    if not check_ray_options(args):
+        return None
     options = load_options(args)
     address = None if args.ray == LOCAL_RAY else args.ray
     status(f"starting model replicas on {'a local Ray' if address is None else 'the Ray cluster ' + address} ...")
-    pool = ReplicaPool(args.model, options, address, args.ray_replicas)
-    status(f"{len(pool)} {pool.slot} replicas of {args.model or 'the demo model'}")
+    pool = ReplicaPool(folder, options, address, args.ray_replicas)
+    status(f"{len(pool)} {pool.slot} replicas of {folder or 'the demo model'}")
     return pool
 
 

@@ -1,4 +1,5 @@
-"""The benchmark on a Ray cluster (``--ray``): records identical to a single-process run, resumable.
+"""The benchmark and the studies on a Ray cluster (``--ray``): records identical to a single-process
+run, resumable.
 
 A local Ray with 2 CPU workers is started by the test itself; skipped where Ray is not installed
 (``pip install 'lvlm-studio[ray]'``).
@@ -27,12 +28,25 @@ TIMING = ("seconds",)
 def without_timing(record):
     """A record less its timing fields (the sample's and each method's ``seconds``)."""
     record = {k: v for k, v in record.items() if k not in TIMING}
-    record["methods"] = {m: {k: v for k, v in r.items() if k not in TIMING} for m, r in record["methods"].items()}
+    if "methods" in record:  # a benchmark record (a study's has rows)
+        record["methods"] = {m: {k: v for k, v in r.items() if k not in TIMING} for m, r in record["methods"].items()}
     return record
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def one_thread():
+    """This process computes with one thread, as each CPU replica does (Ray gives it OMP_NUM_THREADS=1):
+    float32 sums taken in another order (other thread counts) differ in their last digits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_ray(one_thread):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
@@ -56,6 +70,19 @@ def test_cli_with_ray(local_ray, tmp_path, capsys):
     assert main(["benchmark", "--methods", "tam", "--ray-replicas", "0", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_a_study_on_ray_gives_the_single_process_records(local_ray, tmp_path, capsys):
+    from lvlm_studio.studies.runner import read_records
+
+    command = ["study", "modality_influence", "--n", "2", "--device", "cpu", "--param", "max_new_tokens=6"]
+    assert main([*command, "--out", str(tmp_path / "alone")]) == 0
+    assert main([*command, "--out", str(tmp_path / "ray"), "--ray", "--ray-replicas", "2"]) == 0
+    alone, spread = (sorted(read_records(tmp_path / run), key=lambda r: r["index"]) for run in ("alone", "ray"))
+    assert [r["index"] for r in spread] == [0, 1] and all(r["rows"] and not r.get("error") for r in spread)
+    assert [without_timing(r) for r in spread] == [without_timing(r) for r in alone]
+    models = [json.loads((tmp_path / run / "run.json").read_text())["models"] for run in ("alone", "ray")]
+    assert models[0]["demo-model"]["source"] == models[1]["demo-model"]["source"]
+
+
 @pytest.fixture(scope="module")
 def pool(local_ray):
     with ReplicaPool(None, LoadOptions(device="cpu")) as replicas:
@@ -63,7 +90,7 @@ def pool(local_ray):
 
 
 @pytest.fixture(scope="module")
-def alone(demo_model, lvlm_registry, tmp_path_factory):
+def alone(one_thread, demo_model, lvlm_registry, tmp_path_factory):
     """The single-process run's folder and records."""
     out = tmp_path_factory.mktemp("alone")
     return out, run_job(run_benchmark(demo_model, BenchmarkSettings(**SETTINGS), out, lvlm_registry))
