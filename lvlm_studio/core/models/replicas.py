@@ -102,8 +102,9 @@ class ReplicaPool:
                          configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InputError(f"could not connect to the Ray cluster at {address}: {exc}",
-                                 "Start it with `ray start --head` (docs/cluster.md), or leave out the "
-                                 "address to start a local one.") from None
+                                 "Check that `ray start --head` runs there; a cluster with token authentication "
+                                 "also needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token here "
+                                 "(docs/cluster.md). Without an address, a local Ray starts.") from None
             self._started = True
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if options.device != "cpu" else 0
