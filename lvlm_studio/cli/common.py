@@ -97,7 +97,7 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
                        help="with --ray: this many replicas (default: one per GPU, or per CPU without GPUs)")
 
 
-#: ``--ray`` given without an address: start (or reuse) a local Ray.
+#: ``--ray`` given without an address: a new local Ray (ended with the run).
 LOCAL_RAY = "local"
 
 

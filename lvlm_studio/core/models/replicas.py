@@ -84,8 +84,8 @@ class ReplicaPool:
     """One model replica per GPU (or, without GPUs or with ``options.device == "cpu"``, per CPU)
     of the Ray cluster at ``address``, or ``replicas`` of them when given.
 
-    ``address`` None starts a local Ray (or uses the one this process already started); "auto" or
-    "HOST:PORT" joins a running cluster. ``folder`` None is the demo model. A pool that started Ray
+    ``address`` None starts a new local Ray (or uses the one this process already started); "auto"
+    or "HOST:PORT" joins a running cluster. ``folder`` None is the demo model. A pool that started Ray
     shuts it down on :meth:`close`; one that joined a cluster only ends its own actors."""
 
     def __init__(self, folder: str | None, options: Any, address: str | None = None,
@@ -98,7 +98,8 @@ class ReplicaPool:
         self._started = False
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                # "local": a new Ray of this machine, never one left behind by an earlier `ray start`
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InputError(f"could not connect to the Ray cluster at {address}: {exc}",
