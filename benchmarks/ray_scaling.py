@@ -55,7 +55,7 @@ def main() -> int:
 
     torch.set_num_threads(1)  # as each CPU replica computes (Ray gives it OMP_NUM_THREADS=1)
     alone = timed(load_model(None, LoadOptions(device="cpu")))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     seconds = {}
     try:
         for count in (1, 2):

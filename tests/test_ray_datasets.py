@@ -47,7 +47,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def local_ray(one_thread):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
