@@ -7,10 +7,12 @@ ID`` runs them over demo scenes, a manifest or a COCO file (docs/studies.md).
 
 from __future__ import annotations
 
+from lvlm_studies.contradiction import ContradictionStudy
+from lvlm_studies.grounding import GroundingStudy
 from lvlm_studies.modality import ModalityInfluenceStudy
 from lvlm_studio.api import hookimpl
 
 
 @hookimpl
 def lvlm_studio_studies() -> list:
-    return [ModalityInfluenceStudy()]
+    return [ModalityInfluenceStudy(), ContradictionStudy(), GroundingStudy()]
