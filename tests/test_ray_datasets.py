@@ -57,6 +57,8 @@ def test_a_model_folder_missing_on_the_replicas_is_one_error(local_ray, tmp_path
     with ReplicaPool(str(tmp_path / "nowhere"), LoadOptions(device="cpu"), replicas=1) as replicas:
         with pytest.raises(LVLMError, match="nowhere"):
             replicas.describe()
+    with pytest.raises(LVLMError, match="3 replicas do not fit: the Ray cluster has 2 CPU slots"):
+        ReplicaPool(None, LoadOptions(device="cpu"), replicas=3)  # they would wait for ever
 
 
 def test_cli_with_ray(local_ray, tmp_path, capsys):

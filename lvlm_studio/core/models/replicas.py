@@ -82,7 +82,7 @@ class _Replica:
 
 class ReplicaPool:
     """One model replica per GPU (or, without GPUs or with ``options.device == "cpu"``, per CPU)
-    of the Ray cluster at ``address``, or ``replicas`` of them when given.
+    of the Ray cluster at ``address``, or ``replicas`` of them when given (at most that many).
 
     ``address`` None starts a new local Ray (or uses the one this process already started); "auto"
     or "HOST:PORT" joins a running cluster. ``folder`` None is the demo model. A pool that started Ray
@@ -113,6 +113,9 @@ class ReplicaPool:
         count = replicas or slots
         if count < 1:
             raise InputError(f"{count} replicas leave nothing to run.", "Use at least 1.")
+        if count > slots:  # the replicas beyond the slots would wait for ever, and their samples with them
+            raise InputError(f"{count} replicas do not fit: the Ray cluster has {slots} {'GPU' if gpus else 'CPU'} "
+                             "slots.", f"Use at most {slots} replicas, or add nodes to the cluster.")
         device = "cuda" if gpus else "cpu"
         self.slot = "GPU" if gpus else "CPU"
         actor = ray.remote(num_gpus=1, num_cpus=0)(_Replica) if gpus else ray.remote(num_cpus=1)(_Replica)
