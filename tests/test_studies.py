@@ -153,3 +153,18 @@ def test_the_cli_lists_studies_and_refuses_bad_input_before_loading(capsys, tmp_
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["study", "modality_influence", "--cue", "sideways", "--out", str(tmp_path / "o")]) == 2
     assert "--cue" in capsys.readouterr().err
+
+
+def test_the_cli_runs_a_study_on_the_demo_model_and_a_rerun_resumes(capsys, tmp_path):
+    from lvlm_studio.cli import main
+
+    out = tmp_path / "run"
+    command = ["study", "modality_influence", "--n", "1", "--param", "max_new_tokens=6", "--out", str(out)]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "image share per model" in printed and "| demo-model | 1 |" in printed
+    first = (out / "results.jsonl").read_text()
+    assert main(command) == 0  # nothing left to run: the same rows, the same report
+    assert (out / "results.jsonl").read_text() == first
+    assert main([*command[:-2], "--param", "questions=0", "--out", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err

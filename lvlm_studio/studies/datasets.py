@@ -50,7 +50,8 @@ class DatasetSettings:
             return f"the first {self.n} entries of {self.manifest}"
         if self.coco:
             return f"the first {self.n} images of {self.coco} in {self.images}"
-        cue = "" if self.cue == "none" else f" with a corner mark that {self.cue}s with the object's colour"
+        cue = {"none": "", "agree": " with a corner mark that agrees with the asked object's colour",
+               "contradict": " with a corner mark that contradicts the asked object's colour"}.get(self.cue, "")
         return f"{self.n} held-out {self.world} demo scenes{cue}"
 
     def check(self) -> None:
