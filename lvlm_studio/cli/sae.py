@@ -40,15 +40,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--hook-out", default="", help="transcoder: the hook point it predicts")
     train.add_argument("--hooks", default="", help="crosscoder: comma-separated hook points (the first is --hook)")
     train.add_argument("--skip", action="store_true", help="transcoder: add a linear skip path")
-    train.add_argument("--architecture", default="standard", choices=["standard", "topk", "jumprelu"])
+    train.add_argument("--architecture", default="standard",
+                       choices=["standard", "topk", "jumprelu", "gated", "batchtopk", "matryoshka_batchtopk"],
+                       help="standard (ReLU + L1), topk, jumprelu, gated (with its auxiliary gate loss), batchtopk "
+                            "(k per token on average over a batch; saved with one threshold), matryoshka_batchtopk "
+                            "(needs --nested)")
     train.add_argument("--expansion", type=int, default=4, help="features per input dimension (default 4)")
-    train.add_argument("--k", type=int, default=16, help="TopK: active features per token (default 16)")
+    train.add_argument("--k", type=int, default=16,
+                       help="TopK: active features per token; BatchTopK: per token on average (default 16)")
     train.add_argument("--nested", default="", metavar="M1,M2,...",
                        help="Matryoshka: the first M1, M2, ... features must also reconstruct on their own "
                             "(general concepts first), e.g. 8,32,128")
     train.add_argument("--coefficient", type=float, default=None,
                        help="sparsity coefficient (default: 0.15 for standard, 0.003 for jumprelu)")
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr-warmup-steps", type=int, default=0,
+                       help="learning rate rises linearly from lr/N to lr over the first N steps")
+    train.add_argument("--lr-decay-steps", type=int, default=0,
+                       help="learning rate falls linearly to 0 over the last N steps")
+    train.add_argument("--l1-warmup-steps", type=int, default=0,
+                       help="sparsity coefficient rises linearly from 0 over the first N steps")
+    train.add_argument("--clip-grad-norm", type=float, default=0.0,
+                       help="clip the gradient's global norm to this (SAELens uses 1.0; default 0: off)")
+    train.add_argument("--b-dec-init", default="mean", choices=["mean", "geometric_median"],
+                       help="where the decoder bias starts (default mean)")
+    train.add_argument("--aux-k-coefficient", type=float, default=1 / 32,
+                       help="TopK/BatchTopK: weight of the auxiliary-k loss that revives dead features "
+                            "(default 1/32; 0: off)")
     train.add_argument("--batch-tokens", type=int, default=256)
     train.add_argument("--data", default="demo", help="'demo' (generated scenes) or a folder of images")
     train.add_argument("--count", type=int, default=2000, help="images (or, for text, examples) to read")
@@ -141,7 +159,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         common.check_at_least(f"--{option.replace('_', '-')}", getattr(args, option))
     common.check_number("--lr", args.lr, "1e-3", minimum=0, above=True)
     common.check_number("--coefficient", args.coefficient, "0.15", minimum=0)
+    for option, example in (("clip_grad_norm", "1.0"), ("aux_k_coefficient", "0.03125")):
+        common.check_number(f"--{option.replace('_', '-')}", getattr(args, option), example, minimum=0)
+    for option in ("lr_warmup_steps", "lr_decay_steps", "l1_warmup_steps"):
+        common.check_number(f"--{option.replace('_', '-')}", getattr(args, option), "100", minimum=0)
     nested = _sizes(args.nested)
+    if args.architecture == "matryoshka_batchtopk" and not nested:
+        raise InputError("--architecture matryoshka_batchtopk needs the nested prefix sizes.",
+                         "Add --nested, e.g. 8,32,128.")
     _check_data(args.data)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     loaded, _ = common.load(args)
@@ -157,7 +182,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                              expansion=args.expansion, k=args.k, nested=nested,
                              coefficient=coefficient, lr=args.lr,
                              batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=tokens,
-                             hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed)
+                             hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed,
+                             lr_warmup_steps=args.lr_warmup_steps, lr_decay_steps=args.lr_decay_steps,
+                             l1_warmup_steps=args.l1_warmup_steps, clip_grad_norm=args.clip_grad_norm,
+                             b_dec_init=args.b_dec_init, aux_k_coefficient=args.aux_k_coefficient)
     with common.progress_bar(f"training {args.kind} at {args.hook}") as on_progress:
         result = run_job(train_coder(loaded, settings, args.checkpoint, args.resume), on_progress)
     last = result.history[-1] if result.history else {}
