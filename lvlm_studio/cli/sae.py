@@ -1,9 +1,10 @@
-"""``lvlm-studio sae hooks|train|eval|inspect``: sparse coders from the command line.
+"""``lvlm-studio sae hooks|train|crosscoder|eval|inspect``: sparse coders from the command line.
 
     lvlm-studio sae hooks                                         the model's hook-point names
     lvlm-studio sae train --hook blocks.1.hook_resid_post --out my-sae      (demo scenes by default)
     lvlm-studio sae eval --sae my-sae --out eval/                 L0, EV, cosine, KL, density, CE recovered
     lvlm-studio sae inspect --sae my-sae --image IMG --patch 3,4 --feature 17 --folder imgs/ --out insp/
+    lvlm-studio sae crosscoder --model-a BASE --model-b FINETUNE --hook blocks.1.hook_resid_post --out cc/
 
 Each command writes Markdown tables and PNGs into ``--out``; training writes a SAELens folder.
 """
@@ -80,6 +81,32 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="output folder (SAELens format + training.json + curve PNG)")
     train.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     train.set_defaults(func=cmd_train)
+
+    cross = sae_sub.add_parser("crosscoder", help="one dictionary over two models' activations at one hook point; "
+                                                   "per feature, which model it writes to (model diffing)")
+    common.add_model_options(cross)
+    cross.add_argument("--model-a", required=True, help="first model folder (e.g. the base model; 'demo' for the "
+                                                        "embedded demo model)")
+    cross.add_argument("--model-b", required=True, help="second model folder, same architecture (e.g. its fine-tune)")
+    cross.add_argument("--hook", default="blocks.1.hook_resid_post", help="hook point read in both models")
+    cross.add_argument("--architecture", default="standard", choices=["standard", "topk", "batchtopk"])
+    cross.add_argument("--expansion", type=int, default=4, help="features per input dimension (default 4)")
+    cross.add_argument("--k", type=int, default=16, help="topk/batchtopk: features per token (default 16)")
+    cross.add_argument("--coefficient", type=float, default=1.0,
+                       help="L1 coefficient on f·(‖d_A‖ + ‖d_B‖) (standard; default 1.0)")
+    cross.add_argument("--lr", type=float, default=1e-3)
+    cross.add_argument("--batch-tokens", type=int, default=256)
+    cross.add_argument("--data", default="demo", help="'demo' (generated scenes) or a folder of images")
+    cross.add_argument("--count", type=int, default=1000, help="images to read (default 1000)")
+    cross.add_argument("--tokens", default="patch", choices=["patch", "cls", "all"])
+    cross.add_argument("--eval-count", type=int, default=100,
+                       help="held-out demo scenes (or the folder's first images) for the firing rates (default 100)")
+    cross.add_argument("--seed", type=common.seed, default=0)
+    cross.add_argument("--out", required=True,
+                       help="output folder: the crosscoder (cfg.json + sae_weights.safetensors), crosscoder.md, "
+                            "crosscoder.json")
+    cross.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    cross.set_defaults(func=cmd_crosscoder)
 
     evaluate = sae_sub.add_parser("eval", help="L0, explained variance (patch, CLS), cosine, L2 ratio, KL divergence, "
                                                "feature density, dead/dense features, CE recovered (+ demo checks)")
@@ -203,6 +230,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"saved to {out}: explained variance {last.get('explained_variance', float('nan')):.3f}, "
           f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead', 0)} (last training batch)")
     return 0
+
+
+def cmd_crosscoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.sae.activations import image_batch_rows
+    from lvlm_studio.sae.crosscoder import crosscoder_report, format_report
+    from lvlm_studio.sae.formats import save_saelens
+    from lvlm_studio.sae.training import TrainSettings, train_coder
+
+    if args.model:
+        raise InputError("sae crosscoder reads two models: --model-a and --model-b, not --model.",
+                         "Drop --model.")
+    for option in ("expansion", "k", "batch_tokens", "count", "eval_count"):
+        common.check_at_least(f"--{option.replace('_', '-')}", getattr(args, option))
+    common.check_number("--lr", args.lr, "1e-3", minimum=0, above=True)
+    common.check_number("--coefficient", args.coefficient, "1.0", minimum=0)
+    _check_data(args.data)
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
+    models = []
+    for path in (args.model_a, args.model_b):
+        args.model = None if path == "demo" else path
+        models.append(common.load(args)[0])
+    args.model = None
+    settings = TrainSettings(hook_name=args.hook, architecture=args.architecture, kind="crosscoder",
+                             expansion=args.expansion, k=args.k, coefficient=args.coefficient, lr=args.lr,
+                             batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=args.tokens,
+                             seed=args.seed)
+    with common.progress_bar(f"training a crosscoder at {args.hook} over two models") as on_progress:
+        result = run_job(train_coder(models[0], settings, twin=models[1]), on_progress)
+    images = _crosscoder_images(args)
+    rows = torch.stack([image_batch_rows(model, [args.hook], images, args.tokens)[0] for model in models], dim=1)
+    names = [Path(p).name if p != "demo" else "demo-model" for p in (args.model_a, args.model_b)]
+    report = crosscoder_report(result.coder, rows, *names)
+    last = result.history[-1] if result.history else {}
+    text = format_report(report) + (
+        f"\nTrained on {result.tokens_seen} tokens ({args.count} images, {args.tokens} tokens) in "
+        f"{result.seconds:.0f} s: explained variance {last.get('explained_variance', float('nan')):.3f}, "
+        f"L0 {last.get('l0', float('nan')):.1f} (last batch); firing rates on {len(images)} held-out images.\n")
+    with staged_folder(out, args.overwrite) as folder:
+        save_saelens(result.coder, folder)
+        (folder / "crosscoder.md").write_text(text)
+        (folder / "crosscoder.json").write_text(json.dumps({**report.to_dict(), "training": last}, indent=1))
+        _mark(folder)
+    print(text, end="")
+    return 0
+
+
+def _crosscoder_images(args: argparse.Namespace) -> list:
+    """Images the crosscoder was not trained on: held-out demo scenes, or a folder's first images."""
+    if args.data == "demo":
+        from lvlm_studio.demo.evaluate import heldout_examples
+
+        return [scene.image for scene, _ in heldout_examples(args.eval_count, "caption")]
+    from lvlm_studio.sae.activations import folder_images, open_images
+
+    return list(open_images(folder_images(args.data)[: args.eval_count]))
 
 
 def _curve(history: list[dict[str, float]], path: Path) -> None:

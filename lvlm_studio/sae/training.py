@@ -140,12 +140,20 @@ class TrainResult:
 
 
 def train_coder(loaded: LoadedModel, settings: TrainSettings, checkpoint: str | Path | None = None,
-                resume: bool = False) -> Job[TrainResult]:
-    """Train per ``settings`` on ``loaded``'s activations. A job: yields ``Progress`` per step."""
-    reads = settings.reads()
+                resume: bool = False, twin: LoadedModel | None = None) -> Job[TrainResult]:
+    """Train per ``settings`` on ``loaded``'s activations. A job: yields ``Progress`` per step.
+
+    With ``twin`` (a second model: a fine-tune, say), a crosscoder reads ``settings.hook_name`` in
+    both models on the same images: its two sources are model ``loaded`` and model ``twin``."""
+    if twin is not None:
+        if settings.kind != "crosscoder":
+            raise InputError("a second model is read by a crosscoder only.", "Use kind crosscoder.")
+        settings = replace(settings, hook_names=(settings.hook_name, settings.hook_name))
+    reads = [settings.hook_name] if twin is not None else settings.reads()
     part = None
-    for name in reads:
-        part = check_hook(loaded, name, settings.tokens)
+    for model in (loaded, twin) if twin is not None else (loaded,):
+        for name in reads:
+            part = check_hook(model, name, settings.tokens)
     checkpoint = Path(checkpoint) if checkpoint else None
     state = _load_checkpoint(checkpoint, settings) if resume else None
     if resume and state is None:
@@ -154,6 +162,9 @@ def train_coder(loaded: LoadedModel, settings: TrainSettings, checkpoint: str | 
     trainer: _Trainer | None = state
     items_done = trainer.items_done if trainer else 0
     stream = _stream(loaded, settings, reads, part == "language", items_done)
+    if twin is not None:  # the same images through both models: [rows in A, rows in B] per pass
+        twin_stream = _stream(twin, settings, reads, part == "language", items_done)
+        stream = _paired(stream, twin_stream, settings.hook_name)
     activation_seconds = 0.0
     try:
         while True:
@@ -165,7 +176,8 @@ def train_coder(loaded: LoadedModel, settings: TrainSettings, checkpoint: str | 
             x, target, read = buffer
             if trainer is None:
                 steps = settings.count * len(x) // max(read, 1) // settings.batch_tokens  # for the schedules
-                trainer = _Trainer.start(Path(str(loaded.source)).name, settings, x, target, steps)
+                names = [Path(str(model.source)).name for model in (loaded, twin) if model is not None]
+                trainer = _Trainer.start(" | ".join(names), settings, x, target, steps)
             trainer.items_done += read
             for _ in trainer.train_buffer(x, target):
                 yield Progress(trainer.items_done, settings.count,
@@ -234,6 +246,16 @@ def _stream(loaded: LoadedModel, settings: TrainSettings, reads: list[str], lang
     for start in range(skip, len(items), settings.images_per_pass):
         chunk = items[start:start + settings.images_per_pass]
         yield image_batch_rows(loaded, reads, load(chunk), settings.tokens, settings.prompt), len(chunk)
+
+
+def _paired(stream, twin_stream, hook_name: str) -> Iterator[tuple[list[torch.Tensor], int]]:
+    """One model's rows beside the other's, pass by pass (the same images in both)."""
+    for (rows, count), (twin_rows, _) in zip(stream, twin_stream):
+        if rows[0].shape != twin_rows[0].shape:
+            raise InputError(f"the two models' activations at {hook_name} differ in shape ({tuple(rows[0].shape)} "
+                             f"and {tuple(twin_rows[0].shape)}).",
+                             "A crosscoder over two models needs the same architecture (a model and its fine-tune).")
+        yield [rows[0], twin_rows[0]], count
 
 
 def _fill(stream, passes: int, min_rows: int, kind: str) -> tuple[torch.Tensor, torch.Tensor, int] | None:
