@@ -119,6 +119,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--concepts", action="store_true", help="demo: AUROC of the best feature per colour/shape")
     evaluate.add_argument("--ablate", default="", metavar="WORD",
                           help="demo: ablate the best feature for this colour (e.g. red) and count changed answers")
+    evaluate.add_argument("--ablate-feature", type=int, action="append", default=[], metavar="N",
+                          help="with --ablate: edit this feature instead of the best one for the colour "
+                               "(repeatable: all of them at once)")
     evaluate.add_argument("--factor", type=float, default=0.0,
                           help="with --ablate: scale the feature by this (0 ablates, -10 pushes against it)")
     evaluate.add_argument("--baseline", action="store_true",
@@ -350,6 +353,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_data(args.data)
     if (args.concepts or args.ablate) and args.data != "demo":
         raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
+    if args.ablate_feature and not args.ablate:
+        raise InputError("--ablate-feature says which features --ablate edits.",
+                         "Add --ablate red (or another colour).")
     if args.ablate and args.ablate not in COLOURS:
         raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
     coders = _coders(args.sae)
@@ -403,11 +409,16 @@ def _demo_checks(args, loaded, name: str, coder, report: dict) -> str:
         chosen = [r for r in rows if r.word == args.ablate]
         if not chosen:
             raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", "Try red, green, blue or yellow.")
-        feature = chosen[0].feature
+        edited = args.ablate_feature or [chosen[0].feature]
+        if any(not 0 <= f < coder.cfg.d_sae for f in edited):
+            raise InputError(f"--ablate-feature {edited}: {name} has features 0 to {coder.cfg.d_sae - 1}.",
+                             "Pick features from the concept table.")
+        feature = edited[0] if len(edited) == 1 else edited
+        which = f"best '{args.ablate}'" if not args.ablate_feature else "chosen"
         with common.progress_bar(f"ablating feature {feature}") as on_progress:
-            result = run_job(ablation_test(loaded, coder, {feature: args.factor}, args.ablate, n=args.n),
+            result = run_job(ablation_test(loaded, coder, dict.fromkeys(edited, args.factor), args.ablate, n=args.n),
                              on_progress)
-        text += (f"\nScaling feature {feature} (best '{args.ablate}') by {args.factor:g} at {coder.cfg.hook_name} "
+        text += (f"\nScaling feature {feature} ({which}) by {args.factor:g} at {coder.cfg.hook_name} "
                  f"changed the answer to 'what color is the ...?' about a {args.ablate} object in "
                  f"{result.changed}/{result.scenes} held-out scenes ({result.fraction:.0%}); p(colour word) "
                  f"{result.p_before:.4f} -> {result.p_after:.4f}.\n")
