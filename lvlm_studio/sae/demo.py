@@ -117,7 +117,7 @@ def concept_table(loaded: LoadedModel, coder: SparseAutoencoder, n_select: int =
 
 def format_concept_table(rows: Sequence[ConceptRow], coder: SparseAutoencoder) -> str:
     lines = [f"Best single feature per word, {coder.cfg.hook_name} ({coder.cfg.architecture}, d_sae {coder.cfg.d_sae});"
-             " chosen on selection scenes, AUROC on held-out scenes (patch on the object vs off every such object).",
+             " chosen on selection scenes, AUROC on held-out scenes (patch on the object vs off every such object)."
              " The runner-up is the second-best feature on the selection scenes: a concept held by one feature"
              " has none close behind.",
              "", "| word | feature | AUROC (selection) | AUROC (held-out) | runner-up (held-out AUROC) | "
