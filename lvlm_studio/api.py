@@ -96,6 +96,15 @@ from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
 from lvlm_studio.core.tracing.scores import log_odds, log_probability
 from lvlm_studio.core.tracing.trace import Trace
+from lvlm_studio.sae.dashboard import (
+    PATCH_BOX,
+    FeatureDashboard,
+    dashboard_job,
+    demo_image_set,
+    find_dashboard,
+    folder_image_set,
+)
+from lvlm_studio.sae.dashboard import load_cache as load_dashboard
 from lvlm_studio.sae.formats import load_coder
 from lvlm_studio.sae.inspect import edited_answer, feature_attribution, feature_map, image_features, top_features
 from lvlm_studio.sae.render import grid_to_pixels
@@ -190,6 +199,14 @@ __all__ = [
     "feature_attribution",
     "edited_answer",
     "grid_to_pixels",
+    # feature dashboards (one pass caches every feature's top patches, histogram, logit attribution)
+    "FeatureDashboard",
+    "dashboard_job",
+    "find_dashboard",
+    "load_dashboard",
+    "demo_image_set",
+    "folder_image_set",
+    "PATCH_BOX",
     # errors
     "LVLMError",
     "InputError",

@@ -137,6 +137,24 @@ def test_prisma_transcoder_uses_its_output_bias_and_size(tmp_path):
     np.testing.assert_allclose(output, f @ w["W_dec"] + w["b_dec_out"], atol=1e-5, rtol=1e-5)
 
 
+def test_prisma_transcoder_with_a_skip_connection_adds_x_times_w_skip_transposed(tmp_path):
+    w, x = _weights(), _inputs()  # Prisma's skip needs d_out = d_in: W_skip is [d_in, d_in], applied x W_skipᵀ
+    w["b_dec_out"] = np.random.default_rng(6).normal(size=D_IN)
+    w["W_skip"] = np.random.default_rng(7).normal(size=(D_IN, D_IN))
+    _prisma(tmp_path / "t", w, {**PRISMA, "activation_fn_str": "relu", "is_transcoder": True,
+                                "transcoder_with_skip_connection": True})
+    coder = load_coder(tmp_path / "t")
+    assert coder.cfg.skip
+    f = np.maximum((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 0)
+    np.testing.assert_allclose(_run(coder, x)[1], f @ w["W_dec"] + w["b_dec_out"] + x @ w["W_skip"].T,
+                               atol=1e-5, rtol=1e-5)
+    assert not np.allclose(w["W_skip"], w["W_skip"].T)  # so that the orientation is tested
+    _prisma(tmp_path / "n", w, {**PRISMA, "activation_fn_str": "relu", "is_transcoder": True,
+                                "transcoder_with_skip_connection": True, "normalize_activations": "layer_norm"})
+    with pytest.raises(InputError, match="ViT-Prisma maps the output back after adding the skip path"):
+        load_coder(tmp_path / "n")
+
+
 def test_prisma_transcoder_without_its_output_bias_is_refused(tmp_path):
     _prisma(tmp_path / "t", _weights(), {**PRISMA, "activation_fn_str": "relu", "is_transcoder": True})
     with pytest.raises(InputError, match="no 'b_dec_out' tensor, which a transcoder"):

@@ -26,9 +26,10 @@ Foreign files are read so that the loaded coder gives the numbers their own libr
   ``jumprelu_skip_transcoder``) do not centre their input (b_dec is the output's bias) and apply
   the skip path as x W_skipᵀ.
 * Transcoders written with ``is_transcoder: true`` (ViT-Prisma) compute
-  f = act((x − b_dec) W_enc + b_enc) and x̂ = f W_dec + b_dec_out, with ``d_out`` outputs (d_in if
-  absent). They load as a ``Transcoder`` whose b_enc is b_enc − b_dec W_enc (the input centring
-  folded in) and whose output bias is ``b_dec_out``.
+  f = act((x − b_dec) W_enc + b_enc) and x̂ = f W_dec + b_dec_out (+ x W_skipᵀ with
+  ``transcoder_with_skip_connection``), with ``d_out`` outputs (d_in if absent). They load as a
+  ``Transcoder`` whose b_enc is b_enc − b_dec W_enc (the input centring folded in) and whose output
+  bias is ``b_dec_out``.
 * Every tensor in the file must be used: an unknown one is refused by name rather than dropped,
   since the coder would run without it (an all-ones ``scaling_factor``, which SAELens drops too,
   excepted; any other is folded into the decoder when ``finetuning_scaling_factor`` says it applies).
@@ -324,8 +325,9 @@ def _build(config: dict[str, Any], folder: Path, tensors: dict[str, torch.Tensor
     (module docstring: the rescale flag, transcoders' skip and biases, BatchTopK's threshold)."""
     cfg = _config_from(config, folder)
     architecture = config.get("architecture")
-    if cfg.kind == "transcoder" and "W_skip" in tensors and (
-            architecture in SAELENS_TRANSCODERS.values() or str(architecture).startswith("lvlm_studio.")):
+    if cfg.kind == "transcoder" and "W_skip" in tensors and (architecture in SAELENS_TRANSCODERS.values()
+                                                            or str(architecture).startswith("lvlm_studio.")
+                                                            or _flag(config, "is_transcoder", folder)):
         tensors["W_skip"] = _skip_from_saelens(tensors["W_skip"], cfg, source)
     if "lvlm_studio" in config:
         if cfg.architecture in SAELENS_BATCH_TOPK:
@@ -509,7 +511,7 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
         if kind != "sae":
             raise InputError(f"{folder}: the config sets is_transcoder (ViT-Prisma's transcoders) beside SAELens's "
                              f"{architecture!r}.", "Keep one of the two.")
-        kind = "transcoder"
+        kind, skip = "transcoder", _flag(config, "transcoder_with_skip_connection", folder)
     elif kind == "transcoder" and config.get("apply_b_dec_to_input", True) is not False:
         raise InputError(f"{folder}: a SAELens {architecture} with apply_b_dec_to_input true: its b_dec is an output "
                          "bias of d_out entries and cannot centre the input (SAELens refuses this config too).",
@@ -530,8 +532,11 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
     hook_out = config.get("hook_name_out") or metadata.get("hook_name_out") or ""
     run_time = normalise if normalise in NORMALISATIONS else "none"  # the factor is folded in by _build
     if run_time != "none" and kind != "sae":
-        raise InputError(f"{folder}: a {architecture} with normalize_activations={run_time!r}: SAELens normalises a "
-                         "transcoder's input but never maps its output back, so which output was meant is unclear.",
+        why = ("ViT-Prisma maps the output back after adding the skip path of the raw input, which LVLM Studio's "
+               "transcoders do not compute" if _flag(config, "is_transcoder", folder) else
+               "SAELens normalises a transcoder's input but never maps its output back, so which output was meant "
+               "is unclear")
+        raise InputError(f"{folder}: a transcoder with normalize_activations={run_time!r}: {why}.",
                          "LVLM Studio reads transcoders with normalize_activations='none'.")
     return CoderConfig(
         d_in=d_in, d_sae=d_sae, architecture=activation, normalize_activations=run_time,

@@ -45,7 +45,7 @@ import pluggy
 
 PROJECT = "lvlm_studio"
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
-API_VERSION = "1.0.0"
+API_VERSION = "1.1.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
 API_RANGE_ATTRIBUTE = "LVLM_STUDIO_API"
 #: Where plugin authors are sent by messages.
