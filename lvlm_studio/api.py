@@ -33,6 +33,12 @@ What is here, by purpose:
 - **Masks and metrics**: ``fit_mask``, ``token_masks``, ``ObjectMasks``; the computations behind
   the built-in metrics (``deletion_insertion``, ``plausibility``, ``agreement``,
   ``model_randomisation``, ``input_independence``).
+- **Studies**: a plugin returns ``Study`` instances (``lvlm_studio_studies``); a study sees
+  ``StudySample``s (image, ``StudyQuestion``s, named object masks) and a ``StudyContext``, and
+  returns rows, then a ``StudyReport`` of ``StudyTable``s and ``StudyFigure``s. A study answers
+  with ``generate_trace``; reusable numbers: ``bootstrap_interval``, ``modality_influence``
+  (relevance on the image vs the prompt's words), ``prompt_words``, ``peak_on`` (which named mask
+  a map's maximum lies in).
 - **Errors**: ``InputError`` (bad input: a message and a hint saying what to do), ``PluginError``,
   ``Cancelled`` and the rest of ``LVLMError``'s kinds.
 """
@@ -56,8 +62,16 @@ from lvlm_studio.core.metrics.agreement import (
     rank_correlation,
 )
 from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
+from lvlm_studio.core.metrics.intervals import bootstrap_interval
 from lvlm_studio.core.metrics.masks import ObjectMasks, fit_mask, token_masks
-from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, plausibility
+from lvlm_studio.core.metrics.modality import (
+    TEXT_RELEVANCE,
+    ModalityInfluence,
+    modality_influence,
+    prompt_words,
+    text_relevance_record,
+)
+from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, peak_on, plausibility
 from lvlm_studio.core.metrics.sanity import explain as explain_job
 from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
 from lvlm_studio.core.models.capture import (
@@ -84,6 +98,13 @@ from lvlm_studio.core.plugin.contracts import (
     MetricResult,
     PanelSpec,
     Param,
+    Study,
+    StudyContext,
+    StudyFigure,
+    StudyQuestion,
+    StudyReport,
+    StudySample,
+    StudyTable,
     image_tokens_reason,
     require_applicable,
 )
@@ -95,7 +116,7 @@ from lvlm_studio.core.plugin.registry import create_registry
 from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
 from lvlm_studio.core.tracing.scores import log_odds, log_probability
-from lvlm_studio.core.tracing.trace import Trace
+from lvlm_studio.core.tracing.trace import Trace, generate_trace
 from lvlm_studio.sae.formats import load_coder
 from lvlm_studio.sae.inspect import edited_answer, feature_attribution, feature_map, image_features, top_features
 from lvlm_studio.sae.render import grid_to_pixels
@@ -190,6 +211,22 @@ __all__ = [
     "feature_attribution",
     "edited_answer",
     "grid_to_pixels",
+    # studies
+    "Study",
+    "StudySample",
+    "StudyQuestion",
+    "StudyContext",
+    "StudyReport",
+    "StudyTable",
+    "StudyFigure",
+    "generate_trace",
+    "peak_on",
+    "bootstrap_interval",
+    "ModalityInfluence",
+    "modality_influence",
+    "prompt_words",
+    "TEXT_RELEVANCE",
+    "text_relevance_record",
     # errors
     "LVLMError",
     "InputError",

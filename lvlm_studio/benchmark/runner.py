@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -36,6 +35,7 @@ from PIL import Image
 
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.io.files import atomic_path, check_output_folder, read_run_record, reporting, write_text
+from lvlm_studio.core.io.lines import append_line, read_lines
 from lvlm_studio.core.io.records import environment, jsonable, package_version
 from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
 from lvlm_studio.core.plugin.contracts import declared_directions, require_applicable
@@ -187,7 +187,7 @@ def run_benchmark(loaded: Any, settings: BenchmarkSettings, out: str | Path, reg
                     loaded, trace, method, explainers.get(method), metrics, masks, masks_error, settings, reference,
                     index, targets, message, out / EXAMPLES if index < settings.examples else None)
         record["seconds"] = round(time.perf_counter() - sample_started, 3)
-        _append(out / RESULTS, record)
+        append_line(out / RESULTS, record)
         records.append(record)
     _finish(out, records, time.perf_counter() - started)
     yield Progress(settings.n, settings.n, "done")
@@ -339,51 +339,14 @@ def _prepare(out: Path, settings: BenchmarkSettings, loaded: Any, command: list[
 
 
 def read_results(out: str | Path) -> list[dict[str, Any]]:
-    """The finished samples in ``out``. A damaged line is skipped (its sample runs again) with a
-    warning; only a last line cut short by an interruption is removed, so that appending continues
-    on a clean line."""
-    path = Path(out) / RESULTS
-    if not path.exists():
-        return []
-    with reporting(path):
-        data = path.read_bytes()
-    lines = data.split(b"\n")
-    unfinished = lines.pop()  # what follows the last newline: empty unless a write was cut short
-    records = [record for record in map(_sample_record, lines) if record is not None]
-    damaged = sum(1 for line in lines if line.strip()) - len(records)
-    if unfinished:
-        record = _sample_record(unfinished)
-        with reporting(path), path.open("r+b") as handle:
-            if record is None:  # cut off mid-write: drop it
-                handle.truncate(len(data) - len(unfinished))
-            else:  # complete but for its newline
-                handle.seek(0, os.SEEK_END)
-                handle.write(b"\n")
-        if record is not None:
-            records.append(record)
-    if damaged:
-        log.warning("%s: %d damaged line%s skipped; %s run again.", path, damaged, "s" if damaged > 1 else "",
-                    "their samples are" if damaged > 1 else "its sample is")
-    return records
+    """The finished samples in ``out`` (``read_lines``: a damaged line is skipped and its sample runs
+    again; a last line cut short by an interruption is removed)."""
+    return read_lines(Path(out) / RESULTS, _is_sample_record)
 
 
-def _sample_record(line: bytes) -> dict[str, Any] | None:
-    """One line of results.jsonl as a sample's record, or None when it is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("sample"), str) \
-            or not isinstance(record.get("index"), int):
-        return None
-    return record
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with reporting(path), path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def _is_sample_record(record: dict[str, Any]) -> bool:
+    """Whether a line of results.jsonl is a sample's record."""
+    return isinstance(record.get("sample"), str) and isinstance(record.get("index"), int)
 
 
 def _finish(out: Path, records: list[dict[str, Any]], seconds: float) -> None:

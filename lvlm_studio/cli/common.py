@@ -29,9 +29,14 @@ def seed(text: str) -> int:
     return value
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, repeat_model: bool = False) -> None:
+    """The model options; with ``repeat_model``, --model may be given once per model (a list)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", help="local model folder (default: the embedded demo model)")
+    if repeat_model:
+        group.add_argument("--model", action="append", help="local model folder; repeat it to compare models "
+                                                            "(default: the embedded demo model)")
+    else:
+        group.add_argument("--model", help="local model folder (default: the embedded demo model)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     group.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     group.add_argument("--placement", choices=["auto"], help="spread a large model over GPUs and CPU (accelerate)")

@@ -1,0 +1,189 @@
+"""Run a study over a dataset and models, resumably, like the benchmark.
+
+For each model in turn (loaded when its first unfinished sample comes up, so a finished model is
+never loaded again) and each sample, the study's ``run_sample`` gives rows; they are appended, as
+one JSON line per (model, sample), to ``results.jsonl`` and flushed to disk before the next sample,
+so an interrupted run loses at most the sample in progress and running the same command again skips
+what is there. A sample on which the study raises is recorded with its error (and counted in the
+report) instead of stopping the run. ``run.json`` records what is needed to reproduce the run
+(study, parameters, dataset, models, versions, seed, command); a rerun with other settings into the
+same folder is refused, since its rows could not be pooled. The report (``report.write_report``) is
+written from the saved rows alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lvlm_studio.core.errors import Cancelled, InputError
+from lvlm_studio.core.io.files import check_output_folder, read_run_record, write_text
+from lvlm_studio.core.io.lines import append_line, read_lines
+from lvlm_studio.core.io.records import environment, jsonable, package_version
+from lvlm_studio.core.plugin.contracts import Study, StudyContext
+from lvlm_studio.core.plugin.jobs import Job, Progress, relay
+from lvlm_studio.studies.datasets import DatasetSettings, samples
+
+RESULTS = "results.jsonl"
+RECORD = "run.json"
+#: Settings that may differ between a run and its resumption (more samples add rows; none change).
+RESUMABLE_CHANGES = frozenset({"n"})
+
+
+@dataclass
+class StudySettings:
+    """What a study run computes; saved in run.json and compared on resumption."""
+
+    study: str
+    models: list[str]  # labels, in order
+    params: dict[str, Any] = field(default_factory=dict)
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    seed: int = 0
+
+    def key(self) -> dict[str, Any]:
+        key = asdict(self)
+        key["dataset"] = {k: v for k, v in key["dataset"].items() if k not in RESUMABLE_CHANGES}
+        return key
+
+
+def model_labels(folders: list[str | None]) -> list[str]:
+    """A short, unique label per model folder (its folder name; None is the demo model)."""
+    labels: list[str] = []
+    for folder in folders:
+        label = Path(folder).name if folder else "demo-model"
+        label = label or str(folder)
+        candidate, count = label, 2
+        while candidate in labels:
+            candidate, count = f"{label}#{count}", count + 1
+        labels.append(candidate)
+    return labels
+
+
+def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings: StudySettings, out: str | Path,
+              registry: Any = None, command: list[str] | None = None) -> Job[list[dict[str, Any]]]:
+    """Run (or resume) ``study`` into ``out``; return every (model, sample) record. ``models`` maps
+    each label to a loaded model or to a function that loads it. A job: progress per sample (and
+    whatever the study reports inside one), cancellable; finished samples are already on disk."""
+    if registry is None:
+        from lvlm_studio.core.plugin.registry import create_registry
+
+        registry = create_registry()
+    settings.dataset.check()
+    if len(models) < study.min_models:
+        raise InputError(f"study {study.id} compares models: it needs at least {study.min_models}, got {len(models)}.",
+                         "Pass --model once per model folder.")
+    params = study.resolve_params(settings.params)
+    out = Path(out)
+    records = _prepare(out, study, settings, params, command)
+    done = {(r["model"], r["sample"]) for r in records}
+    total = settings.dataset.n * len(models)
+    started = time.perf_counter()
+    step = 0
+    for label, source in models.items():
+        loaded = None
+        for index, sample in enumerate(samples(settings.dataset, study.demo_tasks)):
+            if study.needs_masks and not sample.masks:
+                raise InputError(f"study {study.id} needs object masks, and sample {sample.key} has none.",
+                                 "Use demo scenes, a manifest with masks or boxes, or a COCO file.")
+            if (label, sample.key) in done:
+                step += 1
+                continue
+            if loaded is None:
+                yield Progress(step, total, f"loading {label}")
+                loaded = source() if callable(source) else source
+                note_model(out, label, loaded)
+            yield Progress(step, total, f"{label}: {sample.key}")
+            record = yield from _run_one(study, sample, loaded, params, StudyContext(label, registry, settings.seed,
+                                                                                    out), step, total)
+            record.update(sample=sample.key, index=index, model=label)
+            append_line(out / RESULTS, record)
+            records.append(record)
+            step += 1
+        del loaded  # one model in memory at a time
+    _finish(out, records, time.perf_counter() - started)
+    yield Progress(total, total, "done")
+    return records
+
+
+def _run_one(study: Study, sample: Any, loaded: Any, params: dict[str, Any], context: StudyContext, step: int,
+             total: int) -> Job[dict[str, Any]]:
+    started = time.perf_counter()
+    try:
+        rows = yield from relay(study.run_sample(sample, loaded, params, context),
+                                lambda p: Progress(step, total, f"{context.model_label}: {sample.key}: {p.message}"))
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failing sample must not stop the study
+        return {"rows": [], "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - started, 3)}
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise InputError(f"study {study.id} returned {type(rows).__name__} from run_sample, not a list of dicts.",
+                         "Its plugin breaks the Study contract (docs/plugins.md).")
+    return {"rows": jsonable(rows), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def read_records(out: str | Path) -> list[dict[str, Any]]:
+    """The finished (model, sample) records in ``out`` (damaged lines skipped: they run again)."""
+    return read_lines(Path(out) / RESULTS, lambda r: isinstance(r.get("sample"), str)
+                      and isinstance(r.get("model"), str) and isinstance(r.get("rows"), list))
+
+
+def all_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row of every record, each with its "model" and "sample" (in the order models ran)."""
+    return [{**row, "model": r["model"], "sample": r["sample"]} for r in records for row in r["rows"]]
+
+
+def _prepare(out: Path, study: Study, settings: StudySettings, params: dict[str, Any],
+             command: list[str] | None) -> list[dict[str, Any]]:
+    check_output_folder(out, resume=True)
+    key = jsonable({**settings.key(), "params": params})
+    previous = read_run_record(out)
+    if previous is not None and previous.get("settings_key") != key:
+        raise InputError(f"{out} holds a run with other settings (another study, models, parameters or dataset).",
+                         "Rerun with the same settings to resume it, or choose another --out.")
+    record = {
+        "lvlm_studio": package_version("lvlm-studio"),
+        "kind": "study",
+        "study": study.id,
+        "title": study.title,
+        "settings": jsonable(asdict(settings)),
+        "params": jsonable(params),
+        "settings_key": key,
+        "dataset": settings.dataset.describe(),
+        "command": command or ["lvlm-studio", *sys.argv[1:]],
+        "seed": settings.seed,
+        "generation": "greedy",
+        "versions": environment(("lvlm-studio", "torch", "transformers", "numpy", "scipy", "matplotlib")),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "models": (previous or {}).get("models", {}),
+    }
+    write_text(out / RECORD, json.dumps(record, indent=2))
+    return read_records(out)
+
+
+def note_model(out: str | Path, label: str, loaded: Any) -> None:
+    """Record in run.json what model ``label`` was (its ``describe()``: source, family, dtype, device)."""
+    path = Path(out) / RECORD
+    record = json.loads(path.read_text())
+    described = jsonable(loaded.describe())
+    earlier = record.setdefault("models", {}).get(label)
+    if earlier is not None and earlier.get("source") != described.get("source"):
+        raise InputError(f"{out} holds rows of another model labelled {label!r} ({earlier.get('source')}).",
+                         "Choose another --out.")
+    record["models"][label] = described
+    write_text(path, json.dumps(record, indent=2))
+
+
+def _finish(out: Path, records: list[dict[str, Any]], seconds: float) -> None:
+    path = out / RECORD
+    record = json.loads(path.read_text())
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["samples_done"] = len(records)
+    record["errors"] = sum(1 for r in records if r.get("error"))
+    record["seconds_this_session"] = round(seconds, 2)
+    write_text(path, json.dumps(record, indent=2))
