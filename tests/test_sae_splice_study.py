@@ -37,4 +37,4 @@ def test_exact_coder_costs_nothing_and_a_random_one_does(demo_model):
     noisy = run_job(splice_losses(demo_model, random, _examples(), 3))
     assert all(item.kl > 1e-3 for item in noisy)
     summary = splice_summary(noisy)
-    assert summary["kl"]["low"] > 0 and summary["kl"]["low"] <= summary["kl"]["mean"] <= summary["kl"]["high"]
+    assert summary["kl"]["ci_low"] > 0 and summary["kl"]["ci_low"] <= summary["kl"]["mean"] <= summary["kl"]["ci_high"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.metrics.effects import bootstrap_interval, factor_anova
+from lvlm_studio.core.metrics.effects import factor_anova
 
 
 def _synthetic(architecture_effect, size_effect, seed=0, images=20, noise=0.2):
@@ -45,13 +45,3 @@ def test_one_level_is_refused():
     rows = [r for r in _synthetic([0, 1, 2], [0, 0]) if r["llm_size"] == "7B"]
     with pytest.raises(InputError, match="llm_size"):
         factor_anova(rows, "entropy", ["architecture", "llm_size"])
-
-
-def test_bootstrap_interval_covers_the_mean():
-    values = np.random.default_rng(0).normal(2.0, 1.0, 400)
-    interval = bootstrap_interval(values)
-    assert interval.low < 2.0 < interval.high and interval.high - interval.low < 0.3
-    assert interval.n == 400
-    single = bootstrap_interval([1.5, float("nan")])
-    assert single.mean == single.low == single.high == 1.5 and single.n == 1
-    assert np.isnan(bootstrap_interval([]).mean)

@@ -241,17 +241,26 @@ def splice_losses(loaded: LoadedModel, coder: SparseAutoencoder, examples: Itera
     return out
 
 
-def splice_summary(losses: Sequence[ExampleLosses], level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Means over examples with percentile bootstrap intervals (``core.metrics.effects``): the answer
+def splice_summary(losses: Sequence[ExampleLosses | dict[str, float]], level: float = 0.95, seed: int = 0
+                   ) -> dict[str, Any]:
+    """Means over examples with percentile bootstrap intervals (``core.metrics.intervals``): the answer
     NLL as is and with the coder spliced in, their paired difference (spliced − original, resampled
-    per example, so the interval is that of the change) and the KL divergence."""
-    from lvlm_studio.core.metrics.effects import bootstrap_interval
+    per example, so the interval is that of the change) and the KL divergence. ``losses`` are
+    ``ExampleLosses`` or dicts with their fields (a study's saved rows)."""
+    from lvlm_studio.core.metrics.intervals import bootstrap_interval
 
-    original = np.asarray([x.nll_original for x in losses])
-    spliced = np.asarray([x.nll_spliced for x in losses])
-    columns = {"nll_original": original, "nll_spliced": spliced, "nll_change": spliced - original,
-               "kl": np.asarray([x.kl for x in losses])}
-    return {name: bootstrap_interval(values, level=level, seed=seed).to_dict() for name, values in columns.items()}
+    def column(name: str) -> np.ndarray:
+        return np.asarray([x[name] if isinstance(x, dict) else getattr(x, name) for x in losses], dtype=np.float64)
+
+    original, spliced = column("nll_original"), column("nll_spliced")
+    columns = {"nll_original": original, "nll_spliced": spliced, "nll_change": spliced - original, "kl": column("kl")}
+    out = {}
+    for name, values in columns.items():
+        finite = values[np.isfinite(values)]
+        low, high = bootstrap_interval(finite, level=level, seed=seed)
+        out[name] = {"mean": float(finite.mean()) if len(finite) else float("nan"), "ci_low": low, "ci_high": high,
+                     "n": int(len(finite))}
+    return out
 
 
 @torch.no_grad()

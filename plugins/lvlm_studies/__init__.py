@@ -7,10 +7,13 @@ ID`` runs them over demo scenes, a manifest or a COCO file (docs/studies.md).
 
 from __future__ import annotations
 
+from lvlm_studies.architecture import ArchitectureScaleStudy
 from lvlm_studies.modality import ModalityInfluenceStudy
+from lvlm_studies.sae_splice import SaeSpliceStudy
+from lvlm_studies.vision_entry import VisionEntryStudy
 from lvlm_studio.api import hookimpl
 
 
 @hookimpl
 def lvlm_studio_studies() -> list:
-    return [ModalityInfluenceStudy()]
+    return [ModalityInfluenceStudy(), ArchitectureScaleStudy(), VisionEntryStudy(), SaeSpliceStudy()]

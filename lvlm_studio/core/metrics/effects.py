@@ -1,4 +1,4 @@
-"""Statistics over a study's results: which factors change a measurement, and how sure we are of a mean.
+"""Which factors change a measurement: a fitted model over a study's results.
 
 * ``factor_anova``: a fitted linear model (ordinary least squares, statsmodels) of one measurement
   against two or more categorical factors (a model's vision architecture and its LLM size), with an
@@ -6,7 +6,8 @@
   images are taken out before the factors are tested). Each factor gets a type-II ANOVA F test, its
   p-value and its partial eta squared, SS_factor / (SS_factor + SS_residual): the share of the
   variance not explained by the other terms that this factor explains (0 none, 1 all).
-* ``bootstrap_interval``: the mean of some values and a percentile bootstrap interval around it.
+
+(Intervals of a mean are ``core.metrics.intervals.bootstrap_interval``.)
 """
 
 from __future__ import annotations
@@ -76,32 +77,3 @@ def factor_anova(rows: Sequence[Mapping[str, Any]], response: str, factors: Sequ
         effects.append(FactorEffect(factor, int(frame[names[factor]].nunique()), float(row["df"]),
                                     float(row["F"]), float(row["PR(>F)"]), eta))
     return effects
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean and its bootstrap interval at ``level`` (e.g. 0.95)."""
-
-    mean: float
-    low: float
-    high: float
-    level: float
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def bootstrap_interval(values: Sequence[float] | np.ndarray, level: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> Interval:
-    """The mean of ``values`` (non-finite ones left out) and its percentile bootstrap interval:
-    ``resamples`` means of resamples drawn with replacement, cut at (1 - level) / 2 and (1 + level) / 2.
-    One value gives an interval of zero width; none gives NaN."""
-    data = np.asarray(values, dtype=np.float64).ravel()
-    data = data[np.isfinite(data)]
-    if not len(data):
-        return Interval(float("nan"), float("nan"), float("nan"), level, 0)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(data.mean()), float(low), float(high), level, len(data))
