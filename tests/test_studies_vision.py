@@ -1,0 +1,85 @@
+"""Studies 4-6 end to end through `lvlm-studio study`: architecture vs scale on tiny models of three
+vision architectures at two LLM sizes, when vision enters on every family's tiny model, and the SAE
+splice on the demo model with its shipped SAE."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lvlm_studio.cli import main
+from lvlm_studio.core.models.loading import LoadOptions, load_model
+from lvlm_studio.core.models.meta import META_FILE, model_meta
+from lvlm_studio.studies.report import read_report
+from lvlm_studio.testing.tiny_models import build_tiny_model
+
+# three vision architectures: CLIP (LLaVA), SigLIP (PaliGemma), Idefics3's SigLIP-style tower with pixel shuffle
+ARCHITECTURES = {"llava": "clip", "paligemma": "siglip", "idefics3": "idefics3-shuffle"}
+
+
+def _table(report, name):
+    return next(t["rows"] for t in report["tables"] if t["name"] == name)
+
+
+def test_architecture_vs_scale_on_tiny_models_of_three_architectures_at_two_sizes(tmp_path, capsys):
+    models = []
+    for family, architecture in ARCHITECTURES.items():
+        for layers, size in ((2, "small"), (4, "large")):
+            folder = build_tiny_model(family, tmp_path / f"{family}-{size}", llm_layers=layers)
+            (folder / META_FILE).write_text(json.dumps({"vision_architecture": architecture, "llm_size": size}))
+            models += ["--model", str(folder)]
+    out = tmp_path / "run"
+    assert main(["study", "architecture_vs_scale", *models, "--n", "3", "--device", "cpu", "--param",
+                 "max_new_tokens=3", "--out", str(out)]) == 0
+    report = read_report(out)
+    per_model = _table(report, "statistics per model")
+    assert len(per_model) == 6 and {r["meta"] for r in per_model} == {"declared"}
+    assert {(r["vision_architecture"], r["llm_size"]) for r in per_model} == {
+        (a, s) for a in ARCHITECTURES.values() for s in ("small", "large")}
+    effects = _table(report, "effects")
+    assert {(e["statistic"], e["factor"]) for e in effects} >= {
+        (s, f) for s in ("entropy", "spread", "fine_share") for f in ("vision_architecture", "llm_size")}
+    assert all(0 <= e["p"] <= 1 and 0 <= e["partial eta^2"] <= 1 for e in effects)
+    for name in ("entropy.png", "tables/effects.csv", "summary.md", "run.json"):
+        assert (out / name).is_file(), name
+
+
+def test_model_meta_prefers_the_manifest_then_the_folder_then_infers(tmp_path):
+    folder = build_tiny_model("llava", tmp_path / "m")
+    loaded = load_model(folder, LoadOptions(device="cpu"))
+    inferred = model_meta(loaded)
+    assert inferred["source"] == "inferred" and inferred["vision_architecture"] == "clip_vision_model"
+    (folder / META_FILE).write_text(json.dumps({"vision_architecture": "clip", "llm_size": "7B"}))
+    assert model_meta(loaded) == {"vision_architecture": "clip", "llm_size": "7B", "source": "declared"}
+    manifest = {"m": {"vision_architecture": "siglip", "llm_size": "72B"}}
+    assert model_meta(loaded, "m", manifest)["llm_size"] == "72B"
+    (folder / META_FILE).write_text(json.dumps({"vision_architecture": "clip"}))
+    with pytest.raises(Exception, match="llm_size"):
+        model_meta(loaded)
+
+
+def test_vision_entry_runs_on_every_family(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    assert main(["study", "vision_entry", "--model", tiny_model.source, "--n", "1", "--device", "cpu",
+                 "--param", "max_new_tokens=3", "--out", str(out)]) == 0
+    report = read_report(out)
+    per_layer = _table(report, "per layer")
+    layers = len(tiny_model.adapter.decoder_layers())
+    if not per_layer:
+        pytest.skip("the random model ended its answer at once")
+    assert len(per_layer) == layers
+    assert all(0 <= r["lens_prob"] <= 1 for r in per_layer)
+    # greedy answers are the top token at the last layer
+    assert per_layer[-1]["on_top"] == 1.0
+    assert np.isfinite(_table(report, "per model")[0]["drop, all layers"])
+
+
+def test_sae_splice_on_the_demo_model(tmp_path):
+    out = tmp_path / "run"
+    assert main(["study", "sae_splice", "--n", "3", "--device", "cpu", "--out", str(out)]) == 0
+    (row,) = _table(read_report(out), "per model")
+    assert row["hook"] == "blocks.1.hook_resid_post" and row["examples"] == 3
+    assert row["KL"] >= 0 and row["KL low"] <= row["KL"] <= row["KL high"]
+    assert row["NLL change"] == pytest.approx(row["NLL spliced"] - row["NLL original"], abs=1e-9)
