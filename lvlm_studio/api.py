@@ -87,6 +87,7 @@ from lvlm_studio.core.models.capture import (
 from lvlm_studio.core.models.hooks import HookPoint, hook_points, hooks, run_with_cache
 from lvlm_studio.core.models.inputs import forward_inputs
 from lvlm_studio.core.models.loading import LoadedModel
+from lvlm_studio.core.models.meta import META_FILE, model_meta, read_meta_file
 from lvlm_studio.core.perturbation.perturb import DEFAULT_BATCH_SIZE, blend, pixels_to_grids, score_images
 from lvlm_studio.core.perturbation.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
 from lvlm_studio.core.plugin import hookspecs
@@ -117,7 +118,6 @@ from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, 
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
 from lvlm_studio.core.plugin.jobs import collect as collect_job
 from lvlm_studio.core.plugin.registry import create_registry
-from lvlm_studio.core.models.meta import META_FILE, model_meta, read_meta_file
 from lvlm_studio.core.tracing.attention_stats import STATISTICS as ATTENTION_STATISTICS
 from lvlm_studio.core.tracing.attention_stats import AttentionStats, pattern_stats, trace_stats
 from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions

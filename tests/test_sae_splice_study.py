@@ -3,11 +3,11 @@ NLL); a random one moves the model's next-token distribution (KL > 0)."""
 
 import numpy as np
 import pytest
+from sae_helpers import exact_coder
 
 from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.demo.scenes import make_example, make_scene
 from lvlm_studio.sae.evaluate import random_topk_like, splice_losses, splice_summary
-from sae_helpers import exact_coder
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -70,9 +70,9 @@ def test_vision_entry_runs_on_every_family(tiny_model, tmp_path):
     if not per_layer:
         pytest.skip("the random model ended its answer at once")
     assert len(per_layer) == layers
-    assert all(0 <= r["lens_prob"] <= 1 for r in per_layer)
-    # greedy answers are the top token at the last layer
-    assert per_layer[-1]["on_top"] == 1.0
+    assert all(0 <= r["lens_prob"] <= 1 and 0 <= r["on_top"] <= 1 for r in per_layer)
+    # (a random model's greedy token need not top the teacher-forced pass: generation suppresses the image
+    # placeholder, and near-tied logits flip; test_vision_entry_families checks the lens against the logits)
     assert np.isfinite(_table(report, "per model")[0]["drop, all layers"])
 
 

@@ -89,7 +89,8 @@ class VisionEntryStudy(Study):
                        "image_decodes": float(np.mean(image)) if image else float("nan")}
                 if layer in starts:
                     index = starts.index(layer)
-                    drop = mean_with_interval([r["knockout_drop"][index] for r in mine if len(r["knockout_drop"]) > index])
+                    drop = mean_with_interval([r["knockout_drop"][index] for r in mine
+                                               if len(r["knockout_drop"]) > index])
                     row.update({"knockout_drop": drop["mean"], "knockout_low": drop["ci_low"],
                                 "knockout_high": drop["ci_high"]})
                 else:
@@ -142,9 +143,10 @@ class VisionEntryStudy(Study):
             ax.legend(fontsize=7)
 
         text = "\n".join(
-            f"- **{r['model']}**: answer tokens become decodable (and stay on top) from layer {r['mean entry layer']:.1f} "
-            f"of {r['layers']} on average; cutting answer-to-image attention in every layer costs "
-            f"{r['drop, all layers']:.2f} nats per token (95% CI {r['drop_low']:.2f} to {r['drop_high']:.2f})."
+            f"- **{r['model']}**: answer tokens become decodable (and stay on top) from layer "
+            f"{r['mean entry layer']:.1f} of {r['layers']} on average; cutting answer-to-image attention in every "
+            f"layer costs {r['drop, all layers']:.2f} nats per token "
+            f"(95% CI {r['drop_low']:.2f} to {r['drop_high']:.2f})."
             for r in overall)
         return StudyReport(self.title, text, [
             StudyTable("per model", overall, "Over every answer token."),

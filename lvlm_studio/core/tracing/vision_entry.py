@@ -121,7 +121,8 @@ def layer_windows(layers: int, k: int) -> list[tuple[int, ...]]:
     """Windows of ``k`` consecutive layers, sliding by one: (0..k-1), (1..k), ... (one window of all
     layers when k >= layers)."""
     if k < 1:
-        raise InputError(f"the knockout window is {k} layers; it must be at least 1.", "Try 1, or a tenth of the layers.")
+        raise InputError(f"the knockout window is {k} layers; it must be at least 1.",
+                         "Try 1, or a tenth of the layers.")
     k = min(k, layers)
     return [tuple(range(start, start + k)) for start in range(layers - k + 1)]
 
