@@ -117,6 +117,7 @@ class VisionEntryStudy(Study):
         def draw_lens(ax):
             for (model,), group in by(per_layer, "model").items():
                 ax.plot([r["layer"] for r in group], [r["lens_prob"] for r in group], marker="o", label=model)
+            ax.set_xticks(sorted({r["layer"] for r in per_layer}))
             ax.set_xlabel("layer")
             ax.set_ylabel("p(answer token), logit lens")
             ax.set_title("When the answer becomes decodable")
@@ -128,6 +129,7 @@ class VisionEntryStudy(Study):
                 shown = [r for r in group if np.isfinite(r["knockout_drop"])]
                 ax.plot([r["layer"] for r in shown], [r["knockout_drop"] for r in shown], marker="o", label=model)
             ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks(sorted({r["layer"] for r in per_layer}))
             ax.set_xlabel(f"first layer of the knocked-out window ({params['window']} layer(s))")
             ax.set_ylabel("drop in log p(answer token), nats")
             ax.set_title("Answer -> image attention knocked out")
@@ -137,6 +139,7 @@ class VisionEntryStudy(Study):
             for (model,), group in by(timeline, "model").items():
                 ax.plot([r["token"] for r in group], [r["drop_all_layers"] for r in group], marker="o", label=model)
             ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks(sorted({r["token"] for r in timeline}))
             ax.set_xlabel("answer token")
             ax.set_ylabel("drop in log p, every layer knocked out")
             ax.set_title("Across generation")
@@ -153,4 +156,4 @@ class VisionEntryStudy(Study):
             StudyTable("per layer", per_layer, "Logit lens and knockout (window starting at the layer), per layer."),
             StudyTable("timeline", timeline, "Per answer-token index: across generation."),
         ], [StudyFigure("logit_lens", draw_lens), StudyFigure("knockout", draw_knockout),
-            StudyFigure("timeline", draw_timeline)])
+            StudyFigure("across_generation", draw_timeline)])
