@@ -83,3 +83,22 @@ def test_sae_splice_on_the_demo_model(tmp_path):
     assert row["hook"] == "blocks.1.hook_resid_post" and row["examples"] == 3
     assert row["KL"] >= 0 and row["KL low"] <= row["KL"] <= row["KL high"]
     assert row["NLL change"] == pytest.approx(row["NLL spliced"] - row["NLL original"], abs=1e-9)
+
+
+def test_architecture_summary_finds_the_planted_effect_and_skips_a_constant_factor():
+    from lvlm_studies.architecture import ArchitectureScaleStudy
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, architecture, shift in (("a", "clip", 0.0), ("b", "siglip", 0.3), ("c", "siglip", 0.3)):
+        for image in range(15):
+            stats = {name: 0.5 + shift + 0.05 * rng.normal() for name in
+                     ("entropy", "spread", "object_distance", "fine_share")}
+            rows.append({"model": model, "sample": f"s{image}", "vision_architecture": architecture,
+                         "llm_size": "7B", "source": "declared", **stats})
+    study = ArchitectureScaleStudy()
+    report = study.summarize(rows, study.resolve_params({}))
+    effects = next(t.rows for t in report.tables if t.name == "effects")
+    assert {e["factor"] for e in effects} == {"vision_architecture"} and len(effects) == 4
+    assert all(e["p"] < 1e-6 for e in effects)
+    assert "same llm_size (7B): not tested" in report.text

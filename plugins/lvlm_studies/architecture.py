@@ -76,9 +76,13 @@ class ArchitectureScaleStudy(Study):
                 entry.update({name: stats["mean"], f"{name}_low": stats["ci_low"], f"{name}_high": stats["ci_high"]})
             per_model.append(entry)
         effects, notes = [], []
-        for name in ATTENTION_STATISTICS:
+        # a factor every model shares cannot be tested; the other one still can
+        varied = [f for f in FACTORS if len({r[f] for r in rows}) > 1]
+        notes += [f"- every model has the same {f} ({rows[0][f]}): not tested." for f in FACTORS
+                  if rows and f not in varied]
+        for name in ATTENTION_STATISTICS if varied else ():
             try:
-                fitted = factor_anova(rows, name, FACTORS, block="sample")
+                fitted = factor_anova(rows, name, varied, block="sample")
             except InputError as exc:
                 notes.append(f"- {name}: not fitted: {exc.message}")
                 continue
