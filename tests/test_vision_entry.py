@@ -81,3 +81,13 @@ def test_windows():
     assert layer_windows(2, 5) == [(0, 1)]
     with pytest.raises(InputError):
         layer_windows(4, 0)
+
+
+def test_the_image_lens_does_not_depend_on_the_chunk_size(demo_model, colour_traces, monkeypatch):
+    import lvlm_studio.core.tracing.vision_entry as vision_entry
+
+    whole = logit_lens(demo_model, colour_traces[1])
+    monkeypatch.setattr(vision_entry, "IMAGE_CHUNK", 5)
+    chunked = logit_lens(demo_model, colour_traces[1])
+    np.testing.assert_array_equal(whole.image_best_rank, chunked.image_best_rank)
+    np.testing.assert_allclose(whole.image_max_prob, chunked.image_max_prob, rtol=1e-6)

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from lvlm_studio.core.tracing.trace import Trace
 
 
+#: Image positions read out through the LM head at once (a vocabulary-wide row each).
+IMAGE_CHUNK = 64
+
+
 @dataclass
 class LogitLens:
     """``answer_rank[l, t]``, ``answer_prob[l, t]``: rank (0 = top) and probability of answer token t
@@ -108,11 +112,14 @@ def logit_lens(loaded: LoadedModel, trace: Trace) -> LogitLens:
         rank[layer] = (log_probs > chosen[:, None]).sum(dim=1).cpu().numpy()
         prob[layer] = chosen.exp().cpu().numpy()
         if len(image):
-            image_log_probs = _readout(loaded, states[n:])  # [image positions, vocab]
-            for t in range(n):
-                column = image_log_probs[:, int(answer[t])]
-                image_rank[layer, t] = int((image_log_probs > column[:, None]).sum(dim=1).min())
-                image_prob[layer, t] = float(column.exp().max())
+            image_rank[layer] = np.iinfo(np.int64).max
+            for chunk in states[n:].split(IMAGE_CHUNK):  # [positions, vocab] at a time, not [image, vocab]
+                image_log_probs = _readout(loaded, chunk)
+                for t in range(n):
+                    column = image_log_probs[:, int(answer[t])]
+                    rank_here = int((image_log_probs > column[:, None]).sum(dim=1).min())
+                    image_rank[layer, t] = min(image_rank[layer, t], rank_here)
+                    image_prob[layer, t] = max(image_prob[layer, t], float(column.exp().max()))
     return LogitLens(rank, prob, image_rank, image_prob)
 
 
