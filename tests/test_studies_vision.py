@@ -102,3 +102,10 @@ def test_architecture_summary_finds_the_planted_effect_and_skips_a_constant_fact
     assert {e["factor"] for e in effects} == {"vision_architecture"} and len(effects) == 4
     assert all(e["p"] < 1e-6 for e in effects)
     assert "same llm_size (7B): not tested" in report.text
+
+
+def test_small_numbers_keep_their_digits_in_report_tables():
+    from lvlm_studio.studies.report import cell
+
+    assert cell(1.61e-06) == "1.61e-06" and cell(-3.1e-08) == "-3.1e-08"
+    assert cell(0.25) == "0.250" and cell(0.0) == "0.000" and cell(float("nan")) == ""
