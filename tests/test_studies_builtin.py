@@ -42,6 +42,16 @@ def test_modality_influence_runs_on_every_family(tiny_model, tmp_path):
     assert "image share per model" in text and (tmp_path / "image_share.png").is_file()
 
 
+def test_contradiction_and_grounding_run_on_every_family(tiny_model, tmp_path):
+    """Random tiny models answer nonsense: the rows say so (unreadable, wrong) instead of failing."""
+    contradiction = all_rows(run(ContradictionStudy(), {"tiny": tiny_model}, tmp_path / "c",
+                                 {"max_new_tokens": 3}, n=1))
+    assert len(contradiction) == 2 and all(set(r) >= {"yes_a", "yes_b", "contradiction"} for r in contradiction)
+    grounding = all_rows(run(GroundingStudy(), {"tiny": tiny_model}, tmp_path / "g",
+                             {"methods": "relevancy", "max_new_tokens": 3}, n=1))
+    assert all(r["class"] in CLASSES for r in grounding)
+
+
 def test_modality_influence_on_the_demo_model_puts_colour_words_on_the_image(tmp_path):
     """The answer's colour word comes from the picture, its shape word is copied from the question."""
     study = ModalityInfluenceStudy()
@@ -108,3 +118,17 @@ def test_right_for_the_wrong_reasons_exposes_the_shortcut_twin_and_clears_the_de
     assert classes["demo"][CLASSES[0]] >= 0.8
     where = {r["model"]: r for r in report.tables[1].rows}
     assert where["twin"]["points on cue"] >= 0.6 and where["demo"]["points on cue"] == 0
+
+
+def test_the_guides_study_runs_on_the_demo_model(tmp_path):
+    import re
+    import types
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "plugins.md").read_text(), flags=re.S)
+    (source,) = [b for b in blocks if re.search(r"^class AnswerLength\(", b, flags=re.M)]
+    module = types.ModuleType("guide_answer_length")
+    exec(compile(source, "plugins.md:AnswerLength", "exec"), module.__dict__)  # noqa: S102 - our own documentation
+    study = module.AnswerLength()
+    records = run(study, {"demo": load_model(None)}, tmp_path, n=2)
+    report = study.summarize(all_rows(records), study.resolve_params({}))
+    assert report.tables[0].rows[0]["mean"] >= 3  # "the circle is red": four tokens

@@ -202,7 +202,7 @@ class Relevancy(Explainer):
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if outside is not None:
-            provenance[TEXT_RELEVANCE] = text_relevance_record(outside, text_rows)
+            provenance[TEXT_RELEVANCE] = text_relevance_record(outside, text_rows, image_in_sequence=not crossing)
         return Explanation(self.id, maps, params, provenance)
 
 

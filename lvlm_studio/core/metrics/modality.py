@@ -40,10 +40,12 @@ class ModalityInfluence:
         return self.image / total if total > 0 else float("nan")
 
 
-def text_relevance_record(positions: np.ndarray, rows: dict[int, np.ndarray]) -> dict[str, Any]:
+def text_relevance_record(positions: np.ndarray, rows: dict[int, np.ndarray], image_in_sequence: bool = True
+                          ) -> dict[str, Any]:
     """The provenance entry (JSON) of relevance at sequence ``positions``: ``rows[target]`` holds
-    one value per position."""
-    return {"positions": [int(p) for p in positions],
+    one value per position. ``image_in_sequence`` is False where the image enters by cross-attention
+    (its positions then index the vision tokens, not the sequence)."""
+    return {"positions": [int(p) for p in positions], "image_in_sequence": bool(image_in_sequence),
             "values": {str(t): [round(float(v), 8) for v in values] for t, values in rows.items()}}
 
 
@@ -56,15 +58,16 @@ def modality_influence(trace: Any, explanation: Any, tokenizer: Any, target: int
     image = float(sum(np.nansum(m) for m in explanation.maps[target]))
     by_position = dict(zip(record["positions"], record["values"][str(target)]))
     words = []
-    for word, positions in prompt_words(trace, tokenizer):
+    for word, positions in prompt_words(trace, tokenizer, bool(record.get("image_in_sequence", True))):
         words.append((word, float(sum(by_position.get(p, 0.0) for p in positions))))
     return ModalityInfluence(image, float(sum(value for _, value in words)), words)
 
 
-def prompt_words(trace: Any, tokenizer: Any) -> list[tuple[str, list[int]]]:
+def prompt_words(trace: Any, tokenizer: Any, image_in_sequence: bool = True) -> list[tuple[str, list[int]]]:
     """The user's prompt as words, each with its positions in ``trace.input_ids`` (sub-word tokens
-    joined as ``group_words`` joins answer tokens)."""
-    positions = [int(p) for p in prompt_text_positions(trace, tokenizer)]
+    joined as ``group_words`` joins answer tokens); ``image_in_sequence`` as for
+    ``prompt_text_positions``."""
+    positions = [int(p) for p in prompt_text_positions(trace, tokenizer, image_in_sequence)]
     if not positions:
         return []
     tokens = tokenizer.convert_ids_to_tokens([int(trace.input_ids[p]) for p in positions])
