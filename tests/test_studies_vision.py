@@ -109,3 +109,26 @@ def test_small_numbers_keep_their_digits_in_report_tables():
 
     assert cell(1.61e-06) == "1.61e-06" and cell(-3.1e-08) == "-3.1e-08"
     assert cell(0.25) == "0.250" and cell(0.0) == "0.000" and cell(float("nan")) == ""
+
+
+def test_sae_splice_runs_on_every_family_and_an_exact_coder_costs_nothing(tiny_model, tmp_path):
+    import torch
+
+    from lvlm_studio.sae.coders import CoderConfig, build_coder
+    from lvlm_studio.sae.formats import save_saelens
+
+    # an exact coder on the language model's first layer (every family's tiny LLM is 64 wide)
+    hook, width = "lm.blocks.0.hook_resid_post", tiny_model.model.config.get_text_config().hidden_size
+    coder = build_coder(CoderConfig(d_in=width, d_sae=2 * width, hook_name=hook, apply_b_dec_to_input=False,
+                                    tokens="text"))
+    eye = torch.eye(width)
+    with torch.no_grad():
+        coder.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        coder.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    folder = save_saelens(coder, tmp_path / "sae")
+    out = tmp_path / "run"
+    assert main(["study", "sae_splice", "--model", tiny_model.source, "--n", "1", "--device", "cpu", "--param",
+                 f"sae={folder}", "--param", "reference=false", "--out", str(out)]) == 0
+    (row,) = _table(read_report(out), "per model")
+    assert row["hook"] == hook and row["KL"] == pytest.approx(0, abs=1e-5)
+    assert row["NLL change"] == pytest.approx(0, abs=1e-4)
