@@ -132,3 +132,20 @@ def test_sae_splice_runs_on_every_family_and_an_exact_coder_costs_nothing(tiny_m
     (row,) = _table(read_report(out), "per model")
     assert row["hook"] == hook and row["KL"] == pytest.approx(0, abs=1e-5)
     assert row["NLL change"] == pytest.approx(0, abs=1e-4)
+
+
+def test_architecture_vs_scale_runs_on_every_family_at_two_sizes(tiny_model, tmp_path):
+    # the family's tiny model and the same family with a four-layer LLM (its model_type names its builder)
+    folders = [tiny_model.source, str(build_tiny_model(tiny_model.family, tmp_path / "big", llm_layers=4))]
+    manifest = {folder: {"vision_architecture": "tower", "llm_size": size} for folder, size in
+                zip(folders, ("small", "large"))}
+    (tmp_path / "meta.json").write_text(json.dumps(manifest))
+    out = tmp_path / "run"
+    assert main(["study", "architecture_vs_scale", "--model", folders[0], "--model", folders[1], "--n", "3",
+                 "--device", "cpu", "--param", "max_new_tokens=2", "--param", f"meta={tmp_path / 'meta.json'}",
+                 "--out", str(out)]) == 0
+    report = read_report(out)
+    per_model = _table(report, "statistics per model")
+    assert [r["meta"] for r in per_model] == ["manifest", "manifest"]
+    assert {e["factor"] for e in _table(report, "effects")} <= {"llm_size"}
+    assert "same vision_architecture (tower): not tested" in report["text"]
