@@ -149,3 +149,11 @@ def test_architecture_vs_scale_runs_on_every_family_at_two_sizes(tiny_model, tmp
     assert [r["meta"] for r in per_model] == ["manifest", "manifest"]
     assert {e["factor"] for e in _table(report, "effects")} <= {"llm_size"}
     assert "same vision_architecture (tower): not tested" in report["text"]
+
+
+def test_a_study_may_be_named_with_hyphens():
+    from lvlm_studio.api import create_registry
+
+    registry = create_registry(load_third_party=False)
+    for name in ("architecture-vs-scale", "vision-entry", "sae-splice"):
+        assert registry.study(name).id == name.replace("-", "_")
