@@ -125,6 +125,10 @@ def test_a_manifest_gives_questions_and_masks_and_bad_ones_are_refused(tmp_path)
     (tmp_path / "bad.json").write_text(json.dumps({"samples": [{"image": "a.png", "questions": []}]}))
     with pytest.raises(InputError, match="has no question"):
         list(manifest_samples(tmp_path / "bad.json", 5))
+    (tmp_path / "missing.csv").write_text("image,question\nnot-there.png,is it?\n")
+    with pytest.raises(InputError, match="not-there.png"):
+        DatasetSettings(manifest=str(tmp_path / "missing.csv")).check()
+    DatasetSettings(manifest=str(tmp_path / "m.csv")).check()
     with pytest.raises(InputError, match="--images and --coco"):
         DatasetSettings(coco="x.json").check()
 
@@ -153,3 +157,20 @@ def test_the_cli_lists_studies_and_refuses_bad_input_before_loading(capsys, tmp_
     assert "no study 'nope'" in capsys.readouterr().err
     assert main(["study", "modality_influence", "--cue", "sideways", "--out", str(tmp_path / "o")]) == 2
     assert "--cue" in capsys.readouterr().err
+
+
+def test_the_cli_runs_a_study_on_the_demo_model_and_a_rerun_resumes(capsys, tmp_path):
+    from lvlm_studio.cli import main
+
+    out = tmp_path / "run"
+    command = ["study", "modality_influence", "--n", "1", "--param", "max_new_tokens=6", "--out", str(out)]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "image share per model" in printed and "| demo-model | 1 |" in printed
+    first = (out / "results.jsonl").read_text()
+    run = json.loads((out / "run.json").read_text())
+    assert run["provider"]["plugin"] == "lvlm_studies" and run["models"]["demo-model"]["family"] == "llava"
+    assert main(command) == 0  # nothing left to run: the same rows, the same report
+    assert (out / "results.jsonl").read_text() == first
+    assert main([*command[:-2], "--param", "questions=0", "--out", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err

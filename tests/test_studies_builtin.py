@@ -116,8 +116,8 @@ def test_right_for_the_wrong_reasons_exposes_the_shortcut_twin_and_clears_the_de
     classes = {r["model"]: r for r in report.tables[0].rows}
     assert classes["twin"][CLASSES[1]] >= 0.8 and classes["demo"][CLASSES[1]] <= 0.2
     assert classes["demo"][CLASSES[0]] >= 0.8
-    where = {r["model"]: r for r in report.tables[1].rows}
-    assert where["twin"]["points on cue"] >= 0.6 and where["demo"]["points on cue"] == 0
+    where = {(r["model"], r["answers"]): r for r in report.tables[1].rows}
+    assert where["twin", "correct"]["points on cue"] >= 0.6 and where["demo", "correct"]["points on cue"] == 0
 
 
 def test_the_guides_study_runs_on_the_demo_model(tmp_path):

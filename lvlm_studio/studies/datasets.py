@@ -50,7 +50,8 @@ class DatasetSettings:
             return f"the first {self.n} entries of {self.manifest}"
         if self.coco:
             return f"the first {self.n} images of {self.coco} in {self.images}"
-        cue = "" if self.cue == "none" else f" with a corner mark that {self.cue}s with the object's colour"
+        cue = {"none": "", "agree": " with a corner mark that agrees with the asked object's colour",
+               "contradict": " with a corner mark that contradicts the asked object's colour"}.get(self.cue, "")
         return f"{self.n} held-out {self.world} demo scenes{cue}"
 
     def check(self) -> None:
@@ -74,6 +75,13 @@ class DatasetSettings:
                                               ("--coco", self.coco, Path.is_file, "file")):
             if value is not None and not is_right(Path(value)):
                 raise InputError(f"{option} {value} is not a {kind}.", f"Check the path of the {kind}.")
+        if self.manifest:  # a missing image is found now, not after the models loaded
+            path = Path(self.manifest)
+            for index, entry in enumerate(_read_manifest(path)[: self.n]):
+                image = entry.get("image")
+                if not isinstance(image, str) or not (path.parent / image).is_file():
+                    raise InputError(f"entry {index + 1} of {path} names image {image!r}, which is not a file.",
+                                     "Give each entry the path of its image, relative to the manifest.")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

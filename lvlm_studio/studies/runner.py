@@ -80,7 +80,8 @@ def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings
                          "Pass --model once per model folder.")
     params = study.resolve_params(settings.params)
     out = Path(out)
-    records = _prepare(out, study, settings, params, command)
+    provider = registry.provider("studies", study.id) if hasattr(registry, "provider") else {}
+    records = _prepare(out, study, settings, params, command, provider)
     done = {(r["model"], r["sample"]) for r in records}
     total = settings.dataset.n * len(models)
     started = time.perf_counter()
@@ -139,7 +140,7 @@ def all_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _prepare(out: Path, study: Study, settings: StudySettings, params: dict[str, Any],
-             command: list[str] | None) -> list[dict[str, Any]]:
+             command: list[str] | None, provider: dict[str, str] | None = None) -> list[dict[str, Any]]:
     check_output_folder(out, resume=True)
     key = jsonable({**settings.key(), "params": params})
     previous = read_run_record(out)
@@ -151,6 +152,7 @@ def _prepare(out: Path, study: Study, settings: StudySettings, params: dict[str,
         "kind": "study",
         "study": study.id,
         "title": study.title,
+        "provider": provider or {},  # the plugin, distribution and version that gave the study
         "settings": jsonable(asdict(settings)),
         "params": jsonable(params),
         "settings_key": key,

@@ -100,10 +100,12 @@ class GroundingStudy(Study):
                 entry[name] = stats["mean"]
                 entry[f"{name} ci"] = f"{stats['ci_low']:.2f}-{stats['ci_high']:.2f}"
             table.append(entry)
-            correct = [r for r in mine if r["correct"]]
-            where.append({"model": model, "method": method, "correct answers": len(correct),
-                          **{f"points on {p}": float(np.mean([r["peak_on"] == p for r in correct])) if correct
-                             else float("nan") for p in places}})
+            for answers, group in (("correct", [r for r in mine if r["correct"]]),
+                                   ("wrong", [r for r in mine if not r["correct"]])):
+                if group:
+                    where.append({"model": model, "method": method, "answers": answers, "count": len(group),
+                                  **{f"points on {p}": float(np.mean([r["peak_on"] == p for r in group]))
+                                     for p in places}})
 
         def draw(ax):
             labels = [f"{r['model']}\n{r['method']}" for r in table]
@@ -123,8 +125,9 @@ class GroundingStudy(Study):
                          f"({r['answers']} answers)." for r in table)
         return StudyReport(self.title, text, [
             StudyTable("answers by class", table, "Shares of answers, with 95% bootstrap intervals."),
-            StudyTable("where correct answers point", where,
-                       "Among correct answers: the share whose map's maximum lies on each named mask."),
+            StudyTable("where the maps point", where,
+                       "Among correct and among wrong answers: the share whose map's maximum lies on each named "
+                       "mask (the asked object, other objects, the corner mark 'cue'), or on none."),
         ], [StudyFigure("classes", draw)])
 
 
