@@ -125,6 +125,15 @@ from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevanc
 from lvlm_studio.core.tracing.scores import log_odds, log_probability
 from lvlm_studio.core.tracing.trace import Trace, generate_trace
 from lvlm_studio.core.tracing.vision_entry import Knockout, LogitLens, attention_knockout, layer_windows, logit_lens
+from lvlm_studio.sae.dashboard import (
+    PATCH_BOX,
+    FeatureDashboard,
+    dashboard_job,
+    demo_image_set,
+    find_dashboard,
+    folder_image_set,
+)
+from lvlm_studio.sae.dashboard import load_cache as load_dashboard
 from lvlm_studio.sae.evaluate import ExampleLosses, splice_losses, splice_summary
 from lvlm_studio.sae.formats import load_coder
 from lvlm_studio.sae.inspect import edited_answer, feature_attribution, feature_map, image_features, top_features
@@ -220,6 +229,14 @@ __all__ = [
     "feature_attribution",
     "edited_answer",
     "grid_to_pixels",
+    # feature dashboards (one pass caches every feature's top patches, histogram, logit attribution)
+    "FeatureDashboard",
+    "dashboard_job",
+    "find_dashboard",
+    "load_dashboard",
+    "demo_image_set",
+    "folder_image_set",
+    "PATCH_BOX",
     # studies
     "Study",
     "StudySample",

@@ -132,10 +132,19 @@ def test_saelens_round_trip_keeps_weights_and_config(tmp_path):
 
     stored = load_file(str(folder / "sae_weights.safetensors"))
     assert sorted(stored) == ["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]
-    torch.testing.assert_close(stored["threshold"], torch.tensor([0.1, 0.2, 0.3]))
+    # decoder rows saved unit-norm, their norms [1, 1, √2] folded into the encoder and thresholds
+    norms = torch.tensor([1.0, 1.0, 2 ** 0.5])
+    torch.testing.assert_close(stored["W_dec"].norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(stored["threshold"], torch.tensor([0.1, 0.2, 0.3]) * norms)
+    torch.testing.assert_close(stored["W_enc"], W_ENC * norms)
     again = load_coder(folder)
-    torch.testing.assert_close(again.encode(X), coder.encode(X))
+    torch.testing.assert_close(again.encode(X), coder.encode(X) * norms)
+    torch.testing.assert_close(again(X), coder(X))
     assert again.cfg.hook_name == "blocks.1.hook_resid_post"
+    # a coder whose rows are unit-norm already reads back exactly, features included
+    exact = load_coder(save_saelens(again, tmp_path / "again"))
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        torch.testing.assert_close(getattr(exact, name), getattr(again, name))
 
 
 def test_reads_a_saelens_file_written_by_the_older_field_names(tmp_path):

@@ -137,6 +137,24 @@ def test_prisma_transcoder_uses_its_output_bias_and_size(tmp_path):
     np.testing.assert_allclose(output, f @ w["W_dec"] + w["b_dec_out"], atol=1e-5, rtol=1e-5)
 
 
+def test_prisma_transcoder_with_a_skip_connection_adds_x_times_w_skip_transposed(tmp_path):
+    w, x = _weights(), _inputs()  # Prisma's skip needs d_out = d_in: W_skip is [d_in, d_in], applied x W_skipᵀ
+    w["b_dec_out"] = np.random.default_rng(6).normal(size=D_IN)
+    w["W_skip"] = np.random.default_rng(7).normal(size=(D_IN, D_IN))
+    _prisma(tmp_path / "t", w, {**PRISMA, "activation_fn_str": "relu", "is_transcoder": True,
+                                "transcoder_with_skip_connection": True})
+    coder = load_coder(tmp_path / "t")
+    assert coder.cfg.skip
+    f = np.maximum((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 0)
+    np.testing.assert_allclose(_run(coder, x)[1], f @ w["W_dec"] + w["b_dec_out"] + x @ w["W_skip"].T,
+                               atol=1e-5, rtol=1e-5)
+    assert not np.allclose(w["W_skip"], w["W_skip"].T)  # so that the orientation is tested
+    _prisma(tmp_path / "n", w, {**PRISMA, "activation_fn_str": "relu", "is_transcoder": True,
+                                "transcoder_with_skip_connection": True, "normalize_activations": "layer_norm"})
+    with pytest.raises(InputError, match="ViT-Prisma maps the output back after adding the skip path"):
+        load_coder(tmp_path / "n")
+
+
 def test_prisma_transcoder_without_its_output_bias_is_refused(tmp_path):
     _prisma(tmp_path / "t", _weights(), {**PRISMA, "activation_fn_str": "relu", "is_transcoder": True})
     with pytest.raises(InputError, match="no 'b_dec_out' tensor, which a transcoder"):
@@ -154,12 +172,67 @@ def test_unknown_tensors_are_named_not_dropped(tmp_path):
         load_coder(tmp_path / "p")
 
 
+def _normalised(x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAELens's and ViT-Prisma's run-time normalisation: (normalised x, scale, shift) with
+    x = normalised · scale + shift (layer_norm's way back has no 1e-5)."""
+    if mode == "constant_norm_rescale":
+        scale = np.linalg.norm(x, axis=-1, keepdims=True) / np.sqrt(x.shape[-1])
+        return x / scale, scale, np.zeros_like(scale)
+    mu = x.mean(axis=-1, keepdims=True)
+    std = (x - mu).std(axis=-1, ddof=1, keepdims=True)
+    return (x - mu) / (std + 1e-5), std, mu
+
+
 @pytest.mark.parametrize("normalisation", ["layer_norm", "constant_norm_rescale"])
-def test_run_time_normalisations_are_refused_by_name(tmp_path, normalisation):
-    _saelens(tmp_path / "s", _weights(), {**SAELENS_TOPK, "normalize_activations": normalisation})
-    with pytest.raises(InputError, match=f"run-time normalisation normalize_activations='{normalisation}'") as info:
+def test_run_time_normalisations_give_their_library_numbers(tmp_path, normalisation):
+    w, x = _weights(), _inputs() + 3.0  # an offset, so that layer_norm's centring matters
+    z, scale, shift = _normalised(x, normalisation)
+    f = _topk((z - w["b_dec"]) @ w["W_enc"] + w["b_enc"], K)
+    x_hat = (f @ w["W_dec"] + w["b_dec"]) * scale + shift
+    _saelens(tmp_path / "s", w, {**SAELENS_TOPK, "normalize_activations": normalisation})
+    _prisma(tmp_path / "p", w, {**PRISMA, "activation_fn_str": "topk", "activation_fn_kwargs": {"k": K},
+                                "normalize_activations": normalisation})
+    for folder in ("s", "p"):
+        coder = load_coder(tmp_path / folder)
+        assert coder.cfg.normalize_activations == normalisation
+        features, reconstruction = _run(coder, x)
+        np.testing.assert_allclose(features, f, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(reconstruction, x_hat, atol=1e-5, rtol=1e-5)
+    again = load_coder(save_saelens(coder, tmp_path / "back"))  # written with its normalisation, read back the same
+    assert json.loads((tmp_path / "back" / "cfg.json").read_text())["normalize_activations"] == normalisation
+    np.testing.assert_allclose(_run(again, x)[1], x_hat, atol=1e-5, rtol=1e-5)
+
+
+def test_a_dataset_wide_factor_is_folded_in_when_its_trainer_left_it_and_refused_otherwise(tmp_path):
+    w, x = _weights(), _inputs()
+    config = {**SAELENS_TOPK, "normalize_activations": "expected_average_only_in"}
+    _saelens(tmp_path / "s", w, config)
+    with pytest.raises(InputError, match="neither its folder .activation_scaler.json. nor its file holds the factor"):
         load_coder(tmp_path / "s")
-    assert "factor" not in str(info.value)
-    _prisma(tmp_path / "p", _weights(), {**PRISMA, "activation_fn_str": "relu", "normalize_activations": normalisation})
-    with pytest.raises(InputError, match=f"normalize_activations='{normalisation}'"):
-        load_coder(tmp_path / "p")
+    (tmp_path / "s" / "activation_scaler.json").write_text(json.dumps({"scaling_factor": 0.25}))
+    # SAELens's trainer: the coder read 0.25·x and wrote 0.25·x̂
+    f = _topk((0.25 * x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], K)
+    x_hat = (f @ w["W_dec"] + w["b_dec"]) / 0.25
+    features, reconstruction = _run(load_coder(tmp_path / "s"), x)
+    np.testing.assert_allclose(features, f, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(reconstruction, x_hat, atol=1e-5, rtol=1e-5)
+    (tmp_path / "s" / "activation_scaler.json").write_text(json.dumps({"scaling_factor": None}))
+    with pytest.raises(InputError, match="gives None, not a positive number"):
+        load_coder(tmp_path / "s")
+    _saelens(tmp_path / "old", w, {**SAELENS_TOPK, "normalize_activations": True})  # SAELens < 6 wrote a flag
+    with pytest.raises(InputError, match="expected_average_only_in"):
+        load_coder(tmp_path / "old")
+
+
+def test_whitening_and_head_reshaping_are_refused_with_what_they_need(tmp_path):
+    _saelens(tmp_path / "w", _weights(), {**SAELENS_TOPK, "normalize_activations": "covariance_whitening"})
+    with pytest.raises(InputError, match="does not hold the mean and matrix"):
+        load_coder(tmp_path / "w")
+    _saelens(tmp_path / "z", _weights(), {**SAELENS_TOPK, "reshape_activations": "hook_z"})
+    with pytest.raises(InputError, match="hook_z"):
+        load_coder(tmp_path / "z")
+    transcoder = {**SAELENS_TOPK, "architecture": "transcoder", "d_out": D_OUT, "apply_b_dec_to_input": False,
+                  "normalize_activations": "layer_norm"}
+    _saelens(tmp_path / "t", _weights(d_out=D_OUT), transcoder)
+    with pytest.raises(InputError, match="never maps its output back"):
+        load_coder(tmp_path / "t")

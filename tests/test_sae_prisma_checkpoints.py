@@ -159,11 +159,10 @@ def test_a_trainer_checkpoint_loads_through_the_restricted_unpickler(tmp_path, p
         load_coder(tmp_path / "run" / "n_images_520028_log_feature_sparsity.pt")
 
 
-def test_trainer_defaults_that_need_a_run_time_normalisation_are_refused_by_name(tmp_path, prisma_classes):
+def test_a_trainer_checkpoint_with_a_run_time_normalisation_applies_it(tmp_path, prisma_classes):
     path = tmp_path / "run" / "n_images_1.pt"
     _save_checkpoint(path, prisma_classes(normalize_activations="layer_norm"), _weights())
-    with pytest.raises(InputError, match="normalize_activations='layer_norm'"):
-        load_coder(path)
+    assert load_coder(path).cfg.normalize_activations == "layer_norm"
 
 
 def test_several_checkpoints_in_a_folder_are_not_guessed_among(tmp_path, prisma_classes):

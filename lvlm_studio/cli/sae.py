@@ -4,6 +4,7 @@
     lvlm-studio sae train --hook blocks.1.hook_resid_post --out my-sae      (demo scenes by default)
     lvlm-studio sae eval --sae my-sae --out eval/                 L0, EV, cosine, KL, density, CE recovered
     lvlm-studio sae inspect --sae my-sae --image IMG --patch 3,4 --feature 17 --folder imgs/ --out insp/
+    lvlm-studio sae dashboard my-sae --demo 200 --out dash/ --features 3,17 --export neuronpedia
 
 Each command writes Markdown tables and PNGs into ``--out``; training writes a SAELens folder.
 """
@@ -19,7 +20,14 @@ from typing import Any
 
 from lvlm_studio.cli import common
 from lvlm_studio.core.errors import InputError
-from lvlm_studio.core.io.files import check_output_file, check_output_folder, staged_folder, write_record
+from lvlm_studio.core.io.files import (
+    atomic_path,
+    check_output_file,
+    check_output_folder,
+    staged_folder,
+    write_record,
+    write_text,
+)
 from lvlm_studio.core.io.images import open_image
 
 
@@ -102,6 +110,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--out", required=True, help="output folder (inspect.md and PNGs)")
     inspect.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     inspect.set_defaults(func=cmd_inspect)
+
+    dash = sae_sub.add_parser("dashboard", help="one pass over images caches every feature's top patches, activation "
+                                                "histogram, density and logit attribution; contact sheets, export")
+    dash.add_argument("sae", nargs="?", default="", help="coder folder (default: the shipped demo SAE)")
+    common.add_model_options(dash)
+    source = dash.add_mutually_exclusive_group()
+    source.add_argument("--images", help="folder of images to read (default: held-out demo scenes)")
+    source.add_argument("--demo", type=int, default=None, metavar="N",
+                        help="read the first N held-out demo scenes, as the benchmark does (default 200)")
+    dash.add_argument("--limit", type=int, default=None, help="with --images: read only the first N images")
+    dash.add_argument("--top-k", type=int, default=16, help="top-activating patches kept per feature (default 16)")
+    dash.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
+    dash.add_argument("--prompt", default="describe the image.", help="prompt the images are read with")
+    dash.add_argument("--features", default="", metavar="LIST",
+                      help="features to draw contact sheets for, e.g. 3,17,40-43 (default: the 8 strongest)")
+    dash.add_argument("--export", choices=["neuronpedia"], help="also write the sae-dashboard / Neuronpedia JSON "
+                                                                "batches into OUT/neuronpedia")
+    dash.add_argument("--out", required=True, help="output folder: cache/ (reused when the coder file, images and "
+                                                   "model match), features/*.png, neuronpedia/")
+    dash.add_argument("--overwrite", action="store_true", help="replace an earlier output folder that holds "
+                                                               "another dashboard")
+    dash.set_defaults(func=cmd_dashboard)
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -398,6 +428,79 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(text, end="")
     common.status(f"inspect.md and {len(files)} PNGs written to {out}")
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.sae import dashboard as dash
+    from lvlm_studio.sae.formats import load_coder
+    from lvlm_studio.sae.inspect import scoped
+    from lvlm_studio.sae.shipped import demo_sae_path
+
+    common.check_at_least("--top-k", args.top_k)
+    common.check_at_least("--batch", args.batch)
+    common.check_prompt(args.prompt)
+    if args.limit is not None:
+        common.check_at_least("--limit", args.limit)
+    if args.demo is not None:
+        common.check_at_least("--demo", args.demo)
+    images = dash.folder_image_set(args.images, args.limit) if args.images else dash.demo_image_set(args.demo or 200)
+    sae_path = Path(args.sae) if args.sae else demo_sae_path()
+    coder = load_coder(sae_path)
+    scoped(coder, "patch")  # a coder without patch features is refused before anything is loaded
+    features = dash.feature_list(args.features, coder.cfg.d_sae)
+    key = dash.cache_key(coder, dash.coder_hash(sae_path), images,
+                         dash.model_identity(args.model or DEMO_MODEL_DIR), args.top_k, args.prompt)
+    out = Path(args.out).expanduser()
+    cache = out / "cache"
+    found = dash.load_cache(cache, key) if read_run_record_of(out) else None
+    if found is None:
+        check_output_folder(out, args.overwrite)  # before loading: a refusal should cost nothing
+        loaded, _ = common.load(args)
+        with common.progress_bar(f"dashboard of {sae_path.name} over {len(images.ids)} images") as on_progress:
+            found = run_job(dash.build_dashboard(loaded, coder, images, key, args.top_k, args.batch, args.prompt),
+                            on_progress)
+        if out.exists() and args.overwrite:
+            import shutil
+
+            for old in ("cache", "features", "neuronpedia"):
+                shutil.rmtree(out / old, ignore_errors=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        dash.save_cache(found, cache)
+        _mark(out)
+    else:
+        common.status(f"reusing the cache in {cache} (same coder file, images, model and settings)")
+    chosen = features or dash.strongest_features(found, 8)
+    sheets = out / "features"
+    sheets.mkdir(exist_ok=True)
+    for feature in chosen:
+        with atomic_path(sheets / f"feature{feature:05d}.png") as temporary:
+            dash.contact_sheet(found, feature).save(temporary)
+    lines = [f"# Feature dashboard of {sae_path.name} at {coder.cfg.hook_name}", "",
+             f"{len(found.image_ids)} images, {found.n_patches} patches; dead features: "
+             f"{int((found.nonzero == 0).sum())} of {found.d_sae}.", "",
+             "| feature | density | top activation | promotes | suppresses |", "|---:|---:|---:|---|---|"]
+    for feature in chosen:
+        pos, neg = found.logits(feature) if found.logit_pos_ids.shape[1] else ([], [])
+        lines.append(f"| {feature} | {found.density[feature]:.4f} | {found.top_values[feature, 0]:.3f} | "
+                     f"{' '.join(repr(s) for s, _ in pos[:5])} | {' '.join(repr(s) for s, _ in neg[:5])} |")
+    text = "\n".join(lines) + "\n"
+    write_text(out / "dashboard.md", text)
+    if args.export == "neuronpedia":
+        written = dash.write_neuronpedia(found, coder, out / "neuronpedia", model_id=Path(found.key["model"]).name,
+                                         sae_set=sae_path.name, dataset=images.key.rsplit(":", 1)[0])
+        common.status(f"{len(written)} Neuronpedia files written to {out / 'neuronpedia'}")
+    print(text, end="")
+    common.status(f"dashboard.md and {len(chosen)} contact sheets written to {out}")
+    return 0
+
+
+def read_run_record_of(folder: Path) -> bool:
+    """Whether ``folder`` is an output folder LVLM Studio wrote (its cache may then be reused)."""
+    from lvlm_studio.core.io.files import read_run_record
+
+    return folder.is_dir() and read_run_record(folder) is not None
 
 
 def _mark(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 from lvlm_studio.cli import common
 from lvlm_studio.core.errors import Cancelled, InputError
@@ -30,6 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="study parameter (repeatable); recorded in run.json")
     study.add_argument("--seed", type=common.seed, default=0, help="seed of bootstrap intervals (default 0)")
     study.add_argument("--out", help="output folder; rerun into it to resume (default: lvlm-studio-study-NAME)")
+    common.add_ray_options(study)
     study.set_defaults(func=cmd_study)
 
 
@@ -65,9 +67,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         return lambda: common.load(argparse.Namespace(**{**vars(args), "model": folder}))[0]
 
     models = {label: loader(folder) for label, folder in zip(labels, folders)}
+    replicas = None  # --ray: per model, Ray replicas that each load it (started when its samples come up)
+    if common.check_ray_options(args):
+        replicas = {label: partial(common.replica_pool, args, folder) for label, folder in zip(labels, folders)}
     try:
         with common.progress_bar(study.id) as on_progress:
-            records = run_job(run_study(study, models, settings, out, registry), on_progress)
+            records = run_job(run_study(study, models, settings, out, registry, replicas=replicas), on_progress)
     except (Cancelled, KeyboardInterrupt):
         common.status(f"interrupted; the finished samples ({len(read_records(out))}) are kept in {out / RESULTS}. "
                       "Run the same command again to resume.")

@@ -1,30 +1,47 @@
 """Sparse-coder files: SAELens (read and write) and ViT-Prisma (read), never a full unpickle.
 
 SAELens folder: ``cfg.json`` + ``sae_weights.safetensors`` holding ``W_enc`` [d_in, d_sae],
-``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in], ``b_dec`` [d_in], plus ``threshold`` [d_sae] for
-JumpReLU (and ``W_skip`` for transcoders with a skip path). The architecture comes from
-``architecture`` ("standard", "topk", "jumprelu") or, in older files, ``activation_fn_str``; TopK's k
-from ``k`` or ``activation_fn_kwargs.k``; the hook from ``hook_name`` or ``metadata.hook_name``.
-What SAELens has no field for (transcoder/crosscoder kind, which tokens) is kept under an
-``lvlm_studio`` key that SAELens ignores.
+``b_enc`` [d_sae], ``W_dec`` [d_sae, d_out], ``b_dec`` [d_out], plus ``threshold`` [d_sae] for
+JumpReLU, ``b_gate``, ``b_mag``, ``r_mag`` [d_sae] instead of ``b_enc`` for gated SAEs, and ``W_skip``
+[d_out, d_in] for skip transcoders. The architecture comes from ``architecture`` (``SAELENS_READS``)
+or, in older files, ``activation_fn_str``; TopK's k from ``k`` or ``activation_fn_kwargs.k``; the hook
+from ``hook_name`` or ``metadata.hook_name``. What SAELens has no field for (crosscoders, which
+tokens, a BatchTopK's training state) is kept under an ``lvlm_studio`` key that SAELens ignores.
 
 Foreign files are read so that the loaded coder gives the numbers their own library gives:
 
 * ``activation_fn_str: "topk"`` means TopK even beside ``"architecture": "standard"`` (what
-  ViT-Prisma and older SAELens write); an architecture that contradicts it is refused.
+  ViT-Prisma and older SAELens write); an architecture that contradicts it is refused, and so is an
+  activation computed nowhere here (ViT-Prisma's ``tanh-relu``).
 * SAELens TopK with ``rescale_acts_by_decoder_norm: true`` computes, with nᵢ = ‖W_dec,ᵢ‖,
   f = TopK(((x − b_dec) W_enc + b_enc) ⊙ n) and x̂ = (f ⊘ n) W_dec + b_dec. That is exactly a plain
   TopK coder with W_enc·diag(n), b_enc ⊙ n and decoder rows W_dec,ᵢ / nᵢ, which is what is loaded
   (the same features f, the same x̂; saved back, the file needs no flag). A zero decoder row is
   refused, since SAELens would divide by zero.
+* SAELens's BatchTopK and Matryoshka-BatchTopK exist only in training; SAELens saves them for
+  inference as a JumpReLU whose every threshold is the learned ``topk_threshold`` (after folding the
+  decoder norms in, with the rescale flag). Their checkpoints (``"architecture": "batchtopk"``) are
+  read as that JumpReLU.
+* SAELens transcoders (``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``,
+  ``jumprelu_skip_transcoder``) do not centre their input (b_dec is the output's bias) and apply
+  the skip path as x W_skipᵀ.
 * Transcoders written with ``is_transcoder: true`` (ViT-Prisma) compute
-  f = act((x − b_dec) W_enc + b_enc) and x̂ = f W_dec + b_dec_out, with ``d_out`` outputs (d_in if
-  absent). They load as a ``Transcoder`` whose b_enc is b_enc − b_dec W_enc (the input centring
-  folded in) and whose output bias is ``b_dec_out``.
-* Every tensor in the file must be used: an unknown one (gated SAEs' ``b_gate``, ``r_mag``, ...) is
-  refused by name rather than dropped, since the coder would run without it.
-* Run-time normalisations (``layer_norm``, ``constant_norm_rescale``) are not applied yet, so files
-  that need them are refused by name.
+  f = act((x − b_dec) W_enc + b_enc) and x̂ = f W_dec + b_dec_out (+ x W_skipᵀ with
+  ``transcoder_with_skip_connection``), with ``d_out`` outputs (d_in if absent). They load as a
+  ``Transcoder`` whose b_enc is b_enc − b_dec W_enc (the input centring folded in) and whose output
+  bias is ``b_dec_out``.
+* Every tensor in the file must be used: an unknown one is refused by name rather than dropped,
+  since the coder would run without it (an all-ones ``scaling_factor``, which SAELens drops too,
+  excepted; any other is folded into the decoder when ``finetuning_scaling_factor`` says it applies).
+* Run-time normalisations: ``layer_norm`` and ``constant_norm_rescale`` are applied per token by the
+  coder (``coders.NORMALISATIONS``); ``expected_average_only_in`` is a dataset-wide factor, folded into
+  the weights when SAELens's trainer left it beside the checkpoint (``activation_scaler.json``) and
+  refused otherwise, since the file does not hold it; ``covariance_whitening`` is refused (its mean
+  and matrix are not folded here); ``reshape_activations: "hook_z"`` is refused (no hook point gives
+  attention heads' outputs).
+
+Written files are read by SAELens as they are read here (``save_saelens``): the architecture
+SAELens must run, decoder rows unit-norm with the scale folded in, ``dtype`` the compute dtype.
 
 ViT-Prisma folder: ``config.json`` (``d_in``, ``d_sae`` or ``expansion_factor``, ``hook_point`` or
 ``hook_point_layer`` + ``layer_subtype``, ``activation_fn_str``, ``activation_fn_kwargs``) + ``weights.pt``,
@@ -55,7 +72,7 @@ import torch
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import atomic_path, write_text
-from lvlm_studio.sae.coders import CoderConfig, SparseAutoencoder, build_coder
+from lvlm_studio.sae.coders import NORMALISATIONS, CoderConfig, SparseAutoencoder, build_coder
 from lvlm_studio.sae.prisma_checkpoint import read_checkpoint
 
 SAELENS_CONFIG = "cfg.json"
@@ -66,43 +83,110 @@ PRISMA_SPARSITY_LOG = "_log_feature_sparsity.pt"
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-               tuple: "a list of strings", dict: "an object"}
+               dict: "an object"}
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def save_saelens(coder: SparseAutoencoder, folder: str | Path, dtype: str = "float32") -> Path:
-    """Write ``coder`` as a SAELens folder (created if needed); returns the folder. ``dtype``
-    "float16" halves the file (the shipped demo SAE), and loading reads it back as float32."""
+#: the config layout these files follow: SAELens reads a config without this version as one of
+#: its pre-6.0 files and rebuilds its metadata from other fields
+SAELENS_FORMAT_VERSION = "6.0.0"
+#: SAELens's names for a transcoder, by (activation, skip path)
+SAELENS_TRANSCODERS = {("standard", False): "transcoder", ("standard", True): "skip_transcoder",
+                       ("jumprelu", False): "jumprelu_transcoder", ("jumprelu", True): "jumprelu_skip_transcoder"}
+#: SAELens's training-only architectures: their saved inference form is a JumpReLU (below)
+SAELENS_BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
+
+
+def saelens_architecture(cfg: CoderConfig) -> str | None:
+    """The SAELens architecture that computes what ``cfg``'s coder computes, or None where SAELens
+    has none (a TopK or gated transcoder, a crosscoder). A BatchTopK coder, outside training, is
+    a JumpReLU (with its one threshold for every feature): what SAELens saves it as."""
+    architecture = "jumprelu" if cfg.architecture in SAELENS_BATCH_TOPK else cfg.architecture
+    if cfg.kind == "sae":
+        return architecture
+    if cfg.kind == "transcoder":
+        return SAELENS_TRANSCODERS.get((architecture, cfg.skip))
+    return None
+
+
+def saelens_tensors(coder: SparseAutoencoder, fold_decoder_norms: bool = True) -> dict[str, torch.Tensor]:
+    """The coder's weights as SAELens names and lays them out (float32, on the CPU).
+
+    ``W_skip`` is stored [d_out, d_in] and applied as x W_skipᵀ (SAELens's skip transcoder); a
+    JumpReLU's threshold as ``threshold``, a BatchTopK's single threshold as one per feature.
+
+    With ``fold_decoder_norms``, decoder rows are made unit-norm and their norms nᵢ moved into the
+    encoder, as SAELens's ``fold_W_dec_norm`` does: W_enc·diag(n), b_enc ⊙ n (gated: b_gate ⊙ n,
+    b_mag ⊙ n, r_mag unchanged), thresholds ⊙ n, W_dec,ᵢ / nᵢ. The reconstruction is unchanged and
+    each feature's activation is multiplied by nᵢ. TopK coders are left as they are: scaling
+    pre-activations by different nᵢ would change which k features win (SAELens refuses to fold
+    them too), and so are crosscoders, which SAELens does not have.
+    """
+    cfg = coder.cfg
+    names = ["W_enc", "W_dec", "b_dec"] + (["b_gate", "b_mag", "r_mag"] if cfg.architecture == "gated" else ["b_enc"])
+    tensors = {name: getattr(coder, name).detach().float().cpu().clone() for name in names}
+    if cfg.architecture == "jumprelu":
+        tensors["threshold"] = coder.threshold.detach().float().cpu().clone()
+    if cfg.architecture in SAELENS_BATCH_TOPK:
+        tensors["threshold"] = torch.full((cfg.d_sae,), float(coder.topk_threshold))
+    if cfg.kind == "transcoder" and cfg.skip:
+        tensors["W_skip"] = coder.W_skip.detach().float().cpu().T.clone()
+    if fold_decoder_norms and cfg.architecture != "topk" and cfg.kind != "crosscoder":
+        norms = tensors["W_dec"].norm(dim=-1).clamp(min=1e-8)  # SAELens's clamp: a zero row stays zero
+        tensors["W_dec"] /= norms[:, None]
+        tensors["W_enc"] *= norms
+        for name in ("b_enc", "b_gate", "b_mag", "threshold"):
+            if name in tensors:
+                tensors[name] *= norms
+    return tensors
+
+
+def save_saelens(coder: SparseAutoencoder, folder: str | Path, dtype: str = "float32",
+                 compute_dtype: str = "float32", fold_decoder_norms: bool = True) -> Path:
+    """Write ``coder`` as a SAELens folder (created if needed); returns the folder.
+
+    ``dtype`` is how the weights are stored ("float16" halves the file, as for the shipped demo
+    SAE); ``compute_dtype`` is the config's ``dtype``, which SAELens casts the weights to and runs
+    in (float32 unless asked). Decoder rows are saved unit-norm with their scale folded into the
+    encoder (``saelens_tensors``), so a reloaded coder reconstructs exactly as this one does and
+    its features are this one's times ‖W_dec,ᵢ‖ (the same, for unit-norm rows).
+
+    The config is SAELens 6's: ``architecture`` names what SAELens must run (``saelens_architecture``);
+    a coder SAELens has no architecture for gets ``lvlm_studio.<kind>.<architecture>``, which
+    SAELens refuses instead of running as something else. What SAELens has no field for (kind,
+    tokens, the BatchTopK training state) is kept under an ``lvlm_studio`` key that it ignores.
+    """
     from safetensors.torch import save_file
 
-    if dtype not in SAVE_DTYPES:
-        raise InputError(f"cannot save weights as {dtype!r}.", f"Choose one of: {', '.join(SAVE_DTYPES)}.")
+    for name, value in (("save", dtype), ("compute", compute_dtype)):
+        if value not in SAVE_DTYPES:
+            raise InputError(f"cannot {name} weights as {value!r}.", f"Choose one of: {', '.join(SAVE_DTYPES)}.")
     folder = Path(folder)
     cfg = coder.cfg
-    parts = {name: getattr(coder, name) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if cfg.architecture == "jumprelu":
-        parts["threshold"] = coder.threshold
-    if cfg.kind == "transcoder" and cfg.skip:
-        parts["W_skip"] = coder.W_skip
-    tensors = {name: value.detach().cpu().to(SAVE_DTYPES[dtype]).contiguous() for name, value in parts.items()}
+    architecture = saelens_architecture(cfg) or f"lvlm_studio.{cfg.kind}.{cfg.architecture}"
+    tensors = {name: value.to(SAVE_DTYPES[dtype]).contiguous()
+               for name, value in saelens_tensors(coder, fold_decoder_norms).items()}
+    metadata = {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
+                "hook_name": cfg.hook_name, "hook_head_index": None, "model_name": cfg.model_name}
     config = {
-        "architecture": cfg.architecture,
+        "architecture": architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
-        "dtype": dtype,
+        "dtype": compute_dtype,
         "device": "cpu",
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-        "normalize_activations": "none",
-        "hook_name": cfg.hook_name,
-        "hook_head_index": None,
+        "normalize_activations": cfg.normalize_activations,
+        "reshape_activations": "none",
+        "hook_name": cfg.hook_name,  # where SAELens before 6.0 and other readers look
         "model_name": cfg.model_name,
-        "activation_fn_str": "topk" if cfg.architecture == "topk" else "relu",
-        "activation_fn_kwargs": {"k": cfg.k} if cfg.architecture == "topk" else {},
-        "metadata": {"hook_name": cfg.hook_name, "model_name": cfg.model_name},
+        "metadata": metadata,
         "lvlm_studio": cfg.to_dict(),
     }
     if cfg.architecture == "topk":
-        config["k"] = cfg.k
+        config.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+    if cfg.kind == "transcoder":
+        config["d_out"] = cfg.d_out
+        metadata["hook_name_out"] = cfg.hook_name_out
     with atomic_path(folder / SAELENS_WEIGHTS) as temporary:  # a full disk leaves the previous file
         save_file(tensors, str(temporary))
     write_text(folder / SAELENS_CONFIG, json.dumps(config, indent=2))
@@ -238,12 +322,26 @@ def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _build(config: dict[str, Any], folder: Path, tensors: dict[str, torch.Tensor], source: Path) -> SparseAutoencoder:
     """The coder a config and its tensors describe, with foreign conventions folded into our weights
-    (module docstring: the rescale flag, Prisma transcoders' biases)."""
+    (module docstring: the rescale flag, transcoders' skip and biases, BatchTopK's threshold)."""
     cfg = _config_from(config, folder)
+    architecture = config.get("architecture")
+    if cfg.kind == "transcoder" and "W_skip" in tensors and (architecture in SAELENS_TRANSCODERS.values()
+                                                            or str(architecture).startswith("lvlm_studio.")
+                                                            or _flag(config, "is_transcoder", folder)):
+        tensors["W_skip"] = _skip_from_saelens(tensors["W_skip"], cfg, source)
     if "lvlm_studio" in config:
+        if cfg.architecture in SAELENS_BATCH_TOPK:
+            cfg = _batch_topk_threshold(cfg, tensors)
         return _assemble(cfg, tensors, source)
+    _fold_scaling_factor(config, tensors, source)
+    if _normalisation(config, folder) == "expected_average_only_in":
+        _fold_scale(tensors, _scaling_factor(folder), _flag(config, "rescale_acts_by_decoder_norm", folder))
+    if architecture in SAELENS_BATCH_TOPK and "topk_threshold" in tensors:
+        # a SAELens training checkpoint: its inference form, as SAELens saves it, a JumpReLU whose
+        # every feature has the one threshold
+        tensors["threshold"] = tensors.pop("topk_threshold").reshape(-1)[:1].expand(cfg.d_sae).clone()
     input_bias = None
-    if cfg.kind == "transcoder":
+    if _flag(config, "is_transcoder", folder):  # ViT-Prisma's transcoders: b_dec centres the input
         for name in ("b_dec", "b_dec_out"):
             if name not in tensors:
                 raise InputError(f"{source} has no {name!r} tensor, which a transcoder (is_transcoder) needs.",
@@ -256,6 +354,46 @@ def _build(config: dict[str, Any], folder: Path, tensors: dict[str, torch.Tensor
     if _flag(config, "rescale_acts_by_decoder_norm", folder):
         _fold_decoder_norms(coder, source)
     return coder
+
+
+def _skip_from_saelens(skip: torch.Tensor, cfg: CoderConfig, source: Path) -> torch.Tensor:
+    """SAELens keeps W_skip [d_out, d_in] and applies x W_skipᵀ; ours is [d_in, d_out], applied x W_skip."""
+    if skip.shape != (cfg.d_out, cfg.d_in):
+        raise InputError(f"{source}: W_skip has shape {tuple(skip.shape)}, expected ({cfg.d_out}, {cfg.d_in}) "
+                         f"(SAELens's [d_out, d_in]) for d_in={cfg.d_in}, d_out={cfg.d_out}.",
+                         "The config and weights do not match.")
+    return skip.T.contiguous()
+
+
+def _batch_topk_threshold(cfg: CoderConfig, tensors: dict[str, torch.Tensor]) -> CoderConfig:
+    """Our own BatchTopK file holds its threshold per feature (the JumpReLU SAELens reads). Equal
+    thresholds (to a millionth) are the BatchTopK's one; unequal ones (decoder norms folded in on save) make it the
+    JumpReLU it computes outside training."""
+    threshold = tensors.get("threshold")
+    if threshold is None or threshold.dim() != 1 or threshold.numel() != cfg.d_sae:
+        return cfg  # _assemble names what is missing or misshapen
+    if torch.allclose(threshold, threshold[:1], rtol=1e-6, atol=0):  # equal up to the rounding of unit-norm rows
+        tensors["topk_threshold"] = tensors.pop("threshold").double().mean()
+        return cfg
+    return dataclasses.replace(cfg, architecture="jumprelu")
+
+
+def _fold_scaling_factor(config: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Older SAELens files may hold ``scaling_factor`` [d_sae], which multiplied the features before
+    decoding when ``finetuning_scaling_factor`` was set: all ones it is dropped (as SAELens drops
+    it), otherwise folded into the decoder rows, which gives the same reconstruction and features."""
+    factor = tensors.pop("scaling_factor", None)
+    if factor is None or bool((factor == 1).all()):
+        return
+    if not config.get("finetuning_scaling_factor"):
+        raise InputError(f"{source} holds a scaling_factor that is not all ones but the config does not set "
+                         "finetuning_scaling_factor, so it is unclear whether it applies (SAELens refuses this too).",
+                         "Set finetuning_scaling_factor: true if the factor scales the features, or remove it.")
+    if "W_dec" in tensors and factor.shape == tensors["W_dec"].shape[:1]:
+        tensors["W_dec"] = tensors["W_dec"].float() * factor.float()[:, None]
+    else:
+        raise InputError(f"{source}: scaling_factor has shape {tuple(factor.shape)}, not one entry per feature.",
+                         "The config and weights do not match.")
 
 
 @torch.no_grad()
@@ -294,44 +432,94 @@ def _flag(config: dict[str, Any], key: str, folder: Path) -> bool:
     return value
 
 
-_RUN_TIME_NORMALISATIONS = {
-    "layer_norm": "each token centred and divided by its standard deviation before encoding",
-    "constant_norm_rescale": "each token scaled to norm √d_in before encoding",
-}
+SAELENS_SCALER = "activation_scaler.json"  # beside a SAELens trainer's checkpoint: its dataset-wide factor
+
+
+def _normalisation(config: dict[str, Any], folder: Path) -> str:
+    """``normalize_activations``, with SAELens's older true/false meaning the dataset-wide factor / none."""
+    value = config.get("normalize_activations")
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "expected_average_only_in"
+    if value in (*NORMALISATIONS, "expected_average_only_in"):
+        return value
+    if value == "covariance_whitening":
+        held = (folder / "activation_whitening.safetensors").exists()
+        raise InputError(f"{folder}: this SAE was trained on whitened activations (normalize_activations="
+                         "'covariance_whitening': (x − mean)·M before encoding, M⁻¹ and the mean after), "
+                         + ("and LVLM Studio does not fold the mean and matrix saved beside it into the weights."
+                            if held else "and this folder does not hold the mean and matrix."),
+                         "Load it in SAELens and save the finished SAE (SAELens folds the whitening into the "
+                         "weights and writes normalize_activations='none').")
+    raise InputError(f"{folder}: unknown normalize_activations {value!r}.",
+                     f"LVLM Studio reads: {', '.join(NORMALISATIONS)}, expected_average_only_in (with its factor).")
+
+
+def _scaling_factor(folder: Path) -> float:
+    """The dataset-wide factor of an ``expected_average_only_in`` SAE: SAELens's trainer keeps it in
+    ``activation_scaler.json`` beside its checkpoints; SAELens's pretrained releases keep it in
+    SAELens's own directory of releases, which no file here holds."""
+    path = folder / SAELENS_SCALER
+    factor = _read_json(path).get("scaling_factor") if path.exists() else None
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise InputError(f"{folder}: this SAE was trained on activations multiplied by a dataset-wide factor "
+                         "(normalize_activations='expected_average_only_in'), and "
+                         + (f"{SAELENS_SCALER} gives {factor!r}, not a positive number." if path.exists() else
+                            f"neither its folder ({SAELENS_SCALER}) nor its file holds the factor; SAELens "
+                            "itself would run it unscaled."),
+                         f"Put {SAELENS_SCALER} with {{\"scaling_factor\": <the factor>}} beside cfg.json, or load it "
+                         "in SAELens by its release and save it (which folds the factor into the weights).")
+    return float(factor)
+
+
+def _fold_scale(tensors: dict[str, torch.Tensor], factor: float, rescaled: bool) -> None:
+    """SAELens's ``fold_activation_norm_scaling_factor``: the coder read s·x and wrote s·x̂, so
+    W_enc·s, W_dec / s and b_dec / s read and write x itself; a BatchTopK checkpoint that rescales
+    by decoder norms also has its threshold divided by s (its units are those of ‖W_dec,ᵢ‖)."""
+    for name, scale in (("W_enc", factor), ("W_dec", 1 / factor), ("b_dec", 1 / factor)):
+        if name in tensors:
+            tensors[name] = tensors[name].double() * scale
+    if rescaled and "topk_threshold" in tensors:
+        tensors["topk_threshold"] = tensors["topk_threshold"].double() / factor
 
 
 def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
     if "lvlm_studio" in config:
         return _our_config(config["lvlm_studio"], folder)
-    normalise = config.get("normalize_activations") or "none"
-    if normalise in _RUN_TIME_NORMALISATIONS:
-        raise InputError(f"{folder}: this SAE needs the run-time normalisation normalize_activations={normalise!r} "
-                         f"({_RUN_TIME_NORMALISATIONS[normalise]}, undone after decoding), which LVLM Studio does "
-                         "not apply yet; loaded without it, its features would be wrong.",
-                         "Use an SAE trained with normalize_activations='none'.")
-    if normalise == "expected_average_only_in":
-        raise InputError(f"{folder}: activations were scaled by a dataset-wide factor "
-                         "(normalize_activations='expected_average_only_in') that this file does not hold.",
-                         "Fold the factor into the weights and save with normalize_activations='none' "
-                         "(SAELens does this when it saves a finished SAE).")
-    if normalise != "none":
-        raise InputError(f"{folder}: unknown normalize_activations {normalise!r}.",
-                         "LVLM Studio reads SAEs saved with normalize_activations='none'.")
+    normalise = _normalisation(config, folder)
     kwargs = _section(config, "activation_fn_kwargs", folder)
     function = config.get("activation_fn_str")
     architecture = config.get("architecture") or "standard"
+    if function not in (None, "relu", "topk", "jumprelu"):  # ViT-Prisma also has "tanh-relu", "leaky_relu"
+        raise InputError(f"{folder}: activation_fn_str {function!r} is not computed by LVLM Studio; loaded as ReLU, "
+                         "its features would be wrong.", "LVLM Studio reads ReLU, TopK and JumpReLU activations.")
     if function in ("topk", "jumprelu") and architecture != function:
         if architecture != "standard":  # "standard" beside activation_fn_str: ViT-Prisma's and older SAELens's way
             raise InputError(f"{folder}: the config says architecture {architecture!r} but activation_fn_str "
                              f"{function!r}.", "Fix the config so that the two agree.")
         architecture = function
-    if architecture not in ("standard", "topk", "jumprelu"):
-        raise InputError(f"{folder}: architecture {architecture!r} is not supported.",
-                         "LVLM Studio reads standard (ReLU), TopK and JumpReLU sparse autoencoders.")
-    if _flag(config, "rescale_acts_by_decoder_norm", folder) and architecture != "topk":
-        raise InputError(f"{folder}: rescale_acts_by_decoder_norm is set for a {architecture} SAE; LVLM Studio "
-                         "reads that flag for TopK SAEs only.", "Check the config's architecture.")
-    transcoder = _flag(config, "is_transcoder", folder)
+    if architecture not in SAELENS_READS:
+        refused = _REFUSED_ARCHITECTURES.get(architecture, "not an architecture LVLM Studio knows")
+        raise InputError(f"{folder}: architecture {architecture!r} is not supported ({refused}).",
+                         f"LVLM Studio reads these SAELens architectures: {', '.join(SAELENS_READS)}.")
+    activation, kind, skip = SAELENS_READS[architecture]
+    if _flag(config, "rescale_acts_by_decoder_norm", folder) and architecture not in ("topk", *SAELENS_BATCH_TOPK):
+        raise InputError(f"{folder}: rescale_acts_by_decoder_norm is set for a {architecture} SAE; SAELens reads that "
+                         "flag for TopK and BatchTopK SAEs only.", "Check the config's architecture.")
+    if _flag(config, "is_transcoder", folder):
+        if kind != "sae":
+            raise InputError(f"{folder}: the config sets is_transcoder (ViT-Prisma's transcoders) beside SAELens's "
+                             f"{architecture!r}.", "Keep one of the two.")
+        kind, skip = "transcoder", _flag(config, "transcoder_with_skip_connection", folder)
+    elif kind == "transcoder" and config.get("apply_b_dec_to_input", True) is not False:
+        raise InputError(f"{folder}: a SAELens {architecture} with apply_b_dec_to_input true: its b_dec is an output "
+                         "bias of d_out entries and cannot centre the input (SAELens refuses this config too).",
+                         "Set apply_b_dec_to_input to false.")
+    if config.get("reshape_activations", "none") not in ("none", None):
+        raise InputError(f"{folder}: reshape_activations={config['reshape_activations']!r}: this SAE reads attention "
+                         "heads' outputs (hook_z) flattened, which LVLM Studio's hook points do not give.",
+                         "Use an SAE trained on a block-level hook point (`lvlm-studio sae hooks`).")
     d_in = _number(config, "d_in", folder)
     d_sae = _number(config, "d_sae", folder) or int(d_in * _number(config, "expansion_factor", folder, float))
     metadata = _section(config, "metadata", folder)
@@ -341,15 +529,40 @@ def _config_from(config: dict[str, Any], folder: Path) -> CoderConfig:
     if not isinstance(hook, str):
         raise InputError(f"{folder}: hook_name is {hook!r}, not a hook point's name.",
                          "Set it to a hook point, e.g. blocks.1.hook_resid_post (`lvlm-studio sae hooks`).")
+    hook_out = config.get("hook_name_out") or metadata.get("hook_name_out") or ""
+    run_time = normalise if normalise in NORMALISATIONS else "none"  # the factor is folded in by _build
+    if run_time != "none" and kind != "sae":
+        why = ("ViT-Prisma maps the output back after adding the skip path of the raw input, which LVLM Studio's "
+               "transcoders do not compute" if _flag(config, "is_transcoder", folder) else
+               "SAELens normalises a transcoder's input but never maps its output back, so which output was meant "
+               "is unclear")
+        raise InputError(f"{folder}: a transcoder with normalize_activations={run_time!r}: {why}.",
+                         "LVLM Studio reads transcoders with normalize_activations='none'.")
     return CoderConfig(
-        d_in=d_in, d_sae=d_sae, architecture=architecture,
-        k=_number(config, "k", folder) or _number(kwargs, "k", folder),
+        d_in=d_in, d_sae=d_sae, architecture=activation, normalize_activations=run_time,
+        k=_number(config, "k", folder) or _number(kwargs, "k", folder) if activation == "topk" else 0,
         hook_name=hook, apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
         model_name=str(config.get("model_name") or metadata.get("model_name") or ""),
-        tokens=_prisma_tokens(config, folder),
-        kind="transcoder" if transcoder else "sae",
-        d_out=_number(config, "d_out", folder) if transcoder else 0,
+        tokens=_prisma_tokens({**metadata, **config}, folder),
+        kind=kind, skip=skip, hook_name_out=hook_out if isinstance(hook_out, str) else "",
+        d_out=_number(config, "d_out", folder) if kind == "transcoder" else 0,
     )
+
+
+#: SAELens's (and ViT-Prisma's) architecture names read here, as (activation, kind, skip path).
+#: BatchTopK and Matryoshka-BatchTopK are SAELens training checkpoints: read as the JumpReLU SAELens
+#: saves them as for inference (their one learned threshold for every feature).
+SAELENS_READS = {
+    "standard": ("standard", "sae", False), "topk": ("topk", "sae", False), "jumprelu": ("jumprelu", "sae", False),
+    "gated": ("gated", "sae", False), "batchtopk": ("jumprelu", "sae", False),
+    "matryoshka_batchtopk": ("jumprelu", "sae", False),
+    **{name: (activation, "transcoder", skip) for (activation, skip), name in SAELENS_TRANSCODERS.items()},
+}
+_REFUSED_ARCHITECTURES = {
+    "abstopk": "SAELens's TopK by absolute value, which LVLM Studio does not compute",
+    "temporal": "SAELens's temporal SAE reads a sequence of tokens at once",
+    "matching_pursuit": "SAELens's matching-pursuit SAE encodes iteratively, which LVLM Studio does not compute",
+}
 
 
 def _prisma_tokens(config: dict[str, Any], folder: Path) -> str:
@@ -442,14 +655,18 @@ def _our_config(section: Any, folder: Path) -> CoderConfig:
     values = {}
     for name, value in section.items():
         expected = typing.get_origin(hints[name]) or hints[name]
-        if expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            value = tuple(value)
+        kind_name = _KIND_NAMES.get(expected, expected.__name__)
+        if expected is tuple:  # tuple[str, ...] or tuple[int, ...], stored as a JSON list
+            item = typing.get_args(hints[name])[0]
+            kind_name = f"a list of {'strings' if item is str else 'whole numbers'}"
+            if isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                value = tuple(value)
         fits = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value, fits = float(value), True
         if not fits:
             raise InputError(f"{folder}: {name} in the config's lvlm_studio section is {value!r}, not "
-                             f"{_KIND_NAMES.get(expected, expected.__name__)}.", "Fix or replace the config file.")
+                             f"{kind_name}.", "Fix or replace the config file.")
         values[name] = value
     return CoderConfig(**values)
 
@@ -463,13 +680,14 @@ def _assemble(cfg: CoderConfig, tensors: dict[str, torch.Tensor], source: Path) 
     if "threshold" not in tensors and "log_threshold" in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     with torch.device("meta"):
-        expected = dict(build_coder(cfg).named_parameters())
+        meta = build_coder(cfg)
+        expected = {**dict(meta.named_parameters()), **dict(meta.named_buffers())}
     unknown = sorted(set(tensors) - {"threshold" if name == "log_threshold" else name for name in expected})
     if unknown:
         raise InputError(f"{source} holds tensors that a {cfg.architecture} {cfg.kind} does not use: "
                          f"{', '.join(unknown)}; ignoring them would give wrong numbers.",
-                         "LVLM Studio reads standard, TopK and JumpReLU SAEs and transcoders; check that the config's "
-                         "architecture matches the weights (a gated SAE, for one, is not supported yet).")
+                         "Check that the config's architecture matches the weights (a gated SAE holds b_gate, b_mag "
+                         "and r_mag; a JumpReLU, threshold; a skip transcoder, W_skip).")
     for name, parameter in expected.items():
         stored = "threshold" if name == "log_threshold" else name
         if stored not in tensors:
@@ -482,8 +700,8 @@ def _assemble(cfg: CoderConfig, tensors: dict[str, torch.Tensor], source: Path) 
         if not torch.isfinite(value).all():
             raise InputError(f"{source}: {stored} holds NaN or infinite values.", "Re-save or re-download the coder.")
     coder = build_coder(cfg)
-    for name, parameter in coder.named_parameters():
-        value = tensors["threshold" if name == "log_threshold" else name].float()
+    for name, parameter in [*coder.named_parameters(), *coder.named_buffers()]:
+        value = tensors["threshold" if name == "log_threshold" else name].to(parameter.dtype)
         with torch.no_grad():
             parameter.copy_(value.clamp(min=1e-12).log() if name == "log_threshold" else value)
     return coder.eval()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from lvlm_studio.core.io.files import check_output_folder, read_run_record, writ
 from lvlm_studio.core.io.lines import append_line, read_lines
 from lvlm_studio.core.io.records import environment, jsonable, package_version
 from lvlm_studio.core.plugin.contracts import Study, StudyContext
-from lvlm_studio.core.plugin.jobs import Job, Progress, relay
+from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
 from lvlm_studio.studies.datasets import DatasetSettings, samples
 
 RESULTS = "results.jsonl"
@@ -66,10 +67,16 @@ def model_labels(folders: list[str | None]) -> list[str]:
 
 
 def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings: StudySettings, out: str | Path,
-              registry: Any = None, command: list[str] | None = None) -> Job[list[dict[str, Any]]]:
+              registry: Any = None, command: list[str] | None = None,
+              replicas: dict[str, Callable[[], Any]] | None = None) -> Job[list[dict[str, Any]]]:
     """Run (or resume) ``study`` into ``out``; return every (model, sample) record. ``models`` maps
     each label to a loaded model or to a function that loads it. A job: progress per sample (and
-    whatever the study reports inside one), cancellable; finished samples are already on disk."""
+    whatever the study reports inside one), cancellable; finished samples are already on disk.
+
+    ``replicas`` (``--ray``) maps each label instead to a function that starts a
+    ``core.models.replicas.ReplicaPool`` of that model: its samples then run on the Ray replicas (one
+    task per sample, the same :func:`_run_one` as here), and this process appends each record as it
+    arrives. The records are those of a single-process run but for ``seconds`` and their order."""
     if registry is None:
         from lvlm_studio.core.plugin.registry import create_registry
 
@@ -87,6 +94,10 @@ def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings
     started = time.perf_counter()
     step = 0
     for label, source in models.items():
+        if replicas is not None:
+            step = yield from _run_on_replicas(study, replicas[label], label, settings, params, out, done, records,
+                                               step, total)
+            continue
         loaded = None
         for index, sample in enumerate(samples(settings.dataset, study.demo_tasks)):
             if study.needs_masks and not sample.masks:
@@ -100,9 +111,8 @@ def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings
                 loaded = source() if callable(source) else source
                 note_model(out, label, loaded)
             yield Progress(step, total, f"{label}: {sample.key}")
-            record = yield from _run_one(study, sample, loaded, params, StudyContext(label, registry, settings.seed,
-                                                                                    out), step, total)
-            record.update(sample=sample.key, index=index, model=label)
+            record = yield from _run_one(study, sample, index, loaded, params,
+                                         StudyContext(label, registry, settings.seed, out), step, total)
             append_line(out / RESULTS, record)
             records.append(record)
             step += 1
@@ -112,7 +122,16 @@ def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings
     return records
 
 
-def _run_one(study: Study, sample: Any, loaded: Any, params: dict[str, Any], context: StudyContext, step: int,
+def _run_one(study: Study, sample: Any, index: int, loaded: Any, params: dict[str, Any], context: StudyContext,
+             step: int, total: int) -> Job[dict[str, Any]]:
+    """Sample ``index`` on one model: its record (one line of results.jsonl), in this process or on a
+    Ray replica."""
+    record = yield from _rows_of(study, sample, loaded, params, context, step, total)
+    record.update(sample=sample.key, index=index, model=context.model_label)
+    return record
+
+
+def _rows_of(study: Study, sample: Any, loaded: Any, params: dict[str, Any], context: StudyContext, step: int,
              total: int) -> Job[dict[str, Any]]:
     started = time.perf_counter()
     try:
@@ -126,6 +145,78 @@ def _run_one(study: Study, sample: Any, loaded: Any, params: dict[str, Any], con
         raise InputError(f"study {study.id} returned {type(rows).__name__} from run_sample, not a list of dicts.",
                          "Its plugin breaks the Study contract (docs/plugins.md).")
     return {"rows": jsonable(rows), "seconds": round(time.perf_counter() - started, 3)}
+
+
+# -- on Ray replicas ----------------------------------------------------------------------------
+def _run_on_replicas(study: Study, start: Callable[[], Any], label: str, settings: StudySettings,
+                     params: dict[str, Any], out: Path, done: set[tuple[str, str]], records: list[dict[str, Any]],
+                     step: int, total: int) -> Job[int]:
+    """The unfinished samples of model ``label`` on the Ray replicas ``start()`` gives (started only
+    when there is something to run); each record appended as it arrives. Returns the step reached."""
+    todo = []
+    for index, sample in enumerate(samples(settings.dataset, study.demo_tasks)):
+        if study.needs_masks and not sample.masks:
+            raise InputError(f"study {study.id} needs object masks, and sample {sample.key} has none.",
+                             "Use demo scenes, a manifest with masks or boxes, or a COCO file.")
+        if (label, sample.key) in done:
+            step += 1
+        else:
+            todo.append(index)
+    if not todo:
+        return step
+    yield Progress(step, total, f"starting the replicas of {label}")
+    pool = start()
+    try:
+        pool.prepare(partial(_replica_context, study=study, label=label, settings=settings, params=params,
+                             out=str(out)))
+        note_model(out, label, pool.describe())
+        for _, record in pool.map(_run_on_replica, todo):
+            if record is not None:
+                append_line(out / RESULTS, record)
+                records.append(record)
+                step += 1
+            yield Progress(step, total, f"{label}: {len(pool)} {pool.slot} replicas")
+    finally:
+        pool.close()
+    return step
+
+
+@dataclass
+class _ReplicaContext:
+    """What a Ray replica keeps for a study's samples: the study, its settings and the model, and the
+    dataset read in order (the tasks a replica gets come in increasing order, so it reads it once)."""
+
+    study: Study
+    settings: StudySettings
+    params: dict[str, Any]
+    context: StudyContext
+    loaded: Any
+    cursor: Any = None
+    position: int = -1
+    sample: Any = None
+
+    def sample_at(self, index: int) -> Any:
+        if self.cursor is None or index < self.position:
+            self.cursor, self.position = iter(samples(self.settings.dataset, self.study.demo_tasks)), -1
+        while self.position < index:
+            self.sample, self.position = next(self.cursor), self.position + 1
+        return self.sample
+
+
+def _replica_context(loaded: Any, study: Study, label: str, settings: StudySettings, params: dict[str, Any],
+                     out: str) -> _ReplicaContext:
+    """Built once on each replica: the registry of that node (its plugins), the study's context.
+    ``StudyContext.out`` is the run's folder path: files a study writes there land on the replica's node."""
+    from lvlm_studio.core.plugin.registry import create_registry
+
+    return _ReplicaContext(study, settings, params, StudyContext(label, create_registry(), settings.seed, Path(out)),
+                           loaded)
+
+
+def _run_on_replica(replica: _ReplicaContext, index: int) -> dict[str, Any]:
+    """Sample ``index``'s record, computed on a replica by :func:`_run_one`."""
+    return run_job(_run_one(replica.study, replica.sample_at(index), index, replica.loaded, replica.params,
+                            replica.context, 0, 0))
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
@@ -169,10 +260,11 @@ def _prepare(out: Path, study: Study, settings: StudySettings, params: dict[str,
 
 
 def note_model(out: str | Path, label: str, loaded: Any) -> None:
-    """Record in run.json what model ``label`` was (its ``describe()``: source, family, dtype, device)."""
+    """Record in run.json what model ``label`` was (its ``describe()``, or that dict itself: source,
+    family, dtype, device)."""
     path = Path(out) / RECORD
     record = json.loads(path.read_text())
-    described = jsonable(loaded.describe())
+    described = jsonable(loaded if isinstance(loaded, dict) else loaded.describe())
     earlier = record.setdefault("models", {}).get(label)
     if earlier is not None and earlier.get("source") != described.get("source"):
         raise InputError(f"{out} holds rows of another model labelled {label!r} ({earlier.get('source')}).",

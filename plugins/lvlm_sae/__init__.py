@@ -4,7 +4,9 @@
 default) over the trace's image at the coder's hook point and returns plain arrays: every patch's
 feature activations, the strongest features of the image, and, for a chosen answer token, each
 feature's attribution (activation x gradient of that token's log-probability). The feature
-inspector panel (``lvlm_sae.panel``, imported only when opened) shows the same in the app.
+inspector panel (``lvlm_sae.panel``, imported only when opened) shows the same in the app; the
+feature dashboard (``lvlm_sae.dashboard_panel``) shows every feature's top patches, activation
+histogram and logit attribution from a cache built in one pass.
 """
 
 from __future__ import annotations
@@ -64,4 +66,5 @@ def lvlm_studio_analyzers() -> list:
 
 @hookimpl
 def lvlm_studio_panels() -> list:
-    return [PanelSpec("sae_features", "Feature inspector", "lvlm_sae.panel:FeatureInspectorPanel", "right")]
+    return [PanelSpec("sae_features", "Feature inspector", "lvlm_sae.panel:FeatureInspectorPanel", "right"),
+            PanelSpec("sae_dashboard", "Feature dashboard", "lvlm_sae.dashboard_panel:FeatureDashboardPanel", "right")]

@@ -44,7 +44,7 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "lvlm_studio"
-# 1.1: studies (Study, lvlm_studio_studies, bootstrap_interval, ...);
+# 1.1: studies (Study, lvlm_studio_studies, bootstrap_interval, ...), feature dashboards;
 # 1.2: trace_stats, factor_anova, model_meta, logit_lens, attention_knockout, splice_losses, ...
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
 API_VERSION = "1.2.0"
