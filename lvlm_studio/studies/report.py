@@ -99,11 +99,12 @@ def table_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def cell(value: Any) -> str:
-    """A table cell: floats to 3 decimals (NaN and None as "")."""
+    """A table cell: floats to 3 decimals, or 3 significant digits below 0.001 (p-values, KL; never a
+    bare 0.000 for a number that is not 0); NaN and None as ""."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.3g}" if 0 < abs(value) < 0.0005 else f"{value:.3f}"
     return str(value)
 
 

@@ -272,8 +272,11 @@ class PluginRegistry:
         return self._unique("lvlm_studio_studies", Study)
 
     def study(self, study_id: str) -> Study:
-        """The study ``study_id``, or an ``InputError`` naming the available ones (and failed plugins)."""
+        """The study ``study_id`` (hyphens may stand for underscores: ``vision-entry``), or an
+        ``InputError`` naming the available ones (and failed plugins)."""
         available = self.studies()
+        if study_id not in available and study_id.replace("-", "_") in available:
+            study_id = study_id.replace("-", "_")
         if study_id not in available:
             failed = "".join(f"; plugin {s.name} [{s.origin}] {s.state} ({s.error})" for s in self.status
                              if s.state in ("failed", "incompatible"))
