@@ -33,6 +33,15 @@ What is here, by purpose:
 - **Masks and metrics**: ``fit_mask``, ``token_masks``, ``ObjectMasks``; the computations behind
   the built-in metrics (``deletion_insertion``, ``plausibility``, ``agreement``,
   ``model_randomisation``, ``input_independence``).
+- **Studies**: a plugin returns ``Study`` instances (``lvlm_studio_studies``); a study sees
+  ``StudySample``s (image, ``StudyQuestion``s, named object masks) and a ``StudyContext``, and
+  returns rows, then a ``StudyReport`` of ``StudyTable``s and ``StudyFigure``s. A study answers
+  with ``generate_trace``; reusable numbers: ``bootstrap_interval``, ``modality_influence``
+  (relevance on the image vs the prompt's words), ``prompt_words``, ``peak_on`` (which named mask
+  a map's maximum lies in); ``trace_stats`` (attention-pattern statistics), ``factor_anova`` (a
+  fitted model of a statistic on factors, with p-values and partial eta squared), ``model_meta``
+  (a model's vision architecture and LLM size); ``logit_lens`` and ``attention_knockout`` (when
+  vision enters); ``splice_losses`` and ``splice_summary`` (an SAE spliced in).
 - **Errors**: ``InputError`` (bad input: a message and a hint saying what to do), ``PluginError``,
   ``Cancelled`` and the rest of ``LVLMError``'s kinds.
 """
@@ -55,9 +64,18 @@ from lvlm_studio.core.metrics.agreement import (
     flatten,
     rank_correlation,
 )
+from lvlm_studio.core.metrics.effects import FactorEffect, factor_anova
 from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
+from lvlm_studio.core.metrics.intervals import bootstrap_interval
 from lvlm_studio.core.metrics.masks import ObjectMasks, fit_mask, token_masks
-from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, plausibility
+from lvlm_studio.core.metrics.modality import (
+    TEXT_RELEVANCE,
+    ModalityInfluence,
+    modality_influence,
+    prompt_words,
+    text_relevance_record,
+)
+from lvlm_studio.core.metrics.plausibility import PlausibilityScores, group_words, peak_on, plausibility
 from lvlm_studio.core.metrics.sanity import explain as explain_job
 from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
 from lvlm_studio.core.models.capture import (
@@ -69,6 +87,7 @@ from lvlm_studio.core.models.capture import (
 from lvlm_studio.core.models.hooks import HookPoint, hook_points, hooks, run_with_cache
 from lvlm_studio.core.models.inputs import forward_inputs
 from lvlm_studio.core.models.loading import LoadedModel
+from lvlm_studio.core.models.meta import META_FILE, model_meta, read_meta_file
 from lvlm_studio.core.perturbation.perturb import DEFAULT_BATCH_SIZE, blend, pixels_to_grids, score_images
 from lvlm_studio.core.perturbation.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
 from lvlm_studio.core.plugin import hookspecs
@@ -84,6 +103,13 @@ from lvlm_studio.core.plugin.contracts import (
     MetricResult,
     PanelSpec,
     Param,
+    Study,
+    StudyContext,
+    StudyFigure,
+    StudyQuestion,
+    StudyReport,
+    StudySample,
+    StudyTable,
     image_tokens_reason,
     require_applicable,
 )
@@ -92,10 +118,13 @@ from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, 
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
 from lvlm_studio.core.plugin.jobs import collect as collect_job
 from lvlm_studio.core.plugin.registry import create_registry
+from lvlm_studio.core.tracing.attention_stats import STATISTICS as ATTENTION_STATISTICS
+from lvlm_studio.core.tracing.attention_stats import AttentionStats, pattern_stats, trace_stats
 from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
 from lvlm_studio.core.tracing.scores import log_odds, log_probability
-from lvlm_studio.core.tracing.trace import Trace
+from lvlm_studio.core.tracing.trace import Trace, generate_trace
+from lvlm_studio.core.tracing.vision_entry import Knockout, LogitLens, attention_knockout, layer_windows, logit_lens
 from lvlm_studio.sae.dashboard import (
     PATCH_BOX,
     FeatureDashboard,
@@ -105,6 +134,7 @@ from lvlm_studio.sae.dashboard import (
     folder_image_set,
 )
 from lvlm_studio.sae.dashboard import load_cache as load_dashboard
+from lvlm_studio.sae.evaluate import ExampleLosses, splice_losses, splice_summary
 from lvlm_studio.sae.formats import load_coder
 from lvlm_studio.sae.inspect import edited_answer, feature_attribution, feature_map, image_features, top_features
 from lvlm_studio.sae.render import grid_to_pixels
@@ -207,6 +237,39 @@ __all__ = [
     "demo_image_set",
     "folder_image_set",
     "PATCH_BOX",
+    # studies
+    "Study",
+    "StudySample",
+    "StudyQuestion",
+    "StudyContext",
+    "StudyReport",
+    "StudyTable",
+    "StudyFigure",
+    "generate_trace",
+    "peak_on",
+    "bootstrap_interval",
+    "ModalityInfluence",
+    "modality_influence",
+    "prompt_words",
+    "TEXT_RELEVANCE",
+    "text_relevance_record",
+    "AttentionStats",
+    "ATTENTION_STATISTICS",
+    "pattern_stats",
+    "trace_stats",
+    "FactorEffect",
+    "factor_anova",
+    "META_FILE",
+    "model_meta",
+    "read_meta_file",
+    "LogitLens",
+    "logit_lens",
+    "Knockout",
+    "attention_knockout",
+    "layer_windows",
+    "ExampleLosses",
+    "splice_losses",
+    "splice_summary",
     # errors
     "LVLMError",
     "InputError",

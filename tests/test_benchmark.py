@@ -183,3 +183,12 @@ def test_ctrl_c_leaves_a_resumable_run(tmp_path):
     assert main(command) == 0
     assert len(read_results(out)) == 3
 
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["benchmark", "--methods", "tam", "--n", "1", "--ray", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "pip install 'lvlm-studio[ray]'" in capsys.readouterr().err

@@ -300,7 +300,7 @@ def test_a_rerun_removes_the_reports_of_the_earlier_run(capsys, tmp_path, monkey
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(benchmark, "_append", interrupt)
+    monkeypatch.setattr(benchmark, "append_line", interrupt)
     assert run_cli(capsys, *BENCHMARK, "--n", "2", "--out", out).code == 130
     for stale in ("summary.md", "summary.csv", "tables", "curves.png", "examples.png"):
         assert not (out / stale).exists(), stale

@@ -90,6 +90,12 @@ def test_review_imports_without_qt():
     assert expected <= set(imported)
 
 
+def test_studies_and_their_plugins_import_without_qt():
+    imported = import_without_qt("lvlm_studio.studies")
+    assert {"lvlm_studio.studies.runner", "lvlm_studio.studies.report", "lvlm_studio.studies.datasets"} <= set(imported)
+    assert {"lvlm_studies.modality", "lvlm_studies.grounding"} <= set(import_without_qt("lvlm_studies"))
+
+
 def test_cli_imports_without_qt():
     if importlib.util.find_spec("lvlm_studio.cli") is None:
         pytest.skip("lvlm_studio.cli does not exist yet")

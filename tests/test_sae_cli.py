@@ -62,6 +62,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert main(["sae", "train", "--device", "cpu", "--hook", "blocks.1.hook_resid_post", "--nested", nested,
                      "--out", str(tmp_path / "z")]) == 2
         assert "--nested" in capsys.readouterr().err
+    assert main(["sae", "train", "--device", "cpu", "--hook", "blocks.1.hook_resid_post", "--architecture",
+                 "matryoshka_batchtopk", "--out", str(tmp_path / "m")]) == 2
+    assert "needs the nested prefix sizes" in capsys.readouterr().err
+    assert main(["sae", "eval", "--device", "cpu", "--ablate-feature", "2"]) == 2
+    assert "Add --ablate red" in capsys.readouterr().err
+
+
+def test_new_objectives_and_schedules_train_from_the_command_line(tmp_path):
+    from lvlm_studio.sae.formats import load_coder
+
+    out = tmp_path / "batchtopk"
+    assert main(["sae", "train", "--device", "cpu", "--hook", "blocks.1.hook_resid_post", "--count", "8",
+                 "--architecture", "matryoshka_batchtopk", "--nested", "8,32", "--k", "8", "--lr-warmup-steps", "2",
+                 "--lr-decay-steps", "1", "--clip-grad-norm", "1", "--b-dec-init", "geometric_median",
+                 "--out", str(out)]) == 0
+    coder = load_coder(out)
+    assert coder.cfg.architecture in ("matryoshka_batchtopk", "jumprelu")  # SAELens saves BatchTopK as JumpReLU
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert history[0]["lr"] == pytest.approx(5e-4)  # the first of two warm-up steps: lr / 2
 
 
 def test_a_matryoshka_coder_records_its_prefixes(tmp_path):

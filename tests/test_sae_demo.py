@@ -43,6 +43,7 @@ def test_every_colour_and_shape_has_a_feature_that_finds_its_patches(demo_sae, c
     print("\n" + format_concept_table(concepts, demo_sae))
     assert [r.word for r in concepts] == list(WORDS)
     assert min(r.heldout_auroc for r in concepts) >= 0.9
+    assert all(r.runner_up not in (-1, r.feature) and 0 <= r.runner_up_heldout_auroc <= 1 for r in concepts)
 
 
 def test_ablating_the_red_feature_changes_answers_about_red_objects_only(demo_model, demo_sae, concepts):

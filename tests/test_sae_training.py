@@ -38,11 +38,12 @@ def test_the_saved_coder_reads_raw_activations(demo_model):
     settings = TrainSettings(hook_name="blocks.1.hook_resid_post", **SMALL)
     images = list(demo_images(8))
     (rows,) = image_batch_rows(demo_model, ["blocks.1.hook_resid_post"], images, "patch")
-    trainer = _Trainer.start(demo_model, settings, rows, rows)
+    trainer = _Trainer.start("demo-model", settings, rows, rows)
     folded = trainer.folded()
-    with torch.no_grad():
-        torch.testing.assert_close(folded.encode(rows), trainer.coder.encode(rows * trainer.scale_in), atol=1e-4,
-                                   rtol=1e-4)
+    with torch.no_grad():  # the features are 1/scale as large, so that the decoder rows stay unit-norm
+        scaled = trainer.coder.encode(rows * trainer.scale_in)
+        torch.testing.assert_close(folded.encode(rows) * trainer.scale_out, scaled, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(folded.W_dec.norm(dim=1), torch.ones(folded.cfg.d_sae))
         torch.testing.assert_close(folded(rows), trainer.coder(rows * trainer.scale_in) / trainer.scale_in,
                                    atol=1e-4, rtol=1e-4)
 

@@ -13,6 +13,7 @@
     lvlm-studio demo scene --seed N --out FILE.png  draw a demo scene
     lvlm-studio sae train|eval|inspect|hooks        sparse autoencoders on the vision tower (see `sae -h`)
     lvlm-studio benchmark --methods tam,relevancy --n 100 --out DIR   grounded benchmark (resumable)
+    lvlm-studio study --list | study NAME --model DIR [--model DIR] --n 20 --out DIR   a study (resumable)
     lvlm-studio review --cases MANIFEST --out DIR   assess a worklist: verdicts, case reports, pending audit records
     lvlm-studio audit verify LOG                    check an audit trail of clinical review (see `audit -h`)
     lvlm-studio dicom info FILE | dicom deidentify IN OUT   DICOM image information; a de-identified copy
@@ -27,7 +28,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, new_plugin, plugins, report, review, sae
+from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, new_plugin, plugins, report, review, sae, study
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.io.files import check_output_file
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=cmd_gui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # the order of `lvlm-studio -h`
-    for group in (explain, plugins, new_plugin, sae, demo, benchmark, report, review, audit, dicom):
+    for group in (explain, plugins, new_plugin, sae, demo, benchmark, study, report, review, audit, dicom):
         group.add_parsers(sub)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from lvlm_studio.cli import common
@@ -30,12 +31,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--examples", type=int, default=4, help="samples drawn in examples.png (default 4)")
     bench.add_argument("--out", default="lvlm-studio-benchmark",
                        help="output folder; rerun into it to resume (default: lvlm-studio-benchmark)")
+    common.add_ray_options(bench)
     bench.set_defaults(func=cmd_benchmark)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lvlm_studio.benchmark.report import write_report
-    from lvlm_studio.benchmark.runner import PROMPT, RESULTS, BenchmarkSettings, read_results, run_benchmark
+    from lvlm_studio.benchmark.runner import PROMPT, RECORD, RESULTS, BenchmarkSettings, read_results, run_benchmark
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.core.plugin.registry import create_registry
 
@@ -63,17 +65,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                                  max_new_tokens=args.max_new_tokens, seed=args.seed, examples=args.examples,
                                  method_params=method_params)
     out = check_output_folder(args.out, resume=True)  # a run of ours is resumed, never replaced
-    loaded, _ = common.load(args)
+    replicas = common.replica_pool(args, args.model)  # with --ray each replica loads the model; this process does not
+    loaded = common.load(args)[0] if replicas is None else None
     try:
         with common.progress_bar("benchmark") as on_progress:
-            records = run_job(run_benchmark(loaded, settings, out, registry), on_progress)
+            records = run_job(run_benchmark(loaded, settings, out, registry, replicas=replicas), on_progress)
     except (Cancelled, KeyboardInterrupt):
         done = len(read_results(out))
         common.status(f"interrupted; the finished samples ({done}) are kept in {out / RESULTS}. Run the same command "
                 "again to resume.")
         return common.EXIT_CANCELLED
+    finally:
+        if replicas is not None:
+            replicas.close()
     dataset = f"{args.n} held-out demo scenes" if args.images is None else f"{len(records)} images of {args.coco}"
-    title = f"Grounded benchmark: {dataset}, prompt {settings.prompt!r}, model {loaded.describe().get('source')}."
+    model = json.loads((out / RECORD).read_text())["model"]  # as a replica loaded it, with --ray
+    title = f"Grounded benchmark: {dataset}, prompt {settings.prompt!r}, model {model.get('source')}."
     print(write_report(out, records, title), end="")
     common.status(f"tables, curves.png, examples.png, {RESULTS} and run.json written to {out}")
     return 0

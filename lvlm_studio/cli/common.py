@@ -29,9 +29,14 @@ def seed(text: str) -> int:
     return value
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, repeat_model: bool = False) -> None:
+    """The model options; with ``repeat_model``, --model may be given once per model (a list)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model", help="local model folder (default: the embedded demo model)")
+    if repeat_model:
+        group.add_argument("--model", action="append", help="local model folder; repeat it to compare models "
+                                                            "(default: the embedded demo model)")
+    else:
+        group.add_argument("--model", help="local model folder (default: the embedded demo model)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     group.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     group.add_argument("--placement", choices=["auto"], help="spread a large model over GPUs and CPU (accelerate)")
@@ -55,7 +60,19 @@ def add_question_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace):
-    from lvlm_studio.core.models.loading import LoadOptions, load_model
+    from lvlm_studio.core.models.loading import load_model
+
+    options = load_options(args)
+    status(f"loading {args.model or 'the demo model'} ...")
+    started = time.perf_counter()
+    loaded = load_model(args.model, options)
+    status(f"loaded {loaded.family} on {loaded.device} in {time.perf_counter() - started:.1f} s")
+    return loaded, time.perf_counter() - started
+
+
+def load_options(args: argparse.Namespace):
+    """The ``LoadOptions`` of the model options (``add_model_options``)."""
+    from lvlm_studio.core.models.loading import LoadOptions
 
     max_memory = {}
     for item in args.max_memory:
@@ -63,15 +80,49 @@ def load(args: argparse.Namespace):
         if not size:
             raise InputError(f"--max-memory {item!r} is not DEVICE=SIZE.", "Example: --max-memory 0=20GiB.")
         max_memory[device] = size
-    options = LoadOptions(device=args.device, dtype=args.dtype, placement=args.placement,
-                          max_memory=max_memory or None, offload_folder=args.offload_folder,
-                          quantization=args.quantize, allow_pickle=args.allow_pickle,
-                          trust_remote_code=args.trust_remote_code)
-    status(f"loading {args.model or 'the demo model'} ...")
-    started = time.perf_counter()
-    loaded = load_model(args.model, options)
-    status(f"loaded {loaded.family} on {loaded.device} in {time.perf_counter() - started:.1f} s")
-    return loaded, time.perf_counter() - started
+    return LoadOptions(device=args.device, dtype=args.dtype, placement=args.placement,
+                       max_memory=max_memory or None, offload_folder=args.offload_folder,
+                       quantization=args.quantize, allow_pickle=args.allow_pickle,
+                       trust_remote_code=args.trust_remote_code)
+
+
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` and ``--ray-replicas N``, for any command that runs a dataset's samples."""
+    group = parser.add_argument_group("Ray cluster (pip install 'lvlm-studio[ray]'; docs/cluster.md)")
+    group.add_argument("--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+                       help="spread the samples over a Ray cluster, one model replica per GPU (else per CPU): "
+                            "no ADDRESS starts a local Ray, 'auto' or HOST:PORT joins a running one; the model "
+                            "folder (and --images/--coco) must be at the same path on every node")
+    group.add_argument("--ray-replicas", type=int, metavar="N",
+                       help="with --ray: this many replicas (default: one per GPU, or per CPU without GPUs)")
+
+
+#: ``--ray`` given without an address: a new local Ray (ended with the run).
+LOCAL_RAY = "local"
+
+
+def check_ray_options(args: argparse.Namespace) -> bool:
+    """Whether ``--ray`` was given (``--ray-replicas`` checked), before any model loads."""
+    if args.ray is None and args.ray_replicas is not None:
+        raise InputError("--ray-replicas goes with --ray.", "Add --ray, or drop --ray-replicas.")
+    if args.ray_replicas is not None:
+        check_at_least("--ray-replicas", args.ray_replicas)
+    return args.ray is not None
+
+
+def replica_pool(args: argparse.Namespace, folder: str | None):
+    """The Ray replicas ``--ray`` asks for, each loading the model in ``folder`` (None: the demo
+    model) itself; None without ``--ray``."""
+    from lvlm_studio.core.models.replicas import ReplicaPool
+
+    if not check_ray_options(args):
+        return None
+    options = load_options(args)
+    address = None if args.ray == LOCAL_RAY else args.ray
+    status(f"starting model replicas on {'a local Ray' if address is None else 'the Ray cluster ' + address} ...")
+    pool = ReplicaPool(folder, options, address, args.ray_replicas)
+    status(f"{len(pool)} {pool.slot} replicas of {folder or 'the demo model'}")
+    return pool
 
 
 def trace(args: argparse.Namespace, loaded, image):

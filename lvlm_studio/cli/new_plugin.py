@@ -48,7 +48,7 @@ def import_name(name: str) -> str:
                          "e.g. lvlm-brightness.")
     package = name.replace("-", "_")
     if keyword.iskeyword(package) or package in {"lvlm_studio", "lvlm_explainers", "lvlm_metrics", "lvlm_panels",
-                                                  "lvlm_sae", "test", "tests"}:
+                                                  "lvlm_sae", "lvlm_studies", "test", "tests"}:
         raise InputError(f"{name!r} would be imported as {package!r}, a name already taken.",
                          "Choose another name, e.g. lvlm-brightness.")
     return package

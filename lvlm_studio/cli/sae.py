@@ -1,10 +1,11 @@
-"""``lvlm-studio sae hooks|train|eval|inspect``: sparse coders from the command line.
+"""``lvlm-studio sae hooks|train|crosscoder|eval|inspect|dashboard``: sparse coders from the command line.
 
     lvlm-studio sae hooks                                         the model's hook-point names
     lvlm-studio sae train --hook blocks.1.hook_resid_post --out my-sae      (demo scenes by default)
     lvlm-studio sae eval --sae my-sae --out eval/                 L0, EV, cosine, KL, density, CE recovered
     lvlm-studio sae inspect --sae my-sae --image IMG --patch 3,4 --feature 17 --folder imgs/ --out insp/
     lvlm-studio sae dashboard my-sae --demo 200 --out dash/ --features 3,17 --export neuronpedia
+    lvlm-studio sae crosscoder --model-a BASE --model-b FINETUNE --hook blocks.1.hook_resid_post --out cc/
 
 Each command writes Markdown tables and PNGs into ``--out``; training writes a SAELens folder.
 """
@@ -48,15 +49,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--hook-out", default="", help="transcoder: the hook point it predicts")
     train.add_argument("--hooks", default="", help="crosscoder: comma-separated hook points (the first is --hook)")
     train.add_argument("--skip", action="store_true", help="transcoder: add a linear skip path")
-    train.add_argument("--architecture", default="standard", choices=["standard", "topk", "jumprelu"])
+    train.add_argument("--architecture", default="standard",
+                       choices=["standard", "topk", "jumprelu", "gated", "batchtopk", "matryoshka_batchtopk"],
+                       help="standard (ReLU + L1), topk, jumprelu, gated (with its auxiliary gate loss), batchtopk "
+                            "(k per token on average over a batch; saved with one threshold), matryoshka_batchtopk "
+                            "(needs --nested)")
     train.add_argument("--expansion", type=int, default=4, help="features per input dimension (default 4)")
-    train.add_argument("--k", type=int, default=16, help="TopK: active features per token (default 16)")
+    train.add_argument("--k", type=int, default=16,
+                       help="TopK: active features per token; BatchTopK: per token on average (default 16)")
     train.add_argument("--nested", default="", metavar="M1,M2,...",
                        help="Matryoshka: the first M1, M2, ... features must also reconstruct on their own "
                             "(general concepts first), e.g. 8,32,128")
     train.add_argument("--coefficient", type=float, default=None,
                        help="sparsity coefficient (default: 0.15 for standard, 0.003 for jumprelu)")
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr-warmup-steps", type=int, default=0,
+                       help="learning rate rises linearly from lr/N to lr over the first N steps")
+    train.add_argument("--lr-decay-steps", type=int, default=0,
+                       help="learning rate falls linearly to 0 over the last N steps")
+    train.add_argument("--l1-warmup-steps", type=int, default=0,
+                       help="sparsity coefficient rises linearly from 0 over the first N steps")
+    train.add_argument("--clip-grad-norm", type=float, default=0.0,
+                       help="clip the gradient's global norm to this (SAELens uses 1.0; default 0: off)")
+    train.add_argument("--b-dec-init", default="mean", choices=["mean", "geometric_median"],
+                       help="where the decoder bias starts (default mean)")
+    train.add_argument("--aux-k-coefficient", type=float, default=1 / 32,
+                       help="TopK/BatchTopK: weight of the auxiliary-k loss that revives dead features "
+                            "(default 1/32; 0: off)")
     train.add_argument("--batch-tokens", type=int, default=256)
     train.add_argument("--data", default="demo", help="'demo' (generated scenes) or a folder of images")
     train.add_argument("--count", type=int, default=2000, help="images (or, for text, examples) to read")
@@ -71,6 +90,32 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     train.set_defaults(func=cmd_train)
 
+    cross = sae_sub.add_parser("crosscoder", help="one dictionary over two models' activations at one hook point; "
+                                                   "per feature, which model it writes to (model diffing)")
+    common.add_model_options(cross)
+    cross.add_argument("--model-a", required=True, help="first model folder (e.g. the base model; 'demo' for the "
+                                                        "embedded demo model)")
+    cross.add_argument("--model-b", required=True, help="second model folder, same architecture (e.g. its fine-tune)")
+    cross.add_argument("--hook", default="blocks.1.hook_resid_post", help="hook point read in both models")
+    cross.add_argument("--architecture", default="standard", choices=["standard", "topk", "batchtopk"])
+    cross.add_argument("--expansion", type=int, default=4, help="features per input dimension (default 4)")
+    cross.add_argument("--k", type=int, default=16, help="topk/batchtopk: features per token (default 16)")
+    cross.add_argument("--coefficient", type=float, default=1.0,
+                       help="L1 coefficient on f·(‖d_A‖ + ‖d_B‖) (standard; default 1.0)")
+    cross.add_argument("--lr", type=float, default=1e-3)
+    cross.add_argument("--batch-tokens", type=int, default=256)
+    cross.add_argument("--data", default="demo", help="'demo' (generated scenes) or a folder of images")
+    cross.add_argument("--count", type=int, default=1000, help="images to read (default 1000)")
+    cross.add_argument("--tokens", default="patch", choices=["patch", "cls", "all"])
+    cross.add_argument("--eval-count", type=int, default=100,
+                       help="held-out demo scenes (or the folder's first images) for the firing rates (default 100)")
+    cross.add_argument("--seed", type=common.seed, default=0)
+    cross.add_argument("--out", required=True,
+                       help="output folder: the crosscoder (cfg.json + sae_weights.safetensors), crosscoder.md, "
+                            "crosscoder.json")
+    cross.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    cross.set_defaults(func=cmd_crosscoder)
+
     evaluate = sae_sub.add_parser("eval", help="L0, explained variance (patch, CLS), cosine, L2 ratio, KL divergence, "
                                                "feature density, dead/dense features, CE recovered (+ demo checks)")
     common.add_model_options(evaluate)
@@ -82,6 +127,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--concepts", action="store_true", help="demo: AUROC of the best feature per colour/shape")
     evaluate.add_argument("--ablate", default="", metavar="WORD",
                           help="demo: ablate the best feature for this colour (e.g. red) and count changed answers")
+    evaluate.add_argument("--ablate-feature", type=int, action="append", default=[], metavar="N",
+                          help="with --ablate: edit this feature instead of the best one for the colour "
+                               "(repeatable: all of them at once)")
     evaluate.add_argument("--factor", type=float, default=0.0,
                           help="with --ablate: scale the feature by this (0 ablates, -10 pushes against it)")
     evaluate.add_argument("--baseline", action="store_true",
@@ -171,7 +219,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         common.check_at_least(f"--{option.replace('_', '-')}", getattr(args, option))
     common.check_number("--lr", args.lr, "1e-3", minimum=0, above=True)
     common.check_number("--coefficient", args.coefficient, "0.15", minimum=0)
+    for option, example in (("clip_grad_norm", "1.0"), ("aux_k_coefficient", "0.03125")):
+        common.check_number(f"--{option.replace('_', '-')}", getattr(args, option), example, minimum=0)
+    for option in ("lr_warmup_steps", "lr_decay_steps", "l1_warmup_steps"):
+        common.check_number(f"--{option.replace('_', '-')}", getattr(args, option), "100", minimum=0)
     nested = _sizes(args.nested)
+    if args.architecture == "matryoshka_batchtopk" and not nested:
+        raise InputError("--architecture matryoshka_batchtopk needs the nested prefix sizes.",
+                         "Add --nested, e.g. 8,32,128.")
     _check_data(args.data)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
     loaded, _ = common.load(args)
@@ -187,7 +242,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                              expansion=args.expansion, k=args.k, nested=nested,
                              coefficient=coefficient, lr=args.lr,
                              batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=tokens,
-                             hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed)
+                             hook_name_out=args.hook_out, hook_names=hook_names, skip=args.skip, seed=args.seed,
+                             lr_warmup_steps=args.lr_warmup_steps, lr_decay_steps=args.lr_decay_steps,
+                             l1_warmup_steps=args.l1_warmup_steps, clip_grad_norm=args.clip_grad_norm,
+                             b_dec_init=args.b_dec_init, aux_k_coefficient=args.aux_k_coefficient)
     with common.progress_bar(f"training {args.kind} at {args.hook}") as on_progress:
         result = run_job(train_coder(loaded, settings, args.checkpoint, args.resume), on_progress)
     last = result.history[-1] if result.history else {}
@@ -205,6 +263,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"saved to {out}: explained variance {last.get('explained_variance', float('nan')):.3f}, "
           f"L0 {last.get('l0', float('nan')):.1f}, dead {last.get('dead', 0)} (last training batch)")
     return 0
+
+
+def cmd_crosscoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.sae.activations import image_batch_rows
+    from lvlm_studio.sae.crosscoder import crosscoder_report, format_report
+    from lvlm_studio.sae.formats import save_saelens
+    from lvlm_studio.sae.training import TrainSettings, train_coder
+
+    if args.model:
+        raise InputError("sae crosscoder reads two models: --model-a and --model-b, not --model.",
+                         "Drop --model.")
+    for option in ("expansion", "k", "batch_tokens", "count", "eval_count"):
+        common.check_at_least(f"--{option.replace('_', '-')}", getattr(args, option))
+    common.check_number("--lr", args.lr, "1e-3", minimum=0, above=True)
+    common.check_number("--coefficient", args.coefficient, "1.0", minimum=0)
+    _check_data(args.data)
+    out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
+    models = []
+    for path in (args.model_a, args.model_b):
+        args.model = None if path == "demo" else path
+        models.append(common.load(args)[0])
+    args.model = None
+    settings = TrainSettings(hook_name=args.hook, architecture=args.architecture, kind="crosscoder",
+                             expansion=args.expansion, k=args.k, coefficient=args.coefficient, lr=args.lr,
+                             batch_tokens=args.batch_tokens, data=args.data, count=args.count, tokens=args.tokens,
+                             seed=args.seed)
+    with common.progress_bar(f"training a crosscoder at {args.hook} over two models") as on_progress:
+        result = run_job(train_coder(models[0], settings, twin=models[1]), on_progress)
+    images = _crosscoder_images(args)
+    rows = torch.stack([image_batch_rows(model, [args.hook], images, args.tokens)[0] for model in models], dim=1)
+    names = [Path(p).name if p != "demo" else "demo-model" for p in (args.model_a, args.model_b)]
+    report = crosscoder_report(result.coder, rows, *names)
+    last = result.history[-1] if result.history else {}
+    text = format_report(report) + (
+        f"\nTrained on {result.tokens_seen} tokens ({args.count} images, {args.tokens} tokens) in "
+        f"{result.seconds:.0f} s: explained variance {last.get('explained_variance', float('nan')):.3f}, "
+        f"L0 {last.get('l0', float('nan')):.1f} (last batch); firing rates on {len(images)} held-out images.\n")
+    with staged_folder(out, args.overwrite) as folder:
+        save_saelens(result.coder, folder)
+        (folder / "crosscoder.md").write_text(text)
+        (folder / "crosscoder.json").write_text(json.dumps({**report.to_dict(), "training": last}, indent=1))
+        _mark(folder)
+    print(text, end="")
+    return 0
+
+
+def _crosscoder_images(args: argparse.Namespace) -> list:
+    """Images the crosscoder was not trained on: held-out demo scenes, or a folder's first images."""
+    if args.data == "demo":
+        from lvlm_studio.demo.evaluate import heldout_examples
+
+        return [scene.image for scene, _ in heldout_examples(args.eval_count, "caption")]
+    from lvlm_studio.sae.activations import folder_images, open_images
+
+    return list(open_images(folder_images(args.data)[: args.eval_count]))
 
 
 def _curve(history: list[dict[str, float]], path: Path) -> None:
@@ -268,6 +384,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_data(args.data)
     if (args.concepts or args.ablate) and args.data != "demo":
         raise InputError("--concepts and --ablate need the demo model and its scenes.", "Drop --model and --data.")
+    if args.ablate_feature and not args.ablate:
+        raise InputError("--ablate-feature says which features --ablate edits.",
+                         "Add --ablate red (or another colour).")
     if args.ablate and args.ablate not in COLOURS:
         raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", f"Try {', '.join(COLOURS)}.")
     coders = _coders(args.sae)
@@ -322,11 +441,16 @@ def _demo_checks(args, loaded, name: str, coder, report: dict) -> str:
         chosen = [r for r in rows if r.word == args.ablate]
         if not chosen:
             raise InputError(f"--ablate {args.ablate!r} is not a demo colour.", "Try red, green, blue or yellow.")
-        feature = chosen[0].feature
+        edited = args.ablate_feature or [chosen[0].feature]
+        if any(not 0 <= f < coder.cfg.d_sae for f in edited):
+            raise InputError(f"--ablate-feature {edited}: {name} has features 0 to {coder.cfg.d_sae - 1}.",
+                             "Pick features from the concept table.")
+        feature = edited[0] if len(edited) == 1 else edited
+        which = f"best '{args.ablate}'" if not args.ablate_feature else "chosen"
         with common.progress_bar(f"ablating feature {feature}") as on_progress:
-            result = run_job(ablation_test(loaded, coder, {feature: args.factor}, args.ablate, n=args.n),
+            result = run_job(ablation_test(loaded, coder, dict.fromkeys(edited, args.factor), args.ablate, n=args.n),
                              on_progress)
-        text += (f"\nScaling feature {feature} (best '{args.ablate}') by {args.factor:g} at {coder.cfg.hook_name} "
+        text += (f"\nScaling feature {feature} ({which}) by {args.factor:g} at {coder.cfg.hook_name} "
                  f"changed the answer to 'what color is the ...?' about a {args.ablate} object in "
                  f"{result.changed}/{result.scenes} held-out scenes ({result.fraction:.0%}); p(colour word) "
                  f"{result.p_before:.4f} -> {result.p_after:.4f}.\n")

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_studio.core.errors import LVLMError
 from lvlm_studio.gui.analysis import Analysis
 from lvlm_studio.gui.job_status import JobStatus
 from lvlm_studio.gui.menus import Menus
@@ -109,6 +110,7 @@ class MainWindow(QMainWindow):
         self.job_status = JobStatus(self)
         self.plugin_problems: QPushButton | None = None  # shown when a plugin could not be used
         self.plugins_dialog: QWidget | None = None  # Help › Plugins, once opened
+        self.study_views: list[QWidget] = []  # File › Open study…, one window per folder opened
         # The parts' widgets that tests, screenshots and the app reach through the window.
         box = self.model_box
         self.model_combo, self.device_combo, self.dtype_combo = box.model_combo, box.device_combo, box.dtype_combo
@@ -350,6 +352,26 @@ class MainWindow(QMainWindow):
         self.review_window.raise_()
         self.review_window.activateWindow()
         return self.review_window
+
+    def choose_study(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open study (the --out folder of lvlm-studio study)")
+        if folder:
+            self.open_study(folder)
+
+    def open_study(self, folder: str | Path) -> QWidget | None:
+        """A study's output folder in a window of its own (``StudyView``); a folder that holds no
+        report is refused with a dialog saying what to open."""
+        from lvlm_studio.gui.study_view import StudyView
+
+        try:
+            view = StudyView(folder, self)
+        except LVLMError as exc:
+            self.show_error("Open study", exc)
+            return None
+        self.study_views.append(view)
+        view.show()
+        view.raise_()
+        return view
 
     def show_plugins(self) -> QWidget:
         """Help › Plugins: the plugins, what each contributes, failures and warnings (non-modal)."""

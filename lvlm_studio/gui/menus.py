@@ -45,6 +45,7 @@ class Menus:
         file_menu.addSeparator()
         file_menu.addAction(action(window, "Open &worklist\u2026", "Ctrl+Shift+W",
                                    lambda: window.open_review().choose_worklist()))
+        file_menu.addAction(action(window, "Open s&tudy\u2026", None, window.choose_study))
         file_menu.addSeparator()
         file_menu.addAction(action(window, "&Quit", QKeySequence.StandardKey.Quit, window.close))
 

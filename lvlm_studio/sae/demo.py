@@ -88,6 +88,8 @@ class ConceptRow:
     heldout_auroc: float
     positives: int
     negatives: int
+    runner_up: int = -1  # the second-best feature on the selection scenes, and its held-out AUROC
+    runner_up_heldout_auroc: float = float("nan")
 
 
 def concept_table(loaded: LoadedModel, coder: SparseAutoencoder, n_select: int = 300, n_heldout: int = 300
@@ -103,22 +105,26 @@ def concept_table(loaded: LoadedModel, coder: SparseAutoencoder, n_select: int =
     rows = []
     for word in WORDS:
         scores = auroc_per_feature(chosen_acts, labels(selection, word, grid))
-        feature = int(np.nanargmax(scores))
+        feature, runner_up = (int(i) for i in np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")[:2])
         label = labels(heldout, word, grid)
         keep = label >= 0
         heldout_auroc = float(roc_auc_score(label[keep], heldout_acts[keep, feature]))
+        second = float(roc_auc_score(label[keep], heldout_acts[keep, runner_up]))
         rows.append(ConceptRow(word, feature, float(scores[feature]), heldout_auroc, int((label == 1).sum()),
-                               int((label == 0).sum())))
+                               int((label == 0).sum()), runner_up, second))
     return rows
 
 
 def format_concept_table(rows: Sequence[ConceptRow], coder: SparseAutoencoder) -> str:
     lines = [f"Best single feature per word, {coder.cfg.hook_name} ({coder.cfg.architecture}, d_sae {coder.cfg.d_sae});"
-             " chosen on selection scenes, AUROC on held-out scenes (patch on the object vs off every such object).",
-             "", "| word | feature | AUROC (selection) | AUROC (held-out) | patches on / off |",
-             "|---|---:|---:|---:|---:|"]
+             " chosen on selection scenes, AUROC on held-out scenes (patch on the object vs off every such object)."
+             " The runner-up is the second-best feature on the selection scenes: a concept held by one feature"
+             " has none close behind.",
+             "", "| word | feature | AUROC (selection) | AUROC (held-out) | runner-up (held-out AUROC) | "
+                 "patches on / off |",
+             "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r.word} | {r.feature} | {r.selection_auroc:.3f} | {r.heldout_auroc:.3f} | "
-              f"{r.positives} / {r.negatives} |" for r in rows]
+              f"{r.runner_up} ({r.runner_up_heldout_auroc:.3f}) | {r.positives} / {r.negatives} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -207,6 +207,73 @@ def _kl_start(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> int:
     return int(image[-1, 0]) if len(image) else 0
 
 
+@dataclass(frozen=True)
+class ExampleLosses:
+    """What splicing a coder in costs on one example: the answer's mean NLL (nats per token) with the
+    model as is, with x̂ in place of x, and with zeros in place of x (NaN when not asked for), and
+    KL(original ‖ spliced) of the next-token distribution over the positions after the image."""
+
+    nll_original: float
+    nll_spliced: float
+    nll_zero: float
+    kl: float
+
+
+@torch.no_grad()
+def example_losses(loaded: LoadedModel, coder: SparseAutoencoder, inputs: dict[str, torch.Tensor], n_answer: int,
+                   zero: bool = True) -> ExampleLosses:
+    """The teacher-forced passes over one example's ``inputs`` (from ``_inputs``): clean, spliced
+    (``reconstruct``) and, with ``zero``, zero-ablated (a transcoder's output replaced at
+    ``hook_name_out``: ``splice.splice_hooks``)."""
+    original = _nll(loaded, inputs, n_answer)
+    start = _kl_start(loaded, inputs)
+    clean = _log_probs(loaded, inputs, start)
+    with hooks(loaded, splice_hooks(loaded, coder, inputs, "reconstruct")):
+        spliced_nll = _nll(loaded, inputs, n_answer)
+        spliced = _log_probs(loaded, inputs, start)
+    kl = float((clean.exp() * (clean - spliced)).sum(-1).mean())
+    zeroed = float("nan")
+    if zero:
+        with hooks(loaded, splice_hooks(loaded, coder, inputs, "zero")):
+            zeroed = _nll(loaded, inputs, n_answer)
+    return ExampleLosses(original, spliced_nll, zeroed, kl)
+
+
+@torch.no_grad()
+def splice_losses(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iterable[Example], total: int
+                  ) -> Job[list[ExampleLosses]]:
+    """``example_losses`` (without the zero-ablated pass) on every example, one progress report each:
+    the per-example numbers that intervals over a dataset are drawn from."""
+    out = []
+    for image, prompt, answer in examples:
+        inputs, n_answer = _inputs(loaded, image.convert("RGB"), prompt, answer)
+        out.append(example_losses(loaded, coder, inputs, n_answer, zero=False))
+        yield Progress(len(out), total, f"KL {out[-1].kl:.4f}")
+    return out
+
+
+def splice_summary(losses: Sequence[ExampleLosses | dict[str, float]], level: float = 0.95, seed: int = 0
+                   ) -> dict[str, Any]:
+    """Means over examples with percentile bootstrap intervals (``core.metrics.intervals``): the answer
+    NLL as is and with the coder spliced in, their paired difference (spliced − original, resampled
+    per example, so the interval is that of the change) and the KL divergence. ``losses`` are
+    ``ExampleLosses`` or dicts with their fields (a study's saved rows)."""
+    from lvlm_studio.core.metrics.intervals import bootstrap_interval
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray([x[name] if isinstance(x, dict) else getattr(x, name) for x in losses], dtype=np.float64)
+
+    original, spliced = column("nll_original"), column("nll_spliced")
+    columns = {"nll_original": original, "nll_spliced": spliced, "nll_change": spliced - original, "kl": column("kl")}
+    out = {}
+    for name, values in columns.items():
+        finite = values[np.isfinite(values)]
+        low, high = bootstrap_interval(finite, level=level, seed=seed)
+        out[name] = {"mean": float(finite.mean()) if len(finite) else float("nan"), "ci_low": low, "ci_high": high,
+                     "n": int(len(finite))}
+    return out
+
+
 @torch.no_grad()
 def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iterable[Example], total: int
                    ) -> Job[Evaluation]:
@@ -258,15 +325,9 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
                 cls_rows += int(is_cls.sum())
                 seen_cls.append((y[is_cls], y_hat[is_cls]))
                 seen_patch.append((y[~is_cls], y_hat[~is_cls]))
-        nll[0] += _nll(loaded, inputs, n_answer)
-        start = _kl_start(loaded, inputs)
-        clean = _log_probs(loaded, inputs, start)
-        for slot, mode in ((1, "reconstruct"), (2, "zero")):
-            with hooks(loaded, splice_hooks(loaded, coder, inputs, mode)):
-                nll[slot] += _nll(loaded, inputs, n_answer)
-                if mode == "reconstruct":
-                    spliced = _log_probs(loaded, inputs, start)
-                    kl += float((clean.exp() * (clean - spliced)).sum(-1).mean())
+        losses = example_losses(loaded, coder, inputs, n_answer)
+        nll += (losses.nll_original, losses.nll_spliced, losses.nll_zero)
+        kl += losses.kl
         count += 1
         yield Progress(count, total, f"L0 {l0_sum / max(rows, 1):.1f}")
     mean = xs_sum / rows

@@ -62,11 +62,12 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
+def build_tiny_model(family: str, folder: Path, seed: int = 0, llm_layers: int | None = None) -> Path:
     """Build a tiny random model of ``family`` with its processor, save both in ``folder``, return it.
 
     The same ``seed`` gives the same weights. The folder is created if needed; files already in it
-    are overwritten.
+    are overwritten. ``llm_layers`` gives the language model that many decoder layers instead of the
+    family's two or three (a bigger LLM on the same vision tower, for studies that compare sizes).
     """
     from lvlm_studio.testing import tiny_families
 
@@ -80,6 +81,8 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
         config = _config(family, processor.tokenizer)
     else:
         processor, config = tiny_families.BUILDERS[family]()
+    if llm_layers is not None:
+        _set_decoder_layers(config.get_text_config(), llm_layers)
     torch.manual_seed(seed)
     model = _model_class(family)(config)
     if family == "mllama":  # its cross-attention gates start at 0 (tanh 0 = 0): the image would not count
@@ -101,6 +104,17 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     else:
         processor.save_pretrained(folder)
     return folder
+
+
+def _set_decoder_layers(text: Any, layers: int) -> None:
+    """Resize the decoder to ``layers`` layers; per-layer lists (Gemma-3's sliding and full layer
+    types) repeat their pattern."""
+    if layers < 2:
+        raise ValueError("a tiny model needs at least two decoder layers")
+    text.num_hidden_layers = layers
+    pattern = getattr(text, "layer_types", None)
+    if pattern:
+        text.layer_types = [pattern[i % len(pattern)] for i in range(layers)]
 
 
 # -- tokenizers -----------------------------------------------------------------------------

@@ -4,7 +4,9 @@ For a target token at position p, backpropagate its logit at p-1 (teacher-forced
 prompt + answer, eager attention). Per layer, A_bar_l = mean over heads of relu(dA_l * A_l): the
 attention that, according to the gradient, pushed the logit up. Starting from R = I, each layer
 adds what it moves: R <- R + A_bar_l R for l = 1..L, so R = (I + A_bar_L) ... (I + A_bar_1).
-The map is R[p-1, image].
+The map is R[p-1, image]. The rest of the row (the prompt text, the template, earlier answer
+tokens) goes into the provenance (``TEXT_RELEVANCE``), for the image's share of the relevance
+(``modality_influence``).
 
 How it is computed here:
 
@@ -53,6 +55,7 @@ import torch
 
 from lvlm_explainers.gradients import differentiable_decoder_inputs, query_positions, target_scores
 from lvlm_studio.api import (
+    TEXT_RELEVANCE,
     Explainer,
     Explanation,
     InputError,
@@ -60,6 +63,7 @@ from lvlm_studio.api import (
     Progress,
     attention_implementation,
     split_by_region,
+    text_relevance_record,
 )
 
 
@@ -171,10 +175,18 @@ class Relevancy(Explainer):
         scores = target_scores(logits, [int(trace.answer_ids[t]) for t in targets], "logit")
 
         maps: dict[int, list[np.ndarray]] = {}
+        # The row outside the image (prompt text, template, earlier answer tokens), for the share of
+        # relevance on the image versus the text (modality_influence); the decoder side only.
+        # (Under cross-attention the image positions index the vision tokens: every position is text.)
+        outside = None if vision else np.arange(length) if crossing else np.setdiff1d(np.arange(length),
+                                                                                      trace.image_positions)
+        text_rows: dict[int, np.ndarray] = {}
         for i, (target, query) in enumerate(zip(targets, queries)):
             yield Progress(i + 1, len(targets) + 1, f"backward pass for token {target}")
             start = one_hot_rows(batch, length, 0 if vision else query, leaf.device)
             rows = relevancy.backward(scores[i], leaf, start, keep_graph=i + 1 < len(targets))
+            if outside is not None:
+                text_rows[target] = rows[0, 0, torch.as_tensor(outside)].detach().double().cpu().numpy()
             if crossing:  # the region positions index the vision tokens, the cross-attention's keys
                 rows = relevancy.image if relevancy.image is not None else rows.new_zeros(batch, 1, 0)
             values = rows[tiles, 0, columns]
@@ -189,6 +201,8 @@ class Relevancy(Explainer):
             "model": model.describe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if outside is not None:
+            provenance[TEXT_RELEVANCE] = text_relevance_record(outside, text_rows, image_in_sequence=not crossing)
         return Explanation(self.id, maps, params, provenance)
 
 

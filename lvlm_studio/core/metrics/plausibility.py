@@ -220,3 +220,25 @@ def _jointly_normalised(pixel_maps: dict[int, np.ndarray]) -> dict[int, np.ndarr
     low, high = stacked[finite].min(), stacked[finite].max()
     scale = high - low if high > low else 1.0
     return {t: (np.asarray(m, dtype=np.float64) - low) / scale for t, m in pixel_maps.items()}
+
+
+def peak_on(pixel_map: np.ndarray, masks: dict[str, np.ndarray], grow: float = 0.0) -> str | None:
+    """The name of the first of ``masks`` (in their order) that holds the map's brightest pixel, each
+    mask grown by ``grow`` pixels; None when none does, or when the map is flat or has no finite
+    value (a map with one value everywhere points nowhere). ``pointing_hit``'s rule, over named masks:
+    which object (or cue, or region) an explanation points at."""
+    pixel_map = np.asarray(pixel_map, dtype=np.float64)
+    finite = pixel_map[np.isfinite(pixel_map)]
+    if finite.size == 0 or finite.max() == finite.min():
+        return None
+    y, x = np.unravel_index(np.nanargmax(pixel_map), pixel_map.shape)
+    for name, mask in masks.items():
+        mask = _check_mask(mask, pixel_map.shape)
+        if mask[y, x]:
+            return name
+        if grow > 0:
+            from scipy.ndimage import distance_transform_edt
+
+            if distance_transform_edt(~mask)[y, x] <= grow:
+                return name
+    return None

@@ -269,3 +269,108 @@ class PanelSpec:
     title: str
     factory: str
     area: str = "right"  # left, right, top or bottom
+
+
+# -- studies ------------------------------------------------------------------------------------
+@dataclass
+class StudyQuestion:
+    """One question a study asks of a sample.
+
+    ``answer`` is the expected answer when the dataset knows it; ``object`` names the sample's mask
+    (``StudySample.masks``) of what the question is about; ``kind`` says where it came from ("colour",
+    "exist", ... for demo scenes; "" for questions a user wrote). Questions sharing a ``pair`` id
+    are opposites (a consistent model answers one yes and one no); ``negated`` marks the member that
+    asks the negation, so declarative answers ("the red circle is there") can be read as yes or no.
+    """
+
+    text: str
+    answer: str | None = None
+    object: str | None = None
+    kind: str = ""
+    pair: str | None = None
+    negated: bool = False
+
+
+@dataclass
+class StudySample:
+    """One image of a study's dataset: its questions, and named boolean object masks (the image's
+    (height, width); "cue" for the shortcut twin's corner mark of a demo scene)."""
+
+    key: str
+    image: Any  # a PIL image, RGB
+    questions: list[StudyQuestion] = field(default_factory=list)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudyContext:
+    """What a study's ``run_sample`` gets besides the sample and the model: the model's label (as
+    ``--model`` named it), the plugin registry (``registry.explainer(id)``), the run's seed and the
+    folder the run writes into (for optional per-sample files)."""
+
+    model_label: str
+    registry: Any
+    seed: int = 0
+    out: Any = None  # pathlib.Path of the run's folder, or None
+
+
+@dataclass
+class StudyTable:
+    """A named table: rows of plain values (each row a dict; the first row's keys are the columns)."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    caption: str = ""
+
+
+@dataclass
+class StudyFigure:
+    """A named figure: ``draw(ax)`` draws it on a matplotlib Axes (the runner saves it as NAME.png)."""
+
+    name: str
+    draw: Any  # Callable[[matplotlib.axes.Axes], None]
+    caption: str = ""
+
+
+@dataclass
+class StudyReport:
+    """What a study's ``summarize`` returns: tables, figures and Markdown text for the run's report."""
+
+    title: str
+    text: str = ""
+    tables: list[StudyTable] = field(default_factory=list)
+    figures: list[StudyFigure] = field(default_factory=list)
+
+
+class Study(_Described):
+    """A reproducible analysis over a dataset and one or more models (``lvlm-studio study ID``).
+
+    The runner (``lvlm_studio.studies``) loads each model in turn and calls ``run_sample`` once per
+    (model, sample); the rows it returns (plain JSON-able dicts) are saved, with "model" and
+    "sample" added, one line per (model, sample) in results.jsonl, so an interrupted run resumes where
+    it stopped. ``summarize`` turns every row saved so far into the report (tables as CSV and
+    Markdown, figures as PNG); it must need nothing but the rows and the parameters.
+
+    ``demo_tasks`` says which questions the runner asks about demo scenes ("colour", "exist",
+    "exist-pair", "where", "caption"); ``needs_masks`` refuses datasets without object masks;
+    ``min_models`` refuses runs with fewer models. ``description`` is one paragraph for listings.
+    """
+
+    description: ClassVar[str] = ""
+    demo_tasks: ClassVar[tuple[str, ...]] = ("colour",)
+    needs_masks: ClassVar[bool] = False
+    min_models: ClassVar[int] = 1
+
+    @property
+    def name(self) -> str:
+        return self.title
+
+    def run_sample(self, sample: StudySample, model: LoadedModel, params: dict[str, Any],
+                   context: StudyContext) -> list[dict[str, Any]] | Job[list[dict[str, Any]]]:
+        """The rows for one sample and one model; may be a job (yield ``Progress``, return the rows)."""
+        raise NotImplementedError
+
+    def summarize(self, rows: list[dict[str, Any]], params: dict[str, Any]) -> StudyReport:
+        """The report from every row of the run (each carries "model" and "sample")."""
+        raise NotImplementedError

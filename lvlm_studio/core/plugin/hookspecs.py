@@ -44,8 +44,10 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "lvlm_studio"
+# 1.1: studies (Study, lvlm_studio_studies, bootstrap_interval, ...), feature dashboards;
+# 1.2: trace_stats, factor_anova, model_meta, logit_lens, attention_knockout, splice_losses, ...
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
-API_VERSION = "1.1.0"
+API_VERSION = "1.2.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
 API_RANGE_ATTRIBUTE = "LVLM_STUDIO_API"
 #: Where plugin authors are sent by messages.
@@ -115,4 +117,17 @@ def lvlm_studio_panels() -> list:
     ``run_job`` (a worker-thread job with progress and Cancel). A panel that raises while being
     built or while following a change is reported once and disconnected; the window goes on.
     ``area`` is the default dock area: "left", "right", "top" or "bottom".
+    """
+
+
+@hookspec
+def lvlm_studio_studies() -> list:
+    """Studies: a list of ``Study`` instances (``lvlm_studio.core.plugin.contracts``).
+
+    A study is an analysis over a dataset (demo scenes, a folder with a manifest, or a COCO file)
+    and one or more models, run by ``lvlm-studio study ID``: ``run_sample(sample, model, params,
+    context)`` returns plain JSON-able rows for one sample and one model (or is a job), and
+    ``summarize(rows, params)`` returns a ``StudyReport`` (tables, figures drawn on a matplotlib
+    Axes, Markdown text). The runner saves the rows as they come (a run resumes where it stopped)
+    and writes the report as CSV, Markdown and PNG files that the app opens (File > Open study).
     """

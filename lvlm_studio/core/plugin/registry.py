@@ -34,7 +34,7 @@ import pluggy
 from lvlm_studio.core.errors import InputError, UnsupportedModelError
 from lvlm_studio.core.io.records import package_version
 from lvlm_studio.core.plugin import hookspecs
-from lvlm_studio.core.plugin.contracts import Analyzer, Explainer, Metric, PanelSpec
+from lvlm_studio.core.plugin.contracts import Analyzer, Explainer, Metric, PanelSpec, Study
 from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, PLUGIN_GUIDE
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,14 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "lvlm_studio.plugins"
 DISABLE_ENV = "LVLM_STUDIO_DISABLE_PLUGINS"
 #: Built-in plugins, registered explicitly and in this order (first wins on conflicts).
-FIRST_PARTY = ("lvlm_studio.core.models.families", "lvlm_explainers", "lvlm_metrics", "lvlm_panels", "lvlm_sae")
+FIRST_PARTY = ("lvlm_studio.core.models.families", "lvlm_explainers", "lvlm_metrics", "lvlm_panels", "lvlm_sae",
+               "lvlm_studies")
 #: The distribution that ships the first-party plugins.
 OWN_DISTRIBUTION = "lvlm-studio"
 #: What each hook contributes, in the words run records and listings use.
 KINDS = {"lvlm_studio_model_adapters": "model families", "lvlm_studio_explainers": "methods",
-         "lvlm_studio_metrics": "metrics", "lvlm_studio_analyzers": "analyzers", "lvlm_studio_panels": "panels"}
+         "lvlm_studio_metrics": "metrics", "lvlm_studio_analyzers": "analyzers", "lvlm_studio_panels": "panels",
+         "lvlm_studio_studies": "studies"}
 
 
 @dataclass
@@ -266,6 +268,22 @@ class PluginRegistry:
     def panels(self) -> dict[str, PanelSpec]:
         return self._unique("lvlm_studio_panels", PanelSpec)
 
+    def studies(self) -> dict[str, Study]:
+        return self._unique("lvlm_studio_studies", Study)
+
+    def study(self, study_id: str) -> Study:
+        """The study ``study_id`` (hyphens may stand for underscores: ``vision-entry``), or an
+        ``InputError`` naming the available ones (and failed plugins)."""
+        available = self.studies()
+        if study_id not in available and study_id.replace("-", "_") in available:
+            study_id = study_id.replace("-", "_")
+        if study_id not in available:
+            failed = "".join(f"; plugin {s.name} [{s.origin}] {s.state} ({s.error})" for s in self.status
+                             if s.state in ("failed", "incompatible"))
+            raise InputError(f"no study {study_id!r}{failed}.",
+                             f"Available: {', '.join(sorted(available)) or 'none'} (see `lvlm-studio study --list`).")
+        return available[study_id]
+
     def adapters(self) -> list[type]:
         from lvlm_studio.core.plugin.adapter import ModelAdapter  # torch: only when models are involved
 
@@ -284,7 +302,7 @@ class PluginRegistry:
         """Ask every hook once, so that each plugin's status says what it contributes, conflicts are
         found, and a loaded plugin that contributes nothing is warned about. Returns the items by kind."""
         found: dict[str, Any] = {"methods": self.explainers(), "metrics": self.metrics(),
-                                 "analyzers": self.analyzers(), "panels": self.panels()}
+                                 "analyzers": self.analyzers(), "panels": self.panels(), "studies": self.studies()}
         try:
             found["model families"] = self.adapters()
         except ImportError as exc:  # torch missing: the listing still works
@@ -300,7 +318,7 @@ class PluginRegistry:
         plugin, distribution and version ("unknown" where not known, e.g. a method no plugin gives)."""
         if what not in self._asked:
             {"methods": self.explainers, "metrics": self.metrics, "analyzers": self.analyzers,
-             "panels": self.panels}.get(what, dict)()
+             "panels": self.panels, "studies": self.studies}.get(what, dict)()
         name = self.providers.get((what, item_id))
         status = self._status(name) if name else None
         if status is None:

@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 
 
-def prompt_text_positions(trace: Any, tokenizer: Any) -> np.ndarray:
+def prompt_text_positions(trace: Any, tokenizer: Any, image_in_sequence: bool = True) -> np.ndarray:
     """Sorted positions in ``trace.input_ids`` of the prompt's own tokens (never an image
-    position); empty when the prompt cannot be located."""
+    position); empty when the prompt cannot be located. Where the image enters by cross-attention
+    (``image_in_sequence`` False), ``trace.image_positions`` index the vision tokens, not the
+    sequence, and exclude nothing."""
     found = _by_offsets(trace, tokenizer)
     if found is None:
         found = _by_search(trace, tokenizer)
-    image = set(int(p) for p in trace.image_positions)
+    image = set(int(p) for p in trace.image_positions) if image_in_sequence else set()
     return np.array(sorted(p for p in found if p not in image), dtype=np.int64)
 
 
