@@ -39,7 +39,7 @@ def _folder(tmp_path, config: dict, name: str = "p"):
 
 # -- hooks -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("subtype", ["hook_resid_post", "hook_mlp_out", "hook_attn_out", "hook_resid_pre",
-                                     "hook_resid_mid"])
+                                     "hook_resid_mid", "ln2.hook_normalized"])
 def test_prisma_layer_and_subtype_name_our_hook_point(tmp_path, subtype):
     coder = load_coder(_folder(tmp_path, {**PRISMA, "hook_point_layer": 9, "layer_subtype": subtype}))
     assert coder.cfg.hook_name == f"blocks.9.{subtype}"

@@ -581,9 +581,11 @@ def _prisma_tokens(config: dict[str, Any], folder: Path) -> str:
 
 
 #: ViT-Prisma's block-level hook names that are LVLM Studio hook points of the same name
-#: (``core/models/hooks.py``); Prisma's others (``mlp.hook_post``, ``attn.hook_z``, ``ln1.hook_normalized``,
+#: (``core/models/hooks.py``; ``ln2.hook_normalized`` is the MLP's input, a transcoder's usual input); Prisma's
+#: others (``mlp.hook_post``, ``attn.hook_z``, ``ln1.hook_normalized``,
 #: ...) have no hook point here.
-PRISMA_SUBTYPES = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+PRISMA_SUBTYPES = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "hook_mlp_out",
+                   "hook_resid_post")
 
 
 def _prisma_hook(config: dict[str, Any], folder: Path) -> Any:
