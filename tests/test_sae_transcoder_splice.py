@@ -77,11 +77,12 @@ def test_an_exact_transcoder_of_an_mlp_scores_perfectly_and_a_random_one_does_no
     assert exact.explained_variance_cls == pytest.approx(1.0, abs=1e-5)
     assert exact.explained_variance_patch == pytest.approx(1.0, abs=1e-5)
     assert exact.cosine == pytest.approx(1.0, abs=1e-5) and exact.l2_ratio == pytest.approx(1.0, abs=1e-5)
+    assert exact.mse == pytest.approx(0.0, abs=1e-8)
     assert exact.kl == pytest.approx(0.0, abs=1e-6)
     assert exact.nll_coder == pytest.approx(exact.nll_original, abs=1e-5)
     random = run_job(evaluate_coder(demo_model, random_topk_like(coder), _examples(), 2))
     assert random.hook_name_out == HOOK_OUT
-    assert random.explained_variance < 0.5 and random.cosine < 0.9
+    assert random.explained_variance < 0.5 and random.cosine < 0.9 and random.mse > 1e-3
     assert random.kl > 1e-3
 
 

@@ -91,6 +91,7 @@ class Evaluation:
     dense: int = 0  # features firing on more than DENSE_THRESHOLD of rows
     density: list[float] = field(default_factory=list)  # per feature: fraction of rows it fires on
     hook_name_out: str = ""  # where a transcoder writes (what the reconstruction metrics compare)
+    mse: float = float("nan")  # mean over rows of ‖x − x̂‖² (summed over coordinates; y and ŷ for a transcoder)
 
     @property
     def ce_recovered(self) -> float:
@@ -353,7 +354,7 @@ def evaluate_coder(loaded: LoadedModel, coder: SparseAutoencoder, examples: Iter
                       kl=kl / max(count, 1), cosine=cosine / max(rows, 1), l2_ratio=l2_ratio / max(rows, 1),
                       explained_variance_cls=ev_cls, explained_variance_patch=ev_patch,
                       dense=int((fired / max(rows, 1) > DENSE_THRESHOLD).sum()),
-                      density=density, hook_name_out=target if target != source else "")
+                      density=density, hook_name_out=target if target != source else "", mse=error / max(rows, 1))
 
 
 def _cls_mask(loaded: LoadedModel, inputs: dict[str, torch.Tensor], activation: torch.Tensor
@@ -394,6 +395,7 @@ def format_evaluations(evaluations: Sequence[tuple[str, Evaluation]]) -> str:
         ("explained variance", [show(e.explained_variance) for _, e in evaluations]),
         ("explained variance, patch tokens", [show(e.explained_variance_patch) for _, e in evaluations]),
         ("explained variance, CLS token", [show(e.explained_variance_cls) for _, e in evaluations]),
+        ("MSE ‖x − x̂‖² per token", [show(e.mse, 4) for _, e in evaluations]),
         ("cosine(x, x̂)", [show(e.cosine) for _, e in evaluations]),
         ("L2 ratio ‖x̂‖/‖x‖", [show(e.l2_ratio) for _, e in evaluations]),
         ("alive / dead features", [f"{e.alive} / {e.dead}" for _, e in evaluations]),
