@@ -46,6 +46,17 @@ def test_cache_holds_only_what_was_asked_and_the_stream_adds_up(tiny_model, tiny
         torch.testing.assert_close(mlp(cache["blocks.0.ln2.hook_normalized"]), cache["blocks.0.hook_mlp_out"])
 
 
+def test_the_language_blocks_stream_between_the_sublayers_is_what_the_mlps_norm_reads(tiny_model, tiny_trace):
+    """``lm.blocks.L.hook_resid_mid`` is the residual stream in front of the MLP's norm on every family, also
+    where the attention's output has a norm of its own (Gemma-3's sandwich norms)."""
+    asked = ["lm.blocks.0.hook_resid_pre", "lm.blocks.0.hook_resid_mid", "lm.blocks.0.ln2.hook_normalized"]
+    _, cache = run_with_cache(tiny_model, _inputs(tiny_model, tiny_trace), asked, stop_early=False, logits_to_keep=0)
+    norm = hook_points(tiny_model)["lm.blocks.0.hook_resid_mid"].module
+    with torch.no_grad():
+        torch.testing.assert_close(norm(cache["lm.blocks.0.hook_resid_mid"]), cache["lm.blocks.0.ln2.hook_normalized"])
+    assert not torch.equal(cache["lm.blocks.0.hook_resid_mid"], cache["lm.blocks.0.hook_resid_pre"])
+
+
 def test_patch_grids_index_every_patch_once(tiny_model, tiny_trace):
     _, cache = run_with_cache(tiny_model, _inputs(tiny_model, tiny_trace), "blocks.0.hook_resid_post")
     tokens = cache["blocks.0.hook_resid_post"].reshape(-1, cache["blocks.0.hook_resid_post"].shape[-1]).shape[0]

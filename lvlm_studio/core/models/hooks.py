@@ -58,7 +58,11 @@ NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 ATTENTION_FUNCTION = "lvlm_studio_hooked_eager"
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
-_SECOND_NORM_NAMES = ("layer_norm2", "norm2", "post_attention_layernorm", "ln_2", "layernorm_after")
+# The norm in front of the MLP, whose input is the stream between the two sublayers. Gemma-2/3 blocks norm the
+# attention's output too ("sandwich" norms): there ``post_attention_layernorm`` reads the attention's output, not the
+# stream, and ``pre_feedforward_layernorm`` is the one in front of the MLP, so it is looked for first.
+_SECOND_NORM_NAMES = ("pre_feedforward_layernorm", "layer_norm2", "norm2", "post_attention_layernorm", "ln_2",
+                      "layernorm_after")
 
 
 @dataclass(frozen=True)
