@@ -152,3 +152,35 @@ def test_regions_match_the_model_on_a_photo(skeletons, name):
 @pytest.mark.parametrize("name", list(SKELETONS))
 def test_regions_match_the_model_on_wide_and_tall_photos(skeletons, name, size):
     check_regions(skeletons(name), name, size)
+
+
+# -- memory at real shape ------------------------------------------------------------------------
+
+
+def test_capture_keeps_rows_without_eager_weights(skeletons, monkeypatch):
+    """On LLaVA-1.5's 576 image tokens capture runs SDPA and recomputes only the requested rows: the
+    eager fallback (a layer's full weights at a time) is never taken, and the rows are
+    probabilities over the whole sequence."""
+    from lvlm_studio.core.models import capture
+
+    lm = skeletons("llava-1.5-7b-hf")
+    inputs = process(lm.processor, lm.family, photo(PHOTO))
+    length = inputs["input_ids"].shape[1]
+    monkeypatch.setattr(capture, "_eager_capture", lambda *a, **k: pytest.fail("fell back to eager attention"))
+    rows = capture.capture_attention(lm, inputs, [length - 1], range(length))
+    assert rows.shape == (1, 32, 1, length)
+    np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-5)
+
+
+def test_output_attentions_is_estimated_and_refused_when_it_cannot_fit(tmp_path):
+    """LLaVA-NeXT-7B at its largest anyres input (2,928 image tokens plus the prompt) would need
+    32 layers x 32 heads x T^2 float32 weights: about 36 GB. Asking for it on a 16 GiB machine is a
+    clear InputError naming what to do instead, not an out-of-memory death."""
+    from lvlm_studio.core.errors import InputError
+    from lvlm_studio.core.models.capture import full_attention_bytes, require_full_attention_fits
+
+    lm = load_model(build_skeleton("llava-v1.6-mistral-7b-hf", tmp_path / "next"), LoadOptions(device="cpu"))
+    assert full_attention_bytes(lm, 2950) == 32 * 32 * 2950**2 * 4
+    with pytest.raises(InputError, match="capture_attention"):
+        require_full_attention_fits(lm, 2950, available=16 * 2**30)
+    assert require_full_attention_fits(lm, 100, available=16 * 2**30) == 32 * 32 * 100**2 * 4
