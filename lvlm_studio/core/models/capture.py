@@ -96,15 +96,19 @@ def capture_attention_and_key_means(
     return rows, means
 
 
+def _heads(loaded: LoadedModel, modules: list[torch.nn.Module]) -> int:
+    """Query heads of the attention modules that see the image."""
+    config = loaded.model.config
+    text = getattr(config, "text_config", config)
+    return getattr(text, "num_attention_heads", None) or getattr(modules[0], "num_heads", 1)
+
+
 def full_attention_bytes(loaded: LoadedModel, length: int, bytes_per_value: int = 4) -> int:
     """What ``output_attentions=True`` keeps for one sequence of ``length`` tokens: every layer that
     sees the image, every head, length x length weights (x ``bytes_per_value``; eager attention
     returns them in the model's dtype)."""
     modules, _ = image_attention_modules(loaded)
-    config = loaded.model.config
-    text = getattr(config, "text_config", config)
-    heads = getattr(text, "num_attention_heads", None) or getattr(modules[0], "num_heads", 1)
-    return len(modules) * heads * length * length * bytes_per_value
+    return len(modules) * _heads(loaded, modules) * length * length * bytes_per_value
 
 
 def require_full_attention_fits(loaded: LoadedModel, length: int, available: int, bytes_per_value: int = 4) -> int:
@@ -121,13 +125,14 @@ def require_full_attention_fits(loaded: LoadedModel, length: int, available: int
 
 
 class _Plan:
-    """What one attention module must keep: the rows of ``queries`` at ``keys``, and optionally the
-    mean attention each key receives."""
+    """What one attention module must keep: the rows of ``queries`` at ``keys`` (written into
+    ``rows[index]``, so no per-layer copies are stacked afterwards), and optionally the mean
+    attention each key receives (``received[index]``)."""
 
     def __init__(self, index: int, queries: torch.Tensor, keys: torch.Tensor, causal: bool, key_means: bool,
-                 kept: list, received: list) -> None:
+                 rows: np.ndarray, received: list, done: list) -> None:
         self.index, self.queries, self.keys, self.causal, self.key_means = index, queries, keys, causal, key_means
-        self.kept, self.received = kept, received
+        self.rows, self.received, self.done = rows, received, done
 
 
 def _probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor,
@@ -159,7 +164,8 @@ def _rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         device = query.device
         rows = _probabilities(query, key, attention_mask, plan.queries.to(device), scale, plan.causal)
-        plan.kept[plan.index] = rows.index_select(2, plan.keys.to(device)).cpu()
+        plan.rows[plan.index] = rows.index_select(2, plan.keys.to(device)).cpu().numpy()
+        plan.done[plan.index] = True
         if plan.key_means:
             length, key_index = key.shape[2], plan.keys.to(device)
             totals = torch.zeros(query.shape[1], len(key_index), device=device)
@@ -201,9 +207,12 @@ def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) ->
     keys = torch.as_tensor(list(key_positions), dtype=torch.long)
     modules, causal = image_attention_modules(loaded)
     if _row_capture_applies(loaded):
-        kept: list = [None] * len(modules)
+        heads = _heads(loaded, modules)
+        rows = np.zeros((len(modules), heads, len(queries), len(keys)), dtype=np.float32)
         received: list = [None] * len(modules)
-        plans = {id(m): _Plan(i, queries, keys, causal, key_means, kept, received) for i, m in enumerate(modules)}
+        done = [False] * len(modules)
+        plans = {id(m): _Plan(i, queries, keys, causal, key_means, rows, received, done)
+                 for i, m in enumerate(modules)}
         outer = getattr(_plans, "current", {})
         _plans.current = {**outer, **plans}
         try:
@@ -211,10 +220,8 @@ def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) ->
                 loaded.model(**inputs, use_cache=False, logits_to_keep=1)
         finally:
             _plans.current = outer
-        if all(k is not None for k in kept):
-            rows = torch.stack(kept).numpy()
-            means = torch.stack(received).numpy() if key_means else None
-            return rows, means
+        if all(done):
+            return rows, (torch.stack(received).numpy() if key_means else None)
     return _eager_capture(loaded, inputs, queries, keys, modules, causal, key_means)
 
 
