@@ -17,6 +17,18 @@ Target: capture's extra <= 10 % of output_attentions' extra. Both keep layers x 
 columns floats, so the ratio is about (answer rows x image keys) / (sequence length)^2.
 
     python benchmarks/attention_memory.py
+
+At real shape, ``--skeleton`` runs the same variants on the skeleton of a released checkpoint
+(``lvlm_studio.testing.skeletons``: real depth, heads and image geometry, tiny width) with a square
+photo that fills its largest image layout (LLaVA-NeXT: 576 + 48 x 48 + 48 newlines = 2,928 image
+tokens) and a 20-token answer. output_attentions is first estimated (layers x heads x T^2 x 4
+bytes) and refused, with ``require_full_attention_fits``'s InputError, when the estimate exceeds
+the memory available; capture is then compared with the estimate. Target there: capture <= 1 %.
+``--methods`` adds one process per explanation method (every registered one by default), each
+explaining the first answer token with small sample counts (peak memory depends on batch sizes, not
+counts), under an address-space cap so that a method that cannot fit fails instead of the machine:
+
+    python benchmarks/attention_memory.py --skeleton llava-v1.6-mistral-7b-hf [--methods all] [--layers N]
 """
 
 from __future__ import annotations
@@ -28,7 +40,13 @@ import subprocess
 import sys
 
 TARGET = 0.10
+SKELETON_TARGET = 0.01
 VARIANTS = ("baseline", "capture", "output_attentions")
+ANSWER_AT_SCALE = 20
+# Sample counts for the per-method memory runs: one batch of 4 each (memory follows the batch, not the
+# count: a batch of b perturbed images holds b forwards' activations at once).
+SMALL = {"rise": {"masks": 4, "batch_size": 4}, "occlusion": {"window": 0.5, "stride": 0.5, "batch_size": 4},
+         "igos++": {"iterations": 1, "steps": 1}, "causal": {"samples": 8}}
 IMAGE_SIZE, PATCH = 336, 14  # 24 x 24 image tokens
 ANSWER_TOKENS = 64
 PROMPT_TEXT = (12, 8)  # text tokens before and after the image ("user: <image> describe ... assistant:")
@@ -67,39 +85,237 @@ def build():
     return LoadedModel(model, None, LlavaAdapter(model, None), "benchmark"), inputs, queries, keys
 
 
+def build_skeleton_case(folder: str, answer: int = ANSWER_AT_SCALE, device: str = "cpu", dtype: str | None = None):
+    """The skeleton saved in ``folder`` on a 672 x 672 photo (LLaVA-NeXT's largest square canvas:
+    2,928 image tokens), with a teacher-forced ``answer``-token answer: (loaded, inputs, queries,
+    image keys, trace)."""
+    import numpy as np
+    import torch
+    from demo_setup import quiet_transformers
+    from PIL import Image
+
+    from lvlm_studio.core.models.loading import LoadOptions, load_model
+    from lvlm_studio.core.tracing.trace import generate_trace
+
+    quiet_transformers()
+    loaded = load_model(folder, LoadOptions(device=device, **({"dtype": dtype} if dtype else {})))
+    image = Image.fromarray(np.random.default_rng(0).integers(160, 256, (672, 672, 3), dtype=np.uint8))
+    trace = answered(loaded, generate_trace(loaded, image, "describe the image.", max_new_tokens=1), answer)
+    inputs = trace.teacher_forced_inputs(loaded)
+    length = inputs["input_ids"].shape[1]
+    queries = list(range(length - answer - 1, length - 1))
+    torch.set_num_threads(1)
+    return loaded, inputs, queries, [int(p) for p in trace.image_positions], trace
+
+
+def answered(loaded, trace, answer: int):
+    """``trace`` with an ``answer``-token answer of vocabulary words, teacher-forced (a random model
+    stops when it likes; cost and memory are measured at a fixed answer length)."""
+    import numpy as np
+    from relevancy_cost import with_answer
+
+    words = loaded.processor.tokenizer.convert_tokens_to_ids(["the", "red", "circle", "is", "on", "left", "."])
+    return with_answer(trace, np.resize(np.asarray(words, dtype=np.int64), answer))
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping)."""
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_bytes() -> int:
+    """Resident memory now (/proc/self/statm), which falls again when memory is freed."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+class PeakSampler:
+    """Highest resident memory above the level at entry, sampled every millisecond in a thread
+    (the skeleton runs load, trace and a forward before the measured step, so the process's
+    high-water mark ``ru_maxrss`` is already above what the step needs)."""
+
+    def __enter__(self) -> PeakSampler:
+        import threading
+
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.growth = self.peak - self.start
+
+
 def peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
 
 
-def run_variant(name: str) -> dict[str, int]:
+def run_variant(name: str, folder: str | None = None) -> dict:
+    import time
+
     import torch
 
-    from lvlm_studio.core.models.capture import capture_attention
+    from lvlm_studio.core.errors import InputError
+    from lvlm_studio.core.models.capture import attention_implementation, capture_attention, require_full_attention_fits
 
     torch.set_num_threads(1)
-    loaded, inputs, queries, keys = build()
-    start = peak_bytes()
-    with torch.no_grad():
+    if folder is None:
+        loaded, inputs, queries, keys = build()
+        trace = None
+    else:
+        loaded, inputs, queries, keys, trace = build_skeleton_case(folder)
+    length = inputs["input_ids"].shape[1]
+    start, started = peak_bytes(), time.perf_counter()
+    method = name.startswith("method:")  # methods take their own gradients
+    with torch.set_grad_enabled(method), PeakSampler() as sampled:
         if name == "baseline":
             loaded.model(**inputs, use_cache=False, logits_to_keep=1)
             retained = 0
         elif name == "capture":
             retained = capture_attention(loaded, inputs, queries, keys).nbytes
-        else:
-            out = loaded.model(**inputs, use_cache=False, logits_to_keep=1, output_attentions=True)
-            retained = sum(a.nbytes for a in out.attentions)
-    return {"growth": peak_bytes() - start, "retained": retained, "length": inputs["input_ids"].shape[1]}
+        elif name == "output_attentions":
+            try:
+                estimate = require_full_attention_fits(loaded, length, available_bytes())
+            except InputError as refused:
+                return {"refused": str(refused), "estimate": _estimate(loaded, length), "length": length,
+                        "growth": 0, "retained": 0, "seconds": 0.0}
+            with attention_implementation(loaded.model, "eager"):
+                out = loaded.model(**inputs, use_cache=False, logits_to_keep=1, output_attentions=True)
+            retained = sum(a.nbytes for a in out.attentions if a is not None)
+        else:  # method:<id>
+            retained = _run_method(name.split(":", 1)[1], loaded, trace)
+    growth = peak_bytes() - start if folder is None else sampled.growth  # see PeakSampler
+    return {"growth": growth, "retained": retained, "length": length, "seconds": time.perf_counter() - started,
+            **({"estimate": estimate} if name == "output_attentions" else {})}
 
 
-def measure(name: str) -> dict[str, int]:
+def _estimate(loaded, length: int) -> int:
+    from lvlm_studio.core.models.capture import full_attention_bytes
+
+    return full_attention_bytes(loaded, length)
+
+
+def _run_method(method: str, loaded, trace) -> int:
+    """Explain the first answer token with ``method`` (small sample counts); 0 bytes retained."""
+    from lvlm_studio.core.plugin.jobs import run_job
+    from lvlm_studio.core.plugin.registry import create_registry
+
+    explainer = create_registry().explainer(method)
+    params = explainer.resolve_params(SMALL.get(method, {}))
+    reason = explainer.applies_to(loaded, params)
+    if reason is not None:
+        raise SystemExit(f"n/a: {reason.split(':')[0]}")
+    run_job(explainer.explain(trace, loaded, [0], params))
+    return 0
+
+
+def measure(name: str, folder: str | None = None, cap_bytes: int | None = None) -> dict:
+    """Run one variant in its own process (under an address-space cap, when given)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, __file__, "--variant", name], env=env, capture_output=True, text=True)
+    command = [sys.executable, __file__, "--variant", name] + (["--folder", folder] if folder else [])
+    limit = None
+    if cap_bytes:
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=limit)
     if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        if cap_bytes and ("MemoryError" in done.stderr or "alloc" in done.stderr.lower()):
+            return {"error": f"over the {cap_bytes / 2**30:.0f} GiB cap"}
+        if folder:
+            return {"error": last[:120]}
         raise SystemExit(f"variant {name} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def main_skeleton(name: str, layers: int | None, methods: list[str], cap_gib: float,
+                  methods_only: bool = False) -> int:
+    """Capture against output_attentions (estimated, refused when it cannot fit) at real shape, then
+    each method's peak memory, on the skeleton ``name``."""
+    import tempfile
+    from pathlib import Path
+
+    from demo_setup import quiet_transformers
+
+    from lvlm_studio.testing.skeletons import build_skeleton
+
+    quiet_transformers()
+    mib = 2**20
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = str(build_skeleton(name, Path(scratch) / name, layers=layers))
+        results = {v: measure(v, folder) for v in (VARIANTS if not methods_only else ("baseline",))}
+        base = results["baseline"]
+        if methods_only:
+            return _method_rows(methods, folder, base, cap_gib)
+        capture, full = results["capture"], results["output_attentions"]
+        capture_extra = capture["growth"] - base["growth"]
+        depth = "" if layers is None else f", capped at {layers} layers"
+        print(f"skeleton {name}{depth}: sequence {capture['length']} tokens, {ANSWER_AT_SCALE} answer tokens")
+        print(f"baseline forward (SDPA): peak grew {base['growth'] / mib:8.1f} MiB in {base['seconds']:.1f} s")
+        print(f"capture_attention:       extra peak {capture_extra / mib:8.1f} MiB, retained "
+              f"{capture['retained'] / mib:.2f} MiB, {capture['seconds']:.1f} s")
+        if "refused" in full:
+            full_extra = full["estimate"]
+            print(f"output_attentions:       refused before running: {full['refused']}")
+        else:
+            full_extra = full["growth"] - base["growth"]
+            print(f"output_attentions:       extra peak {full_extra / mib:8.1f} MiB, retained "
+                  f"{full['retained'] / mib:.1f} MiB (estimate {full['estimate'] / mib:.1f} MiB)")
+        ratio = capture_extra / full_extra
+        print(f"ratio capture / output_attentions: {ratio:.4f}   target <= {SKELETON_TARGET}")
+        _method_rows(methods, folder, base, cap_gib)
+    met = ratio <= SKELETON_TARGET
+    print("target met" if met else "TARGET MISSED")
+    return 0 if met else 1
+
+
+def _method_rows(methods: list[str], folder: str, base: dict, cap_gib: float) -> int:
+    """Each method's extra peak memory over a plain forward, one process each, as a Markdown table."""
+    rows = []
+    for method in methods:
+        result = measure(f"method:{method}", folder, cap_bytes=int(cap_gib * 2**30))
+        if "error" in result:
+            rows.append(f"| {method} | | | {result['error']} |")
+        else:
+            extra = max(result["growth"] - base["growth"], 0) / 2**20
+            rows.append(f"| {method} | {extra:.0f} | {result['seconds']:.0f} | ok |")
+    if rows:
+        print()
+        print("| method (first answer token) | extra peak over a forward (MiB) | time (s) | result |")
+        print("|---|---:|---:|---|")
+        print("\n".join(rows))
+    return 0
+
+
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skeleton", help="run at real shape on this skeleton (lvlm_studio.testing.skeletons)")
+    parser.add_argument("--layers", type=int, default=None, help="cap the skeleton's depth (default: the real one)")
+    parser.add_argument("--methods", default="", help="'all' or method ids: each method's peak memory too")
+    parser.add_argument("--cap-gib", type=float, default=12.0, help="address-space cap of each method's process")
+    parser.add_argument("--methods-only", action="store_true", help="skip capture against output_attentions")
+    args = parser.parse_args()
+    if args.skeleton:
+        methods = [m for m in args.methods.split(",") if m]
+        if methods == ["all"]:
+            from lvlm_studio.core.plugin.registry import create_registry
+
+            methods = list(create_registry().explainers())
+        return main_skeleton(args.skeleton, args.layers, methods, args.cap_gib, args.methods_only)
     results = {name: measure(name) for name in VARIANTS}
     base = results["baseline"]["growth"]
     capture_extra = results["capture"]["growth"] - base
@@ -121,7 +337,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--variant":
-        print(json.dumps(run_variant(sys.argv[2])))
+    if len(sys.argv) >= 3 and sys.argv[1] == "--variant":
+        print(json.dumps(run_variant(sys.argv[2], sys.argv[4] if len(sys.argv) == 5 else None)))
     else:
         sys.exit(main())

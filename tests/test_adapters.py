@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import merged_embeddings
+from model_helpers import clip_tile_features, merged_embeddings
 from PIL import Image
 
 from lvlm_studio.core.errors import ModelLoadError, UnsupportedModelError
@@ -49,15 +49,6 @@ def process(lm: LoadedModel, images: list[Image.Image], prompt: str = "what colo
     messages = [{"role": "user", "content": content}]
     return lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                             return_dict=True, return_tensors="pt")
-
-
-def clip_tile_features(lm: LoadedModel, tiles: torch.Tensor) -> torch.Tensor:
-    """Projected CLIP features of each tile, CLS dropped ("default" strategy): [N, g*g, D]."""
-    config = lm.model.config
-    assert config.vision_feature_select_strategy == "default"
-    with torch.no_grad():
-        hidden = lm.adapter.vision_tower()(tiles, output_hidden_states=True).hidden_states
-        return lm.adapter.projector()(hidden[config.vision_feature_layer][:, 1:])
 
 
 # -- the contract, for every family and image shape ------------------------------------------

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_helpers import merged_embeddings
+from model_helpers import merged_embeddings, stitched, view_features
 from PIL import Image
 
 from lvlm_studio.core.errors import InputError
@@ -51,29 +51,6 @@ def process(lm: LoadedModel, images: list, **kwargs) -> dict:
     text = lm.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True) \
         if lm.processor.chat_template else "<image>" * count + "what color is the circle?"
     return lm.processor(images=images, text=[text], return_tensors="pt", **kwargs)
-
-
-def view_features(lm: LoadedModel, inputs: dict) -> list[torch.Tensor]:
-    """The model's own image features, one [tokens, D] tensor per view (tile, crop, thumbnail)."""
-    family = lm.family
-    model = lm.model.model
-    with torch.no_grad():
-        if family in ("qwen2_5_vl", "qwen3_vl"):
-            return list(model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output)
-        if family in ("idefics3", "smolvlm"):
-            flat = model.get_image_features(inputs["pixel_values"], inputs["pixel_attention_mask"]).pooler_output[0]
-            views = inputs["pixel_values"].shape[1]
-            return list(flat.reshape(views, -1, flat.shape[-1]))
-        if family == "internvl":
-            return list(model.get_image_features(inputs["pixel_values"]).pooler_output)
-        return list(model.get_image_features(inputs["pixel_values"]).pooler_output)
-
-
-def stitched(views: list[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
-    """Tiles' features (row-major tiles, each s x s row-major) as one (rows*s) x (cols*s) map, flattened."""
-    side = math.isqrt(views[0].shape[0])
-    grid = torch.stack(views).reshape(rows, cols, side, side, -1).permute(0, 2, 1, 3, 4)
-    return grid.reshape(rows * side * cols * side, -1)
 
 
 # -- every family: regions are image tokens, grids fit, nothing counted twice -----------------

@@ -19,6 +19,7 @@ plugin at start-up, when nothing heavy should load.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,21 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0, llm_layers: int |
         _set_decoder_layers(config.get_text_config(), llm_layers)
     torch.manual_seed(seed)
     model = _model_class(family)(config)
-    if family == "mllama":  # its cross-attention gates start at 0 (tanh 0 = 0): the image would not count
+    return save_checkpoint(family, model, processor, folder)
+
+
+def save_checkpoint(family: str, model: Any, processor: Any, folder: Path) -> Path:
+    """Save ``model`` and ``processor`` of ``family`` in ``folder`` as a released checkpoint is laid out.
+
+    Mllama's cross-attention gates start at 0 (tanh 0 = 0: the image would not count), so they are
+    opened to 0.5 first; the stock processor classes are written for families built without their
+    video half. Shared by the tiny models and the skeletons of released checkpoints.
+    """
+    import torch
+
+    from lvlm_studio.testing import tiny_families
+
+    if family == "mllama":
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
@@ -179,6 +194,13 @@ def _build_qwen2_vl() -> Any:
     )
 
 
+def _plain(value: Any) -> Any:
+    """A setting as JSON can hold it (image processors keep sizes in dict-like ``SizeDict`` objects)."""
+    if dataclasses.is_dataclass(value):
+        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+    return value
+
+
 def _save_qwen2_vl_processor(processor: Any, folder: Path) -> None:
     """Save as a stock ``Qwen2VLProcessor`` with a video processor entry, so that where
     torchvision is installed transformers loads the folder exactly like a released checkpoint."""
@@ -186,7 +208,10 @@ def _save_qwen2_vl_processor(processor: Any, folder: Path) -> None:
     path = folder / "processor_config.json"
     saved = json.loads(path.read_text())
     saved["processor_class"] = "Qwen2VLProcessor"
-    saved["video_processor"] = {"video_processor_type": "Qwen2VLVideoProcessor", **qwen_image_settings()}
+    image = processor.image_processor
+    settings = {key: _plain(getattr(image, key)) for key in ("size", "patch_size", "merge_size", "temporal_patch_size",
+                                                     "image_mean", "image_std")}
+    saved["video_processor"] = {"video_processor_type": "Qwen2VLVideoProcessor", **settings}
     path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 

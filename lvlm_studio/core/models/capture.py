@@ -1,19 +1,34 @@
 """Capture internals during a teacher-forced pass, reduced while the model runs.
 
 Attention weights for a whole model are layers x heads x T x T; on a real LVLM with thousands of
-image tokens that does not fit in memory. The hooks here keep only the rows and columns a method
-asks for, one layer at a time, so peak memory is one layer's weights plus the reduced result.
+image tokens that does not fit in memory (``full_attention_bytes``: 36 GB in float32 for
+LLaVA-NeXT-7B at 2,950 tokens). Capture never builds them: the model runs its memory-efficient
+attention (SDPA) through an attention function registered here, which, in the layers that see the
+image, recomputes softmax(q k^T) for the requested query rows only (and, for key means, for blocks
+of ``KEY_MEAN_BLOCK`` query rows at a time), so peak memory is heads x rows x T per layer plus the
+reduced result. Models whose attention cannot go through that function (logit soft-capping, or no
+attention interface) fall back to eager attention, sliced in a forward hook one layer at a time.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 
+from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.models.loading import LoadedModel
+
+#: The attention implementation capture registers with transformers (SDPA plus the captured rows).
+ROWS_IMPLEMENTATION = "lvlm_studio_rows"
+#: Query rows per block when every query's attention is summed for key means.
+KEY_MEAN_BLOCK = 128
+_plans = threading.local()  # the capture in progress in this thread: {id(module): _Plan}
 
 
 @contextmanager
@@ -81,11 +96,138 @@ def capture_attention_and_key_means(
     return rows, means
 
 
+def _heads(loaded: LoadedModel, modules: list[torch.nn.Module]) -> int:
+    """Query heads of the attention modules that see the image."""
+    config = loaded.model.config
+    text = getattr(config, "text_config", config)
+    return getattr(text, "num_attention_heads", None) or getattr(modules[0], "num_heads", 1)
+
+
+def full_attention_bytes(loaded: LoadedModel, length: int, bytes_per_value: int = 4) -> int:
+    """What ``output_attentions=True`` keeps for one sequence of ``length`` tokens: every layer that
+    sees the image, every head, length x length weights (x ``bytes_per_value``; eager attention
+    returns them in the model's dtype)."""
+    modules, _ = image_attention_modules(loaded)
+    return len(modules) * _heads(loaded, modules) * length * length * bytes_per_value
+
+
+def require_full_attention_fits(loaded: LoadedModel, length: int, available: int, bytes_per_value: int = 4) -> int:
+    """Refuse, with what to do instead, a pass that would return the full attention tensor when it
+    cannot fit in ``available`` bytes. Returns the estimate when it fits."""
+    needed = full_attention_bytes(loaded, length, bytes_per_value)
+    if needed > available:
+        raise InputError(
+            f"output_attentions for {length} tokens would hold {needed / 2**30:.1f} GiB of attention weights "
+            f"(layers x heads x {length}^2 x {bytes_per_value} bytes), more than the {available / 2**30:.1f} GiB "
+            "available; capture the rows you need with capture_attention instead, or shorten the input"
+        )
+    return needed
+
+
+class _Plan:
+    """What one attention module must keep: the rows of ``queries`` at ``keys`` (written into
+    ``rows[index]``, so no per-layer copies are stacked afterwards), and optionally the mean
+    attention each key receives (``received[index]``)."""
+
+    def __init__(self, index: int, queries: torch.Tensor, keys: torch.Tensor, causal: bool, key_means: bool,
+                 rows: np.ndarray, received: list, done: list) -> None:
+        self.index, self.queries, self.keys, self.causal, self.key_means = index, queries, keys, causal, key_means
+        self.rows, self.received, self.done = rows, received, done
+
+
+def _probabilities(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor,
+                   scaling: float, causal: bool) -> torch.Tensor:
+    """softmax(q k^T * scaling + mask) for query ``rows`` of the first sequence: [heads, rows, keys]
+    in float32, as eager attention computes it (key/value heads shared by groups of query heads)."""
+    groups = query.shape[1] // key.shape[1]
+    k = key[0].repeat_interleave(groups, dim=0) if groups > 1 else key[0]
+    scores = torch.matmul(query[0].index_select(1, rows).float(), k.float().transpose(-1, -2)) * scaling
+    length = k.shape[1]
+    lowest = torch.finfo(scores.dtype).min
+    if mask is not None:
+        part = mask[0].index_select(-2, rows)[..., :length]
+        scores = scores.masked_fill(~part, lowest) if part.dtype == torch.bool else scores + part.float()
+    elif causal and query.shape[2] > 1:
+        offset = length - query.shape[2]
+        allowed = torch.arange(length, device=rows.device)[None, :] <= rows[:, None] + offset
+        scores = scores.masked_fill(~allowed, lowest)
+    return torch.softmax(scores, dim=-1)
+
+
+def _rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs: Any) -> Any:
+    """SDPA's output; in the modules of the capture in progress, also the requested rows (and key means)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plan = getattr(_plans, "current", {}).get(id(module))
+    if plan is not None:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        device = query.device
+        rows = _probabilities(query, key, attention_mask, plan.queries.to(device), scale, plan.causal)
+        plan.rows[plan.index] = rows.index_select(2, plan.keys.to(device)).cpu().numpy()
+        plan.done[plan.index] = True
+        if plan.key_means:
+            length, key_index = key.shape[2], plan.keys.to(device)
+            totals = torch.zeros(query.shape[1], len(key_index), device=device)
+            for start in range(0, query.shape[2], KEY_MEAN_BLOCK):
+                block = torch.arange(start, min(start + KEY_MEAN_BLOCK, query.shape[2]), device=device)
+                weights = _probabilities(query, key, attention_mask, block, scale, plan.causal)
+                totals += weights.index_select(2, key_index).sum(dim=1)
+            seen_by = (length - key_index).clamp(min=1) if plan.causal else torch.full_like(key_index, query.shape[2])
+            plan.received[plan.index] = (totals / seen_by).cpu()
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+@functools.cache
+def _rows_implementation() -> str | None:
+    """Register the row-capturing attention (and SDPA's masks under its name); None if this
+    transformers cannot take a registered attention function."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:
+        return None
+    AttentionInterface.register(ROWS_IMPLEMENTATION, _rows_attention)
+    AttentionMaskInterface.register(ROWS_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    return ROWS_IMPLEMENTATION
+
+
+def _row_capture_applies(loaded: LoadedModel) -> bool:
+    config = loaded.model.config
+    text = getattr(config, "text_config", config)
+    if getattr(text, "attn_logit_softcapping", None) or getattr(loaded.model, "_supports_attention_backend",
+                                                                True) is False:
+        return False
+    return _rows_implementation() is not None
+
+
 @torch.no_grad()
 def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) -> tuple[np.ndarray, np.ndarray | None]:
     queries = torch.as_tensor(list(query_positions), dtype=torch.long)
     keys = torch.as_tensor(list(key_positions), dtype=torch.long)
     modules, causal = image_attention_modules(loaded)
+    if _row_capture_applies(loaded):
+        heads = _heads(loaded, modules)
+        rows = np.zeros((len(modules), heads, len(queries), len(keys)), dtype=np.float32)
+        received: list = [None] * len(modules)
+        done = [False] * len(modules)
+        plans = {id(m): _Plan(i, queries, keys, causal, key_means, rows, received, done)
+                 for i, m in enumerate(modules)}
+        outer = getattr(_plans, "current", {})
+        _plans.current = {**outer, **plans}
+        try:
+            with attention_implementation(loaded.model, ROWS_IMPLEMENTATION):
+                loaded.model(**inputs, use_cache=False, logits_to_keep=1)
+        finally:
+            _plans.current = outer
+        if all(done):
+            return rows, (torch.stack(received).numpy() if key_means else None)
+    return _eager_capture(loaded, inputs, queries, keys, modules, causal, key_means)
+
+
+@torch.no_grad()
+def _eager_capture(loaded, inputs, queries, keys, modules, causal, key_means):
+    """The fallback: eager attention, each layer's full weights sliced in a forward hook."""
     kept: list[torch.Tensor | None] = [None] * len(modules)
     received: list[torch.Tensor | None] = [None] * len(modules)
 
