@@ -6,7 +6,7 @@ regions must hold exactly the model's own features of the views they claim (the 
 families pass, ``model_helpers.assert_regions_match_model``). Counts need only the processor; the
 region check builds each skeleton one layer deep (geometry does not depend on depth). Four layouts
 run on a 640 x 480 photo with the suite (about 50 s in all); the other skeletons, and every
-skeleton on 1920 x 1080 and 300 x 1200 photos, are marked slow (about 12 minutes on one core).
+skeleton on 1920 x 1080 and 300 x 1200 photos, are marked slow (32 cases, about 2 minutes on two shared cores).
 Capture's memory at real shape (no eager weights; output_attentions estimated and refused) is
 checked here too; its measurement is ``benchmarks/attention_memory.py --skeleton``.
 """
