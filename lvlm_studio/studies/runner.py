@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -99,10 +99,7 @@ def run_study(study: Study, models: dict[str, Any | Callable[[], Any]], settings
                                                step, total)
             continue
         loaded = None
-        for index, sample in enumerate(samples(settings.dataset, study.demo_tasks)):
-            if study.needs_masks and not sample.masks:
-                raise InputError(f"study {study.id} needs object masks, and sample {sample.key} has none.",
-                                 "Use demo scenes, a manifest with masks or boxes, or a COCO file.")
+        for index, sample in _study_samples(study, settings):
             if (label, sample.key) in done:
                 step += 1
                 continue
@@ -147,6 +144,15 @@ def _rows_of(study: Study, sample: Any, loaded: Any, params: dict[str, Any], con
     return {"rows": jsonable(rows), "seconds": round(time.perf_counter() - started, 3)}
 
 
+def _study_samples(study: Study, settings: StudySettings) -> Iterator[tuple[int, Any]]:
+    """The dataset's samples with their indexes, each checked to carry what the study needs."""
+    for index, sample in enumerate(samples(settings.dataset, study.demo_tasks)):
+        if study.needs_masks and not sample.masks:
+            raise InputError(f"study {study.id} needs object masks, and sample {sample.key} has none.",
+                             "Use demo scenes, a manifest with masks or boxes, or a COCO file.")
+        yield index, sample
+
+
 # -- on Ray replicas ----------------------------------------------------------------------------
 def _run_on_replicas(study: Study, start: Callable[[], Any], label: str, settings: StudySettings,
                      params: dict[str, Any], out: Path, done: set[tuple[str, str]], records: list[dict[str, Any]],
@@ -154,10 +160,7 @@ def _run_on_replicas(study: Study, start: Callable[[], Any], label: str, setting
     """The unfinished samples of model ``label`` on the Ray replicas ``start()`` gives (started only
     when there is something to run); each record appended as it arrives. Returns the step reached."""
     todo = []
-    for index, sample in enumerate(samples(settings.dataset, study.demo_tasks)):
-        if study.needs_masks and not sample.masks:
-            raise InputError(f"study {study.id} needs object masks, and sample {sample.key} has none.",
-                             "Use demo scenes, a manifest with masks or boxes, or a COCO file.")
+    for index, sample in _study_samples(study, settings):
         if (label, sample.key) in done:
             step += 1
         else:

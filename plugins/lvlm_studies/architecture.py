@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvlm_studies.common import answer, by, error_bars, mean_with_interval
+from lvlm_studies.common import MAX_NEW_TOKENS, QUESTIONS, answer, asked, by, error_bars, mean_with_interval
 from lvlm_studio.api import (
     ATTENTION_STATISTICS,
     InputError,
@@ -45,8 +45,8 @@ class ArchitectureScaleStudy(Study):
     demo_tasks = ("colour",)
     min_models = 2
     params = (
-        Param("questions", 1, "questions asked per sample (0: all of them)", minimum=0),
-        Param("max_new_tokens", 16, "longest answer", minimum=1),
+        QUESTIONS,
+        MAX_NEW_TOKENS,
         Param("meta", "", "JSON manifest: model label or folder -> {vision_architecture, llm_size} "
                           "(default: each folder's study_meta.json)"),
     )
@@ -55,7 +55,7 @@ class ArchitectureScaleStudy(Study):
         manifest = read_meta_file(params["meta"]) if params["meta"] else None
         meta = model_meta(model, context.model_label, manifest)
         masks = list(sample.masks.values())
-        questions = sample.questions if params["questions"] == 0 else sample.questions[: params["questions"]]
+        questions = asked(sample, params)
         rows: list[dict[str, Any]] = []
         for number, question in enumerate(questions):
             yield Progress(number, len(questions), f"question {number + 1}")

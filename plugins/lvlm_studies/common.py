@@ -6,7 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studio.api import bootstrap_interval, explain_job, generate_trace, require_applicable
+from lvlm_studio.api import Param, bootstrap_interval, explain_job, generate_trace, require_applicable
+
+#: The parameters most studies share: how many of a sample's questions to ask, and the longest answer.
+QUESTIONS = Param("questions", 1, "questions asked per sample (0: all of them)", minimum=0)
+MAX_NEW_TOKENS = Param("max_new_tokens", 16, "longest answer", minimum=1)
+
+
+def asked(sample: Any, params: dict[str, Any]) -> list[Any]:
+    """The sample's questions that ``params["questions"]`` picks (the first N; 0: all of them)."""
+    return list(sample.questions) if params["questions"] == 0 else list(sample.questions[: params["questions"]])
 
 
 def answer(model: Any, sample: Any, question: Any, max_new_tokens: int) -> Any:

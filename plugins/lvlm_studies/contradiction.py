@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studies.common import answer, by, error_bars, explain, mean_with_interval
+from lvlm_studies.common import MAX_NEW_TOKENS, answer, by, error_bars, explain, mean_with_interval
 from lvlm_studio.api import Param, Progress, Study, StudyFigure, StudyReport, StudyTable, modality_influence
 
 YES, NO = ("yes", "true", "yeah", "correct"), ("no", "false", "nope", "incorrect")
@@ -82,7 +82,7 @@ class ContradictionStudy(Study):
     demo_tasks = ("exist-pair",)
     params = (
         Param("method", "relevancy", "explainer for the answers' modality influence ('' for none: faster)"),
-        Param("max_new_tokens", 16, "longest answer", minimum=1),
+        MAX_NEW_TOKENS,
     )
 
     def run_sample(self, sample, model, params, context):

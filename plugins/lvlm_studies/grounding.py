@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studies.common import answer, by, explain, mean_with_interval
+from lvlm_studies.common import MAX_NEW_TOKENS, answer, by, explain, mean_with_interval
 from lvlm_studio.api import Param, Progress, Study, StudyFigure, StudyReport, StudyTable, peak_on, to_pixels
 
 CLASSES = ("correct and grounded", "correct, grounded elsewhere", "wrong")
@@ -61,7 +61,7 @@ class GroundingStudy(Study):
     params = (
         Param("methods", "relevancy,raw_attention", "comma-separated explanation methods"),
         Param("tolerance", 0.5, "grid cells by which each mask is grown (the pointing zone)", minimum=0.0),
-        Param("max_new_tokens", 16, "longest answer", minimum=1),
+        MAX_NEW_TOKENS,
     )
 
     def run_sample(self, sample, model, params, context):

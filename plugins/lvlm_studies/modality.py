@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studies.common import answer, by, error_bars, explain, mean_with_interval
+from lvlm_studies.common import MAX_NEW_TOKENS, QUESTIONS, answer, asked, by, error_bars, explain, mean_with_interval
 from lvlm_studio.api import Param, Progress, Study, StudyFigure, StudyReport, StudyTable, modality_influence
 
 
@@ -28,12 +28,12 @@ class ModalityInfluenceStudy(Study):
     demo_tasks = ("colour",)
     params = (
         Param("method", "relevancy", "explainer that records relevance over the text too (relevancy)"),
-        Param("questions", 1, "questions asked per sample (0: all of them)", minimum=0),
-        Param("max_new_tokens", 16, "longest answer", minimum=1),
+        QUESTIONS,
+        MAX_NEW_TOKENS,
     )
 
     def run_sample(self, sample, model, params, context):
-        questions = sample.questions if params["questions"] == 0 else sample.questions[: params["questions"]]
+        questions = asked(sample, params)
         tokenizer = model.processor.tokenizer
         rows: list[dict[str, Any]] = []
         for number, question in enumerate(questions):

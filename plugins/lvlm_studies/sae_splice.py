@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lvlm_studies.common import by, error_bars
+from lvlm_studies.common import QUESTIONS, asked, by, error_bars
 from lvlm_studio.api import (
     Param,
     Progress,
@@ -35,7 +35,7 @@ class SaeSpliceStudy(Study):
     demo_tasks = ("colour",)
     params = (
         Param("sae", "", "folder of the sparse autoencoder (default: the demo model's shipped vision SAE)"),
-        Param("questions", 1, "questions per sample (0: all of them)", minimum=0),
+        QUESTIONS,
         Param("reference", True, "score the dataset's answer when it has one (else the model's own)"),
     )
 
@@ -49,7 +49,7 @@ class SaeSpliceStudy(Study):
 
     def run_sample(self, sample, model, params, context):
         coder = self._coder(params["sae"])
-        questions = sample.questions if params["questions"] == 0 else sample.questions[: params["questions"]]
+        questions = asked(sample, params)
         examples = [(sample.image, q.text, q.answer if params["reference"] else None) for q in questions]
         yield Progress(0, len(examples), "splice")
         losses = yield from splice_losses(model, coder, examples, len(examples))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lvlm_studies.common import answer, by, mean_with_interval
+from lvlm_studies.common import MAX_NEW_TOKENS, QUESTIONS, answer, asked, by, mean_with_interval
 from lvlm_studio.api import (
     Param,
     Progress,
@@ -43,12 +43,12 @@ class VisionEntryStudy(Study):
     demo_tasks = ("colour",)
     params = (
         Param("window", 1, "layers knocked out together (a sliding window)", minimum=1),
-        Param("questions", 1, "questions asked per sample (0: all of them)", minimum=0),
-        Param("max_new_tokens", 16, "longest answer", minimum=1),
+        QUESTIONS,
+        MAX_NEW_TOKENS,
     )
 
     def run_sample(self, sample, model, params, context):
-        questions = sample.questions if params["questions"] == 0 else sample.questions[: params["questions"]]
+        questions = asked(sample, params)
         rows: list[dict[str, Any]] = []
         for number, question in enumerate(questions):
             yield Progress(number, len(questions), f"question {number + 1}")
