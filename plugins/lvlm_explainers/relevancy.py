@@ -71,9 +71,9 @@ class RowRelevancy:
     """Rows of R = (I + A_bar_L) ... (I + A_bar_1), folded in layer by layer during backward.
 
     ``hook(layer)`` is a forward hook for layer ``layer``'s attention module: it keeps the weights
-    and registers a gradient hook on them. ``backward(score, leaf, rows)`` then runs one backward
-    from ``score`` and returns ``rows`` [batch, k, T] multiplied through every layer whose
-    gradient it met.
+    and registers a gradient hook on them. ``backward(score, rows)`` then runs one backward from
+    ``score`` down to the first layer's weights and returns ``rows`` [batch, k, T] multiplied
+    through every layer whose gradient it met.
 
     Layers listed in ``cross`` are cross-attention layers (queries: the sequence, keys: the image's
     vision tokens; Mllama). They do not mix the sequence's rows; each adds what it reads from the
@@ -90,6 +90,7 @@ class RowRelevancy:
         self.image: torch.Tensor | None = None  # relevance to the vision tokens (cross layers only)
         self.cross = cross
         self.previous_layer: int | None = None
+        self.first: torch.Tensor | None = None  # the weights of the first layer hooked, with their graph
 
     def hook(self, layer: int) -> Callable:
         def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
@@ -97,6 +98,8 @@ class RowRelevancy:
             if weights is None:
                 raise RuntimeError("the attention module returned no weights; is the implementation eager?")
             self.weights[layer] = weights.detach()
+            if layer == min(self.weights):
+                self.first = weights
             weights.register_hook(lambda grad: self._fold(layer, grad))
 
         return keep
@@ -105,17 +108,26 @@ class RowRelevancy:
         if self.previous_layer is not None and layer >= self.previous_layer:
             raise RuntimeError(f"the gradient of layer {layer} arrived after layer {self.previous_layer}'s")
         self.previous_layer = layer
-        a_bar = (grad.float() * self.weights[layer].float()).clamp(min=0).mean(dim=1)  # [batch, T, T or K]
-        rows = self.rows.to(a_bar.device)  # layers may sit on different devices
+        rows = self.rows.to(grad.device)  # layers may sit on different devices
+        # Only the rows of A_bar_l where the row vector is non-zero add anything: one row for the
+        # last layer (v = e_q), none after q in the others (causal). Build A_bar over that span only.
+        live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
+        if len(live) == 0:
+            return
+        span = slice(int(live[0]), int(live[-1]) + 1)
+        a_bar = (grad[..., span, :].float() * self.weights[layer][..., span, :].float()).clamp_(min=0).mean(dim=1)
+        read = rows[..., span] @ a_bar  # [batch, k, T or K]
         if layer in self.cross:
-            read = rows @ a_bar
             self.image = read if self.image is None else self.image.to(read.device) + read
         else:
-            self.rows = rows + rows @ a_bar
+            self.rows = rows + read
 
-    def backward(self, score: torch.Tensor, leaf: torch.Tensor, rows: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+    def backward(self, score: torch.Tensor, rows: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+        """Backpropagate ``score`` down to the first layer's attention weights and no further: every
+        layer's weights lie on that path, and what lies below (that layer's queries and keys, the
+        embeddings) has no attention to fold in."""
         self.rows, self.previous_layer, self.image = rows, None, None
-        torch.autograd.grad(score, leaf, retain_graph=keep_graph)
+        torch.autograd.grad(score, self.first, retain_graph=keep_graph, allow_unused=True)
         return self.rows
 
 
@@ -184,7 +196,7 @@ class Relevancy(Explainer):
         for i, (target, query) in enumerate(zip(targets, queries)):
             yield Progress(i + 1, len(targets) + 1, f"backward pass for token {target}")
             start = one_hot_rows(batch, length, 0 if vision else query, leaf.device)
-            rows = relevancy.backward(scores[i], leaf, start, keep_graph=i + 1 < len(targets))
+            rows = relevancy.backward(scores[i], start, keep_graph=i + 1 < len(targets))
             if outside is not None:
                 text_rows[target] = rows[0, 0, torch.as_tensor(outside)].detach().double().cpu().numpy()
             if crossing:  # the region positions index the vision tokens, the cross-attention's keys
