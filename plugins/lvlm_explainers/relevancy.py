@@ -19,6 +19,9 @@ How it is computed here:
   backward pass produces dA_l. A tensor hook on each layer's weights folds A_bar_l into v as soon
   as its gradient exists and drops it: O(T^2) time and memory per layer, never all layers'
   gradients at once and no T x T x T products. The result equals the full-matrix recursion.
+  A_bar_l is built only over the rows where v is non-zero (one row in the last layer, where v is
+  still e_q), and each backward stops at the first layer's attention weights: below them (that
+  layer's queries and keys, the embeddings) there is nothing left to fold in.
 * Gradients go through ``torch.autograd.grad``; the parameters' ``.grad`` are never touched.
 
 ``side="vision"`` applies the same rule to the vision encoder's self-attention, over the layers
