@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from lvlm_studio.core.models.loading import LoadedModel
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch computes with one thread inside, and with as many as before afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def merged_embeddings(lm: LoadedModel, inputs: dict) -> torch.Tensor:

@@ -8,6 +8,7 @@ A local Ray with 2 CPU workers is started by the test itself; skipped where Ray 
 import json
 
 import pytest
+from model_helpers import one_torch_thread
 
 from lvlm_studio.benchmark.runner import RESULTS, BenchmarkSettings, read_results, run_benchmark
 from lvlm_studio.cli import main
@@ -37,12 +38,8 @@ def without_timing(record):
 def one_thread():
     """This process computes with one thread, as each CPU replica does (Ray gives it OMP_NUM_THREADS=1):
     float32 sums taken in another order (other thread counts) differ in their last digits."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

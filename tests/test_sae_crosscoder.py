@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import one_torch_thread
 
 from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.sae.crosscoder import classify, crosscoder_report, format_report, relative_norms
@@ -27,10 +28,8 @@ TWIN = Path(__file__).resolve().parents[1] / "resources" / "demo-model-shortcut"
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def twin_data(n: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import one_torch_thread
 
 from lvlm_studio.core.plugin.jobs import run_job
 from lvlm_studio.sae.objectives import aux_k_loss, coefficient_at, geometric_median, lr_at
@@ -23,10 +24,8 @@ D, PLANTED, PER_TOKEN = 16, 32, 4
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny matrices: one thread is ~40x faster than several on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def planted(n: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
