@@ -77,6 +77,22 @@ def capture_attention(
     return rows
 
 
+def capture_self_attention(
+    loaded: LoadedModel,
+    inputs: dict[str, torch.Tensor],
+    query_positions: Sequence[int],
+    key_positions: Sequence[int],
+) -> np.ndarray:
+    """Like ``capture_attention``, but over the decoder's self-attention (``adapter.attention_modules``)
+    whatever way the image enters: attention between positions of the sequence, for views of how
+    text tokens attend to text (on Mllama, where ``capture_attention`` reads the cross-attention).
+
+    Returns a float32 array [layers, heads, queries, keys]."""
+    modules = (loaded.adapter.attention_modules(), True)
+    rows, _ = _capture(loaded, inputs, query_positions, key_positions, key_means=False, chosen=modules)
+    return rows
+
+
 def capture_attention_and_key_means(
     loaded: LoadedModel,
     inputs: dict[str, torch.Tensor],
@@ -202,10 +218,12 @@ def _row_capture_applies(loaded: LoadedModel) -> bool:
 
 
 @torch.no_grad()
-def _capture(loaded, inputs, query_positions, key_positions, key_means: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _capture(loaded, inputs, query_positions, key_positions, key_means: bool,
+             chosen: tuple[list[torch.nn.Module], bool] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows of ``chosen`` (modules, causal), by default ``image_attention_modules``."""
     queries = torch.as_tensor(list(query_positions), dtype=torch.long)
     keys = torch.as_tensor(list(key_positions), dtype=torch.long)
-    modules, causal = image_attention_modules(loaded)
+    modules, causal = chosen if chosen is not None else image_attention_modules(loaded)
     if _row_capture_applies(loaded):
         heads = _heads(loaded, modules)
         rows = np.zeros((len(modules), heads, len(queries), len(keys)), dtype=np.float32)
