@@ -25,8 +25,12 @@ What is here, by purpose:
   over prompt + answer), ``capture_attention`` (attention of chosen query positions over chosen key
   positions, one pass), ``split_by_region`` (values over the image positions, cut into each
   region's grid), ``attention_implementation`` (eager attention for a block), ``log_probability``,
-  ``hook_points``/``hooks``/``run_with_cache`` (named points inside the model). Answer token ``t``
-  was predicted at position ``trace.answer_position(t) - 1``: that is the query to read.
+  ``hook_points``/``hooks``/``run_with_cache`` (named points inside the model);
+  ``capture_self_attention`` (the decoder's self-attention, also where the image enters by
+  cross-attention). The attention views: ``head_gallery``/``render_gallery`` (every head's map of a
+  token over a layer range), ``patch_text_attention`` (text tokens' attention to chosen image patches,
+  ``patches_in_box``), ``question_answer_attention`` (answer tokens x question words; ``token_words``).
+  Answer token ``t`` was predicted at position ``trace.answer_position(t) - 1``: that is the query to read.
 - **Altered images**: ``blend`` and ``blurred_baseline`` make them, ``score_images`` scores them in
   batches, ``pixels_to_grids`` and ``to_pixels`` move maps between pixels and grids;
   ``pixel_layout`` and ``answer_logprobs_with_grad`` give differentiable pixel masks.
@@ -82,6 +86,7 @@ from lvlm_studio.core.models.capture import (
     attention_implementation,
     capture_attention,
     capture_attention_and_key_means,
+    capture_self_attention,
     split_by_region,
 )
 from lvlm_studio.core.models.hooks import HookPoint, hook_points, hooks, run_with_cache
@@ -120,6 +125,20 @@ from lvlm_studio.core.plugin.jobs import collect as collect_job
 from lvlm_studio.core.plugin.registry import create_registry
 from lvlm_studio.core.tracing.attention_stats import STATISTICS as ATTENTION_STATISTICS
 from lvlm_studio.core.tracing.attention_stats import AttentionStats, pattern_stats, trace_stats
+from lvlm_studio.core.tracing.attention_views import (
+    HeadGallery,
+    PatchTextAttention,
+    QuestionAnswerAttention,
+    TokenWord,
+    gallery_cell_at,
+    head_gallery,
+    parse_indices,
+    patch_text_attention,
+    patches_in_box,
+    question_answer_attention,
+    render_gallery,
+    token_words,
+)
 from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
 from lvlm_studio.core.tracing.scores import log_odds, log_probability
@@ -182,6 +201,7 @@ __all__ = [
     # attention, gradients, hook points
     "capture_attention",
     "capture_attention_and_key_means",
+    "capture_self_attention",
     "split_by_region",
     "attention_implementation",
     "forward_inputs",
@@ -192,6 +212,19 @@ __all__ = [
     "hook_points",
     "hooks",
     "run_with_cache",
+    # attention views: per head over layers, image patches -> text, question -> answer (words)
+    "HeadGallery",
+    "head_gallery",
+    "render_gallery",
+    "gallery_cell_at",
+    "PatchTextAttention",
+    "patch_text_attention",
+    "patches_in_box",
+    "QuestionAnswerAttention",
+    "question_answer_attention",
+    "TokenWord",
+    "token_words",
+    "parse_indices",
     # altered images
     "blend",
     "blurred_baseline",

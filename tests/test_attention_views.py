@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,25 @@ def test_tiny_families_match_the_full_attention(family, tmp_path_factory):
     texts = run_job(patch_text_attention(trace, model))
     assert texts.weights.shape[2:] == (len(texts.queries), len(trace.image_positions))
     assert np.isfinite(texts.scores([0])).all()
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "shapes.png"
+
+
+def test_the_command_writes_each_view(tmp_path):
+    import csv
+
+    from lvlm_studio.cli import EXIT_INPUT, main
+
+    question = ["--image", str(SAMPLE), "--prompt", "what color is the circle?", "--device", "cpu"]
+    assert main(["attention", "gallery", *question, "--token", "1", "--layers", "0-1", "--cell", "32",
+                 "--out", str(tmp_path / "heads.png")]) == 0
+    assert Image.open(tmp_path / "heads.png").size[1] > 2 * 32
+    assert main(["attention", "patch-text", *question, "--box", "0,0,30,30", "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["kind"] for r in rows][-1] == "answer" and all(0 <= float(r["attention"]) <= 1 for r in rows)
+    assert main(["attention", "question-answer", *question, "--words", "--out", str(tmp_path / "qa.npz")]) == 0
+    saved = np.load(tmp_path / "qa.npz")
+    assert saved["matrix"].shape == (len(saved["answer"]), len(saved["question"]))
+    assert main(["attention", "question-answer", *question, "--out", str(tmp_path / "qa.txt")]) == EXIT_INPUT
+    assert main(["attention", "patch-text", *question, "--out", str(tmp_path / "p2.csv")]) == EXIT_INPUT

@@ -59,7 +59,7 @@ def parse_indices(text: str | Sequence[int] | None, count: int, what: str) -> li
                 items.append(int(piece))
         except ValueError:
             raise InputError(f"{what}s {text!r} is not a list of numbers.",
-                             f"Write them like 0,2 or 1-3 or -1 (the last), or all.") from None
+                             "Write them like 0,2 or 1-3 or -1 (the last), or all.") from None
     chosen = []
     for index in items:
         resolved = index + count if index < 0 else index
@@ -153,6 +153,10 @@ def head_gallery(heads: HeadAttention, trace: Trace, token: int, layers: str | S
     return HeadGallery(token, chosen, split_by_region(values, trace.regions), (0.0, high if high > 0 else 1.0))
 
 
+#: Room for the labels at the gallery picture's left and top, and the space between cells (pixels).
+GALLERY_MARGIN, GALLERY_GAP = 28, 2
+
+
 def scaled_regions(regions: Sequence[ImageRegion], scale: float) -> list[ImageRegion]:
     """The regions with their boxes scaled, to draw maps on a resized copy of the image."""
     return [dataclasses.replace(r, box=tuple(v * scale for v in r.box)) for r in regions]
@@ -161,20 +165,23 @@ def scaled_regions(regions: Sequence[ImageRegion], scale: float) -> list[ImageRe
 def render_gallery(gallery: HeadGallery, trace: Trace, colormap: str = "inferno", cell: int = 96,
                    opacity: float = 0.6) -> Image.Image:
     """The gallery as one picture: a row per layer, a column per head, each cell the image with that
-    head's map on the shared scale, labelled "L<layer>" at the left and "H<head>" on top."""
+    head's map on the shared scale, labelled "L<layer>" at the left and "H<head>" on top, and under
+    them a colour bar of the shared scale."""
     from PIL import Image, ImageDraw
 
     from lvlm_studio.core.plugin.explanation import overlay, to_pixels
 
-    width, height = trace.image.size
-    scale = cell / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size, scale = _cell_size(trace, cell)
     small = trace.image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     regions = scaled_regions(trace.regions, scale)
-    margin, gap = 28, 2
+    margin, gap = GALLERY_MARGIN, GALLERY_GAP
     rows, cols = len(gallery.layers), gallery.heads
-    sheet = Image.new("RGB", (margin + cols * (size[0] + gap), margin + rows * (size[1] + gap)), (30, 30, 30))
+    footer = 34
+    sheet_width = max(margin + cols * (size[0] + gap), 260)
+    sheet = Image.new("RGB", (sheet_width, margin + rows * (size[1] + gap) + footer), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
+    _colour_bar(sheet, draw, (margin, sheet.size[1] - footer + 6), sheet_width - margin - 8, colormap,
+                gallery.levels)
     for head in range(cols):
         draw.text((margin + head * (size[0] + gap) + 2, 8), f"H{head}", fill=(230, 230, 230))
     for row, layer in enumerate(gallery.layers):
@@ -185,6 +192,37 @@ def render_gallery(gallery: HeadGallery, trace: Trace, colormap: str = "inferno"
             tile = overlay(small, pixels, colormap, opacity, levels=gallery.levels)
             sheet.paste(tile, (margin + head * (size[0] + gap), top))
     return sheet
+
+
+def gallery_cell_at(gallery: HeadGallery, trace: Trace, cell: int, x: float, y: float) -> tuple[int, int] | None:
+    """(layer, head) of the cell under pixel (x, y) of ``render_gallery``'s picture, or None."""
+    (width, height), _ = _cell_size(trace, cell)
+    column = (x - GALLERY_MARGIN) // (width + GALLERY_GAP)
+    row = (y - GALLERY_MARGIN) // (height + GALLERY_GAP)
+    if x < GALLERY_MARGIN or y < GALLERY_MARGIN or not (0 <= row < len(gallery.layers) and 0 <= column < gallery.heads):
+        return None
+    return gallery.layers[int(row)], int(column)
+
+
+def _cell_size(trace: Trace, cell: int) -> tuple[tuple[int, int], float]:
+    """The size of one gallery cell (the image's aspect, the longer side ``cell``) and its scale."""
+    width, height = trace.image.size
+    scale = cell / max(width, height)
+    return (max(1, round(width * scale)), max(1, round(height * scale))), scale
+
+
+def _colour_bar(sheet: Image.Image, draw: Any, corner: tuple[int, int], width: int, colormap: str,
+                levels: tuple[float, float]) -> None:
+    """A horizontal colour bar with its two ends written under it: the attention weight scale."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    ramp = (np.asarray(colormaps[colormap](np.linspace(0, 1, max(width, 2)))[:, :3]) * 255).astype(np.uint8)
+    sheet.paste(Image.fromarray(np.repeat(ramp[None], 10, axis=0), "RGB"), corner)
+    x, y = corner
+    draw.text((x, y + 12), f"{levels[0]:.2g}", fill=(230, 230, 230))
+    draw.text((x + width // 2 - 40, y + 12), "attention weight", fill=(230, 230, 230))
+    draw.text((x + width - 30, y + 12), f"{levels[1]:.2g}", fill=(230, 230, 230))
 
 
 # -- 2. patch -> text ----------------------------------------------------------------------------
