@@ -126,6 +126,8 @@ from lvlm_studio.core.plugin.registry import create_registry
 from lvlm_studio.core.tracing.attention_stats import STATISTICS as ATTENTION_STATISTICS
 from lvlm_studio.core.tracing.attention_stats import AttentionStats, pattern_stats, trace_stats
 from lvlm_studio.core.tracing.attention_views import (
+    GALLERY_GAP,
+    GALLERY_MARGIN,
     HeadGallery,
     PatchTextAttention,
     QuestionAnswerAttention,
@@ -217,6 +219,8 @@ __all__ = [
     "head_gallery",
     "render_gallery",
     "gallery_cell_at",
+    "GALLERY_MARGIN",
+    "GALLERY_GAP",
     "PatchTextAttention",
     "patch_text_attention",
     "patches_in_box",

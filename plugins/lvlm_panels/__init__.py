@@ -17,4 +17,10 @@ def lvlm_studio_panels() -> list:
         PanelSpec("heads", "Attention grid", "lvlm_panels.heads:AttentionGridPanel", "bottom"),
         PanelSpec("compare", "Compare methods", "lvlm_panels.compare:ComparePanel", "left"),
         PanelSpec("metrics", "Metrics", "lvlm_panels.metrics:MetricsPanel", "bottom"),
+        PanelSpec("head_gallery", "Attention maps per head", "lvlm_panels.attention_views:HeadGalleryPanel",
+                  "bottom"),
+        PanelSpec("patch_text", "Patch \u2192 text attention", "lvlm_panels.attention_views:PatchTextPanel",
+                  "bottom"),
+        PanelSpec("question_answer", "Question \u2192 answer attention",
+                  "lvlm_panels.attention_views:QuestionAnswerPanel", "bottom"),
     ]

@@ -267,10 +267,10 @@ def patch_text_attention(trace: Trace, loaded: LoadedModel | None) -> Job[PatchT
     queries = prompt + [trace.answer_position(t) - 1 for t in answers]
     first_image = int(np.min(trace.image_positions)) if len(trace.image_positions) else 0
     sees = np.array([(not in_sequence) or q >= first_image for q in queries], dtype=bool)
-    yield Progress(0, 1, "attention of the text to the image")
+    yield Progress(0, 1, "attention pass")
     inputs = trace.teacher_forced_inputs(loaded, upto=max(queries) + 1)
     weights = capture_attention(loaded, inputs, queries, trace.image_positions)
-    yield Progress(1, 1, "attention of the text to the image")
+    yield Progress(1, 1, "attention pass")
     labels = [trace.token_strings[p] if p < len(trace.token_strings) else str(int(trace.input_ids[p])) for p in prompt]
     labels += list(trace.answer_tokens)
     return PatchTextAttention(weights, labels, ["prompt"] * len(prompt) + ["answer"] * len(answers), queries, sees)
@@ -340,10 +340,10 @@ def question_answer_attention(trace: Trace, loaded: LoadedModel | None) -> Job[Q
         raise InputError("the question's tokens could not be found in the model's input.",
                          "This happens when the chat template rewrites the prompt; try another prompt.")
     queries = [trace.answer_position(t) - 1 for t in range(len(trace.answer_ids))]
-    yield Progress(0, 1, "attention of the answer to the question")
+    yield Progress(0, 1, "attention pass")
     inputs = trace.teacher_forced_inputs(loaded, upto=max(queries) + 1)
     weights = capture_self_attention(loaded, inputs, queries, prompt)
-    yield Progress(1, 1, "attention of the answer to the question")
+    yield Progress(1, 1, "attention pass")
     prompt_ids = [int(trace.input_ids[p]) for p in prompt]
     return QuestionAnswerAttention(
         weights, prompt, [trace.token_strings[p] for p in prompt], list(trace.answer_tokens),
