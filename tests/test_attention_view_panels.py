@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
-from gui_helpers import JOB_TIMEOUT_MS, ask, wait_idle
-from PySide6.QtCore import QPoint, Qt
+from gui_helpers import JOB_TIMEOUT_MS
+from PySide6.QtCore import QPoint, QPointF, Qt
 
 from lvlm_studio.core.tracing.attention_views import GALLERY_GAP, GALLERY_MARGIN, head_gallery
 
@@ -30,9 +30,11 @@ def registry():
 def window(make_window, registry, qtbot):
     window = make_window(registry)
     window.resize(1400, 900)
-    ask(qtbot, window)
+    assert window.ask() is not None
+    # A busy machine can take over a minute for the answer: wait longer than ``ask`` does.
+    qtbot.waitUntil(lambda: window.state.trace is not None and not window.runner.busy, timeout=5 * JOB_TIMEOUT_MS)
     window.state.select(1)
-    wait_idle(qtbot, window)
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=5 * JOB_TIMEOUT_MS)
     return window
 
 
@@ -79,6 +81,10 @@ def test_patch_text_colours_the_tokens_that_attend_to_the_selection(qtbot, windo
     np.testing.assert_allclose(panel.scores, panel.data.scores(panel.patches, "-1"))
     panel.select_patches([])
     assert panel.scores is None and panel.selection_item.path().isEmpty()
+    # A click on the image selects the patch under it (here the first row's second cell).
+    point = panel.image_item.mapToScene(QPointF(width / 8 * 1.5, height / 8 * 0.5))
+    qtbot.mouseClick(panel.graphics.viewport(), Qt.MouseButton.LeftButton, pos=panel.graphics.mapFromScene(point))
+    assert panel.patches == [1]
     assert dialogs == []
 
 
