@@ -4,6 +4,7 @@
     lvlm-studio --screenshot FILE.png               open the app, ask, save the window, quit (a check)
     lvlm-studio ask --image IMG --prompt TEXT       answer, with per-token probabilities
     lvlm-studio explain --method ID --image IMG --prompt TEXT --out DIR
+    lvlm-studio view influence|causal-graph|lens --image IMG --prompt TEXT --out FILE.json   a view's numbers
     lvlm-studio plugins                             list plugins, methods and their status
     lvlm-studio plugins --check [NAME]              run plugins' methods and metrics on every family, check results
     lvlm-studio new-plugin NAME [--panel]           write a ready plugin package (method, metric, tests, CI)
@@ -28,7 +29,20 @@ import logging
 import sys
 from typing import NoReturn
 
-from lvlm_studio.cli import audit, benchmark, demo, dicom, explain, new_plugin, plugins, report, review, sae, study
+from lvlm_studio.cli import (
+    audit,
+    benchmark,
+    demo,
+    dicom,
+    explain,
+    new_plugin,
+    plugins,
+    report,
+    review,
+    sae,
+    study,
+    views,
+)
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
 from lvlm_studio.core.io.files import check_output_file
@@ -69,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=cmd_gui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # the order of `lvlm-studio -h`
-    for group in (explain, plugins, new_plugin, sae, demo, benchmark, study, report, review, audit, dicom):
+    for group in (explain, views, plugins, new_plugin, sae, demo, benchmark, study, report, review, audit, dicom):
         group.add_parsers(sub)
     return parser
 

@@ -17,4 +17,7 @@ def lvlm_studio_panels() -> list:
         PanelSpec("heads", "Attention grid", "lvlm_panels.heads:AttentionGridPanel", "bottom"),
         PanelSpec("compare", "Compare methods", "lvlm_panels.compare:ComparePanel", "left"),
         PanelSpec("metrics", "Metrics", "lvlm_panels.metrics:MetricsPanel", "bottom"),
+        PanelSpec("influence", "Text vs image influence", "lvlm_panels.influence:InfluencePanel", "bottom"),
+        PanelSpec("causal_graph", "Causal graph", "lvlm_panels.causal_graph:CausalGraphPanel", "bottom"),
+        PanelSpec("lens", "Logit lens", "lvlm_panels.lens:LogitLensPanel", "bottom"),
     ]
