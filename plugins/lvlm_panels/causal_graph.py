@@ -31,19 +31,21 @@ class CausalGraphPanel(QWidget):
         self.context = context
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
-        self.graph_plot = self.graphics.addPlot(row=0, col=0, title="causal graph (union over heads)")
+        self.graph_plot = self.graphics.addPlot(row=0, col=0)
         self.graph_plot.setAspectLocked(True)
         self.graph_plot.hideAxis("left")
         self.graph_plot.hideAxis("bottom")
         self.graph_plot.setMenuEnabled(False)
-        self.check_plot = self.graphics.addPlot(row=0, col=1, title="validation: drop in log-odds")
+        self.check_plot = self.graphics.addPlot(row=0, col=1)
         self.check_plot.setMenuEnabled(False)
         self.check_plot.setMouseEnabled(x=False, y=False)
         self.check_plot.hideButtons()
-        self.check_plot.setLabel("left", "drop in log-odds when blurred", color=FOREGROUND)
-        self.check_plot.getAxis("bottom").setTicks([[(0, "random subsets"), (1, "chosen subset")], []])
-        for plot in (self.graph_plot, self.check_plot):
-            plot.titleLabel.setAttr("color", FOREGROUND)
+        self.check_plot.setLabel("left", "drop in log-odds, subset blurred", color=FOREGROUND)
+        self.check_plot.getAxis("left").enableAutoSIPrefix(False)
+        self.check_plot.getAxis("bottom").setTicks([[(0, "random"), (1, "chosen")], []])
+        for plot, title in ((self.graph_plot, "causal graph (union over heads)"),
+                            (self.check_plot, "validation")):
+            plot.setTitle(title, color=FOREGROUND)
             for axis in ("left", "bottom"):
                 plot.getAxis(axis).setTextPen(FOREGROUND)
         self.graphics.ci.layout.setColumnStretchFactor(0, 3)

@@ -30,17 +30,17 @@ class InfluencePanel(QWidget):
         self.words_box.toggled.connect(lambda _: self.redraw())
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
-        self.tokens_plot = self._plot(0, "share of relevance", "answer token")
-        self.tokens_plot.setYRange(0, 1, padding=0.02)
-        self.words_plot = self._plot(1, "share of relevance", "prompt word")
-        self.legend = self.tokens_plot.addLegend(offset=(-4, 4), labelTextColor=FOREGROUND)
+        self.tokens_plot = self._plot(0, "% of relevance", "answer token")
+        self.tokens_plot.setYRange(0, 130, padding=0)  # room above the bars for the legend
+        self.tokens_plot.getAxis("left").setTicks([[(v, str(v)) for v in (0, 50, 100)], []])
+        self.words_plot = self._plot(1, "% of relevance", "prompt word (selected token)")
+        self.legend = self.tokens_plot.addLegend(offset=(-4, 1), labelTextColor=FOREGROUND, colCount=2)
         self.image_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=IMAGE_COLOUR, name="image")
         self.text_bars = pg.BarGraphItem(x=[], height=[], y0=[], width=0.7, brush=TEXT_COLOUR, name="prompt text")
-        self.chosen = pg.BarGraphItem(x=[], height=[], width=0.8, brush=None, pen=pg.mkPen("#f28b82", width=2))
+        self.chosen = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(0, 0, 0, 0),
+                                     pen=pg.mkPen("#f28b82", width=2))  # outlines the selected token
         for item in (self.image_bars, self.text_bars, self.chosen):
-            self.tokens_plot.addItem(item)
-        self.legend.addItem(self.image_bars, "image")
-        self.legend.addItem(self.text_bars, "prompt text")
+            self.tokens_plot.addItem(item)  # the named bars go into the legend
         self.word_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=TEXT_COLOUR)
         self.words_plot.addItem(self.word_bars)
         self.tokens_plot.scene().sigMouseClicked.connect(self._on_click)
@@ -66,6 +66,7 @@ class InfluencePanel(QWidget):
         plot.setLabel("bottom", bottom, color=FOREGROUND)
         for axis in ("left", "bottom"):
             plot.getAxis(axis).setTextPen(FOREGROUND)
+        plot.getAxis("left").enableAutoSIPrefix(False)
         return plot
 
     def _on_change(self, name: str) -> None:
@@ -114,18 +115,18 @@ class InfluencePanel(QWidget):
             self._caption(None)
             return
         x = np.arange(len(shares.labels))
-        image = np.nan_to_num(shares.image)
+        image = 100 * np.nan_to_num(shares.image)  # drawn in percent
         self.image_bars.setOpts(x=x, height=image)
-        self.text_bars.setOpts(x=x, y0=image, height=np.nan_to_num(shares.text))
+        self.text_bars.setOpts(x=x, y0=image, height=100 * np.nan_to_num(shares.text))
         self.tokens_plot.getAxis("bottom").setTicks([[(i, label) for i, label in enumerate(shares.labels)], []])
         self.tokens_plot.setXRange(-0.6, len(x) - 0.4, padding=0)
         row = self.selected_row()
-        self.chosen.setOpts(x=[] if row is None else [row], height=[] if row is None else [1.0])
-        values = np.nan_to_num(shares.word_shares[row]) if row is not None else np.zeros(len(shares.words))
+        self.chosen.setOpts(x=[] if row is None else [row], height=[] if row is None else [100.0])
+        values = 100 * (np.nan_to_num(shares.word_shares[row]) if row is not None else np.zeros(len(shares.words)))
         self.word_bars.setOpts(x=np.arange(len(shares.words)), height=values)
         self.words_plot.getAxis("bottom").setTicks([[(i, w) for i, w in enumerate(shares.words)], []])
         self.words_plot.setXRange(-0.6, max(len(shares.words), 1) - 0.4, padding=0)
-        self.words_plot.setYRange(0, max(float(values.max(initial=0.0)), 0.05) * 1.1, padding=0)
+        self.words_plot.setYRange(0, max(float(values.max(initial=0.0)), 5.0) * 1.1, padding=0)
         self._caption(row)
 
     def _caption(self, row: int | None) -> None:

@@ -67,12 +67,12 @@ class LogitLensPanel(QWidget):
                                     symbolBrush="#e8a33c")
         self.table = QTableWidget()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         splitter = QSplitter()
         splitter.addWidget(self.graphics)
         splitter.addWidget(self.table)
-        splitter.setStretchFactor(0, 2)
-        splitter.setStretchFactor(1, 3)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 2)
         self.caption = QLabel()
         self.caption.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -180,17 +180,18 @@ class LogitLensPanel(QWidget):
         k = found.top_ids.shape[1]
         self.table.setRowCount(layers)
         self.table.setColumnCount(k + 1)
-        self.table.setHorizontalHeaderLabels(["p(answer) / rank", *[f"#{i + 1}" for i in range(k)]])
+        self.table.setHorizontalHeaderLabels(["answer: p, rank", *[f"#{i + 1}" for i in range(k)]])
         self.table.setVerticalHeaderLabels([f"layer {layer}" for layer in range(layers)])
         bold = QFont()
         bold.setBold(True)
         for layer in range(layers):
-            item = QTableWidgetItem(f"{found.token_prob[layer]:.3f} / {found.token_rank[layer]}")
+            item = QTableWidgetItem(f"{found.token_prob[layer]:.3f}, #{found.token_rank[layer] + 1}")
             item.setBackground(_shade(found.token_prob[layer]))
             self.table.setItem(layer, 0, item)
             for i in range(k):
                 text, prob = found.top_tokens[layer][i], found.top_probs[layer, i]
-                item = QTableWidgetItem(f"{text.strip() or repr(text)}  {prob:.2f}")
+                item = QTableWidgetItem(f"{(text.strip() or repr(text))[:12]} {prob:.2f}")
+                item.setToolTip(f"{text!r}: p = {prob:.4f}")
                 item.setBackground(_shade(prob))
                 if int(found.top_ids[layer, i]) == found.token_id:
                     item.setFont(bold)
@@ -211,10 +212,12 @@ class LogitLensPanel(QWidget):
         else:
             where = f"image token {key[2]} {self._patch_name()}" if key[2] is not None else \
                 f"the query that predicts \u201c{token}\u201d"
-            on_top = np.flatnonzero(found.token_rank == 0)
+            below = np.flatnonzero(found.token_rank != 0)
+            stays = 0 if not len(below) else int(below[-1]) + 1  # on top from this layer to the last
             text = (f"Lens at {where}: p(\u201c{token}\u201d) after the last layer {found.token_prob[-1]:.3f}"
-                    + (f", top token from layer {int(on_top[0])}" if len(on_top) else ", never the top token")
-                    + ". The answer token is in bold.")
+                    + (f"; the top token from layer {stays} on" if stays < len(found.token_rank)
+                       else "; not the top token after the last layer")
+                    + ". The answer token is in bold; # is the rank (1 = top).")
         self.caption.setText(text)
 
 
