@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from lvlm_studio.api import InfluenceShares, LVLMError, influence_shares
 from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext
@@ -31,16 +31,15 @@ class InfluencePanel(QWidget):
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
         self.tokens_plot = self._plot(0, "% of relevance", "answer token")
-        self.tokens_plot.setYRange(0, 130, padding=0)  # room above the bars for the legend
+        self.tokens_plot.setYRange(0, 100, padding=0.02)
         self.tokens_plot.getAxis("left").setTicks([[(v, str(v)) for v in (0, 50, 100)], []])
         self.words_plot = self._plot(1, "% of relevance", "prompt word (selected token)")
-        self.legend = self.tokens_plot.addLegend(offset=(-4, 1), labelTextColor=FOREGROUND, colCount=2)
-        self.image_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=IMAGE_COLOUR, name="image")
-        self.text_bars = pg.BarGraphItem(x=[], height=[], y0=[], width=0.7, brush=TEXT_COLOUR, name="prompt text")
+        self.image_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=IMAGE_COLOUR)
+        self.text_bars = pg.BarGraphItem(x=[], height=[], y0=[], width=0.7, brush=TEXT_COLOUR)
         self.chosen = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(0, 0, 0, 0),
                                      pen=pg.mkPen("#f28b82", width=2))  # outlines the selected token
         for item in (self.image_bars, self.text_bars, self.chosen):
-            self.tokens_plot.addItem(item)  # the named bars go into the legend
+            self.tokens_plot.addItem(item)
         self.word_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=TEXT_COLOUR)
         self.words_plot.addItem(self.word_bars)
         self.tokens_plot.scene().sigMouseClicked.connect(self._on_click)
@@ -48,7 +47,13 @@ class InfluencePanel(QWidget):
         self.caption.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.words_box)
+        key = QLabel(f'<span style="color:{IMAGE_COLOUR}">\u25a0</span> image &nbsp; '
+                     f'<span style="color:{TEXT_COLOUR}">\u25a0</span> prompt text')
+        top = QHBoxLayout()
+        top.addWidget(self.words_box)
+        top.addStretch(1)
+        top.addWidget(key)
+        layout.addLayout(top)
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.caption)
         self.shares: InfluenceShares | None = None
