@@ -30,10 +30,10 @@ class InfluencePanel(QWidget):
         self.words_box.toggled.connect(lambda _: self.redraw())
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
-        self.tokens_plot = self._plot(0, "% of relevance", "answer token")
+        self.tokens_plot = self._plot(0, "%", "answer token: image vs prompt text")
         self.tokens_plot.setYRange(0, 100, padding=0.02)
         self.tokens_plot.getAxis("left").setTicks([[(v, str(v)) for v in (0, 50, 100)], []])
-        self.words_plot = self._plot(1, "% of relevance", "prompt word (selected token)")
+        self.words_plot = self._plot(1, "%", "prompt word: share of the selected token")
         self.image_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=IMAGE_COLOUR)
         self.text_bars = pg.BarGraphItem(x=[], height=[], y0=[], width=0.7, brush=TEXT_COLOUR)
         self.chosen = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(0, 0, 0, 0),
