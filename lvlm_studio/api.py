@@ -45,7 +45,10 @@ What is here, by purpose:
   a map's maximum lies in); ``trace_stats`` (attention-pattern statistics), ``factor_anova`` (a
   fitted model of a statistic on factors, with p-values and partial eta squared), ``model_meta``
   (a model's vision architecture and LLM size); ``logit_lens`` and ``attention_knockout`` (when
-  vision enters); ``splice_losses`` and ``splice_summary`` (an SAE spliced in).
+  vision enters); for the views: ``influence_shares`` (the image's and each prompt word's share of
+  an answer token's relevance), ``causal_graph`` (a causal subset's graph and validation),
+  ``lens_at`` (the logit lens's top tokens per layer at one position); ``splice_losses`` and
+  ``splice_summary`` (an SAE spliced in).
 - **Errors**: ``InputError`` (bad input: a message and a hint saying what to do), ``PluginError``,
   ``Cancelled`` and the rest of ``LVLMError``'s kinds.
 """
@@ -68,13 +71,16 @@ from lvlm_studio.core.metrics.agreement import (
     flatten,
     rank_correlation,
 )
+from lvlm_studio.core.metrics.causal_graph import CausalGraph, causal_graph
 from lvlm_studio.core.metrics.effects import FactorEffect, factor_anova
 from lvlm_studio.core.metrics.faithfulness import DEFAULT_STEPS, combined_map, deletion_insertion
 from lvlm_studio.core.metrics.intervals import bootstrap_interval
 from lvlm_studio.core.metrics.masks import ObjectMasks, fit_mask, token_masks
 from lvlm_studio.core.metrics.modality import (
     TEXT_RELEVANCE,
+    InfluenceShares,
     ModalityInfluence,
+    influence_shares,
     modality_influence,
     prompt_words,
     text_relevance_record,
@@ -145,7 +151,15 @@ from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
 from lvlm_studio.core.tracing.scores import log_odds, log_probability
 from lvlm_studio.core.tracing.trace import Trace, generate_trace
-from lvlm_studio.core.tracing.vision_entry import Knockout, LogitLens, attention_knockout, layer_windows, logit_lens
+from lvlm_studio.core.tracing.vision_entry import (
+    Knockout,
+    LensAt,
+    LogitLens,
+    attention_knockout,
+    layer_windows,
+    lens_at,
+    logit_lens,
+)
 from lvlm_studio.sae.dashboard import (
     PATCH_BOX,
     FeatureDashboard,
@@ -301,6 +315,12 @@ __all__ = [
     "read_meta_file",
     "LogitLens",
     "logit_lens",
+    "LensAt",
+    "lens_at",
+    "InfluenceShares",
+    "influence_shares",
+    "CausalGraph",
+    "causal_graph",
     "Knockout",
     "attention_knockout",
     "layer_windows",

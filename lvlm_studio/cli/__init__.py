@@ -6,6 +6,7 @@
     lvlm-studio explain --method ID --image IMG --prompt TEXT --out DIR
     lvlm-studio attention gallery|patch-text|question-answer --image IMG --prompt TEXT --out FILE
                                                     attention views: per head, patches -> text, question -> answer
+    lvlm-studio view influence|causal-graph|lens --image IMG --prompt TEXT --out FILE.json   a view's numbers
     lvlm-studio plugins                             list plugins, methods and their status
     lvlm-studio plugins --check [NAME]              run plugins' methods and metrics on every family, check results
     lvlm-studio new-plugin NAME [--panel]           write a ready plugin package (method, metric, tests, CI)
@@ -43,6 +44,7 @@ from lvlm_studio.cli import (
     review,
     sae,
     study,
+    views,
 )
 from lvlm_studio.cli.common import EXIT_BUG, EXIT_CANCELLED, EXIT_INPUT
 from lvlm_studio.core.errors import Cancelled, InputError, LVLMError
@@ -84,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=cmd_gui)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # the order of `lvlm-studio -h`
-    for group in (explain, attention, plugins, new_plugin, sae, demo, benchmark, study, report, review, audit,
-                  dicom):
+    for group in (explain, attention, views, plugins, new_plugin, sae, demo, benchmark, study, report, review,
+                  audit, dicom):
         group.add_parsers(sub)
     return parser
 

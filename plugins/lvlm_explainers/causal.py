@@ -30,7 +30,9 @@ the explaining tokens' patches are blurred (the LLR baseline, in original-image 
 drop in the target's probability is set beside the drop from ``random_draws`` random subsets of
 the same size; the outcome ("beats", "ties" within ``TIE_TOLERANCE``, or "loses") compares the
 drops in log-odds (the same order as probability, without float32 saturation) against the
-random subsets' median; a smaller set
+random subsets' median (every draw's drop is kept, ``random_drops`` and ``random_log_odds_drops``,
+and each head's graph as ``nodes`` and ``edge_list``, pairs of positions: the causal graph view
+draws them); a smaller set
 with the same drop is the better explanation. Models whose image enters through cross-attention
 have no image tokens in the sequence to build the graph from.
 """
@@ -251,6 +253,7 @@ class CausalSubset(Explainer):
             weights[int(nodes[j])] = float(sum(1 - fisher_z_pvalue(corr[j, k], samples) for k in edges))
         return {"nodes": [int(n) for n in nodes], "image_nodes": len(image_nodes),
                 "text_nodes": [int(n) for n in text_nodes], "edges": int(adjacency.sum() // 2),
+                "edge_list": [[int(nodes[j]), int(nodes[k])] for j, k in zip(*np.nonzero(np.triu(adjacency)))],
                 "samples": samples, "distances": {int(nodes[j]): near[j] for j in explaining}, "weights": weights}
 
     @staticmethod
@@ -277,6 +280,7 @@ class CausalSubset(Explainer):
         outcome = compare_drops(odds_drops[0], np.median(odds_drops[1:]))
         return {"probability": float(p[0]), "subset_drop": float(drops[0]), "random_drop": float(drops[1:].mean()),
                 "random_drops": [float(d) for d in drops[1:]], "subset_log_odds_drop": float(odds_drops[0]),
+                "random_log_odds_drops": [float(d) for d in odds_drops[1:]],
                 "random_log_odds_drop": float(np.median(odds_drops[1:])), "outcome": outcome,
                 "beats_random": outcome == "beats"}
 

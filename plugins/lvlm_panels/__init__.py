@@ -23,4 +23,7 @@ def lvlm_studio_panels() -> list:
                   "bottom"),
         PanelSpec("question_answer", "Question \u2192 answer attention",
                   "lvlm_panels.attention_views:QuestionAnswerPanel", "bottom"),
+        PanelSpec("influence", "Text vs image influence", "lvlm_panels.influence:InfluencePanel", "bottom"),
+        PanelSpec("causal_graph", "Causal graph", "lvlm_panels.causal_graph:CausalGraphPanel", "bottom"),
+        PanelSpec("lens", "Logit lens", "lvlm_panels.lens:LogitLensPanel", "bottom"),
     ]

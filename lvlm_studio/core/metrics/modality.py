@@ -72,3 +72,59 @@ def prompt_words(trace: Any, tokenizer: Any, image_in_sequence: bool = True) -> 
         return []
     tokens = tokenizer.convert_ids_to_tokens([int(trace.input_ids[p]) for p in positions])
     return [(word.text, [positions[i] for i in word.tokens]) for word in group_words(list(tokens), trace.prompt)]
+
+
+@dataclass
+class InfluenceShares:
+    """Per answer token (or answer word), the image's share of its relevance and each prompt word's
+    share, out of image + prompt text: ``image[i] + word_shares[i].sum() == 1`` wherever the token has
+    any relevance (NaN rows where it has none). ``labels[i]`` names row i (the answer token, or the
+    answer word), ``tokens[i]`` the answer tokens it covers."""
+
+    labels: list[str]
+    tokens: list[list[int]]
+    image: np.ndarray  # [rows]
+    words: list[str]  # prompt words, in prompt order
+    word_shares: np.ndarray  # [rows, words]
+
+    @property
+    def text(self) -> np.ndarray:
+        """[rows] the prompt text's share: the sum of the word shares (1 - image)."""
+        return self.word_shares.sum(axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (NaN as None)."""
+        def number(value: float) -> float | None:
+            return round(float(value), 8) if np.isfinite(value) else None
+
+        return {"prompt_words": list(self.words),
+                "rows": [{"label": label, "tokens": tokens, "image_share": number(self.image[i]),
+                          "text_share": number(self.text[i]),
+                          "word_shares": [number(v) for v in self.word_shares[i]]}
+                         for i, (label, tokens) in enumerate(zip(self.labels, self.tokens))]}
+
+
+def influence_shares(trace: Any, explanation: Any, tokenizer: Any, targets: list[int] | None = None,
+                     answer_words: bool = False) -> InfluenceShares:
+    """The image's and each prompt word's share of the relevance of every answer token in ``targets``
+    (default: every token the explanation holds), from ``modality_influence``. With ``answer_words``,
+    sub-word answer tokens are joined into words (``group_words``) and a word's relevance on the image
+    and on each prompt word is the sum over its tokens before the shares are taken."""
+    targets = sorted(explanation.maps) if targets is None else list(targets)
+    found = {t: modality_influence(trace, explanation, tokenizer, t) for t in targets}
+    words = [w for w, _ in found[targets[0]].words] if targets else []
+    if answer_words:
+        groups = [(word.text, [targets[i] for i in word.tokens])
+                  for word in group_words([trace.answer_tokens[t] for t in targets], trace.answer_text)]
+    else:
+        groups = [(trace.answer_tokens[t].strip(), [t]) for t in targets]
+    image = np.full(len(groups), np.nan)
+    shares = np.full((len(groups), len(words)), np.nan)
+    for row, (_, members) in enumerate(groups):
+        on_image = sum(found[t].image for t in members)
+        on_words = np.sum([[v for _, v in found[t].words] for t in members], axis=0) if words else np.zeros(0)
+        total = on_image + float(np.sum(on_words))
+        if total > 0:
+            image[row] = on_image / total
+            shares[row] = on_words / total
+    return InfluenceShares([label for label, _ in groups], [members for _, members in groups], image, words, shares)

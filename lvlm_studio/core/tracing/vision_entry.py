@@ -89,24 +89,14 @@ def logit_lens(loaded: LoadedModel, trace: Trace) -> LogitLens:
         raise InputError("the answer is empty.", "Ask again; there is no token to look at.")
     queries = [trace.answer_position(t) - 1 for t in range(n)]
     image = trace.image_positions if loaded.adapter.image_entry == "tokens" else np.zeros(0, dtype=np.int64)
-    wanted = torch.as_tensor(np.concatenate([queries, image]).astype(np.int64))
-    layers = len(loaded.adapter.decoder_layers())
-    kept: list[torch.Tensor | None] = [None] * layers
-
-    def keep(activation: torch.Tensor, point: HookPoint) -> None:
-        kept[point.layer] = activation[0].index_select(0, wanted.to(activation.device)).detach()
-
-    inputs = trace.teacher_forced_inputs(loaded, upto=max(queries) + 1)
-    with hooks(loaded, [(f"lm.blocks.{layer}.hook_resid_post", keep) for layer in range(layers)]):
-        loaded.model(**inputs, use_cache=False, logits_to_keep=1)
+    kept = _residuals(loaded, trace, np.concatenate([queries, image]).astype(np.int64), upto=max(queries) + 1)
+    layers = len(kept)
     answer = torch.as_tensor(trace.answer_ids, dtype=torch.long)
     rank = np.zeros((layers, n), dtype=np.int64)
     prob = np.zeros((layers, n))
     image_rank = np.zeros((layers, n if len(image) else 0), dtype=np.int64)
     image_prob = np.zeros_like(image_rank, dtype=np.float64)
     for layer, states in enumerate(kept):
-        if states is None:
-            raise RuntimeError(f"decoder layer {layer} did not run")
         log_probs = _readout(loaded, states[:n])
         chosen = log_probs.gather(1, answer.to(log_probs.device)[:, None])[:, 0]
         rank[layer] = (log_probs > chosen[:, None]).sum(dim=1).cpu().numpy()
@@ -121,6 +111,92 @@ def logit_lens(loaded: LoadedModel, trace: Trace) -> LogitLens:
                     image_rank[layer, t] = min(image_rank[layer, t], rank_here)
                     image_prob[layer, t] = max(image_prob[layer, t], float(column.exp().max()))
     return LogitLens(rank, prob, image_rank, image_prob)
+
+
+def _residuals(loaded: LoadedModel, trace: Trace, positions: np.ndarray, upto: int) -> list[torch.Tensor]:
+    """The residual stream after every decoder layer at sequence ``positions`` ([layers] of
+    [positions, d]), from one teacher-forced pass over the sequence up to ``upto`` (exclusive)."""
+    wanted = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+    layers = len(loaded.adapter.decoder_layers())
+    kept: list[torch.Tensor | None] = [None] * layers
+
+    def keep(activation: torch.Tensor, point: HookPoint) -> None:
+        kept[point.layer] = activation[0].index_select(0, wanted.to(activation.device)).detach()
+
+    inputs = trace.teacher_forced_inputs(loaded, upto=upto)
+    with hooks(loaded, [(f"lm.blocks.{layer}.hook_resid_post", keep) for layer in range(layers)]):
+        loaded.model(**inputs, use_cache=False, logits_to_keep=1)
+    for layer, states in enumerate(kept):
+        if states is None:
+            raise RuntimeError(f"decoder layer {layer} did not run")
+    return kept  # type: ignore[return-value]
+
+
+@dataclass
+class LensAt:
+    """The logit lens at one sequence position, per decoder layer: the ``k`` most likely tokens
+    (``top_ids``, ``top_tokens``, ``top_probs`` [layers, k]) and the probability and rank (0 = top) of
+    one token of interest, ``token_id`` (``token_prob``, ``token_rank`` [layers]). ``position`` is the
+    query that predicts an answer token, or an image token's position."""
+
+    position: int
+    token_id: int
+    top_ids: np.ndarray
+    top_tokens: list[list[str]]
+    top_probs: np.ndarray
+    token_prob: np.ndarray
+    token_rank: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data, one entry per layer."""
+        return {"position": self.position, "token_id": self.token_id,
+                "layers": [{"layer": layer, "token_prob": float(self.token_prob[layer]),
+                            "token_rank": int(self.token_rank[layer]),
+                            "top": [{"token": text, "id": int(i), "prob": float(p)} for text, i, p in
+                                    zip(self.top_tokens[layer], self.top_ids[layer], self.top_probs[layer])]}
+                           for layer in range(len(self.token_prob))]}
+
+
+@torch.no_grad()
+def lens_at(loaded: LoadedModel, trace: Trace, token: int, k: int = 5, patch: int | None = None) -> LensAt:
+    """The logit lens for answer token ``token``: at the query that predicts it (the default), or at
+    image token ``patch`` (an index into ``trace.image_positions``: "what does this patch say"), per
+    layer the top ``k`` decoded tokens and the probability of the answer token. Read out as
+    ``logit_lens`` reads out (at the query, the last layer is the model's own output)."""
+    if not 1 <= k <= 100:
+        raise InputError(f"k = {k} tokens per layer is out of range.", "Choose k from 1 to 100.")
+    query = trace.answer_position(token) - 1
+    position = query
+    if patch is not None:
+        image = trace.image_positions
+        if loaded.adapter.image_entry != "tokens" or not len(image):
+            raise InputError("this model has no image tokens in its sequence to read the lens at.",
+                             "Use the lens at the answer token instead.")
+        if not 0 <= patch < len(image):
+            raise InputError(f"image token {patch} does not exist.", f"Choose one from 0 to {len(image) - 1}.")
+        position = int(image[patch])
+    token_id = int(trace.answer_ids[token])
+    kept = _residuals(loaded, trace, np.array([position]), upto=max(query, position) + 1)
+    tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+    layers = len(kept)
+    top_ids = np.zeros((layers, k), dtype=np.int64)
+    top_probs = np.zeros((layers, k))
+    prob, rank = np.zeros(layers), np.zeros(layers, dtype=np.int64)
+    for layer, states in enumerate(kept):
+        log_probs = _readout(loaded, states)[0]
+        values, ids = log_probs.topk(min(k, log_probs.shape[0]))
+        top_ids[layer, : len(ids)] = ids.cpu().numpy()
+        top_probs[layer, : len(ids)] = values.exp().cpu().numpy()
+        prob[layer] = float(log_probs[token_id].exp())
+        rank[layer] = int((log_probs > log_probs[token_id]).sum())
+    texts = [[_token_text(tokenizer, int(i)) for i in row] for row in top_ids]
+    return LensAt(position, token_id, top_ids, texts, top_probs, prob, rank)
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    """A token as a reader would write it (the trace's answer tokens are written the same way)."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    return text if text.strip() else str(tokenizer.convert_ids_to_tokens(token_id))
 
 
 # -- knockout ---------------------------------------------------------------------------------------
