@@ -43,17 +43,23 @@ import torch
 import torch.nn.functional as F
 
 from lvlm_studio.api import (
+    BASELINES,
     Explainer,
     Explanation,
     InputError,
     Param,
     Progress,
+    baseline_image,
     blend,
     blurred_baseline,
     pixels_to_grids,
     relay,
     score_images,
 )
+
+#: How provenance names each baseline (``baseline_image``).
+BASELINE_NAMES = {"blur": "Gaussian blur (the LLR baseline)", "black": "black", "mean": "the image's mean colour",
+                  "noise": "uniform noise (seed 0)"}
 
 
 def _check(trace, model, targets: list[int], title: str) -> None:
@@ -131,12 +137,14 @@ class Occlusion(Explainer):
         Param("stride", 0.1, "step between placements, as a fraction of the longer side", minimum=0.01,
               maximum=1.0),
         Param("batch_size", 16, "images per forward pass", minimum=1, maximum=1024),
+        Param("baseline", "blur", "what the patch shows instead of the image: blur, black, mean colour or noise",
+              choices=BASELINES),
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         _check(trace, model, targets, self.title)
         image = trace.image.convert("RGB")
-        baseline = blurred_baseline(image)
+        baseline = baseline_image(image, params["baseline"])
         boxes = occlusion_boxes(image.size, params["window"], params["stride"])
         width, height = image.size
         images = [image]
@@ -159,9 +167,9 @@ class Occlusion(Explainer):
                 total[top:bottom, left:right] += drop * weights
             maps[t] = pixels_to_grids(total / scale, trace.regions)
         provenance = _provenance(self.id, model, {
-            "score": "drop of the target's log-odds when the patch is blurred",
+            "score": "drop of the target's log-odds when the patch shows the baseline",
             "placements": len(boxes), "forward_passes": math.ceil(len(images) / params["batch_size"]),
-            "baseline": "Gaussian blur (the LLR baseline)"})
+            "baseline": BASELINE_NAMES[params["baseline"]]})
         return Explanation(self.id, maps, params, provenance)
 
 
