@@ -2,8 +2,9 @@
 
 Both ask only "how likely is the answer if the image looked like this?", answered in batches by
 ``lvlm_studio.core.perturbation.perturb.score_images`` (one forward pass per batch of altered images, one
-progress report per pass). Images are altered in the original image's pixels with the blurred
-baseline of ``lvlm_studio.core.tracing.relevance`` (the same baseline as the LLR rule and iGOS++), so
+progress report per pass). Images are altered in the original image's pixels with a baseline
+picture (``baseline_image``: by default the blur of ``lvlm_studio.core.tracing.relevance``, the same
+baseline as the LLR rule and iGOS++; or black, the mean colour, or noise), so
 the methods hold for every model family; the pixel-space results are averaged onto each region's
 grid (``pixels_to_grids``) like every other map.
 
@@ -51,7 +52,6 @@ from lvlm_studio.api import (
     Progress,
     baseline_image,
     blend,
-    blurred_baseline,
     pixels_to_grids,
     relay,
     score_images,
@@ -183,12 +183,14 @@ class RISE(Explainer):
         Param("keep", 0.5, "probability that a cell shows the image", minimum=0.01, maximum=1.0),
         Param("seed", 0, "seed of the random masks"),
         Param("batch_size", 16, "images per forward pass", minimum=1, maximum=1024),
+        Param("baseline", "blur", "what a masked cell shows instead of the image: blur, black, mean colour or noise",
+              choices=BASELINES),
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         _check(trace, model, targets, self.title)
         image = trace.image.convert("RGB")
-        baseline = blurred_baseline(image)
+        baseline = baseline_image(image, params["baseline"])
         width, height = image.size
         total, batch = params["masks"], params["batch_size"]
         grids, dy, dx = rise_draws(total, params["cells"], params["keep"], image.size,
@@ -214,5 +216,5 @@ class RISE(Explainer):
         maps = {t: pixels_to_grids(saliency[i].reshape(height, width), trace.regions) for i, t in enumerate(targets)}
         provenance = _provenance(self.id, model, {
             "score": "mean probability of the target token when each pixel is shown, minus its mean over all masks",
-            "forward_passes": math.ceil(total / batch), "baseline": "Gaussian blur (the LLR baseline)"})
+            "forward_passes": math.ceil(total / batch), "baseline": BASELINE_NAMES[params["baseline"]]})
         return Explanation(self.id, maps, params, provenance)
