@@ -25,14 +25,15 @@ answers become maps on the model's image grid:
 All arithmetic on attributions is float64: the input rows are float64 leaves (the model still runs
 in its own dtype), so gradients, Captum's sums and the maps are float64. One Captum call per
 target token; progress is reported before each, so a long answer can be cancelled between tokens.
-Stochastic methods draw from a torch generator seeded with ``seed`` (forked, so the caller's
-random state is untouched): the same parameters give the same map.
+Stochastic methods draw from torch's and NumPy's generators seeded with ``seed`` (``seeded``: the
+caller's random states are given back): the same parameters give the same map.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,20 @@ def cells_from_elements(values: np.ndarray, layout: PixelLayout, regions, how: s
     return maps
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the generators Captum draws from (torch's, and NumPy's global one, which GradientShap
+    uses for its points on the path) for one block, and give the caller's states back after it."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
+
 # -- feature masks -----------------------------------------------------------------------------
 
 def superpixel_labels(image, segments: int, compactness: float) -> np.ndarray:
@@ -210,7 +225,6 @@ class _CaptumExplainer(Explainer):
 
     needs = frozenset({"model", "gradients"})
     reduce = "sum"
-    random = True  # whether the method draws random numbers (then seeded)
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         _check(trace, model, targets, self.title)
@@ -223,8 +237,7 @@ class _CaptumExplainer(Explainer):
         maps = {}
         for i, target in enumerate(targets):
             yield Progress(i + 1, len(targets) + 1, f"{self.title} for token {target}")
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(params["seed"])
+            with seeded(params["seed"]):
                 attributions = self.attribute(forward, image, base, i, params, setup)
             values = attributions.detach().double().cpu().numpy()
             maps[target] = cells_from_elements(values, layout, trace.regions, self.reduce)
@@ -262,7 +275,6 @@ class IntegratedGradients(_CaptumExplainer):
     id = "integrated_gradients"
     title = "Integrated Gradients (Captum)"
     captum_name = "IntegratedGradients"
-    random = False
     params = (
         Param("steps", 32, "points on the path from the baseline to the image", minimum=2, maximum=1024),
         *_common_params(16),
