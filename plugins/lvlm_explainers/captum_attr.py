@@ -131,7 +131,7 @@ def seeded(seed: int) -> Iterator[None]:
     state = np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
+        np.random.seed(seed)
         try:
             yield
         finally:
@@ -215,7 +215,8 @@ def _common_params(batch: int) -> tuple[Param, ...]:
     return (
         Param("baseline", "blur", "what stands for the image's absence: blur, black, mean colour or noise",
               choices=BASELINES),
-        Param("seed", 0, "seed of the noise baseline and of the method's random draws"),
+        Param("seed", 0, "seed of the noise baseline and of the method's random draws", minimum=0,
+              maximum=2**32 - 1),
         Param("batch_size", batch, "images per forward pass", minimum=1, maximum=1024),
     )
 
@@ -390,6 +391,9 @@ def _feature_params(samples: int) -> tuple[Param, ...]:
 
 
 class _FeatureMaskExplainer(_CaptumExplainer):
+    """Features switched between the image and the baseline: forward passes only, no gradients."""
+
+    needs = frozenset({"model"})
     reduce = "mean"
 
     def setup(self, trace, layout, params):
@@ -419,17 +423,25 @@ class KernelSHAP(_FeatureMaskExplainer):
 
 
 class LIME(_FeatureMaskExplainer):
-    """LIME (Ribeiro et al. 2016): a sparse linear surrogate (Captum's default, Lasso with alpha
-    0.01) fitted to random feature subsets weighted by their similarity to the image."""
+    """LIME (Ribeiro et al. 2016): a sparse linear surrogate (Captum's Lasso, ``alpha`` 0.01 as
+    Captum's default) fitted to random feature subsets weighted by their similarity to the image
+    (Captum's default kernel). Where the token's log p barely moves, the penalty can zero every
+    feature: a smaller ``alpha`` keeps them."""
 
     id = "lime"
     title = "LIME (Captum)"
     captum_name = "Lime"
-    params = _feature_params(200)
+    params = (
+        Param("alpha", 0.01, "weight of the Lasso's L1 penalty (Captum's default 0.01; smaller keeps more "
+              "features)", minimum=0.0, maximum=1e6),
+        *_feature_params(200),
+    )
 
     def attribute(self, forward, image, base, target, params, setup):
+        from captum._utils.models.linear_model import SkLearnLasso
         from captum.attr import Lime
 
         mask, _ = setup
-        return Lime(forward).attribute(image, baselines=base, target=target, feature_mask=mask.to(image.device),
-                                       n_samples=params["samples"], perturbations_per_eval=params["batch_size"])
+        lime = Lime(forward, interpretable_model=SkLearnLasso(alpha=params["alpha"]))
+        return lime.attribute(image, baselines=base, target=target, feature_mask=mask.to(image.device),
+                              n_samples=params["samples"], perturbations_per_eval=params["batch_size"])
