@@ -225,7 +225,8 @@ class _CaptumExplainer(Explainer):
     """One Captum call per target on ``log_prob_function``; subclasses say which, and how to reduce."""
 
     needs = frozenset({"model", "gradients"})
-    reduce = "sum"
+    reduce = "sum"  # how a cell combines its elements' values: "sum" or "mean"
+    captum_name = ""  # the Captum class, for the provenance
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         _check(trace, model, targets, self.title)
@@ -255,8 +256,6 @@ class _CaptumExplainer(Explainer):
         }
         return Explanation(self.id, maps, params, provenance)
 
-    captum_name = ""
-
     def setup(self, trace, layout: PixelLayout, params: dict[str, Any]) -> Any:
         """Anything computed once per explanation (the feature mask); None by default."""
         return None
@@ -271,7 +270,8 @@ class _CaptumExplainer(Explainer):
 class IntegratedGradients(_CaptumExplainer):
     """Integrated Gradients (Sundararajan et al. 2017): the path integral of the gradient from the
     baseline to the image, times (image - baseline); Captum's Gauss-Legendre rule by default. The
-    cells' values add up to log p(image) - log p(baseline)."""
+    cells' values add up to log p(image) - log p(baseline), up to the rule's error (which is large
+    where log p changes as a near-step along the path, as on the demo model: raise ``steps``)."""
 
     id = "integrated_gradients"
     title = "Integrated Gradients (Captum)"
