@@ -31,9 +31,9 @@ What is here, by purpose:
   token over a layer range), ``patch_text_attention`` (text tokens' attention to chosen image patches,
   ``patches_in_box``), ``question_answer_attention`` (answer tokens x question words; ``token_words``).
   Answer token ``t`` was predicted at position ``trace.answer_position(t) - 1``: that is the query to read.
-- **Altered images**: ``blend`` and ``blurred_baseline`` make them, ``score_images`` scores them in
-  batches, ``pixels_to_grids`` and ``to_pixels`` move maps between pixels and grids;
-  ``pixel_layout`` and ``answer_logprobs_with_grad`` give differentiable pixel masks.
+- **Altered images**: ``blend``, ``blurred_baseline`` and ``baseline_image`` (blur, black, mean or noise: ``BASELINES``)
+  make them, ``score_images`` scores them in batches, ``pixels_to_grids`` and ``to_pixels`` move
+  maps between pixels and grids; ``pixel_layout`` and ``answer_logprobs_with_grad`` give differentiable pixel masks.
 - **Masks and metrics**: ``fit_mask``, ``token_masks``, ``ObjectMasks``; the computations behind
   the built-in metrics (``deletion_insertion``, ``plausibility``, ``agreement``,
   ``model_randomisation``, ``input_independence``).
@@ -99,7 +99,14 @@ from lvlm_studio.core.models.hooks import HookPoint, hook_points, hooks, run_wit
 from lvlm_studio.core.models.inputs import forward_inputs
 from lvlm_studio.core.models.loading import LoadedModel
 from lvlm_studio.core.models.meta import META_FILE, model_meta, read_meta_file
-from lvlm_studio.core.perturbation.perturb import DEFAULT_BATCH_SIZE, blend, pixels_to_grids, score_images
+from lvlm_studio.core.perturbation.perturb import (
+    BASELINES,
+    DEFAULT_BATCH_SIZE,
+    baseline_image,
+    blend,
+    pixels_to_grids,
+    score_images,
+)
 from lvlm_studio.core.perturbation.pixel_masks import PixelLayout, answer_logprobs_with_grad, pixel_layout
 from lvlm_studio.core.plugin import hookspecs
 from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter
@@ -245,6 +252,8 @@ __all__ = [
     "parse_indices",
     # altered images
     "blend",
+    "BASELINES",
+    "baseline_image",
     "blurred_baseline",
     "score_images",
     "pixels_to_grids",

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from lvlm_explainers.captum_attr import (
+    LIME,
+    GradientSHAP,
+    IntegratedGradients,
+    KernelSHAP,
+    SmoothGrad,
+    VarGrad,
+)
 from lvlm_explainers.causal import CausalSubset
 from lvlm_explainers.gradients import GradCAM, GradientTimesInput
 from lvlm_explainers.igos import IGOSPlusPlus
@@ -16,4 +24,5 @@ from lvlm_studio.api import hookimpl
 @hookimpl
 def lvlm_studio_explainers() -> list:
     return [RawAttention(), AttentionRollout(), Relevancy(), GradientTimesInput(), GradCAM(), TokenActivationMap(),
-            IGOSPlusPlus(), CausalSubset(), Occlusion(), RISE()]
+            IGOSPlusPlus(), CausalSubset(), Occlusion(), RISE(), IntegratedGradients(), GradientSHAP(), SmoothGrad(),
+            VarGrad(), KernelSHAP(), LIME()]

@@ -2,8 +2,9 @@
 
 Both ask only "how likely is the answer if the image looked like this?", answered in batches by
 ``lvlm_studio.core.perturbation.perturb.score_images`` (one forward pass per batch of altered images, one
-progress report per pass). Images are altered in the original image's pixels with the blurred
-baseline of ``lvlm_studio.core.tracing.relevance`` (the same baseline as the LLR rule and iGOS++), so
+progress report per pass). Images are altered in the original image's pixels with a baseline
+picture (``baseline_image``: by default the blur of ``lvlm_studio.core.tracing.relevance``, the same
+baseline as the LLR rule and iGOS++; or black, the mean colour, or noise), so
 the methods hold for every model family; the pixel-space results are averaged onto each region's
 grid (``pixels_to_grids``) like every other map.
 
@@ -43,17 +44,22 @@ import torch
 import torch.nn.functional as F
 
 from lvlm_studio.api import (
+    BASELINES,
     Explainer,
     Explanation,
     InputError,
     Param,
     Progress,
+    baseline_image,
     blend,
-    blurred_baseline,
     pixels_to_grids,
     relay,
     score_images,
 )
+
+#: How provenance names each baseline (``baseline_image``).
+BASELINE_NAMES = {"blur": "Gaussian blur (the LLR baseline)", "black": "black", "mean": "the image's mean colour",
+                  "noise": "uniform noise (seed 0)"}
 
 
 def _check(trace, model, targets: list[int], title: str) -> None:
@@ -131,12 +137,14 @@ class Occlusion(Explainer):
         Param("stride", 0.1, "step between placements, as a fraction of the longer side", minimum=0.01,
               maximum=1.0),
         Param("batch_size", 16, "images per forward pass", minimum=1, maximum=1024),
+        Param("baseline", "blur", "what the patch shows instead of the image: blur, black, mean colour or noise",
+              choices=BASELINES),
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         _check(trace, model, targets, self.title)
         image = trace.image.convert("RGB")
-        baseline = blurred_baseline(image)
+        baseline = baseline_image(image, params["baseline"])
         boxes = occlusion_boxes(image.size, params["window"], params["stride"])
         width, height = image.size
         images = [image]
@@ -159,9 +167,9 @@ class Occlusion(Explainer):
                 total[top:bottom, left:right] += drop * weights
             maps[t] = pixels_to_grids(total / scale, trace.regions)
         provenance = _provenance(self.id, model, {
-            "score": "drop of the target's log-odds when the patch is blurred",
+            "score": "drop of the target's log-odds when the patch shows the baseline",
             "placements": len(boxes), "forward_passes": math.ceil(len(images) / params["batch_size"]),
-            "baseline": "Gaussian blur (the LLR baseline)"})
+            "baseline": BASELINE_NAMES[params["baseline"]]})
         return Explanation(self.id, maps, params, provenance)
 
 
@@ -175,12 +183,14 @@ class RISE(Explainer):
         Param("keep", 0.5, "probability that a cell shows the image", minimum=0.01, maximum=1.0),
         Param("seed", 0, "seed of the random masks"),
         Param("batch_size", 16, "images per forward pass", minimum=1, maximum=1024),
+        Param("baseline", "blur", "what a masked cell shows instead of the image: blur, black, mean colour or noise",
+              choices=BASELINES),
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
         _check(trace, model, targets, self.title)
         image = trace.image.convert("RGB")
-        baseline = blurred_baseline(image)
+        baseline = baseline_image(image, params["baseline"])
         width, height = image.size
         total, batch = params["masks"], params["batch_size"]
         grids, dy, dx = rise_draws(total, params["cells"], params["keep"], image.size,
@@ -206,5 +216,5 @@ class RISE(Explainer):
         maps = {t: pixels_to_grids(saliency[i].reshape(height, width), trace.regions) for i, t in enumerate(targets)}
         provenance = _provenance(self.id, model, {
             "score": "mean probability of the target token when each pixel is shown, minus its mean over all masks",
-            "forward_passes": math.ceil(total / batch), "baseline": "Gaussian blur (the LLR baseline)"})
+            "forward_passes": math.ceil(total / batch), "baseline": BASELINE_NAMES[params["baseline"]]})
         return Explanation(self.id, maps, params, provenance)

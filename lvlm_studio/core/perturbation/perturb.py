@@ -22,6 +22,7 @@ from PIL import Image
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.plugin.jobs import Job, Progress
+from lvlm_studio.core.tracing.relevance import blurred_baseline
 from lvlm_studio.core.tracing.scores import log_odds as target_log_odds
 from lvlm_studio.core.tracing.scores import log_probability
 
@@ -30,6 +31,34 @@ if TYPE_CHECKING:
     from lvlm_studio.core.tracing.trace import Trace
 
 DEFAULT_BATCH_SIZE = 16
+
+#: What replaces the image where a perturbation method hides it (``baseline_image``).
+BASELINES = ("blur", "black", "mean", "noise")
+
+
+def baseline_image(image: Image.Image, kind: str = "blur", seed: int = 0) -> Image.Image:
+    """The picture that stands for "no information" where a method hides or removes the image.
+
+    ``blur``: the strong Gaussian blur of ``blurred_baseline`` (the LLR rule's baseline: colours and
+    layout stay, detail goes); ``black``: every pixel 0; ``mean``: every pixel the image's mean colour
+    (per channel, rounded); ``noise``: uniform random pixels in 0..255 from ``seed``, the same for
+    the same seed and size. Which one is right depends on the question: black and noise are far
+    from natural images, so removing a region also adds an edge or texture the model may react to;
+    blur and mean keep the image's overall colour.
+    """
+    image = image.convert("RGB")
+    width, height = image.size
+    if kind == "blur":
+        return blurred_baseline(image)
+    if kind == "black":
+        return Image.new("RGB", image.size, (0, 0, 0))
+    if kind == "mean":
+        colour = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        return Image.new("RGB", image.size, tuple(int(v) for v in np.rint(colour)))
+    if kind == "noise":
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        return Image.fromarray(pixels)
+    raise InputError(f"unknown baseline {kind!r}.", f"Choose one of: {', '.join(BASELINES)}.")
 
 
 def blend(image: Image.Image, baseline: Image.Image, keep: np.ndarray) -> Image.Image:
