@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from captum._utils.models.linear_model import SkLearnLasso
 from captum.attr import GradientShap, IntegratedGradients, KernelShap, Lime, NoiseTunnel, Saliency
 from PIL import Image
 
@@ -23,6 +22,7 @@ from lvlm_explainers.captum_attr import (
     cells_from_elements,
     feature_labels,
     feature_mask,
+    lime_surrogate,
     log_prob_function,
     prepared,
     seeded,
@@ -101,7 +101,7 @@ def _direct(method, model, trace, targets, params):
         else:
             mask, _ = feature_mask(layout, trace.regions, params["features"], feature_labels(trace, params))
             captum = (KernelShap(forward) if method is KernelSHAP
-                      else Lime(forward, interpretable_model=SkLearnLasso(alpha=params["alpha"])))
+                      else Lime(forward, interpretable_model=lime_surrogate(params["surrogate"], params["alpha"])))
             out = captum.attribute(image, baselines=base, target=0, feature_mask=mask,
                                           n_samples=params["samples"], perturbations_per_eval=params["batch_size"])
     how = "mean" if method in (KernelSHAP, LIME) else "sum"
@@ -110,7 +110,7 @@ def _direct(method, model, trace, targets, params):
 
 SMALL = {IGExplainer: {"steps": 8}, GradientSHAP: {"samples": 6}, SmoothGrad: {"samples": 3, "inner": "gradient"},
          VarGrad: {"samples": 3, "inner": "gradient"}, KernelSHAP: {"samples": 40},
-         LIME: {"samples": 40, "features": "superpixels", "segments": 12, "alpha": 1e-4}}
+         LIME: {"samples": 40, "features": "superpixels", "segments": 12, "surrogate": "ridge", "alpha": 1.0}}
 
 
 @pytest.mark.parametrize("method", CAPTUM_METHODS, ids=lambda m: m.id)
