@@ -50,13 +50,16 @@ def test_full_span_centres_run_from_edge_to_edge():
 def test_a_constant_drop_gives_a_flat_map_under_full_span():
     size = (96, 72)
     boxes = occlusion_boxes(size, window=0.35, stride=0.1, placement="span")
-    flat = aggregate_drops(boxes, np.full(len(boxes), 1.0), size, "span")
+    flat = aggregate_drops(boxes, np.full(len(boxes), 1.0), size, "pixel")
     assert flat.shape == (72, 96)
     np.testing.assert_allclose(flat, 1.0)
-    # The fitted placement divides by the mean coverage: the same constant drop is weighted to the centre.
+    cell = [SimpleNamespace(grid=(8, 8), box=(0, 0, 96, 96), image_index=0)]
+    span = occlusion_boxes((96, 96), window=0.35, stride=0.1, placement="span")
+    nearly = pixels_to_grids(aggregate_drops(span, np.full(len(span), 1.0), (96, 96), "mean"), cell)[0]
+    assert 0.85 < nearly.min() and nearly.max() < 1.1  # divided by the mean coverage: nearly flat
+    # Fitted placements divided by the mean coverage: the same constant drop is weighted to the centre.
     fitted = occlusion_boxes((96, 96), window=0.35, stride=0.1)
-    grid = pixels_to_grids(aggregate_drops(fitted, np.full(len(fitted), 1.0), (96, 96), "fit"),
-                           [SimpleNamespace(grid=(8, 8), box=(0, 0, 96, 96), image_index=0)])[0]
+    grid = pixels_to_grids(aggregate_drops(fitted, np.full(len(fitted), 1.0), (96, 96), "mean"), cell)[0]
     assert grid[0, 0] < 0.1 and grid[3:5, 3:5].min() > 1.5
 
 

@@ -18,7 +18,11 @@ drop is spread over its patch with a tent that peaks at the patch's centre, and 
 summed (divided by their mean coverage, so the units stay nats): a pixel scores high when the
 patches centred near it hurt the answer. Averaging over the covering patches instead would give
 the image's corners, which one patch each covers, the whole drop of whichever patch reached them,
-and the maximum of such a map sits in a corner. The patch must be about as large as an object to
+and the maximum of such a map sits in a corner. Dividing by the mean coverage has its own cost:
+coverage peaks in the centre, so the map is weighted towards the centre whatever the image
+(``aggregate_drops``). ``placement="span"`` puts the patch centres from edge to edge instead, which
+makes coverage nearly flat at 1.9x the passes, and ``coverage="pixel"`` divides pixel by pixel
+(with "span", a constant drop then maps exactly flat); docs/METHODS.md has the measurements. The patch must be about as large as an object to
 hide it from a model that still recognises an object from part of it (as the demo model does
 with 24 px patches over its 32 px cells), hence the default of about a third of the image.
 
@@ -131,32 +135,39 @@ def tent(box: tuple[int, int, int, int]) -> np.ndarray:
     return np.outer(ramp(bottom - top), ramp(right - left))
 
 
+COVERAGES = ("mean", "pixel")
+
+
 def aggregate_drops(boxes: list[tuple[int, int, int, int]], drops: np.ndarray, size: tuple[int, int],
-                    placement: str = "fit") -> np.ndarray:
+                    coverage: str = "mean") -> np.ndarray:
     """The occlusion map over the image's pixels (height, width) from one drop per placement.
 
-    Each drop is spread over its patch with a ``tent``. "fit" divides the sum of the tents by their
-    mean coverage over the image (the units stay nats); coverage itself is not flat (the corners
-    lie under one patch's edge, the centre under many patches' middles), so this builds in a centre
-    weighting that does not depend on the image: a constant drop of 1 nat maps to about 0.07 in the
-    corner cells and 1.92 in the centre of the demo model's 8x8 grid. "span" divides, pixel by pixel,
-    by the coverage there (each pixel is the tent-weighted mean of the drops of the patches over
-    it); with centres from edge to edge every pixel has a patch centred near it, and a constant
-    drop gives exactly that constant everywhere.
+    Each drop is spread over its patch with a ``tent`` and the tents are summed. ``coverage`` says
+    what the sum is divided by:
+
+    - "mean": the tents' mean coverage over the image, one number (the units stay nats). Coverage
+      itself is not flat, so the map carries the coverage's shape whatever the image: with patches
+      that fit inside the image ("fit") the corners lie under one patch's edge and the centre under
+      many patches' middles, and a constant drop of 1 nat maps to about 0.07 in the corner cells and
+      1.8-1.9 in the centre of the demo model's 8x8 grid; with centres from edge to edge ("span")
+      coverage is nearly flat and the same drop maps to 0.89-1.05.
+    - "pixel": the coverage at each pixel, so that each pixel is the tent-weighted mean of the
+      drops of the patches over it, and a constant drop maps to exactly that constant wherever a
+      patch reaches. With "fit" placements a corner then takes the whole drop of the one patch that
+      touches it, centred far from it.
     """
     width, height = size
     total = np.zeros((height, width))
-    coverage = np.zeros((height, width))
+    cover = np.zeros((height, width))
     for box, drop in zip(boxes, drops):
         (left, top, right, bottom), cut = clip_box(box, size)
         weights = tent(box)[cut]
         total[top:bottom, left:right] += drop * weights
-        coverage[top:bottom, left:right] += weights
-    if placement == "span":
-        return total / np.maximum(coverage, 1e-12)
-    scale = coverage.mean() if coverage.mean() > 0 else 1.0
+        cover[top:bottom, left:right] += weights
+    if coverage == "pixel":
+        return np.where(cover > 0, total / np.maximum(cover, 1e-12), 0.0)
+    scale = cover.mean() if cover.mean() > 0 else 1.0
     return total / scale
-
 
 def rise_draws(count: int, cells: int, keep: float, size: tuple[int, int],
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,9 +205,11 @@ class Occlusion(Explainer):
         Param("window", 0.35, "patch side as a fraction of the image's longer side", minimum=0.01, maximum=1.0),
         Param("stride", 0.1, "step between placements, as a fraction of the longer side", minimum=0.01,
               maximum=1.0),
-        Param("placement", "fit", "fit: patches inside the image, drops divided by their mean coverage (a "
-              "centre weighting); span: patch centres from edge to edge, each pixel the mean of the drops "
-              "over it (flat coverage, about 1.9x the passes)", choices=PLACEMENTS),
+        Param("placement", "fit", "fit: patches inside the image (coverage peaks in the centre); span: patch "
+              "centres from edge to edge (nearly flat coverage, about 1.9x the passes)", choices=PLACEMENTS),
+        Param("coverage", "mean", "what the summed drops are divided by: the mean coverage (one number, units "
+              "stay nats) or the coverage at each pixel (each pixel the mean drop of the patches over it)",
+              choices=COVERAGES),
         Param("batch_size", 16, "images per forward pass", minimum=1, maximum=1024),
         CONTRAST,
     )
@@ -218,12 +231,12 @@ class Occlusion(Explainer):
         scores = yield from score_images(model, trace, images, params["batch_size"], "occluded images",
                                          log_odds=True, upto=max(targets) + 1, contrast=alternative)
         drops = scores[0][None, :] - scores[1:]  # [placements, answer tokens]
-        maps = {t: pixels_to_grids(aggregate_drops(boxes, drops[:, t], image.size, placement), trace.regions)
+        maps = {t: pixels_to_grids(aggregate_drops(boxes, drops[:, t], image.size, params["coverage"]), trace.regions)
                 for t in targets}
         provenance = _provenance(self.id, model, {
             "score": "drop of the target's log-odds when the patch is blurred" if alternative is None else
                      f"drop of the target's logit minus that of token {alternative} when the patch is blurred",
-            "placement": placement, "placements": len(boxes),
+            "placement": placement, "coverage": params["coverage"], "placements": len(boxes),
             "forward_passes": math.ceil(len(images) / params["batch_size"]),
             "baseline": "Gaussian blur (the LLR baseline)"})
         return Explanation(self.id, maps, params, provenance)
