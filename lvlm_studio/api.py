@@ -31,6 +31,9 @@ What is here, by purpose:
   token over a layer range), ``patch_text_attention`` (text tokens' attention to chosen image patches,
   ``patches_in_box``), ``question_answer_attention`` (answer tokens x question words; ``token_words``).
   Answer token ``t`` was predicted at position ``trace.answer_position(t) - 1``: that is the query to read.
+- **Contrastive targets**: a method that declares ``CONTRAST`` among its parameters explains the
+  target against an alternative token ("why red rather than blue"), scoring ``logit_difference``
+  (``contrast_token`` reads the alternative; ``supports_contrast``/``require_contrast`` ask and refuse).
 - **Altered images**: ``blend``, ``blurred_baseline`` and ``baseline_image`` (blur, black, mean or noise: ``BASELINES``)
   make them, ``score_images`` scores them in batches, ``pixels_to_grids`` and ``to_pixels`` move
   maps between pixels and grids; ``pixel_layout`` and ``answer_logprobs_with_grad`` give differentiable pixel masks.
@@ -112,6 +115,7 @@ from lvlm_studio.core.plugin import hookspecs
 from lvlm_studio.core.plugin.adapter import ImageRegion, ModelAdapter
 from lvlm_studio.core.plugin.checks import check_explanation, check_metric_result
 from lvlm_studio.core.plugin.contracts import (
+    CONTRAST,
     DIRECTIONS,
     HIGHER,
     LOWER,
@@ -128,8 +132,11 @@ from lvlm_studio.core.plugin.contracts import (
     StudyReport,
     StudySample,
     StudyTable,
+    contrast_token,
     image_tokens_reason,
     require_applicable,
+    require_contrast,
+    supports_contrast,
 )
 from lvlm_studio.core.plugin.explanation import Explanation, fixed_levels, normalise, overlay, to_pixels
 from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, PLUGIN_GUIDE, hookimpl
@@ -156,7 +163,7 @@ from lvlm_studio.core.tracing.attention_views import (
 )
 from lvlm_studio.core.tracing.prompt_tokens import prompt_text_positions
 from lvlm_studio.core.tracing.relevance import blurred_baseline, visual_relevance
-from lvlm_studio.core.tracing.scores import log_odds, log_probability
+from lvlm_studio.core.tracing.scores import log_odds, log_probability, logit_difference
 from lvlm_studio.core.tracing.trace import Trace, generate_trace
 from lvlm_studio.core.tracing.vision_entry import (
     Knockout,
@@ -203,6 +210,10 @@ __all__ = [
     "MetricResult",
     "image_tokens_reason",
     "require_applicable",
+    "CONTRAST",
+    "supports_contrast",
+    "contrast_token",
+    "require_contrast",
     "check_explanation",
     "check_metric_result",
     # what methods read and return
@@ -230,6 +241,7 @@ __all__ = [
     "forward_inputs",
     "log_probability",
     "log_odds",
+    "logit_difference",
     "prompt_text_positions",
     "HookPoint",
     "hook_points",

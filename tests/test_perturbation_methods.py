@@ -7,7 +7,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lvlm_explainers.perturbation import RISE, Occlusion, occlusion_boxes, rise_draws, rise_masks, window_starts
+from lvlm_explainers.perturbation import (
+    RISE,
+    Occlusion,
+    aggregate_drops,
+    occlusion_boxes,
+    rise_draws,
+    rise_masks,
+    span_centres,
+    window_starts,
+)
 from lvlm_studio.core.errors import Cancelled, InputError
 from lvlm_studio.core.perturbation.perturb import pixels_to_grids
 from lvlm_studio.core.plugin.jobs import Progress, collect, run_job
@@ -27,6 +36,31 @@ def test_occlusion_boxes_cover_the_image():
     boxes = occlusion_boxes((96, 48), window=0.25, stride=0.25)  # 24 px patches every 24 px
     assert boxes[0] == (0, 0, 24, 24) and boxes[-1] == (72, 24, 96, 48)
     assert len(boxes) == 4 * 2
+
+
+def test_full_span_centres_run_from_edge_to_edge():
+    assert span_centres(96, 10) == [round(v) for v in np.linspace(0, 96, 11)]
+    boxes = occlusion_boxes((96, 96), window=0.35, stride=0.1, placement="span")
+    assert len(boxes) == 11 * 11  # against 8 x 8 fitted placements: about 1.9x the passes
+    assert len(occlusion_boxes((96, 96), window=0.35, stride=0.1)) == 8 * 8
+    left, top, right, bottom = boxes[0]
+    assert (right - left, bottom - top) == (34, 34) and (left + right) / 2 == 0  # centred on the corner
+
+
+def test_a_constant_drop_gives_a_flat_map_under_full_span():
+    size = (96, 72)
+    boxes = occlusion_boxes(size, window=0.35, stride=0.1, placement="span")
+    flat = aggregate_drops(boxes, np.full(len(boxes), 1.0), size, "pixel")
+    assert flat.shape == (72, 96)
+    np.testing.assert_allclose(flat, 1.0)
+    cell = [SimpleNamespace(grid=(8, 8), box=(0, 0, 96, 96), image_index=0)]
+    span = occlusion_boxes((96, 96), window=0.35, stride=0.1, placement="span")
+    nearly = pixels_to_grids(aggregate_drops(span, np.full(len(span), 1.0), (96, 96), "mean"), cell)[0]
+    assert 0.85 < nearly.min() and nearly.max() < 1.1  # divided by the mean coverage: nearly flat
+    # Fitted placements divided by the mean coverage: the same constant drop is weighted to the centre.
+    fitted = occlusion_boxes((96, 96), window=0.35, stride=0.1)
+    grid = pixels_to_grids(aggregate_drops(fitted, np.full(len(fitted), 1.0), (96, 96), "mean"), cell)[0]
+    assert grid[0, 0] < 0.1 and grid[3:5, 3:5].min() > 1.5
 
 
 def test_rise_masks_are_seeded_in_range_and_keep_about_p():

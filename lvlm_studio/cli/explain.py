@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lvlm_studio.cli import common
+from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.io.files import (
     check_output_file,
     check_output_folder,
@@ -34,6 +35,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                          help="method parameter (repeatable), e.g. --param layers=0,1")
     explain.add_argument("--tokens", help="answer tokens to explain, e.g. 0,2 (default: all)")
+    explain.add_argument("--contrast", metavar="TOKEN",
+                         help="explain each token against this alternative (e.g. blue: why red rather than blue); "
+                              "the score becomes the logit difference. Gradient, relevancy and perturbation "
+                              "methods only; `lvlm-studio ask` lists each token's top alternatives")
     explain.add_argument("--out", default="lvlm-studio-output", help="output folder (default: lvlm-studio-output)")
     explain.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     explain.add_argument("--colormap", default="inferno", help="matplotlib colormap for overlays")
@@ -68,7 +73,7 @@ def _exp(values) -> list[float]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from lvlm_studio.core.plugin.checks import blamed_on, check_explanation
-    from lvlm_studio.core.plugin.contracts import require_applicable
+    from lvlm_studio.core.plugin.contracts import CONTRAST, require_applicable, require_contrast, supports_contrast
     from lvlm_studio.core.plugin.explanation import fixed_levels, overlay, to_pixels
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.core.plugin.registry import create_registry
@@ -76,7 +81,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     image = common.check_question(args)
     registry = create_registry()
     explainer = registry.explainer(args.method)  # unknown method: fail before loading anything
-    params = explainer.resolve_params(common.parse_params(args.param))
+    given = common.parse_params(args.param)
+    params = explainer.resolve_params(given)
+    if args.contrast is not None:  # before loading: a method that cannot contrast is refused at once
+        require_contrast(explainer, sorted(m for m, e in registry.explainers().items() if supports_contrast(e)))
+        if not args.contrast.strip():
+            raise InputError("--contrast got an empty token.", "Name the alternative, e.g. --contrast blue.")
     common.check_colormap(args.colormap)
     common.token_numbers(args.tokens)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
@@ -86,6 +96,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     trace = common.trace(args, loaded, image)
     targets = common.parse_tokens(args.tokens, len(trace.answer_ids))
     common.status(f"answer: {trace.answer_text}")
+    if args.contrast is not None:
+        alternative = contrast_id(trace, loaded, args.contrast, targets)
+        params = explainer.resolve_params({**given, CONTRAST.name: alternative})
+        same = [t for t in targets if int(trace.answer_ids[t]) == alternative]
+        common.status(f"explaining against {args.contrast.strip()!r} (token id {alternative})" +
+                      (f"; token {', '.join(map(str, same))} is that token itself: its map is zero" if same else ""))
 
     started = time.perf_counter()
     with common.progress_bar(f"{explainer.title}") as on_progress, blamed_on(explainer):
@@ -110,6 +126,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
         write_record(scratch, record)
     print(f"{len(files)} overlays, maps.npz, trace.safetensors and run.json written to {out}")
     return 0
+
+
+def contrast_id(trace: Any, loaded: Any, text: str, targets: list[int]) -> int:
+    """The token id that ``--contrast`` names: an alternative the trace lists among the top-k of one
+    of ``targets`` (by its readable form), or else the one token the tokenizer makes of ``text``."""
+    wanted = text.strip()
+    for t in targets:
+        for token, token_id in zip(trace.top_tokens[t], trace.top_ids[t]):
+            if token.strip() == wanted:
+                return int(token_id)
+    tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+    for candidate in (text, wanted, " " + wanted):
+        ids = tokenizer.encode(candidate, add_special_tokens=False)
+        if len(ids) == 1:
+            return int(ids[0])
+    listed = "; ".join(f"token {t}: {', '.join(repr(x.strip()) for x in trace.top_tokens[t])}" for t in targets[:3])
+    raise InputError(f"--contrast {text!r} is not one token of this model's vocabulary.",
+                     f"Name a single token, e.g. one of the top alternatives ({listed}).")
 
 
 def _safe(token: str) -> str:

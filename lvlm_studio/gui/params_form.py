@@ -8,6 +8,11 @@ the method's own ``resolve_params`` (one message names a bad value, the window g
 them the method's parameters for this window (``Analysis.set_params``); its maps are then computed
 for that parameter set, or taken from the cache when they were computed before. The form (and
 magicgui) is only built when the user unfolds it, so opening the window costs nothing more.
+
+A method that can explain a token against an alternative (it declares the ``contrast`` parameter:
+gradients, relevancy, perturbations) gets a drop-down of the selected token's top-k alternatives
+instead of a number box ("none" explains the token on its own); methods that cannot (attention read
+as it is) have no such parameter, so the choice is not offered for them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QPushButton, QScrollArea, QToolButton, QVBoxLayout, QWidget
 
 from lvlm_studio.core.errors import LVLMError
+from lvlm_studio.core.plugin.contracts import CONTRAST, NO_CONTRAST
 from lvlm_studio.gui.widgets import HINT_STYLE, row, wrapping_label
 
 if TYPE_CHECKING:
@@ -35,11 +41,31 @@ MIN_FORM_HEIGHT = 60  # pixels: about two parameters; a short window scrolls the
 MAX_FORM_HEIGHT = 190  # about six parameters, then the form scrolls
 
 
-def param_widget(param: Param) -> mg.ValueWidget:
-    """One widget for ``param``, showing its default, with its help, bounds and choices as tooltip."""
+def contrast_choices(trace: Any, token: int | None, current: int = NO_CONTRAST) -> list[tuple[str, int]]:
+    """(label, token id) of each alternative the drop-down offers for ``token`` of ``trace``: "none",
+    then the top-k alternatives other than the chosen token, most likely first; ``current`` (the
+    alternative in use) is kept in the list even when it is not among them (chosen for another token)."""
+    choices = [("none", NO_CONTRAST)]
+    if trace is not None and token is not None and 0 <= token < len(trace.answer_ids):
+        chosen = int(trace.answer_ids[token])
+        for text, token_id, logprob in zip(trace.top_tokens[token], trace.top_ids[token], trace.top_logprobs[token]):
+            if int(token_id) != chosen:
+                choices.append((f"{text.strip() or repr(text)}  (p = {math.exp(float(logprob)):.3g})", int(token_id)))
+    if current != NO_CONTRAST and current not in {value for _, value in choices}:
+        choices.append((f"token id {current}", int(current)))
+    return choices
+
+
+def param_widget(param: Param, contrast: list[tuple[str, int]] | None = None) -> mg.ValueWidget:
+    """One widget for ``param``, showing its default, with its help, bounds and choices as tooltip.
+    The ``contrast`` parameter is a drop-down of ``contrast`` (``contrast_choices``)."""
     from magicgui import widgets as mg
 
     default, common = param.default, {"name": param.name, "label": param.name, "tooltip": _tooltip(param)}
+    if param.name == CONTRAST.name:
+        common["tooltip"] = ("explain the selected token against an alternative from its top-k: the score becomes "
+                             "its logit minus the alternative's (\"why this rather than that\"); none: on its own")
+        return mg.ComboBox(value=default, choices=contrast or [("none", NO_CONTRAST)], **common)
     if param.choices is not None:
         return mg.ComboBox(value=default, choices=tuple(param.choices), **common)
     if isinstance(default, bool):
@@ -103,12 +129,13 @@ def _value_for(param: Param, value: Any) -> Any:
 class ParamsForm(QWidget):
     """A form of one widget per ``Param``; ``values()`` is what it shows, not yet checked."""
 
-    def __init__(self, params: tuple[Param, ...], parent: QWidget | None = None) -> None:
+    def __init__(self, params: tuple[Param, ...], parent: QWidget | None = None,
+                 contrast: list[tuple[str, int]] | None = None) -> None:
         super().__init__(parent)
         from magicgui import widgets as mg
 
         self.params = tuple(params)
-        self.container = mg.Container(widgets=[param_widget(p) for p in self.params], labels=True)
+        self.container = mg.Container(widgets=[param_widget(p, contrast) for p in self.params], labels=True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.container.native)
@@ -119,6 +146,16 @@ class ParamsForm(QWidget):
     def values(self) -> dict[str, Any]:
         """Every parameter's value as shown (text fields as text: ``resolve_params`` parses them)."""
         return {p.name: self.container[p.name].value for p in self.params}
+
+    def set_contrast_choices(self, choices: list[tuple[str, int]]) -> None:
+        """Offer ``choices`` (``contrast_choices``) in the contrast drop-down, keeping its value when
+        it is among them; nothing for a method without one."""
+        if not any(p.name == CONTRAST.name for p in self.params):
+            return
+        widget = self.container[CONTRAST.name]
+        value = widget.value
+        widget.choices = choices
+        widget.value = value if value in {v for _, v in choices} else NO_CONTRAST
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Show ``values`` (parameters not named show their defaults)."""
@@ -194,8 +231,16 @@ class MethodParamsBox(QWidget):
         if name == "method" and self.state.method != self.method:
             self.rebuild()
         elif name == "params" and self.form is not None and self.method is not None:
+            self.form.set_contrast_choices(self._contrast_choices())
             self.form.set_values(self.state.params.get(self.method, {}))
             self._say_applied()
+        elif name in ("selected", "trace") and self.form is not None:
+            self.form.set_contrast_choices(self._contrast_choices())
+
+    def _contrast_choices(self) -> list[tuple[str, int]]:
+        """The selected token's alternatives, and the one in use for the method."""
+        current = self.state.params.get(self.method or "", {}).get(CONTRAST.name, NO_CONTRAST)
+        return contrast_choices(self.state.trace, self.state.selected, int(current))
 
     def _params(self) -> tuple[Param, ...]:
         explainer = self.analysis.explainers.get(self.method or "")
@@ -206,7 +251,7 @@ class MethodParamsBox(QWidget):
         params = self._params()
         if not params:
             return
-        self.form = ParamsForm(params)
+        self.form = ParamsForm(params, contrast=self._contrast_choices())
         self.form.set_values(self.state.params.get(self.method or "", {}))
         self.form_holder.addWidget(self.form)
         rows = self.form.sizeHint().height()
@@ -256,5 +301,15 @@ class MethodParamsBox(QWidget):
         if not chosen:
             self.note.setText("Defaults in use.")
         else:
-            self.note.setText("In use: " + ", ".join(f"{k}={_shown(v)}" for k, v in chosen.items()) +
+            self.note.setText("In use: " + ", ".join(f"{k}={self._shown_param(k, v)}" for k, v in chosen.items()) +
                               " (the others: defaults).")
+
+    def _shown_param(self, name: str, value: Any) -> str:
+        """A parameter's value as the note shows it: the contrast as its token's text where the trace
+        lists it among the selected token's alternatives, else as its id."""
+        trace, token = self.state.trace, self.state.selected
+        if name == CONTRAST.name and trace is not None and token is not None and 0 <= token < len(trace.answer_ids):
+            for text, token_id in zip(trace.top_tokens[token], trace.top_ids[token]):
+                if int(token_id) == int(value):
+                    return f"{text.strip()!r}"
+        return _shown(value)

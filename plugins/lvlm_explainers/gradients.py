@@ -19,6 +19,11 @@ the model is sure of (p = 1 - 1e-11, a caption's "a") log_softmax rounds log p t
 gradient loses the 1 - p term, which left such maps uncorrelated with the true gradient. The
 gradient of log p equals that of the log-odds times 1 - p, so the maps are the log-odds maps up to
 scale: small numbers for confident tokens, with the right shape.
+
+With ``contrast`` (a token id) both differentiate the target's logit minus the alternative's
+("why this token rather than that one"), whichever ``score`` is chosen: the difference of the two
+log-probabilities is the same number. Grad x input of it is grad x input of the target's logit minus
+that of the alternative's (the gradient is linear); Grad-CAM's relu makes it no such difference.
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ import numpy as np
 import torch
 
 from lvlm_studio.api import (
+    CONTRAST,
     Explainer,
     Explanation,
     InputError,
     Param,
     Progress,
+    contrast_token,
     image_tokens_reason,
     log_probability,
+    logit_difference,
     split_by_region,
 )
 
@@ -70,9 +78,15 @@ def differentiable_decoder_inputs(loaded) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def target_scores(logits: torch.Tensor, token_ids: list[int], kind: str) -> torch.Tensor:
-    """The score of each target: ``logits`` [Q, vocab] are the rows that predict the targets."""
+def target_scores(logits: torch.Tensor, token_ids: list[int], kind: str, contrast: int | None = None) -> torch.Tensor:
+    """The score of each target: ``logits`` [Q, vocab] are the rows that predict the targets.
+
+    With ``contrast`` (a token id) the score is the target's logit minus the alternative's, whatever
+    ``kind`` says: the same as the difference of their log-probabilities.
+    """
     ids = torch.as_tensor(token_ids, device=logits.device).long()
+    if contrast is not None:
+        return logit_difference(logits, ids, contrast)
     if kind == "logprob":
         return log_probability(logits, ids)
     rows = torch.arange(len(token_ids), device=logits.device)
@@ -105,7 +119,8 @@ class _ImageFeatureGradients(Explainer):
             logits = model.model(**inputs, use_cache=False, logits_to_keep=torch.tensor(queries)).logits[0]
         embeds = leaves[-1]
         ids = [int(trace.answer_ids[t]) for t in targets]
-        scores = target_scores(logits, ids, params["score"])
+        alternative = contrast_token(params)
+        scores = target_scores(logits, ids, params["score"], alternative)
         features = embeds.detach()[0, image.to(embeds.device)].float()  # [image tokens, hidden]
         maps: dict[int, list[np.ndarray]] = {}
         for i, target in enumerate(targets):
@@ -116,7 +131,9 @@ class _ImageFeatureGradients(Explainer):
             maps[target] = split_by_region(values.cpu().numpy().astype(np.float64), trace.regions)
         provenance = {
             "method": self.id,
-            "score": f"{params['score']} of the target token at the position that predicts it",
+            "score": f"{params['score']} of the target token at the position that predicts it" if alternative is None
+                     else f"logit of the target token minus that of token {alternative}, at the position that "
+                          "predicts it",
             "features": "decoder input embeddings at the image positions (the projector's output)",
             "model": model.describe(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -140,6 +157,7 @@ class GradientTimesInput(_ImageFeatureGradients):
     params = (
         Param("score", "logprob", "what is differentiated: the target's log-probability or its logit",
               choices=SCORES),
+        CONTRAST,
         Param("sign", "signed", "keep the sign, or take the absolute value or the positive part",
               choices=("signed", "abs", "relu")),
     )
@@ -166,6 +184,7 @@ class GradCAM(_ImageFeatureGradients):
     params = (
         Param("score", "logprob", "what is differentiated: the target's log-probability or its logit",
               choices=SCORES),
+        CONTRAST,
     )
 
     def combine(self, grad, features, regions, params):

@@ -41,6 +41,9 @@ the vision tokens the regions index. This is the paper's rule for a decoder read
 (R^ti += R^tt A_bar^ti R^ii), with R^ii = I because the decoder never updates the vision tokens,
 and the gradient taken from the pixels.
 
+Contrast (``contrast``, a token id): the gradient is that of the target's logit minus the
+alternative's, so the map shows the attention that favoured the target over the alternative.
+
 Display normalisation: the paper also defines R_bar = rownorm(R - I) + I. At the image columns
 of a text row (and at the patch columns of the CLS row) the identity is zero, so R_bar there is R
 divided by one number per row; the overlay's min-max scaling cancels it. It is not applied.
@@ -58,6 +61,7 @@ import torch
 
 from lvlm_explainers.gradients import differentiable_decoder_inputs, query_positions, target_scores
 from lvlm_studio.api import (
+    CONTRAST,
     TEXT_RELEVANCE,
     Explainer,
     Explanation,
@@ -65,6 +69,7 @@ from lvlm_studio.api import (
     Param,
     Progress,
     attention_implementation,
+    contrast_token,
     split_by_region,
     text_relevance_record,
 )
@@ -147,6 +152,7 @@ class Relevancy(Explainer):
     params = (
         Param("side", "language", "propagate through the language model's layers, or the vision encoder's "
                                   "(read at its CLS token)", choices=("language", "vision")),
+        CONTRAST,
     )
 
     def applies_to(self, model, params: dict[str, Any]) -> str | None:
@@ -187,7 +193,8 @@ class Relevancy(Explainer):
         else:
             columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
             tiles = torch.zeros_like(columns)
-        scores = target_scores(logits, [int(trace.answer_ids[t]) for t in targets], "logit")
+        alternative = contrast_token(params)
+        scores = target_scores(logits, [int(trace.answer_ids[t]) for t in targets], "logit", alternative)
 
         maps: dict[int, list[np.ndarray]] = {}
         # The row outside the image (prompt text, template, earlier answer tokens), for the share of
@@ -209,7 +216,8 @@ class Relevancy(Explainer):
         provenance = {
             "method": self.id,
             "side": params["side"],
-            "score": "logit of the target token at the position that predicts it",
+            "score": "logit of the target token at the position that predicts it" if alternative is None else
+                     f"logit of the target token minus that of token {alternative}, at the position that predicts it",
             "layers": f"{len(modules)} {'vision encoder' if vision else 'decoder'} layers"
                       + (f", {len(cross)} of them cross-attention (the image enters there)" if cross else ""),
             "attention": "eager for this pass (the model's default is restored afterwards)",

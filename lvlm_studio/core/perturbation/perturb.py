@@ -24,7 +24,7 @@ from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.plugin.jobs import Job, Progress
 from lvlm_studio.core.tracing.relevance import blurred_baseline
 from lvlm_studio.core.tracing.scores import log_odds as target_log_odds
-from lvlm_studio.core.tracing.scores import log_probability
+from lvlm_studio.core.tracing.scores import log_probability, logit_difference
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -82,6 +82,7 @@ def score_images(
     what: str = "scoring images",
     log_odds: bool = False,
     upto: int | None = None,
+    contrast: int | None = None,
 ) -> Job[np.ndarray]:
     """log p of every answer token, teacher-forced, for each image: an (n_images, n_answer) float64 array.
 
@@ -92,7 +93,10 @@ def score_images(
     the same order as p, on a scale where a confident token's evidence can still move by nats.
     ``upto`` scores only the answer's first ``upto`` tokens (an (n_images, upto) array): the
     forward pass then stops at the last of them instead of running over the whole answer, which
-    is what a method that explains one early token needs.
+    is what a method that explains one early token needs. ``contrast`` (a token id) scores every
+    answer token against that alternative instead: its logit minus the alternative's
+    (``core.tracing.scores.logit_difference``, equal to the difference of their log p), whatever
+    ``log_odds`` says.
     """
     if batch_size < 1:
         raise InputError(f"batch size {batch_size} is not positive.", "Use a batch size of 1 or more.")
@@ -103,7 +107,8 @@ def score_images(
         chunk = images[start:start + batch_size]
         if n_answer:
             extras = processed_images(loaded, trace, chunk)
-            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), n_answer, log_odds)
+            scores[start:start + len(chunk)] = _answer_logprobs(loaded, trace, extras, len(chunk), n_answer, log_odds,
+                                                                contrast)
         yield Progress(start + len(chunk), len(images), what)
     return scores
 
@@ -127,7 +132,7 @@ def processed_images(loaded: LoadedModel, trace: Trace, images: Sequence[Image.I
 
 @torch.no_grad()
 def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], rows: int, n: int,
-                     log_odds: bool = False) -> np.ndarray:
+                     log_odds: bool = False, contrast: int | None = None) -> np.ndarray:
     """Scores of the answer's first ``n`` tokens (``n`` >= 1) for ``rows`` images."""
     from lvlm_studio.core.models.inputs import forward_inputs
 
@@ -140,6 +145,8 @@ def _answer_logprobs(loaded: LoadedModel, trace: Trace, extras: dict[str, Any], 
     inputs = forward_inputs(ids, extras, loaded.model.dtype, loaded.adapter.generated_token_inputs)
     logits = loaded.model(**inputs, use_cache=False, logits_to_keep=n).logits
     answer = torch.as_tensor(trace.answer_ids[:n], device=logits.device).long()[None].expand(rows, -1)
+    if contrast is not None:
+        return logit_difference(logits, answer, contrast).double().cpu().numpy()
     score = target_log_odds if log_odds else log_probability
     return score(logits, answer).double().cpu().numpy()
 

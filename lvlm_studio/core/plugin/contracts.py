@@ -160,6 +160,41 @@ class Explainer(_Described):
         raise NotImplementedError
 
 
+#: The ``contrast`` value that means "no contrast": explain the target on its own.
+NO_CONTRAST = -1
+
+#: The parameter of every method that can explain a target token *against an alternative* ("why
+#: red rather than blue"): the token id of the alternative, -1 for none. A method that declares it
+#: scores the logit difference, target minus alternative (``core.tracing.scores.logit_difference``),
+#: wherever it would score the target alone; the app offers the target's top-k alternatives for it.
+#: Methods without a score of the target (attention read as it is) do not declare it.
+CONTRAST = Param("contrast", NO_CONTRAST, "token id of an alternative to explain the target against: the "
+                 "score becomes the target's logit minus the alternative's (-1: no contrast)", minimum=-1)
+
+
+def supports_contrast(explainer: Explainer) -> bool:
+    """Whether ``explainer`` can explain a target against an alternative token (declares ``CONTRAST``)."""
+    return any(p.name == CONTRAST.name for p in explainer.params)
+
+
+def contrast_token(params: dict[str, Any]) -> int | None:
+    """The alternative's token id in resolved ``params``, or None when there is no contrast."""
+    value = int(params.get(CONTRAST.name, NO_CONTRAST))
+    return None if value == NO_CONTRAST else value
+
+
+def require_contrast(explainer: Explainer, capable: list[str] | None = None) -> None:
+    """Raise one ``InputError`` when ``explainer`` cannot explain against an alternative token;
+    ``capable`` (method ids that can) goes into the hint."""
+    if supports_contrast(explainer):
+        return
+    others = f": {', '.join(capable)}" if capable else " (those with a 'contrast' parameter)"
+    raise InputError(f"{explainer.id} cannot explain a token against an alternative: it has no score of the "
+                     f"target to set against another token's (it reads attention as it is, which does not "
+                     f"depend on which token is asked about).",
+                     f"Use a method that can{others}; or leave the contrast out.")
+
+
 def image_tokens_reason(model: LoadedModel, method: str) -> str | None:
     """The reason a method that reads image positions of the sequence cannot run on ``model``, or None.
 

@@ -48,7 +48,8 @@ PROJECT = "lvlm_studio"
 # 1.2: trace_stats, factor_anova, model_meta, logit_lens, attention_knockout, splice_losses, ...
 # 1.3: attention views (head_gallery, patch_text_attention, question_answer_attention, token_words, ...),
 #      influence_shares, causal_graph, lens_at (the influence, causal graph and logit lens views),
-#      baseline_image and BASELINES (blur, black, mean, noise)
+#      baseline_image and BASELINES (blur, black, mean, noise),
+#      contrastive targets (CONTRAST, supports_contrast, contrast_token, require_contrast, logit_difference)
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
 API_VERSION = "1.3.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
