@@ -20,7 +20,7 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtWidgets import QDockWidget, QLabel
 
 from lvlm_studio.core.plugin.contracts import Metric, MetricResult, PanelSpec
-from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import to_pixels
 from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 FIRST_PARTY_PANELS = ("overlay", "timeline", "heads", "compare", "metrics")
@@ -178,9 +178,21 @@ def test_overlay_controls_threshold_tiles_and_export(qtbot, window, tmp_path):
     assert np.isnan(shown[pixels < cut]).all() and np.array_equal(shown[pixels >= cut], pixels[pixels >= cut])
     assert panel.view.overlay_item.opacity() == pytest.approx(0.3)
 
-    path = panel.export_png(tmp_path / "map.png")
-    expected = overlay(window.state.trace.image, shown, "viridis", 0.3)
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(expected))
+    for kind in ("png", "svg", "pdf"):
+        path = panel.export_figure(tmp_path / f"map.{kind}", dpi=100)
+        assert path is not None and path.stat().st_size > 1000
+    assert Image.open(tmp_path / "map.png").size[0] == 400  # 4 inches at 100 dpi, with its colour bar
+    assert (tmp_path / "map.pdf").read_bytes().startswith(b"%PDF")
+    assert panel.export_figure(tmp_path / "map.jpg") is None and not (tmp_path / "map.jpg").exists()
+
+    # One scale for every token: the levels span all the maps, and the session keeps the choice.
+    panel.shared_box.setChecked(True)
+    assert window.state.shared_scale and window.dock("overlay").widget().context.view["shared_scale"]
+    explanation = window.state.explanations["raw_attention"]
+    top = max(float(m.max()) for maps in explanation.maps.values() for m in maps)
+    assert window.state.pixels("raw_attention", 1)[1][1] == pytest.approx(top)
+    panel.shared_box.setChecked(False)
+    assert window.state.pixels("raw_attention", 1)[1] == levels
 
     panel.tiles_box.setChecked(True)
     regions = window.state.trace.regions
