@@ -107,7 +107,7 @@ def test_figures_are_written_in_each_format_at_the_dpi(demo_trace, tmp_path, dpi
     pdf = save_figure(figure, tmp_path / "map.pdf", dpi).read_bytes()
     assert pdf.startswith(b"%PDF")
     # The title names the token and the method; the colour bar says what the values are.
-    texts = [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
+    texts = _texts(figure)
     assert any("grad_x_input" in t and "token 2" in t for t in texts)
     assert "grad_x_input value (signed)" in texts
     assert len(figure.axes) == 2  # the map and its colour bar
@@ -125,3 +125,68 @@ def test_bad_figure_requests_say_what_to_do(demo_trace, tmp_path):
     del explanation.maps[0]
     with pytest.raises(InputError, match="no map"):
         explanation_figure(demo_trace, explanation, 0)
+
+
+# -- the PDF report -------------------------------------------------------------------------------
+def _report_figures(monkeypatch, session, tokens=None) -> list:
+    """The pages ``write_report`` draws, as figures (the PDF's text is in embedded fonts)."""
+    from lvlm_studio.core.formats import report
+
+    pages: list = []
+    monkeypatch.setattr(report, "write_pages", lambda path, figures, title: pages.extend(figures))
+    report.write_report(session, "unused.pdf", tokens)
+    return pages
+
+
+def _texts(figure) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in figure.findobj(Text) if t.get_text()]
+
+
+def _report_session(trace):
+    from lvlm_studio.core.formats.session import Session
+
+    last = len(trace.answer_tokens) - 1
+    return Session(
+        prompt=trace.prompt, image=trace.image, image_name="/home/someone/scans/case 7.png", trace=trace,
+        model_source="/home/someone/models/llava-1.5-7b",
+        explanations={"raw_attention": _explanation(trace, False), "grad_x_input": _explanation(trace, True)},
+        view={"selected": last, "colormap": "viridis", "threshold": 0.3, "opacity": 0.5},
+        record={"model": {"source": "/home/someone/models/llava-1.5-7b"},
+                "command": ["lvlm-studio", "--image", "/home/someone/scans/case 7.png"],
+                "plugins": {"x": "C:\\Users\\someone\\plugin.py"}, "docs": "https://example.org/a/b"},
+    )
+
+
+def test_the_report_lists_tokens_in_answer_order_and_shows_no_local_path(demo_trace, monkeypatch):
+    from lvlm_studio.core.formats.report import default_tokens
+
+    session = _report_session(demo_trace)
+    last = len(demo_trace.answer_tokens) - 1
+    assert default_tokens(session) == sorted(default_tokens(session)) and last in default_tokens(session)
+    pages = _report_figures(monkeypatch, session, tokens=[last, 0])
+    texts = [text for page in pages for text in _texts(page)]
+    assert not [t for t in texts if "/home/someone" in t or "Users" in t]
+    joined = "\n".join(texts)
+    assert "case 7.png" in joined and "llava-1.5-7b" in joined and "https://example.org/a/b" in joined
+    overlay_page = pages[1]
+    labels = [axes.get_ylabel() for axes in overlay_page.axes if axes.get_ylabel().startswith("#")]
+    assert labels[0].startswith("#0 ") and labels[-1].startswith(f"#{last} ")  # the answer's order
+
+
+def test_the_report_draws_maps_as_the_session_showed_them_with_colour_bars(demo_trace, monkeypatch):
+    from lvlm_studio.core.plugin.explanation import DIVERGING_COLORMAP
+
+    session = _report_session(demo_trace)
+    overlay_page = _report_figures(monkeypatch, session, tokens=[0, 1])[1]
+    maps = [image for axes in overlay_page.axes for image in axes.get_images()[1:]]  # over each picture
+    assert [m.get_cmap().name for m in maps] == ["viridis", DIVERGING_COLORMAP] * 2
+    signed = maps[1]
+    assert signed.norm.vmin == -signed.norm.vmax  # 0 at the diverging colormap's centre
+    shown = np.ma.getdata(maps[0].get_array())
+    assert np.isnan(shown).any()  # the session's threshold hid the weak values
+    bars = [axes for axes in overlay_page.axes if axes.get_ylabel() in ("raw_attention value",
+                                                                          "grad_x_input value (signed)")]
+    assert len(bars) == 4  # a labelled colour bar beside every map
+    assert any("Colormap viridis" in t and "threshold 30%" in t for t in _texts(overlay_page))

@@ -277,3 +277,24 @@ def test_metrics_panel_scores_the_shown_map_and_draws_curve_and_mask(qtbot, wind
     if word in window.state.masks:
         assert panel.mask_combo.currentData() == word
     assert panel.mask_view.overlay is not None
+
+
+def test_the_timeline_draws_log_p_from_zero_to_a_floor_not_its_own_range():
+    from lvlm_panels.timeline import LOG_P_FLOOR, y_range
+
+    near_certain = np.log(np.array([0.99999, 0.99998, 0.999995]))
+    low, high = y_range("logprob", near_certain)
+    assert low <= LOG_P_FLOOR and high >= 0  # 0.99998 is not a deep dip: it sits at the top
+    assert (near_certain.max() - near_certain.min()) / (high - low) < 1e-5
+    low, _ = y_range("logprob", np.log(np.array([0.9, 1e-4])))
+    assert low < np.log(1e-4)  # a really unlikely token still shows
+    assert y_range("entropy", np.array([1.0, 2.0])) == pytest.approx((0.85, 2.15))
+
+
+def test_tooltip_percentages_keep_the_digits_that_tell_values_apart():
+    from lvlm_studio.gui.token_bar import percent, tooltip
+
+    assert [percent(p) for p in (0.973, 0.99998, 0.0042, 3.1e-5, 1.2e-9, 0.0)] == [
+        "97.3%", "99.998%", "0.42%", "0.0031%", "1.2e-07%", "0%"]
+    text = tooltip("red", 0.99998, ["red", "blue", "green"], np.array([0.99998, 1.5e-5, 2e-7]))
+    assert "0.0%" not in text and "99.998%" in text and "0.0015%" in text and "2.0e-05%" in text

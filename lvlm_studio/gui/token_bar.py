@@ -55,14 +55,32 @@ def chip_text(token: str) -> str:
     return shown.strip() or repr(token)
 
 
+def percent(p: float) -> str:
+    """A probability as a percentage with the digits that tell values apart: 97.3%, 99.998%, 0.42%,
+    0.0031%, and below 0.001% in powers of ten (1.2e-07%), never a bare "0.0%"."""
+    value = 100.0 * float(p)
+    if not np.isfinite(value):
+        return "-"
+    if value <= 0:
+        return "0%"
+    if value >= 99.95 and value < 100:  # near-certain: show how far from 100% it is
+        digits = int(np.ceil(-np.log10(100 - value)))
+        return f"{value:.{digits}f}%" if digits <= 4 else ">99.9999%"
+    if value >= 1:
+        return f"{value:.1f}%"
+    if value >= 1e-3:
+        return f"{value:.2g}%"
+    return f"{value:.1e}%"
+
+
 def tooltip(token: str, probability: float, alternatives: list[str], alt_probabilities: np.ndarray) -> str:
     """The token's probability and the model's top alternatives at that step, as a small table."""
     rows = "".join(
         f"<tr><td>{'<b>' if alt == token else ''}{html.escape(chip_text(alt))}{'</b>' if alt == token else ''}"
-        f"</td><td align='right'>&nbsp;&nbsp;{p:.1%}</td></tr>"
+        f"</td><td align='right'>&nbsp;&nbsp;{percent(p)}</td></tr>"
         for alt, p in zip(alternatives, alt_probabilities)
     )
-    return (f"<b>{html.escape(chip_text(token))}</b>: probability {probability:.1%}"
+    return (f"<b>{html.escape(chip_text(token))}</b>: probability {percent(probability)}"
             f"<br>The model's top choices at this step:<table>{rows}</table>")
 
 

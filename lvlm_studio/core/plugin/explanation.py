@@ -20,7 +20,10 @@ class Explanation:
     ``token_index`` counts answer tokens from 0. ``provenance`` says how the maps were made
     (method, parameters, model, attention implementation, time) so a saved result can be trusted
     and reproduced. A ``provenance["levels"]`` of [low, high] asks viewers to draw every token's
-    map on that one scale instead of each on its own range (``fixed_levels``).
+    map on that one scale instead of each on its own range (``fixed_levels``). A
+    ``provenance["values"]`` text says what the values are (colour-bar labels: ``value_label``),
+    and a ``provenance["signed"]`` bool whether their sign means something (diverging colormaps
+    centred at 0: ``is_signed``; without it, negative values make a map signed).
     """
 
     method: str
