@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_studio.core.tracing.token_stats import percent
 from lvlm_studio.gui.state import StudioState
 
 PROBABILITY_ROLE = Qt.ItemDataRole.UserRole
@@ -53,24 +54,6 @@ def chip_text(token: str) -> str:
     """A token as a chip shows it: visible whitespace, never an empty chip."""
     shown = token.replace("\n", "\u23ce").replace("\t", "\u21e5")
     return shown.strip() or repr(token)
-
-
-def percent(p: float) -> str:
-    """A probability as a percentage with the digits that tell values apart: 97.3%, 99.998%, 0.42%,
-    0.0031%, and below 0.001% in powers of ten (1.2e-07%), never a bare "0.0%"."""
-    value = 100.0 * float(p)
-    if not np.isfinite(value):
-        return "-"
-    if value <= 0:
-        return "0%"
-    if value >= 99.95 and value < 100:  # near-certain: show how far from 100% it is
-        digits = int(np.ceil(-np.log10(100 - value)))
-        return f"{value:.{digits}f}%" if digits <= 4 else ">99.9999%"
-    if value >= 1:
-        return f"{value:.1f}%"
-    if value >= 1e-3:
-        return f"{value:.2g}%"
-    return f"{value:.1e}%"
 
 
 def tooltip(token: str, probability: float, alternatives: list[str], alt_probabilities: np.ndarray) -> str:

@@ -29,6 +29,7 @@ from lvlm_studio.core.plugin.explanation import (
     to_pixels,
     value_label,
 )
+from lvlm_studio.core.tracing.token_stats import percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -118,16 +119,16 @@ def _summary_page(session: Session) -> Figure:
     relevance = trace.visual_relevance
     rows = []
     for i, token in enumerate(trace.answer_tokens):
-        alternatives = ", ".join(f"{a.strip() or repr(a)} {np.exp(p):.2f}"
-                                 for a, p in zip(trace.top_tokens[i][1:4], trace.top_logprobs[i][1:4]))
+        others = [(a, p) for a, p in zip(trace.top_tokens[i], trace.top_logprobs[i]) if a != token][:3]
+        alternatives = ", ".join(f"{a.strip() or repr(a)} {percent(np.exp(p))}" for a, p in others)
         llr = f"{relevance.llr[i]:+.2f}" if relevance is not None else "-"
-        rows.append([str(i), token.strip() or repr(token), f"{trace.probabilities[i]:.3f}", llr, alternatives])
+        rows.append([str(i), token.strip() or repr(token), percent(trace.probabilities[i]), llr, alternatives])
     table_axes = figure.add_axes((0.08, 0.05, 0.84, 0.52))
     table_axes.set_axis_off()
     table_axes.set_title("Answer tokens (LLR: log p with the image - log p with it blurred, nats)",
                          fontsize=9, loc="left")
     table = table_axes.table(cellText=rows[:40], colLabels=["#", "token", "prob", "LLR", "next best"],
-                             colWidths=[0.06, 0.18, 0.1, 0.1, 0.56], loc="upper left", cellLoc="left")
+                             colWidths=[0.06, 0.16, 0.13, 0.09, 0.56], loc="upper left", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     if any(m.directions for m in session.metrics):
