@@ -298,3 +298,25 @@ def test_tooltip_percentages_keep_the_digits_that_tell_values_apart():
         "97.3%", "99.998%", "0.42%", "0.0031%", "1.2e-07%", "0%"]
     text = tooltip("red", 0.99998, ["red", "blue", "green"], np.array([0.99998, 1.5e-5, 2e-7]))
     assert "0.0%" not in text and "99.998%" in text and "0.0015%" in text and "2.0e-05%" in text
+
+
+def test_a_signed_map_is_drawn_diverging_about_zero_with_a_labelled_colour_bar(qtbot, window):
+    from lvlm_studio.core.plugin.explanation import DIVERGING_COLORMAP, Explanation
+
+    answered(qtbot, window)
+    state, panel = window.state, window.dock("overlay").widget()
+    rng = np.random.default_rng(0)
+    maps = {t: [rng.random(r.grid) - 0.7 for r in state.trace.regions] for t in range(len(state.trace.answer_tokens))}
+    assert state.add_explanation(state.trace, "signed_demo", Explanation("signed_demo", maps, {}, {
+        "values": "gradient x input"}))
+    state.set_method("signed_demo")
+    pixels, (low, high) = state.pixels("signed_demo", 1)
+    assert low == -high == -np.nanmax(np.abs(pixels))  # 0 sits at the colormap's centre
+    assert panel.view._colormap_name == (DIVERGING_COLORMAP, True)
+    table = panel.view.overlay_item.lut
+    assert table.shape[1] == 4 and table[len(table) // 2, 3] < 5 and table[0, 3] == table[-1, 3] == 255
+    assert panel.view.color_bar.axis.labelText == "gradient x input"
+    assert "centred at 0" in panel.caption.text()
+    state.set_view(threshold=0.5)  # hides weak values of either sign; strong negative ones stay
+    shown = panel.view.overlay
+    assert np.nanmin(shown) < -0.5 * high and np.all(np.isnan(shown[np.abs(pixels) < 0.5 * high]))

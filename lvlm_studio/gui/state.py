@@ -270,12 +270,16 @@ class StudioState:
         explanation = self.explanations.get(method)
         if self.trace is None or explanation is None or token not in explanation.maps:
             return None
-        from lvlm_studio.core.plugin.explanation import map_levels, to_pixels
+        from lvlm_studio.core.plugin.explanation import fixed_levels, map_levels, to_pixels
 
         key = (method, token)
         if key not in self._pixels:
             pixels = to_pixels(explanation.maps[token], self.trace.regions, self.trace.image.size)
             self._pixels[key] = (pixels, map_levels(explanation, pixels))
+        signed = self.map_style(method)[1]
+        if signed and self._pixels[key][1][0] != -self._pixels[key][1][1] and fixed_levels(explanation) is None:
+            # A later token's negative values made the maps signed: this map's scale becomes symmetric.
+            self._pixels[key] = (self._pixels[key][0], map_levels(explanation, self._pixels[key][0]))
         if not self.shared_scale:
             return self._pixels[key]
         # The shared scale grows while maps arrive: it is kept per explanation and number of maps.
