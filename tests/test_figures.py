@@ -190,3 +190,23 @@ def test_the_report_draws_maps_as_the_session_showed_them_with_colour_bars(demo_
                                                                           "grad_x_input value (signed)")]
     assert len(bars) == 4  # a labelled colour bar beside every map
     assert any("Colormap viridis" in t and "threshold 30%" in t for t in _texts(overlay_page))
+
+
+def test_explain_writes_figures_at_the_dpi_and_refuses_a_bad_format_before_loading(capsys, tmp_path):
+    from pathlib import Path
+
+    from lvlm_studio import cli
+    from lvlm_studio.core.formats.figure import WIDTH_INCHES
+
+    sample = str(Path(__file__).resolve().parents[1] / "resources" / "samples" / "shapes.png")
+    out = tmp_path / "run"
+    code = cli.main(["explain", "--method", "raw_attention", "--image", sample, "--prompt", "what color is the square?",
+                     "--tokens", "0", "--out", str(out), "--figure", "png,svg", "--dpi", "100", "--shared-scale"])
+    assert code == 0, capsys.readouterr().err
+    figures = sorted(p.name for p in out.glob("*_figure.*"))
+    assert len(figures) == 2 and figures[0].endswith(".png") and figures[1].endswith(".svg")
+    assert _png_size(out / figures[0])[0] == round(WIDTH_INCHES * 100)
+    assert "<svg" in (out / figures[1]).read_text()
+    assert cli.main(["explain", "--method", "raw_attention", "--image", sample, "--prompt", "x",
+                     "--out", str(tmp_path / "other"), "--figure", "jpg"]) == 2
+    assert ".svg" in capsys.readouterr().err and not (tmp_path / "other").exists()
