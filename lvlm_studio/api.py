@@ -17,7 +17,10 @@ What is here, by purpose:
   ``ModelAdapter`` subclasses; each declares its ``Param``s.
 - **What methods read and return**: ``Trace`` (one generation; its fields are documented on the
   class), ``Explanation`` (one map per image region per answer token), ``MetricResult``,
-  ``ImageRegion``, ``LoadedModel``.
+  ``ImageRegion``, ``LoadedModel``. How maps are drawn: ``map_levels`` (a map's colour scale, its
+  own or shared by every token; symmetric about 0 for signed maps), ``is_signed``, ``colormap_for``
+  (a diverging colormap for signed maps), ``value_label``; ``explanation_figure`` and
+  ``save_figure`` write a map as a PNG, SVG or PDF figure with a labelled colour bar.
 - **Jobs**: a method may be a generator that yields ``Progress`` and returns its result (``relay``
   forwards a sub-job's progress, ``run_job``/``collect_job`` run one, ``explain_job`` runs an
   explainer as a sub-job).
@@ -66,6 +69,8 @@ from lvlm_studio.core.errors import (
     PluginError,
     UnsupportedModelError,
 )
+from lvlm_studio.core.formats.figure import FORMATS as FIGURE_FORMATS
+from lvlm_studio.core.formats.figure import explanation_figure, save_figure
 from lvlm_studio.core.metrics.agreement import (
     MIN_RANK_CORRELATION,
     MIN_TOP_K_OVERLAP,
@@ -138,7 +143,18 @@ from lvlm_studio.core.plugin.contracts import (
     require_contrast,
     supports_contrast,
 )
-from lvlm_studio.core.plugin.explanation import Explanation, fixed_levels, normalise, overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import (
+    DIVERGING_COLORMAP,
+    Explanation,
+    colormap_for,
+    fixed_levels,
+    is_signed,
+    map_levels,
+    normalise,
+    overlay,
+    to_pixels,
+    value_label,
+)
 from lvlm_studio.core.plugin.hookspecs import API_RANGE_ATTRIBUTE, API_VERSION, PLUGIN_GUIDE, hookimpl
 from lvlm_studio.core.plugin.jobs import Job, Progress, relay, run_job
 from lvlm_studio.core.plugin.jobs import collect as collect_job
@@ -225,6 +241,15 @@ __all__ = [
     "normalise",
     "overlay",
     "to_pixels",
+    # how maps are drawn, and figures of them
+    "is_signed",
+    "map_levels",
+    "colormap_for",
+    "value_label",
+    "DIVERGING_COLORMAP",
+    "explanation_figure",
+    "save_figure",
+    "FIGURE_FORMATS",
     # jobs
     "Job",
     "Progress",

@@ -20,7 +20,7 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtWidgets import QDockWidget, QLabel
 
 from lvlm_studio.core.plugin.contracts import Metric, MetricResult, PanelSpec
-from lvlm_studio.core.plugin.explanation import overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import to_pixels
 from lvlm_studio.core.plugin.hookspecs import hookimpl
 
 FIRST_PARTY_PANELS = ("overlay", "timeline", "heads", "compare", "metrics")
@@ -178,9 +178,21 @@ def test_overlay_controls_threshold_tiles_and_export(qtbot, window, tmp_path):
     assert np.isnan(shown[pixels < cut]).all() and np.array_equal(shown[pixels >= cut], pixels[pixels >= cut])
     assert panel.view.overlay_item.opacity() == pytest.approx(0.3)
 
-    path = panel.export_png(tmp_path / "map.png")
-    expected = overlay(window.state.trace.image, shown, "viridis", 0.3)
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(expected))
+    for kind in ("png", "svg", "pdf"):
+        path = panel.export_figure(tmp_path / f"map.{kind}", dpi=100)
+        assert path is not None and path.stat().st_size > 1000
+    assert Image.open(tmp_path / "map.png").size[0] == 400  # 4 inches at 100 dpi, with its colour bar
+    assert (tmp_path / "map.pdf").read_bytes().startswith(b"%PDF")
+    assert panel.export_figure(tmp_path / "map.jpg") is None and not (tmp_path / "map.jpg").exists()
+
+    # One scale for every token: the levels span all the maps, and the session keeps the choice.
+    panel.shared_box.setChecked(True)
+    assert window.state.shared_scale and window.dock("overlay").widget().context.view["shared_scale"]
+    explanation = window.state.explanations["raw_attention"]
+    top = max(float(m.max()) for maps in explanation.maps.values() for m in maps)
+    assert window.state.pixels("raw_attention", 1)[1][1] == pytest.approx(top)
+    panel.shared_box.setChecked(False)
+    assert window.state.pixels("raw_attention", 1)[1] == levels
 
     panel.tiles_box.setChecked(True)
     regions = window.state.trace.regions
@@ -265,3 +277,46 @@ def test_metrics_panel_scores_the_shown_map_and_draws_curve_and_mask(qtbot, wind
     if word in window.state.masks:
         assert panel.mask_combo.currentData() == word
     assert panel.mask_view.overlay is not None
+
+
+def test_the_timeline_draws_log_p_from_zero_to_a_floor_not_its_own_range():
+    from lvlm_panels.timeline import LOG_P_FLOOR, y_range
+
+    near_certain = np.log(np.array([0.99999, 0.99998, 0.999995]))
+    low, high = y_range("logprob", near_certain)
+    assert low <= LOG_P_FLOOR and high >= 0  # 0.99998 is not a deep dip: it sits at the top
+    assert (near_certain.max() - near_certain.min()) / (high - low) < 1e-5
+    low, _ = y_range("logprob", np.log(np.array([0.9, 1e-4])))
+    assert low < np.log(1e-4)  # a really unlikely token still shows
+    assert y_range("entropy", np.array([1.0, 2.0])) == pytest.approx((0.85, 2.15))
+
+
+def test_tooltip_percentages_keep_the_digits_that_tell_values_apart():
+    from lvlm_studio.gui.token_bar import percent, tooltip
+
+    assert [percent(p) for p in (0.973, 0.99998, 0.0042, 3.1e-5, 1.2e-9, 0.0)] == [
+        "97.3%", "99.998%", "0.42%", "0.0031%", "1.2e-07%", "0%"]
+    text = tooltip("red", 0.99998, ["red", "blue", "green"], np.array([0.99998, 1.5e-5, 2e-7]))
+    assert "0.0%" not in text and "99.998%" in text and "0.0015%" in text and "2.0e-05%" in text
+
+
+def test_a_signed_map_is_drawn_diverging_about_zero_with_a_labelled_colour_bar(qtbot, window):
+    from lvlm_studio.core.plugin.explanation import DIVERGING_COLORMAP, Explanation
+
+    answered(qtbot, window)
+    state, panel = window.state, window.dock("overlay").widget()
+    rng = np.random.default_rng(0)
+    maps = {t: [rng.random(r.grid) - 0.7 for r in state.trace.regions] for t in range(len(state.trace.answer_tokens))}
+    assert state.add_explanation(state.trace, "signed_demo", Explanation("signed_demo", maps, {}, {
+        "values": "gradient x input"}))
+    state.set_method("signed_demo")
+    pixels, (low, high) = state.pixels("signed_demo", 1)
+    assert low == -high == -np.nanmax(np.abs(pixels))  # 0 sits at the colormap's centre
+    assert panel.view._colormap_name == (DIVERGING_COLORMAP, True)
+    table = panel.view.overlay_item.lut
+    assert table.shape[1] == 4 and table[len(table) // 2, 3] < 5 and table[0, 3] == table[-1, 3] == 255
+    assert panel.view.color_bar.axis.labelText == "gradient x input"
+    assert "centred at 0" in panel.caption.text()
+    state.set_view(threshold=0.5)  # hides weak values of either sign; strong negative ones stay
+    shown = panel.view.overlay
+    assert np.nanmin(shown) < -0.5 * high and np.all(np.isnan(shown[np.abs(pixels) < 0.5 * high]))

@@ -41,7 +41,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                               "methods only; `lvlm-studio ask` lists each token's top alternatives")
     explain.add_argument("--out", default="lvlm-studio-output", help="output folder (default: lvlm-studio-output)")
     explain.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    explain.add_argument("--colormap", default="inferno", help="matplotlib colormap for overlays")
+    explain.add_argument("--colormap", default="inferno",
+                         help="matplotlib colormap for overlays and figures (signed maps get a diverging one)")
+    explain.add_argument("--figure", action="append", default=[], metavar="FORMAT",
+                         help="also write a figure per token (map, labelled colour bar, token, method) as "
+                              "png, svg or pdf; repeatable or comma-separated, e.g. --figure svg,pdf")
+    explain.add_argument("--dpi", type=int, default=300, help="resolution of the figures (default: 300)")
+    explain.add_argument("--shared-scale", action="store_true",
+                         help="draw every token's map on one colour scale, so strengths compare across tokens")
     explain.set_defaults(func=cmd_explain)
 
 
@@ -72,9 +79,10 @@ def _exp(values) -> list[float]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from lvlm_studio.core.formats.figure import check_dpi, explanation_figure, figure_format, save_figure
     from lvlm_studio.core.plugin.checks import blamed_on, check_explanation
     from lvlm_studio.core.plugin.contracts import CONTRAST, require_applicable, require_contrast, supports_contrast
-    from lvlm_studio.core.plugin.explanation import fixed_levels, overlay, to_pixels
+    from lvlm_studio.core.plugin.explanation import colormap_for, is_signed, map_levels, overlay, to_pixels
     from lvlm_studio.core.plugin.jobs import run_job
     from lvlm_studio.core.plugin.registry import create_registry
 
@@ -88,6 +96,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not args.contrast.strip():
             raise InputError("--contrast got an empty token.", "Name the alternative, e.g. --contrast blue.")
     common.check_colormap(args.colormap)
+    formats = [f.strip().lower().lstrip(".") for item in args.figure for f in item.split(",") if f.strip()]
+    for kind in formats:
+        figure_format(f"figure.{kind}")  # an unknown format: fail before loading anything
+    if formats:
+        check_dpi(args.dpi)
     common.token_numbers(args.tokens)
     out = check_output_folder(args.out, args.overwrite)  # before loading: a refusal should cost nothing
 
@@ -113,18 +126,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     # looks complete, and a failed --overwrite leaves the previous output.
     with staged_folder(out, args.overwrite) as scratch:
         files = []
+        signed, colormap = is_signed(explanation), colormap_for(explanation, args.colormap)
         for t in targets:
             pixels = to_pixels(explanation.maps[t], trace.regions, trace.image.size)
-            name = f"token{t:02d}_{_safe(trace.answer_tokens[t])}.png"
-            overlay(trace.image, pixels, args.colormap, levels=fixed_levels(explanation)).save(scratch / name)
-            files.append(name)
+            stem = f"token{t:02d}_{_safe(trace.answer_tokens[t])}"
+            levels = map_levels(explanation, pixels, args.shared_scale)
+            overlay(trace.image, pixels, colormap, levels=levels, signed=signed).save(scratch / f"{stem}.png")
+            files.append(f"{stem}.png")
+            if formats:
+                figure = explanation_figure(trace, explanation, t, args.colormap, shared=args.shared_scale,
+                                            method_title=explainer.title or explainer.id)
+                for kind in dict.fromkeys(formats):
+                    save_figure(figure, scratch / f"{stem}_figure.{kind}", args.dpi)
+                    files.append(f"{stem}_figure.{kind}")
         explanation.save_npz(scratch / "maps.npz")
         trace.save(scratch / "trace.safetensors")
         record = _run_record(args, loaded, trace, explanation, targets, files,
                              {"load_s": load_s, **trace.timings, "explain_s": explain_s},
                              registry.provider("methods", args.method))
         write_record(scratch, record)
-    print(f"{len(files)} overlays, maps.npz, trace.safetensors and run.json written to {out}")
+    figures = f", {len(targets) * len(set(formats))} figures" if formats else ""
+    print(f"{len(targets)} overlays{figures}, maps.npz, trace.safetensors and run.json written to {out}")
     return 0
 
 

@@ -4,7 +4,8 @@ Two stacked ``ImageItem``s in one aspect-locked ``ViewBox`` (wheel zooms, drag p
 below, the map above with a colormap and an opacity. Maps arrive already on image pixels (the
 core's ``to_pixels``), with their levels; this view only colours and draws them, and sets levels
 explicitly so that a redraw never rescans the data. NaN pixels (not covered, or under the
-threshold) draw transparent.
+threshold) draw transparent. Signed maps get a diverging colormap whose centre (0) is transparent,
+so values near 0 leave the picture as it is; the colour bar shows the colormap opaque, with a label.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ImageView(QWidget):
 
     def __init__(self, color_bar: bool = True, parent: QWidget | None = None, hint: str = EMPTY_HINT) -> None:
         super().__init__(parent)
-        self._colormap_name = ""
+        self._colormap_name: tuple[str, bool] = ("", False)
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
         self.title_item = self.graphics.addLabel("", row=0, col=0, color=FOREGROUND, size="10pt")
@@ -83,14 +84,21 @@ class ImageView(QWidget):
             self.view.autoRange(padding=0.02)
         self.stack.setCurrentWidget(self.graphics)
 
-    def set_colormap(self, name: str) -> None:
-        if name == self._colormap_name:
+    def set_colormap(self, name: str, signed: bool = False) -> None:
+        """Colour maps with ``name``; a ``signed`` map (levels symmetric about 0) fades to transparent
+        at the colormap's centre, as the core's ``overlay`` and figures draw it."""
+        if (name, signed) == self._colormap_name:
             return
-        self._colormap_name = name
-        colormap = pg.colormap.get(name)
-        self.overlay_item.setColorMap(colormap)
+        self._colormap_name = (name, signed)
+        colormap = _colormap(name)
+        self.overlay_item.setColorMap(_centre_faded(colormap) if signed else colormap)
         if self.color_bar is not None:
             self.color_bar.setColorMap(colormap)
+
+    def set_label(self, text: str) -> None:
+        """The colour bar's label: what the map's values are."""
+        if self.color_bar is not None:
+            self.color_bar.axis.setLabel(text, color=FOREGROUND)
 
     def set_map(self, pixels: np.ndarray | None, levels: tuple[float, float] = (0.0, 1.0),
                 opacity: float = 0.6) -> None:
@@ -113,3 +121,19 @@ class ImageView(QWidget):
     def overlay(self) -> np.ndarray | None:
         """The map currently drawn over the image (for tests and screenshots)."""
         return self.overlay_item.image
+
+
+def _colormap(name: str) -> pg.ColorMap:
+    """pyqtgraph's colormap of that name, else matplotlib's (the diverging one of signed maps)."""
+    try:
+        return pg.colormap.get(name)
+    except (FileNotFoundError, KeyError, ValueError):
+        return pg.colormap.getFromMatplotlib(name)
+
+
+def _centre_faded(colormap: pg.ColorMap, steps: int = 256) -> pg.ColorMap:
+    """``colormap`` with its opacity growing from 0 at its centre to full at either end."""
+    positions = np.linspace(0.0, 1.0, steps)
+    colours = colormap.map(positions, mode=pg.ColorMap.BYTE).astype(np.uint8)
+    colours[:, 3] = np.round(np.abs(positions - 0.5) * 2 * 255).astype(np.uint8)
+    return pg.ColorMap(positions, colours)

@@ -112,9 +112,11 @@ class PanelContext:
 
     @property
     def view(self) -> dict[str, Any]:
-        """How maps are drawn: opacity, colormap, threshold."""
+        """How maps are drawn: opacity, colormap, threshold, and whether every token's map shares one
+        colour scale (``shared_scale``)."""
         state = self._state
-        return {"opacity": state.opacity, "colormap": state.colormap, "threshold": state.threshold}
+        return {"opacity": state.opacity, "colormap": state.colormap, "threshold": state.threshold,
+                "shared_scale": state.shared_scale}
 
     def params(self, method: str) -> dict[str, Any]:
         """The parameters chosen for ``method`` in this window that differ from its defaults (its maps
@@ -127,6 +129,11 @@ class PanelContext:
     def pixels(self, method: str, token: int) -> tuple[np.ndarray, tuple[float, float]] | None:
         """A map on image pixels and its colour levels (cached), or None when not computed."""
         return self._state.pixels(method, token)
+
+    def map_style(self, method: str) -> tuple[str, bool, str]:
+        """How ``method``'s maps are coloured: colormap (diverging for signed maps), whether they are
+        signed, and a colour-bar label saying what the values are."""
+        return self._state.map_style(method)
 
     def methods(self) -> dict[str, str]:
         """Explanation methods, id -> title."""

@@ -60,6 +60,7 @@ class Sessions(QObject):
             masks=dict(state.masks),
             view={"selected": state.selected, "method": state.method, "opacity": state.opacity,
                   "colormap": state.colormap, "threshold": state.threshold, "chip_mode": state.chip_mode,
+                  "shared_scale": state.shared_scale,
                   "stats": _stats_to_json(state.stats), "params": _params_to_json(state.params)},
             record=run_record(state.trace, self.providers(), state.explanations),
         )
@@ -148,7 +149,8 @@ class Sessions(QObject):
                 state.add_explanation(session.trace, method, explanation, params.get(method, {}))
             for record in session.metrics:
                 state.add_metric(session.trace, (record.method, record.token, record.metric), record.result)
-        state.set_view(**{k: view[k] for k in ("opacity", "colormap", "threshold", "chip_mode") if k in view})
+        names = ("opacity", "colormap", "threshold", "chip_mode", "shared_scale")
+        state.set_view(**{k: view[k] for k in names if k in view})
         if isinstance(view.get("method"), str):
             state.set_method(view["method"])
         if isinstance(view.get("selected"), int):

@@ -60,6 +60,7 @@ class StudioState:
         self.opacity = opacity
         self.colormap = DEFAULT_COLORMAP
         self.threshold = 0.0  # map values below this fraction of their range are not drawn
+        self.shared_scale = False  # one colour scale for every token's map (else each its own range)
         self.chip_mode = CHIP_MODES[0]
         self.stats: TokenStats | None = None
         self.heads: HeadAttention | None = None
@@ -72,6 +73,8 @@ class StudioState:
         self._cache: dict[tuple[str, str], tuple[Explanation, dict[MetricKey, MetricResult]]] = {}
         self.revision = 0  # counts changes worth saving (autosave compares it)
         self._pixels: dict[tuple[str, int], tuple[np.ndarray, tuple[float, float]]] = {}
+        self._shared: dict[str, tuple[Any, tuple[float, float]]] = {}  # method -> (explanation key, levels)
+        self._styles: dict[str, tuple[Any, tuple[bool, str]]] = {}  # method -> (explanation key, style)
         self._listeners: list[Listener] = []
 
     # -- observing ---------------------------------------------------------------------------
@@ -213,7 +216,8 @@ class StudioState:
         return True
 
     def set_view(self, **changes: Any) -> None:
-        """Change how maps and chips are drawn: ``opacity``, ``colormap``, ``threshold``, ``chip_mode``."""
+        """Change how maps and chips are drawn: ``opacity``, ``colormap``, ``threshold``, ``chip_mode``,
+        ``shared_scale``."""
         changed = False
         for name, value in changes.items():
             if name == "opacity":
@@ -224,6 +228,8 @@ class StudioState:
                 continue
             elif name == "chip_mode" and value not in CHIP_MODES:
                 continue
+            elif name == "shared_scale":
+                value = bool(value)
             elif name not in ("opacity", "threshold", "colormap", "chip_mode"):
                 raise ValueError(f"unknown view setting {name!r}")
             if getattr(self, name) != value:
@@ -258,19 +264,43 @@ class StudioState:
 
     def pixels(self, method: str, token: int) -> tuple[np.ndarray, tuple[float, float]] | None:
         """Token ``token``'s map by ``method`` on image pixels (NaN where no region covers the image)
-        and its colour levels (its own range, or the one scale the explanation fixes for all its
-        maps), or None when not computed. Resampled once and cached, so stepping through tokens
-        only redraws."""
+        and its colour levels (its own range, symmetric about 0 for signed maps; with
+        ``shared_scale`` the range over every token's map; or the one scale the explanation fixes),
+        or None when not computed. Resampled once and cached, so stepping through tokens only redraws."""
         explanation = self.explanations.get(method)
         if self.trace is None or explanation is None or token not in explanation.maps:
             return None
+        from lvlm_studio.core.plugin.explanation import fixed_levels, map_levels, to_pixels
+
         key = (method, token)
         if key not in self._pixels:
-            from lvlm_studio.core.plugin.explanation import fixed_levels, to_pixels
-
             pixels = to_pixels(explanation.maps[token], self.trace.regions, self.trace.image.size)
-            self._pixels[key] = (pixels, fixed_levels(explanation) or display_levels(pixels))
-        return self._pixels[key]
+            self._pixels[key] = (pixels, map_levels(explanation, pixels))
+        signed = self.map_style(method)[1]
+        if signed and self._pixels[key][1][0] != -self._pixels[key][1][1] and fixed_levels(explanation) is None:
+            # A later token's negative values made the maps signed: this map's scale becomes symmetric.
+            self._pixels[key] = (self._pixels[key][0], map_levels(explanation, self._pixels[key][0]))
+        if not self.shared_scale:
+            return self._pixels[key]
+        # The shared scale grows while maps arrive: it is kept per explanation and number of maps.
+        shared_key = (id(explanation), len(explanation.maps))
+        if self._shared.get(method, (None,))[0] != shared_key:
+            self._shared[method] = (shared_key, map_levels(explanation, shared=True))
+        return self._pixels[key][0], self._shared[method][1]
+
+    def map_style(self, method: str) -> tuple[str, bool, str]:
+        """How ``method``'s maps are coloured: the colormap (the chosen one, or a diverging one for
+        signed maps), whether they are signed, and what their values are (a colour-bar label)."""
+        explanation = self.explanations.get(method)
+        if explanation is None:
+            return self.colormap, False, ""
+        from lvlm_studio.core.plugin.explanation import colormap_for, is_signed, value_label
+
+        key = (id(explanation), len(explanation.maps))
+        if self._styles.get(method, (None,))[0] != key:
+            self._styles[method] = (key, (is_signed(explanation), value_label(explanation)))
+        signed, label = self._styles[method][1]
+        return (colormap_for(explanation, self.colormap) if signed else self.colormap), signed, label
 
     def selected_pixels(self) -> np.ndarray | None:
         """The selected token's map by the chosen method on image pixels, or None."""
@@ -303,9 +333,11 @@ def display_levels(pixels: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
-def thresholded(pixels: np.ndarray, levels: tuple[float, float], threshold: float) -> np.ndarray:
-    """The map with values below ``threshold`` of its colour range hidden (NaN draws transparent)."""
-    if threshold <= 0:
-        return pixels
-    cut = levels[0] + threshold * (levels[1] - levels[0])
-    return np.where(pixels >= cut, pixels, np.nan)
+def thresholded(pixels: np.ndarray, levels: tuple[float, float], threshold: float,
+                signed: bool = False) -> np.ndarray:
+    """The map with values below ``threshold`` of its colour range hidden (NaN draws transparent);
+    for a ``signed`` map, values whose size is below ``threshold`` of the scale's reach (the core's
+    ``thresholded``, which figures and reports use too)."""
+    from lvlm_studio.core.plugin.explanation import thresholded as core_thresholded
+
+    return core_thresholded(pixels, levels, threshold, signed)

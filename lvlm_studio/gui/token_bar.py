@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_studio.core.tracing.token_stats import percent
 from lvlm_studio.gui.state import StudioState
 
 PROBABILITY_ROLE = Qt.ItemDataRole.UserRole
@@ -59,10 +60,10 @@ def tooltip(token: str, probability: float, alternatives: list[str], alt_probabi
     """The token's probability and the model's top alternatives at that step, as a small table."""
     rows = "".join(
         f"<tr><td>{'<b>' if alt == token else ''}{html.escape(chip_text(alt))}{'</b>' if alt == token else ''}"
-        f"</td><td align='right'>&nbsp;&nbsp;{p:.1%}</td></tr>"
+        f"</td><td align='right'>&nbsp;&nbsp;{percent(p)}</td></tr>"
         for alt, p in zip(alternatives, alt_probabilities)
     )
-    return (f"<b>{html.escape(chip_text(token))}</b>: probability {probability:.1%}"
+    return (f"<b>{html.escape(chip_text(token))}</b>: probability {percent(probability)}"
             f"<br>The model's top choices at this step:<table>{rows}</table>")
 
 

@@ -145,7 +145,7 @@ class ComparePanel(QWidget):
                 continue
             method = methods[i]
             view.set_image(image)
-            view.set_colormap(view_settings["colormap"])
+            view.set_colormap(*context.map_style(method)[:2])  # signed maps: diverging, centred at 0
             found = context.pixels(method, context.selected) if context.selected is not None else None
             view.set_map(None if found is None else found[0], found[1] if found else (0, 1),
                          view_settings["opacity"])

@@ -3,7 +3,10 @@
 Method, colormap, opacity and threshold are shared view settings (every map panel follows them);
 "Per region" shows one view per image region (a LLaVA-NeXT base view and its tiles side by side,
 each with its own grid's map) instead of the combined map on the whole image. Wheel zooms, drag
-pans, double-click resets. Export writes exactly what is shown (the core's ``overlay``) as a PNG.
+pans, double-click resets. Signed maps are drawn on a diverging colormap centred at 0; "One scale"
+draws every token's map on one colour scale so strengths compare across tokens. Export figure
+writes what is shown, with a labelled colour bar, the token and the method, as a PNG, SVG or PDF
+at a chosen resolution (the core's ``explanation_figure``, which the command line uses too).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QPushButton,
     QSlider,
@@ -28,8 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lvlm_studio.api import fixed_levels
-from lvlm_studio.gui.api import COLORMAPS, ImageView, PanelContext, display_levels, thresholded
+from lvlm_studio.api import map_levels
+from lvlm_studio.gui.api import COLORMAPS, ImageView, PanelContext, thresholded
 
 
 class OverlayPanel(QWidget):
@@ -57,8 +61,13 @@ class OverlayPanel(QWidget):
         self.tiles_box = QCheckBox("Per region")
         self.tiles_box.setToolTip("One view per image region (base view and tiles), each with its own grid's map")
         self.tiles_box.toggled.connect(self.redraw)
-        self.export_button = QPushButton("Export PNG\u2026")
-        self.export_button.setToolTip("Save the image with this map as a PNG")
+        self.shared_box = QCheckBox("One scale")
+        self.shared_box.setToolTip("Draw every token's map on one colour scale, so strengths compare across "
+                                   "tokens (unchecked: each map spans the whole colormap)")
+        self.shared_box.toggled.connect(lambda on: context.set_view(shared_scale=on))
+        self.export_button = QPushButton("Export figure\u2026")
+        self.export_button.setToolTip("Save the image with this map, a labelled colour bar, the token and the "
+                                      "method as a PNG, SVG or PDF figure")
         self.export_button.clicked.connect(self._choose_export)
 
         top = QHBoxLayout()
@@ -66,6 +75,7 @@ class OverlayPanel(QWidget):
         top.addWidget(self.method_combo, 1)
         top.addWidget(QLabel("Colours"))
         top.addWidget(self.colormap_combo)
+        top.addWidget(self.shared_box)
         bottom = QHBoxLayout()
         bottom.addWidget(QLabel("Opacity"))
         bottom.addWidget(self.opacity_slider, 1)
@@ -142,6 +152,10 @@ class OverlayPanel(QWidget):
             widget.blockSignals(False)
         self.opacity_value.setText(f"{round(view['opacity'] * 100)} %")
         self.threshold_value.setText(f"{round(view['threshold'] * 100)} %")
+        if self.shared_box.isChecked() != view["shared_scale"]:
+            self.shared_box.blockSignals(True)
+            self.shared_box.setChecked(view["shared_scale"])
+            self.shared_box.blockSignals(False)
         if self.colormap_combo.currentText() != view["colormap"]:
             self.colormap_combo.blockSignals(True)
             self.colormap_combo.setCurrentText(view["colormap"])
@@ -170,7 +184,8 @@ class OverlayPanel(QWidget):
         if found is None:
             return None
         pixels, levels = found
-        return thresholded(pixels, levels, context.view["threshold"]), levels
+        signed = context.map_style(context.method)[1]
+        return thresholded(pixels, levels, context.view["threshold"], signed), levels
 
     def redraw(self) -> None:
         """Draw the current map (cached pixels: no resampling, no rescan of the data)."""
@@ -178,7 +193,9 @@ class OverlayPanel(QWidget):
         tiles = self.tiles_box.isChecked() and self.context.trace is not None
         self.stack.setCurrentWidget(self.tiles_widget if tiles else self.view)
         shown = self.current_map()
-        self.view.set_colormap(view["colormap"])
+        colormap, signed, label = self.context.map_style(self.context.method)
+        self.view.set_colormap(colormap, signed)
+        self.view.set_label(label)
         if shown is None:
             self.view.set_map(None)
         else:
@@ -192,6 +209,7 @@ class OverlayPanel(QWidget):
         assert trace is not None and self._image_pixels is not None
         regions = trace.regions
         columns = max(1, math.ceil(math.sqrt(len(regions))))
+        colormap, signed, _label = context.map_style(context.method)
         while len(self.tile_views) < len(regions):
             self.tile_views.append(ImageView(color_bar=False, parent=self.tiles_widget))
         for i, view in enumerate(self.tile_views):
@@ -204,14 +222,15 @@ class OverlayPanel(QWidget):
             left, top, right, bottom = (int(round(v)) for v in region.box)
             view.set_image(np.ascontiguousarray(self._image_pixels[top:bottom, left:right]))
             view.set_title(f"{region.name} \u00b7 {region.grid[0]}\u00d7{region.grid[1]}")
-            view.set_colormap(context.view["colormap"])
+            view.set_colormap(colormap, signed)
             pixels = self._region_map(i, right - left, bottom - top)
             if pixels is None:
                 view.set_map(None)
             else:
                 explanation = context.explanations[context.method]  # _region_map found it
-                levels = fixed_levels(explanation) or display_levels(pixels)
-                view.set_map(thresholded(pixels, levels, context.view["threshold"]), levels, context.view["opacity"])
+                levels = map_levels(explanation, pixels, context.view["shared_scale"])
+                view.set_map(thresholded(pixels, levels, context.view["threshold"], signed), levels,
+                             context.view["opacity"])
 
     def _region_map(self, index: int, width: int, height: int) -> np.ndarray | None:
         from lvlm_studio.api import to_pixels
@@ -239,8 +258,11 @@ class OverlayPanel(QWidget):
             text = "Click a token of the answer (or press \u2192) to see its map."
         elif shown is not None:
             low, high = shown[1]
+            signed = context.map_style(context.method)[1]
+            scale = "one scale for all tokens" if context.view["shared_scale"] else "this token's own scale"
+            centre = ", centred at 0 (red raises the token, blue lowers it)" if signed else ""
             text = (f"<b>{title}</b> for \u201c{(context.selected_token or '').strip()}\u201d "
-                    f"(token {context.selected + 1}): values {low:.3g} to {high:.3g}. "
+                    f"(token {context.selected + 1}): colours from {low:.3g} to {high:.3g} on {scale}{centre}. "
                     "Wheel zooms, drag pans, double-click resets.")
         elif context.is_running(key):
             text = f"Computing {title} for every token\u2026"
@@ -256,24 +278,43 @@ class OverlayPanel(QWidget):
 
     # -- export -----------------------------------------------------------------------------------
     def _choose_export(self) -> None:
-        token = (self.context.selected_token or "map").strip() or "map"
-        path, _ = QFileDialog.getSaveFileName(self, "Export overlay", f"{self.context.method}_{token}.png",
-                                              "PNG (*.png)")
-        if path:
-            self.export_png(path)
+        from lvlm_studio.api import FIGURE_FORMATS
 
-    def export_png(self, path: str | Path) -> Path | None:
-        """The image with the shown map (colormap, opacity, threshold) as a PNG; None with no map."""
-        from lvlm_studio.api import overlay
-
-        image, shown = self.context.shown_image, self.current_map()
-        if image is None or shown is None:
+        if self.current_map() is None:
             self.context.show_message("Nothing to export: select a token with a map first.")
+            return
+        token = "".join(c if c.isalnum() else "_" for c in (self.context.selected_token or "").strip()) or "map"
+        filters = ";;".join(f"{kind.upper()} (*.{kind})" for kind in FIGURE_FORMATS)
+        path, chosen = QFileDialog.getSaveFileName(self, "Export figure", f"{self.context.method}_{token}.png",
+                                                   filters)
+        if not path:
+            return
+        if not Path(path).suffix:  # the format chosen in the dialog when the name has no suffix
+            path += "." + chosen.split("*.")[-1].rstrip(")") if "*." in chosen else ".png"
+        dpi, ok = QInputDialog.getInt(self, "Export figure", "Resolution (dots per inch):", 300, 50, 1200, 50)
+        if ok:
+            self.export_figure(path, dpi)
+
+    def export_figure(self, path: str | Path, dpi: int = 300) -> Path | None:
+        """The image with the shown map (colormap, opacity, threshold, scale), a labelled colour bar,
+        the token and the method, as a PNG, SVG or PDF by ``path``'s suffix; None with no map."""
+        from lvlm_studio.api import LVLMError, explanation_figure, save_figure
+
+        context = self.context
+        explanation, trace = context.explanations.get(context.method), context.trace
+        if context.shown_image is None or trace is None or explanation is None or self.current_map() is None:
+            context.show_message("Nothing to export: select a token with a map first.")
             return None
-        view = self.context.view
-        path = Path(path)
-        overlay(image, shown[0], view["colormap"], view["opacity"]).save(path)
-        self.context.show_message(f"Exported {path.name}.")
+        view = context.view
+        try:
+            figure = explanation_figure(trace, explanation, context.selected, view["colormap"], view["opacity"],
+                                        view["threshold"], view["shared_scale"], context.shown_image,
+                                        context.title_of(context.method))
+            path = save_figure(figure, path, dpi)
+        except LVLMError as exc:  # a bad name or resolution, a full disk: said, nothing half-written
+            context.show_message(str(exc))
+            return None
+        context.show_message(f"Exported {path.name} ({dpi} dpi).")
         return path
 
 

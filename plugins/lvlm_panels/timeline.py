@@ -5,6 +5,9 @@ log-probability, low entropy) that the image made likely (high LLR) is grounded;
 zero came from the language prior. Clicking a point, or anywhere over a token's column, selects
 that token; a ring marks the selected token in each plot. Visual relevance and entropy take three forward
 passes, computed once per answer when the panel first needs them.
+
+log p is drawn from 0 (certain) down to at least ``LOG_P_FLOOR`` nats (p = 0.1): autoscaled to its
+own range it made a 0.99998 token look like a deep dip among 0.99999 ones.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ SERIES = (  # attribute, title, unit, colour
     ("entropy", "entropy", "nats", "#fdd663"),
 )
 MAX_LABEL = 10  # characters of a token shown on the axis
+LOG_P_FLOOR = -2.5  # nats: the log p axis spans at least p = 0.08 to 1
 
 
 class TimelinePanel(QWidget):
@@ -102,9 +106,7 @@ class TimelinePanel(QWidget):
             if count:
                 self.plots[name].setXRange(-0.5, count - 0.5, padding=0.02)
             if values is not None and len(values):
-                low, high = float(np.min(values)), float(np.max(values))
-                span = high - low or max(abs(high), 1e-6)
-                self.plots[name].setYRange(low - 0.15 * span, high + 0.15 * span, padding=0)
+                self.plots[name].setYRange(*y_range(name, values), padding=0)
         self._show_selection()
         self._update_caption()
 
@@ -153,6 +155,17 @@ class TimelinePanel(QWidget):
                 if 0 <= index < len(trace.answer_tokens):
                     self.context.select(index)
                 return
+
+
+def y_range(name: str, values: np.ndarray) -> tuple[float, float]:
+    """The y range a series is drawn on: log p from 0 down to its lowest value or ``LOG_P_FLOOR``
+    (whichever is lower), the others their own range with a margin."""
+    low, high = float(np.min(values)), float(np.max(values))
+    if name == "logprob":
+        low = min(low, LOG_P_FLOOR)
+        return low * 1.06, -0.06 * low  # a margin so that points at 0 and at the bottom show whole
+    span = high - low or max(abs(high), 1e-6)
+    return low - 0.15 * span, high + 0.15 * span
 
 
 def _label(token: str) -> str:

@@ -2,11 +2,15 @@
 
 Built with matplotlib's ``Figure`` and ``PdfPages`` and no pyplot, so it needs no display and no
 Qt: the app's File \u203a Export report and ``lvlm-studio report SESSION`` write the same file.
+Maps are drawn as the session showed them (its colormap, opacity, threshold and colour scale;
+signed maps diverging about 0), each with a labelled colour bar. A report is meant to be shared:
+it names files and folders by their base name only, never by a path on this computer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,8 +19,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lvlm_studio.core.errors import InputError
+from lvlm_studio.core.formats.figure import add_color_bar, draw_map
 from lvlm_studio.core.io.files import atomic_path
-from lvlm_studio.core.plugin.explanation import fixed_levels, overlay, to_pixels
+from lvlm_studio.core.plugin.explanation import (
+    colormap_for,
+    is_signed,
+    map_levels,
+    thresholded,
+    to_pixels,
+    value_label,
+)
+from lvlm_studio.core.tracing.token_stats import percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,8 +42,8 @@ MAX_METHODS = 4
 
 
 def default_tokens(session: Session) -> list[int]:
-    """The tokens worth a page: the selected one, then the visually relevant ones, then the rest,
-    at most ``MAX_TOKENS``."""
+    """The tokens worth a page, in the answer's order: the selected one, the visually relevant ones,
+    then the rest, at most ``MAX_TOKENS``."""
     trace = session.trace
     if trace is None:
         return []
@@ -41,14 +54,14 @@ def default_tokens(session: Session) -> list[int]:
     if trace.visual_relevance is not None:
         chosen += trace.visual_relevance.relevant_indices
     chosen += range(len(trace.answer_tokens))
-    return list(dict.fromkeys(chosen))[:MAX_TOKENS]
+    return sorted(list(dict.fromkeys(chosen))[:MAX_TOKENS])
 
 
 def write_report(session: Session, path: str | Path, tokens: list[int] | None = None) -> Path:
     """Write the report of ``session`` to ``path`` (a PDF) and return the path."""
     if session.trace is None:
         raise InputError("this session has no answer to report on.", "Ask a question first, then export the report.")
-    tokens = default_tokens(session) if tokens is None else tokens
+    tokens = default_tokens(session) if tokens is None else sorted(dict.fromkeys(tokens))
     count = len(session.trace.answer_tokens)
     bad = [t for t in tokens if not 0 <= t < count]
     if bad:
@@ -97,23 +110,25 @@ def _summary_page(session: Session) -> Figure:
     image_axes = figure.add_axes((0.08, 0.62, 0.38, 0.3))
     image_axes.imshow(np.asarray(trace.image))
     image_axes.set_axis_off()
-    text = (f"Image: {session.image_name or 'unnamed'} ({trace.image.size[0]} x {trace.image.size[1]} px)\n"
-            f"Model: {trace.model_info.get('family', '?')} from {session.model_source or 'the demo model'}\n\n"
+    image_name = base_name(session.image_name) or "unnamed"
+    source = base_name(session.model_source) or "the demo model"
+    text = (f"Image: {image_name} ({trace.image.size[0]} x {trace.image.size[1]} px)\n"
+            f"Model: {trace.model_info.get('family', '?')} from {source}\n\n"
             f"Prompt:\n{wrap(session.prompt, 40)}\n\nAnswer:\n{wrap(trace.answer_text, 40)}")
     figure.text(0.5, 0.92, text, va="top", fontsize=9, family="DejaVu Sans")
     relevance = trace.visual_relevance
     rows = []
     for i, token in enumerate(trace.answer_tokens):
-        alternatives = ", ".join(f"{a.strip() or repr(a)} {np.exp(p):.2f}"
-                                 for a, p in zip(trace.top_tokens[i][1:4], trace.top_logprobs[i][1:4]))
+        others = [(a, p) for a, p in zip(trace.top_tokens[i], trace.top_logprobs[i]) if a != token][:3]
+        alternatives = ", ".join(f"{a.strip() or repr(a)} {percent(np.exp(p))}" for a, p in others)
         llr = f"{relevance.llr[i]:+.2f}" if relevance is not None else "-"
-        rows.append([str(i), token.strip() or repr(token), f"{trace.probabilities[i]:.3f}", llr, alternatives])
+        rows.append([str(i), token.strip() or repr(token), percent(trace.probabilities[i]), llr, alternatives])
     table_axes = figure.add_axes((0.08, 0.05, 0.84, 0.52))
     table_axes.set_axis_off()
     table_axes.set_title("Answer tokens (LLR: log p with the image - log p with it blurred, nats)",
                          fontsize=9, loc="left")
     table = table_axes.table(cellText=rows[:40], colLabels=["#", "token", "prob", "LLR", "next best"],
-                             colWidths=[0.06, 0.18, 0.1, 0.1, 0.56], loc="upper left", cellLoc="left")
+                             colWidths=[0.06, 0.16, 0.13, 0.09, 0.56], loc="upper left", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     if any(m.directions for m in session.metrics):
@@ -126,9 +141,20 @@ def _overlay_page(session: Session, tokens: list[int]) -> Figure:
     trace = session.trace
     assert trace is not None
     methods = list(session.explanations)[:MAX_METHODS]
+    view = session.view
+    chosen = view.get("colormap") if isinstance(view.get("colormap"), str) else "inferno"
+    from matplotlib import colormaps
+
+    chosen = chosen if chosen in colormaps else "inferno"
+    opacity = _fraction(view.get("opacity"), 0.6)
+    threshold = _fraction(view.get("threshold"), 0.0)
+    shared = view.get("shared_scale") is True
+    scale = "one colour scale per method for all tokens" if shared else "each map on its own colour scale"
     figure = page("Where each token came from")
+    figure.text(0.08, 0.925, f"Colormap {chosen}, opacity {opacity:.0%}, threshold {threshold:.0%}, {scale}; "
+                "signed maps diverge about 0.", fontsize=8)
     grid = figure.add_gridspec(len(tokens), len(methods), left=0.08, right=0.95, top=0.9, bottom=0.04,
-                               hspace=0.35, wspace=0.08)
+                               hspace=0.35, wspace=0.35)
     for row, token in enumerate(tokens):
         for col, method in enumerate(methods):
             axes = figure.add_subplot(grid[row, col])
@@ -137,7 +163,11 @@ def _overlay_page(session: Session, tokens: list[int]) -> Figure:
             explanation = session.explanations[method]
             if token in explanation.maps:
                 pixels = to_pixels(explanation.maps[token], trace.regions, trace.image.size)
-                axes.imshow(np.asarray(overlay(trace.image, pixels, levels=fixed_levels(explanation))))
+                signed = is_signed(explanation)
+                levels = map_levels(explanation, pixels, shared)
+                artist = draw_map(axes, trace.image, thresholded(pixels, levels, threshold, signed), levels,
+                                  colormap_for(explanation, chosen), opacity, signed)
+                add_color_bar(figure, artist, axes, value_label(explanation), fontsize=6)
             else:
                 axes.text(0.5, 0.5, "not computed", ha="center", va="center", fontsize=8, transform=axes.transAxes)
             if row == 0:
@@ -175,7 +205,7 @@ def _metrics_page(session: Session) -> Figure:
 
 def _record_page(session: Session) -> Figure:
     figure = page("Run record")
-    text = json.dumps(session.record, indent=1, default=str)
+    text = json.dumps(without_paths(session.record), indent=1, default=str)
     lines = [wrapped for line in text.splitlines() for wrapped in textwrap.wrap(line, 95) or [""]]
     figure.text(0.08, 0.92, "\n".join(lines[:90]), va="top", fontsize=7, family="monospace")
     return figure
@@ -184,3 +214,34 @@ def _record_page(session: Session) -> Figure:
 def wrap(text: str, width: int) -> str:
     """``text`` broken into lines of at most ``width`` characters ("-" when empty)."""
     return "\n".join(textwrap.wrap(text, width)) or "-"
+
+
+def _fraction(value: object, default: float) -> float:
+    """``value`` if it is a number from 0 to 1 (as a session's view keeps opacity and threshold), else ``default``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return default
+
+
+# An absolute path inside a text: /a/b, ~/a or C:\a (a URL's // is not one).
+_PATH = re.compile(r"(?<![\w.:/\\~])(?:~?/|[A-Za-z]:[\\/])[^\s\"',;()\[\]]*")
+
+
+def base_name(text: str | None) -> str:
+    """The last part of a path (a file or folder name), "" for None: what a shared report may show."""
+    if not text:
+        return ""
+    parts = [p for p in re.split(r"[\\/]", str(text)) if p]
+    return parts[-1] if parts else str(text)
+
+
+def without_paths(value: object) -> object:
+    """``value`` (JSON-like) with every absolute path in its texts cut to its base name, so that a
+    report shows no folder of the computer it was made on."""
+    if isinstance(value, str):
+        return _PATH.sub(lambda match: base_name(match.group()) or match.group(), value)
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_paths(item) for item in value]
+    return value

@@ -272,6 +272,8 @@ def check_view(view: dict[str, Any]) -> None:
             raise BadSession(f"{where}{key} is {view[key]!r}, not a number from 0 to 1")
     if "selected" in view:
         typed(view["selected"], "a whole number", f"{where}selected", optional=True)
+    if "shared_scale" in view:
+        typed(view["shared_scale"], "true or false", f"{where}shared_scale")
     if view.get("stats") is not None:
         typed(view["stats"], "an object", f"{where}stats")
     for method, chosen in typed(view.get("params", {}), "an object", f"{where}params").items():

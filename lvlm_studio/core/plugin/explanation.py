@@ -20,7 +20,10 @@ class Explanation:
     ``token_index`` counts answer tokens from 0. ``provenance`` says how the maps were made
     (method, parameters, model, attention implementation, time) so a saved result can be trusted
     and reproduced. A ``provenance["levels"]`` of [low, high] asks viewers to draw every token's
-    map on that one scale instead of each on its own range (``fixed_levels``).
+    map on that one scale instead of each on its own range (``fixed_levels``). A
+    ``provenance["values"]`` text says what the values are (colour-bar labels: ``value_label``),
+    and a ``provenance["signed"]`` bool whether their sign means something (diverging colormaps
+    centred at 0: ``is_signed``; without it, negative values make a map signed).
     """
 
     method: str
@@ -64,6 +67,76 @@ def fixed_levels(explanation: Explanation) -> tuple[float, float] | None:
     except (TypeError, ValueError):
         return None
     return (low, high) if np.isfinite(low) and np.isfinite(high) and high > low else None
+
+
+#: The colormap of signed maps (a value's sign is its colour, 0 the colormap's white centre).
+DIVERGING_COLORMAP = "RdBu_r"
+
+
+def is_signed(explanation: Explanation) -> bool:
+    """Whether the maps have a sign worth showing (negative cells pushed the token down): as the
+    method declared it (``provenance["signed"]``, a bool), else whether any map has a negative value."""
+    declared = explanation.provenance.get("signed")
+    if isinstance(declared, bool):
+        return declared
+    return any(float(np.min(m)) < 0 for maps in explanation.maps.values() for m in maps if np.size(m))
+
+
+def value_label(explanation: Explanation) -> str:
+    """What a map's values are, for colour-bar labels: the method's ``provenance["values"]`` if it
+    says, else the method's id ("signed" added when the maps have a sign)."""
+    said = explanation.provenance.get("values")
+    if isinstance(said, str) and said.strip():
+        return said.strip()
+    return f"{explanation.method} value" + (" (signed)" if is_signed(explanation) else "")
+
+
+def map_levels(explanation: Explanation, pixels: np.ndarray | None = None,
+               shared: bool = False) -> tuple[float, float]:
+    """The colour scale (low, high) to draw one of ``explanation``'s maps (``pixels``) on.
+
+    The explainer's fixed scale (``fixed_levels``) wins. Otherwise the range of ``pixels`` alone,
+    or with ``shared`` the range over every token's map, so that strengths compare across tokens.
+    A signed map's scale is symmetric about 0 (-m, m), so 0 falls on a diverging colormap's centre.
+    A flat or empty map gets a scale that shows it flat.
+    """
+    fixed = fixed_levels(explanation)
+    if fixed is not None:
+        return fixed
+    if shared or pixels is None:
+        arrays = [np.asarray(m, dtype=np.float64).ravel() for maps in explanation.maps.values() for m in maps]
+        values = np.concatenate(arrays) if arrays else np.zeros(0)
+    else:
+        values = np.asarray(pixels, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return (-1.0, 1.0) if is_signed(explanation) else (0.0, 1.0)
+    low, high = float(finite.min()), float(finite.max())
+    if is_signed(explanation):
+        reach = max(abs(low), abs(high))
+        return (-reach, reach) if reach > 0 else (-1.0, 1.0)
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def colormap_for(explanation: Explanation, chosen: str) -> str:
+    """The colormap to draw ``explanation``'s maps in: the chosen (sequential) one, or for signed
+    maps the diverging ``DIVERGING_COLORMAP`` (a sequential one would put 0 at a dark middle)."""
+    return DIVERGING_COLORMAP if is_signed(explanation) else chosen
+
+
+def thresholded(pixels: np.ndarray, levels: tuple[float, float], threshold: float,
+                signed: bool = False) -> np.ndarray:
+    """The map with weak values hidden (NaN draws transparent): values below ``threshold`` of the
+    colour range, or for a ``signed`` map values whose size is below ``threshold`` of the largest
+    the scale reaches (strong negative values stay)."""
+    if threshold <= 0:
+        return pixels
+    with np.errstate(invalid="ignore"):
+        if signed:
+            reach = max(abs(levels[0]), abs(levels[1]))
+            return np.where(np.abs(pixels) >= threshold * reach, pixels, np.nan)
+        cut = levels[0] + threshold * (levels[1] - levels[0])
+        return np.where(pixels >= cut, pixels, np.nan)
 
 
 def to_pixels(
@@ -122,9 +195,13 @@ def normalise(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, pixel_map: np.ndarray, colormap: str = "inferno", opacity: float = 0.55,
-            levels: tuple[float, float] | None = None) -> Image.Image:
-    """The image with a heat map blended on top (uncovered pixels are left as they are). The map
-    spans the whole colormap, or with ``levels`` (low, high) is drawn on that fixed scale."""
+            levels: tuple[float, float] | None = None, signed: bool = False) -> Image.Image:
+    """The image with a heat map blended on top (uncovered and NaN pixels are left as they are). The
+    map spans the whole colormap, or with ``levels`` (low, high) is drawn on that fixed scale.
+
+    A ``signed`` map (drawn with a diverging colormap on levels symmetric about 0) covers the image
+    in proportion to its size, so values near 0 leave the picture as it is instead of veiling it.
+    """
     from matplotlib import colormaps  # the Agg-free colormap registry; no pyplot, no GUI
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
@@ -135,6 +212,7 @@ def overlay(image: Image.Image, pixel_map: np.ndarray, colormap: str = "inferno"
         with np.errstate(invalid="ignore"):
             shown = np.where(np.isfinite(pixel_map), np.clip((pixel_map - low) / (high - low), 0.0, 1.0), 0.0)
     heat = colormaps[colormap](shown)[..., :3]
-    alpha = np.where(np.isfinite(pixel_map), opacity, 0.0)[..., None]
+    strength = np.clip(np.abs(shown - 0.5) * 2.0, 0.0, 1.0) if signed else 1.0
+    alpha = np.where(np.isfinite(pixel_map), opacity * strength, 0.0)[..., None]
     blended = rgb * (1 - alpha) + heat * alpha
     return Image.fromarray((blended * 255).round().astype(np.uint8), "RGB")

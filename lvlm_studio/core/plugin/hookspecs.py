@@ -49,7 +49,8 @@ PROJECT = "lvlm_studio"
 # 1.3: attention views (head_gallery, patch_text_attention, question_answer_attention, token_words, ...),
 #      influence_shares, causal_graph, lens_at (the influence, causal graph and logit lens views),
 #      baseline_image and BASELINES (blur, black, mean, noise),
-#      contrastive targets (CONTRAST, supports_contrast, contrast_token, require_contrast, logit_difference)
+#      contrastive targets (CONTRAST, supports_contrast, contrast_token, require_contrast, logit_difference),
+#      figures (map_levels, is_signed, colormap_for, value_label, explanation_figure, save_figure, ...)
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
 API_VERSION = "1.3.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".

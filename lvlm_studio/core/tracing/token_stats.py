@@ -70,3 +70,21 @@ def token_stats(trace: Trace, loaded: LoadedModel | None) -> Job[TokenStats]:
     yield Progress(2, 2, "entropy")
     return TokenStats(np.asarray(trace.logprobs, dtype=np.float64), relevance.llr.astype(np.float64),
                       relevance.relevant.copy(), entropy)
+
+
+def percent(p: float) -> str:
+    """A probability as a percentage with the digits that tell values apart: 97.3%, 99.998%, 0.42%,
+    0.0031%, and below 0.001% in powers of ten (1.2e-07%), never a bare "0.0%"."""
+    value = 100.0 * float(p)
+    if not np.isfinite(value):
+        return "-"
+    if value <= 0:
+        return "0%"
+    if value >= 99.95 and value < 100:  # near-certain: show how far from 100% it is
+        digits = int(np.ceil(-np.log10(100 - value)))
+        return f"{value:.{digits}f}%" if digits <= 4 else ">99.9999%"
+    if value >= 1:
+        return f"{value:.1f}%"
+    if value >= 1e-3:
+        return f"{value:.2g}%"
+    return f"{value:.1e}%"
