@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 Work = Callable[[Callable[[Progress], None], threading.Event], Any]
 
 
+def _per_target(explainer: Explainer, params: dict[str, Any]) -> bool:
+    """Whether ``explainer`` computes token by token; a plugin whose answer raises is asked for every
+    token at once, as plugins were before they could say."""
+    try:
+        return bool(explainer.per_target(params))
+    except Exception:  # noqa: BLE001 - a plugin's bug here only costs the order of its maps
+        return False
+
+
 class Analysis(QObject):
     """The jobs behind one window's analysis, and the registry they take plugins from."""
 
@@ -45,6 +54,7 @@ class Analysis(QObject):
         self.explainers: dict[str, Explainer] = {}
         self.metrics: dict[str, Metric] = {}
         self._running: dict[str, Job] = {}  # key -> job, for work on the current trace
+        self._queues: dict[str, list[int]] = {}  # method -> answer tokens still to explain, next first
         self._failed: set[str] = set()
         self.panel_failures: dict[str, str] = {}  # panel id -> what it raised (Help › Plugins lists them)
         self.image_path: Path | None = None  # the file the image was opened from (another frame is read from it)
@@ -99,6 +109,7 @@ class Analysis(QObject):
         if self.runner.busy:
             self.message.emit("Cancelling\u2026")
             self.runner.cancel_all()
+            self._queues.clear()
 
     def report_panel_failure(self, panel: str, exc: BaseException) -> None:
         """A panel raised: say so once; the panel is disconnected by its context, the app goes on."""
@@ -117,6 +128,7 @@ class Analysis(QObject):
                 job.cancel()
             self._running.clear()
             self._failed.clear()
+            self._queues.clear()
 
     # -- loading and asking --------------------------------------------------------------------
     def load_registry(self) -> Job | None:
@@ -222,18 +234,21 @@ class Analysis(QObject):
 
     # -- work on the current answer ------------------------------------------------------------
     def explain(self, method: str, retry: bool = False) -> Job | None:
-        """Compute ``method``'s maps for every answer token once per answer (stepping through tokens
-        afterwards only redraws). None when there is nothing to do."""
+        """Compute ``method``'s maps of the answer tokens; each token's map is computed once per answer
+        and parameter set (stepping through tokens afterwards only redraws).
+
+        A method whose maps come from one pass (``Explainer.per_target`` False: attention, rollout,
+        perturbations) computes every token in one job. A method that works token by token computes
+        the selected token first, then the others one job each in the background; selecting a token
+        not computed yet moves it to the front of that queue. Returns the job started, None when none
+        was (nothing to do, or the method's job is already running)."""
         state, key = self.state, f"explain:{method}"
-        trace, model = state.trace, state.model
+        trace = state.trace
         if retry:
             self._failed.discard(key)
-        if trace is None or method not in self.explainers or method in state.explanations:
-            return None
-        if key in self._running or key in self._failed:
+        if trace is None or method not in self.explainers or key in self._failed:
             return None
         explainer = self.explainers[method]
-        targets = list(range(len(trace.answer_tokens)))
         chosen = dict(state.params.get(method, {}))
         try:  # checked again here: a session may bring parameters another version of the plugin knew
             params = explainer.resolve_params(chosen)
@@ -241,6 +256,35 @@ class Analysis(QObject):
             self._failed.add(key)
             self.error.emit(f"Parameters of {explainer.title or method}", exc, "")
             return None
+        if not _per_target(explainer, params):
+            if method in state.explanations or key in self._running:
+                return None
+            return self._explain_tokens(method, explainer, params, chosen,
+                                        list(range(len(trace.answer_tokens))))
+        missing = state.missing_tokens(method)
+        first = state.selected if state.selected in missing else None
+        self._queues[method] = [first] * (first is not None) + [t for t in missing if t != first]
+        if key in self._running or not missing:
+            return None
+        return self._explain_next(method, explainer, params, chosen)
+
+    def _explain_next(self, method: str, explainer: Explainer, params: dict[str, Any],
+                      chosen: dict[str, Any]) -> Job | None:
+        """Start the job of the next token in ``method``'s queue that still has no map (None: done)."""
+        missing = set(self.state.missing_tokens(method))
+        queue = [t for t in self._queues.get(method, []) if t in missing]
+        if not queue:
+            self._queues.pop(method, None)
+            return None
+        self._queues[method] = queue[1:]
+        return self._explain_tokens(method, explainer, params, chosen, queue[:1])
+
+    def _explain_tokens(self, method: str, explainer: Explainer, params: dict[str, Any],
+                        chosen: dict[str, Any], targets: list[int]) -> Job:
+        """One job: ``method``'s maps of ``targets`` (all tokens, or one token of a per-target method)."""
+        state, trace, model = self.state, self.state.trace, self.state.model
+        progressive = len(targets) < len(trace.answer_tokens)
+        title = explainer.title or method
 
         def work(report: Callable[[Progress], None], cancel: threading.Event) -> Any:
             from lvlm_studio.core.plugin.checks import check_explanation
@@ -250,10 +294,18 @@ class Analysis(QObject):
             return check_explanation(made, trace, targets, explainer)
 
         def done(explanation: Any) -> None:
-            if state.add_explanation(trace, method, explanation, chosen):
-                self.message.emit(f"{explainer.title}: maps for all {len(targets)} tokens ready.")
+            if not progressive:
+                if state.add_explanation(trace, method, explanation, chosen):
+                    self.message.emit(f"{title}: maps for all {len(targets)} tokens ready.")
+                return
+            if state.add_maps(trace, method, explanation, chosen):
+                left = len(state.missing_tokens(method))
+                self.message.emit(f"{title}: map of token {targets[0] + 1} ready; " + (
+                    f"{left} more token{'s' * (left != 1)} in the background." if left else "every token done."))
+                self._explain_next(method, explainer, params, chosen)
 
-        return self.start(f"Explaining with {explainer.title}", work, done, key=key)
+        what = f"Explaining token {targets[0] + 1} with" if progressive else "Explaining with"
+        return self.start(f"{what} {title}", work, done, key=f"explain:{method}")
 
     def set_params(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Choose ``method``'s parameters from ``params`` (any subset, as text or values); raise
@@ -269,6 +321,7 @@ class Analysis(QObject):
         if params_key(chosen) == self.state.params_key(method):
             return chosen
         running = self._running.pop(f"explain:{method}", None)
+        self._queues.pop(method, None)  # the old set's remaining tokens
         if running is not None:
             running.cancel()
             self.activity.emit()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QStackedLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QLabel, QStackedLayout, QWidget
 
 BACKGROUND = "#202124"
 FOREGROUND = "#dadce0"
@@ -35,6 +35,9 @@ class ImageView(QWidget):
         self.view = self.graphics.addViewBox(row=1, col=0, lockAspect=True, invertY=True)
         self.view.setMenuEnabled(False)
         self.image_item = pg.ImageItem()
+        # The picture changes with the image, not with the token: kept as a pixmap at screen
+        # resolution, a repaint after a token switch blits it instead of scaling the image again.
+        self.image_item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.overlay_item = pg.ImageItem()
         self.overlay_item.setZValue(1)
         self.view.addItem(self.image_item)

@@ -421,7 +421,7 @@ class MainWindow(QMainWindow):
 
     # -- following the state -------------------------------------------------------------------
     def _follow_selection(self, retry: bool = False) -> None:
-        """A token is selected: make sure the chosen method's maps exist (one job per answer)."""
+        """A token is selected: make sure the chosen method's maps exist (the selected token's first)."""
         if self.state.trace is not None and self.state.selected is not None:
             self.analysis.explain(self.state.method, retry=retry)
         self.update_caption()
@@ -481,12 +481,15 @@ class MainWindow(QMainWindow):
             text = "Ask a question, then click a token of the answer to see its map over the image."
         elif state.selected is None:
             text = "Click a token of the answer to see its map over the image."
-        elif method in state.explanations:
+        elif made is not None and state.selected in made.maps:
             token = state.selected_token or ""
+            count = len(state.trace.answer_tokens)
+            ready = sum(t in made.maps for t in range(count))
+            rest = f"; the other tokens in the background ({ready} of {count} ready)" if ready < count else ""
             text = (f"<b>{title}</b> for \u201c{token.strip()}\u201d, token {state.selected + 1} of "
-                    f"{len(state.trace.answer_tokens)} (Image overlay panel).")
+                    f"{count} (Image overlay panel){rest}.")
         elif analysis.is_running(key):
-            text = f"Computing {title} for every token\u2026"
+            text = f"Computing {title}\u2026"
         elif analysis.has_failed(key):
             text = f"{title} failed on this answer. Click a token, or choose the method again, to retry."
         else:

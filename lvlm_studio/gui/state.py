@@ -162,6 +162,48 @@ class StudioState:
         self._notify("explanations")
         return True
 
+    def add_maps(self, trace: Trace, method: str, explanation: Explanation,
+                 params: dict[str, Any] | None = None) -> bool:
+        """Add the token maps of ``explanation`` (some answer tokens, computed one call at a time) to
+        ``method``'s explanation for the parameters ``params`` (None: the ones chosen now); the first
+        maps start it. Maps already there stay: each token is computed once. Same answer and
+        parameter checks as ``add_explanation``; True when the maps shown changed."""
+        if trace is not self.trace:
+            return False
+        key = params_key(self.params.get(method, {}) if params is None else params)
+        current = key == self.params_key(method)
+        kept = self.explanations.get(method) if current else None
+        if kept is None:
+            cached = self._cache.get((method, key))
+            kept = cached[0] if cached is not None else None
+        if kept is None:
+            from lvlm_studio.core.plugin.explanation import Explanation
+
+            kept = Explanation(explanation.method, {}, dict(explanation.params), dict(explanation.provenance))
+        else:  # per-token entries of the provenance (a dict keyed by token) are gathered too
+            for name, value in explanation.provenance.items():
+                have = kept.provenance.get(name)
+                if isinstance(value, dict) and isinstance(have, dict):
+                    kept.provenance[name] = {**value, **have}
+        for token, maps in explanation.maps.items():
+            kept.maps.setdefault(token, maps)
+        if not current:
+            self._cache.setdefault((method, key), (kept, {}))
+            return False
+        if self.explanations.get(method) is not kept:
+            self.explanations[method] = kept
+            self._cache[(method, key)] = (kept, {k: v for k, v in self.metrics.items() if k[0] == method})
+            self._pixels = {k: v for k, v in self._pixels.items() if k[0] != method}
+        self._notify("explanations")
+        return True
+
+    def missing_tokens(self, method: str) -> list[int]:
+        """The answer tokens ``method`` has no map for yet (with the chosen parameters), in order."""
+        if self.trace is None:
+            return []
+        made = self.explanations.get(method)
+        return [t for t in range(len(self.trace.answer_tokens)) if made is None or t not in made.maps]
+
     def set_params(self, method: str, params: dict[str, Any]) -> None:
         """Choose ``method``'s parameters (the values that differ from its defaults, already checked).
         Its maps and their metrics become those of the new parameter set: from the cache when they

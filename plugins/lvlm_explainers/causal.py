@@ -155,6 +155,9 @@ class CausalSubset(Explainer):
     def applies_to(self, model, params: dict[str, Any]) -> str | None:
         return image_tokens_reason(model, "the causal token subset")
 
+    def per_target(self, params: dict[str, Any]) -> bool:
+        return True  # a graph and a validation per token: the selected token's map comes first in the app
+
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:
             raise InputError("the causal subset needs the model, not only a saved trace.", "Load the model first.")
@@ -175,7 +178,6 @@ class CausalSubset(Explainer):
         if params["head"] >= attention.shape[0]:
             raise InputError(f"head {params['head']} does not exist.", f"Layer {layer} has {attention.shape[0]} heads.")
         baseline = blurred_baseline(trace.image)
-        rng = np.random.default_rng(params["seed"])
         maps, details = {}, {}
         for i, (t, query) in enumerate(zip(targets, queries)):
             yield Progress(1 + 2 * i, total, f"causal graph for token {t}")
@@ -186,6 +188,9 @@ class CausalSubset(Explainer):
                 weights[index[position]] = weight
             maps[t] = split_by_region(weights, trace.regions)
             subset = [int(p) for p in found["weights"]]
+            # Each token's random subsets are seeded by the token too: asked alone or with others
+            # (the app asks for the selected token first), a token's validation is the same.
+            rng = np.random.default_rng((params["seed"], t))
             validation = yield from self._validate(trace, model, baseline, t, subset, rng, params,
                                                    Progress(2 + 2 * i, total, f"validation for token {t}"))
             details[str(t)] = {**{k: v for k, v in found.items() if k != "weights"},

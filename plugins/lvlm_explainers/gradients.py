@@ -108,6 +108,9 @@ class _ImageFeatureGradients(Explainer):
     def applies_to(self, model, params: dict[str, Any]) -> str | None:
         return image_tokens_reason(model, f"{self.title} (on the decoder's input embeddings at the image positions)")
 
+    def per_target(self, params: dict[str, Any]) -> bool:
+        return True  # one backward pass per token: the selected token's map comes first in the app
+
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:
             raise InputError(f"{self.title} needs the model, not only a saved trace.", "Load the model first.")

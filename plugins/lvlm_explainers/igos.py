@@ -112,6 +112,10 @@ class IGOSPlusPlus(Explainer):
         Param("batch_size", 20, "integration points per forward + backward pass", minimum=1, maximum=1024),
     )
 
+    def per_target(self, params: dict[str, Any]) -> bool:
+        # One mask optimised per token (score "target"); the default shares one mask by all tokens.
+        return params["score"] == "target"
+
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:
             raise InputError("iGOS++ needs the model, not only a saved trace.", "Load the model first.")

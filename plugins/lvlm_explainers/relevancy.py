@@ -160,6 +160,9 @@ class Relevancy(Explainer):
             return vision_side_reason(model)
         return None  # image tokens: self-attention; cross-attention families: through their cross-attention
 
+    def per_target(self, params: dict[str, Any]) -> bool:
+        return True  # one backward pass per token: the selected token's map comes first in the app
+
     def explain(self, trace, model, targets, params: dict[str, Any]):
         if model is None:
             raise InputError("relevancy needs the model, not only a saved trace.", "Load the model first.")

@@ -189,7 +189,11 @@ class ComparePanel(QWidget):
             pair = f"{short_title(self.context.title_of(a))} \u00b7 {short_title(self.context.title_of(b))}"
             for c, text in enumerate((pair, "-" if np.isnan(rho) else f"{rho:+.2f}", f"{overlap:.0%}",
                                       "disagree" if inconsistent else "agree")):
-                self.table.setItem(r, c, QTableWidgetItem(text))
+                item = self.table.item(r, c)
+                if item is None:
+                    self.table.setItem(r, c, QTableWidgetItem(text))
+                elif item.text() != text:  # most cells keep their text from token to token
+                    item.setText(text)
         if self.context.trace is None:
             text = "After an answer, select a token to compare the ticked methods' maps."
         elif self.context.selected is None:

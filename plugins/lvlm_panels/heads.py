@@ -45,6 +45,9 @@ class AttentionGridPanel(QWidget):
         self.image.mouseClickEvent = self._on_click  # type: ignore[method-assign]
         self.caption = QLabel()
         self.caption.setWordWrap(True)
+        # Two lines kept: a caption that wraps for one token and not the next would resize the grid
+        # (and re-lay its axes) on every switch.
+        self.caption.setMinimumHeight(2 * self.caption.fontMetrics().lineSpacing() + 2)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.graphics, 1)

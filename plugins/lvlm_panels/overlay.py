@@ -265,7 +265,7 @@ class OverlayPanel(QWidget):
                     f"(token {context.selected + 1}): colours from {low:.3g} to {high:.3g} on {scale}{centre}. "
                     "Wheel zooms, drag pans, double-click resets.")
         elif context.is_running(key):
-            text = f"Computing {title} for every token\u2026"
+            text = f"Computing {title} for this token\u2026"
         elif context.has_failed(key):
             text = f"{title} failed on this answer; pick it again in the list to retry."
         else:

@@ -148,6 +148,18 @@ class Explainer(_Described):
         """
         return None
 
+    def per_target(self, params: dict[str, Any]) -> bool:
+        """Whether each answer token's map costs its own passes and does not depend on which other
+        tokens are explained with it (gradients, relevancy, a mask optimised per token).
+
+        The app then asks ``explain`` for the selected token alone first, shows its map, and asks for
+        the other tokens one at a time in the background. False (the default): one pass gives every
+        token's map (attention, rollout, perturbations scored for all tokens at once), and the app asks
+        for all tokens in one call, as before. ``params`` have been through ``resolve_params``.
+        A method that returns maps for more tokens than asked is still correct either way.
+        """
+        return False
+
     def explain(
         self, trace: Trace, model: LoadedModel | None, targets: list[int], params: dict[str, Any]
     ) -> Explanation | Job[Explanation]:
