@@ -65,6 +65,8 @@ from lvlm_studio.api import (
     Param,
     Progress,
     attention_implementation,
+    rows_with_gradients,
+    rows_with_gradients_applies,
     split_by_region,
     text_relevance_record,
 )
@@ -87,8 +89,10 @@ class RowRelevancy:
     arrives).
     """
 
-    def __init__(self, cross: frozenset[int] = frozenset()) -> None:
+    def __init__(self, cross: frozenset[int] = frozenset(), positions: dict[int, torch.Tensor] | None = None) -> None:
         self.weights: dict[int, torch.Tensor] = {}  # layer -> A_l, detached (the graph keeps it anyway)
+        # layer -> the query positions its weights' rows are, where a layer keeps only some rows
+        self.positions = positions or {}
         self.rows = torch.zeros(0)  # set by each backward
         self.image: torch.Tensor | None = None  # relevance to the vision tokens (cross layers only)
         self.cross = cross
@@ -112,6 +116,11 @@ class RowRelevancy:
             raise RuntimeError(f"the gradient of layer {layer} arrived after layer {self.previous_layer}'s")
         self.previous_layer = layer
         rows = self.rows.to(grad.device)  # layers may sit on different devices
+        positions = self.positions.get(layer)
+        if positions is not None:  # the weights hold only these query rows (the last layer's)
+            a_bar = (grad.float() * self.weights[layer].float()).clamp_(min=0).mean(dim=1)
+            self.rows = rows + rows[..., positions.to(rows.device)] @ a_bar
+            return
         # Only the rows of A_bar_l where the row vector is non-zero add anything: one row for the
         # last layer (v = e_q), none after q in the others (causal). Build A_bar over that span only.
         live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
@@ -164,7 +173,12 @@ class Relevancy(Explainer):
         inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
         yield Progress(0, len(targets) + 1, "forward pass")
 
-        relevancy = RowRelevancy(cross)
+        # In the last layer only the rows whose logits are kept reach a score: attention (and its
+        # backward) for those rows alone, where the model's attention allows it.
+        last = len(modules) - 1
+        rows_only = not vision and last not in cross and rows_with_gradients_applies(model)
+        positions = {last: torch.as_tensor(queries, dtype=torch.long)} if rows_only else {}
+        relevancy = RowRelevancy(cross, positions)
         if vision or crossing:  # differentiate from the pixels: the image reaches the answer through them
             inputs["pixel_values"] = inputs["pixel_values"].detach().requires_grad_(True)
             leaves = nullcontext([inputs["pixel_values"]])
@@ -172,7 +186,8 @@ class Relevancy(Explainer):
             leaves = differentiable_decoder_inputs(model)
         handles = [m.register_forward_hook(relevancy.hook(i)) for i, m in enumerate(modules)]
         try:
-            with torch.enable_grad(), attention_implementation(model.model, "eager"), leaves as leaf_holder:
+            last_rows = rows_with_gradients(modules[last], queries) if rows_only else nullcontext()
+            with torch.enable_grad(), attention_implementation(model.model, "eager"), last_rows, leaves as leaf_holder:
                 logits = model.model(**inputs, use_cache=False, logits_to_keep=torch.tensor(queries)).logits[0]
         finally:
             for handle in handles:
