@@ -98,6 +98,7 @@ class RowRelevancy:
         self.cross = cross
         self.previous_layer: int | None = None
         self.first: torch.Tensor | None = None  # the weights of the first layer hooked, with their graph
+        self.scratch = torch.zeros(0)  # room for one layer's grad * A, kept between backwards
 
     def hook(self, layer: int) -> Callable:
         def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
@@ -118,7 +119,7 @@ class RowRelevancy:
         rows = self.rows.to(grad.device)  # layers may sit on different devices
         positions = self.positions.get(layer)
         if positions is not None:  # the weights hold only these query rows (the last layer's)
-            a_bar = (grad.float() * self.weights[layer].float()).clamp_(min=0).mean(dim=1)
+            a_bar = self._a_bar(grad, self.weights[layer])
             self.rows = rows + rows[..., positions.to(rows.device)] @ a_bar
             return
         # Only the rows of A_bar_l where the row vector is non-zero add anything: one row for the
@@ -127,12 +128,22 @@ class RowRelevancy:
         if len(live) == 0:
             return
         span = slice(int(live[0]), int(live[-1]) + 1)
-        a_bar = (grad[..., span, :].float() * self.weights[layer][..., span, :].float()).clamp_(min=0).mean(dim=1)
+        a_bar = self._a_bar(grad[..., span, :], self.weights[layer][..., span, :])
         read = rows[..., span] @ a_bar  # [batch, k, T or K]
         if layer in self.cross:
             self.image = read if self.image is None else self.image.to(read.device) + read
         else:
             self.rows = rows + read
+
+    def _a_bar(self, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """mean over heads of relu(grad * weights), [batch, rows, T]. The product is written into
+        memory kept between backwards: a fresh heads x rows x T tensor for every layer of every
+        token cost more than the arithmetic (the allocator hands large blocks back to the system)."""
+        size, device = grad.numel(), grad.device
+        if self.scratch.numel() < size or self.scratch.device != device:
+            self.scratch = torch.empty(size, dtype=torch.float32, device=device)
+        product = torch.mul(grad.float(), weights.float(), out=self.scratch[:size].view(grad.shape))
+        return product.clamp_(min=0).mean(dim=1)
 
     def backward(self, score: torch.Tensor, rows: torch.Tensor, keep_graph: bool) -> torch.Tensor:
         """Backpropagate ``score`` down to the first layer's attention weights and no further: every
