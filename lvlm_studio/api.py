@@ -27,7 +27,8 @@ What is here, by purpose:
 - **Attention and gradients**: ``trace.teacher_forced_inputs(model, upto=...)`` (one forward pass
   over prompt + answer), ``capture_attention`` (attention of chosen query positions over chosen key
   positions, one pass), ``split_by_region`` (values over the image positions, cut into each
-  region's grid), ``attention_implementation`` (eager attention for a block), ``log_probability``,
+  region's grid), ``attention_implementation`` (eager attention for a block), ``rows_with_gradients``
+  (one attention module's eager weights, with their graph, for chosen query rows only), ``log_probability``,
   ``hook_points``/``hooks``/``run_with_cache`` (named points inside the model);
   ``capture_self_attention`` (the decoder's self-attention, also where the image enters by
   cross-attention). The attention views: ``head_gallery``/``render_gallery`` (every head's map of a
@@ -101,6 +102,8 @@ from lvlm_studio.core.models.capture import (
     capture_attention,
     capture_attention_and_key_means,
     capture_self_attention,
+    rows_with_gradients,
+    rows_with_gradients_applies,
     split_by_region,
 )
 from lvlm_studio.core.models.hooks import HookPoint, hook_points, hooks, run_with_cache
@@ -263,6 +266,8 @@ __all__ = [
     "capture_self_attention",
     "split_by_region",
     "attention_implementation",
+    "rows_with_gradients",
+    "rows_with_gradients_applies",
     "forward_inputs",
     "log_probability",
     "log_odds",

@@ -70,6 +70,8 @@ from lvlm_studio.api import (
     Progress,
     attention_implementation,
     contrast_token,
+    rows_with_gradients,
+    rows_with_gradients_applies,
     split_by_region,
     text_relevance_record,
 )
@@ -92,13 +94,16 @@ class RowRelevancy:
     arrives).
     """
 
-    def __init__(self, cross: frozenset[int] = frozenset()) -> None:
+    def __init__(self, cross: frozenset[int] = frozenset(), positions: dict[int, torch.Tensor] | None = None) -> None:
         self.weights: dict[int, torch.Tensor] = {}  # layer -> A_l, detached (the graph keeps it anyway)
+        # layer -> the query positions its weights' rows are, where a layer keeps only some rows
+        self.positions = positions or {}
         self.rows = torch.zeros(0)  # set by each backward
         self.image: torch.Tensor | None = None  # relevance to the vision tokens (cross layers only)
         self.cross = cross
         self.previous_layer: int | None = None
         self.first: torch.Tensor | None = None  # the weights of the first layer hooked, with their graph
+        self.scratch = torch.zeros(0)  # room for one layer's grad * A, kept between backwards
 
     def hook(self, layer: int) -> Callable:
         def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
@@ -117,18 +122,33 @@ class RowRelevancy:
             raise RuntimeError(f"the gradient of layer {layer} arrived after layer {self.previous_layer}'s")
         self.previous_layer = layer
         rows = self.rows.to(grad.device)  # layers may sit on different devices
+        positions = self.positions.get(layer)
+        if positions is not None:  # the weights hold only these query rows (the last layer's)
+            a_bar = self._a_bar(grad, self.weights[layer])
+            self.rows = rows + rows[..., positions.to(rows.device)] @ a_bar
+            return
         # Only the rows of A_bar_l where the row vector is non-zero add anything: one row for the
         # last layer (v = e_q), none after q in the others (causal). Build A_bar over that span only.
         live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
         if len(live) == 0:
             return
         span = slice(int(live[0]), int(live[-1]) + 1)
-        a_bar = (grad[..., span, :].float() * self.weights[layer][..., span, :].float()).clamp_(min=0).mean(dim=1)
+        a_bar = self._a_bar(grad[..., span, :], self.weights[layer][..., span, :])
         read = rows[..., span] @ a_bar  # [batch, k, T or K]
         if layer in self.cross:
             self.image = read if self.image is None else self.image.to(read.device) + read
         else:
             self.rows = rows + read
+
+    def _a_bar(self, grad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """mean over heads of relu(grad * weights), [batch, rows, T]. The product is written into
+        memory kept between backwards: a fresh heads x rows x T tensor for every layer of every
+        token cost more than the arithmetic (the allocator hands large blocks back to the system)."""
+        size, device = grad.numel(), grad.device
+        if self.scratch.numel() < size or self.scratch.device != device:
+            self.scratch = torch.empty(size, dtype=torch.float32, device=device)
+        product = torch.mul(grad.float(), weights.float(), out=self.scratch[:size].view(grad.shape))
+        return product.clamp_(min=0).mean(dim=1)
 
     def backward(self, score: torch.Tensor, rows: torch.Tensor, keep_graph: bool) -> torch.Tensor:
         """Backpropagate ``score`` down to the first layer's attention weights and no further: every
@@ -173,7 +193,12 @@ class Relevancy(Explainer):
         inputs = trace.teacher_forced_inputs(model, upto=max(queries) + 1)
         yield Progress(0, len(targets) + 1, "forward pass")
 
-        relevancy = RowRelevancy(cross)
+        # In the last layer only the rows whose logits are kept reach a score: attention (and its
+        # backward) for those rows alone, where the model's attention allows it.
+        last = len(modules) - 1
+        rows_only = not vision and last not in cross and rows_with_gradients_applies(model)
+        positions = {last: torch.as_tensor(queries, dtype=torch.long)} if rows_only else {}
+        relevancy = RowRelevancy(cross, positions)
         if vision or crossing:  # differentiate from the pixels: the image reaches the answer through them
             inputs["pixel_values"] = inputs["pixel_values"].detach().requires_grad_(True)
             leaves = nullcontext([inputs["pixel_values"]])
@@ -181,7 +206,8 @@ class Relevancy(Explainer):
             leaves = differentiable_decoder_inputs(model)
         handles = [m.register_forward_hook(relevancy.hook(i)) for i, m in enumerate(modules)]
         try:
-            with torch.enable_grad(), attention_implementation(model.model, "eager"), leaves as leaf_holder:
+            last_rows = rows_with_gradients(modules[last], queries) if rows_only else nullcontext()
+            with torch.enable_grad(), attention_implementation(model.model, "eager"), last_rows, leaves as leaf_holder:
                 logits = model.model(**inputs, use_cache=False, logits_to_keep=torch.tensor(queries)).logits[0]
         finally:
             for handle in handles:

@@ -12,6 +12,7 @@ attention interface) fall back to eager attention, sliced in a forward hook one 
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,9 +27,12 @@ from lvlm_studio.core.models.loading import LoadedModel
 
 #: The attention implementation capture registers with transformers (SDPA plus the captured rows).
 ROWS_IMPLEMENTATION = "lvlm_studio_rows"
+#: The one ``rows_with_gradients`` gives a single module (eager weights, with their graph, of some rows).
+GRADIENT_ROWS_IMPLEMENTATION = "lvlm_studio_gradient_rows"
 #: Query rows per block when every query's attention is summed for key means.
 KEY_MEAN_BLOCK = 128
 _plans = threading.local()  # the capture in progress in this thread: {id(module): _Plan}
+_gradient_rows = threading.local()  # rows_with_gradients in force in this thread: {id(module): rows}
 
 
 @contextmanager
@@ -192,6 +196,77 @@ def _rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
             seen_by = (length - key_index).clamp(min=1) if plan.causal else torch.full_like(key_index, query.shape[2])
             plan.received[plan.index] = (totals / seen_by).cpu()
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+@contextmanager
+def rows_with_gradients(module: torch.nn.Module, rows: Sequence[int]) -> Iterator[None]:
+    """Within the block, the attention ``module`` computes eager attention weights, with their
+    autograd graph, for the query ``rows`` of its (single) sequence only, and returns them as its
+    weights, [1, heads, len(rows), keys]; its output at those rows is built from them, and at every
+    other row comes from SDPA without a graph.
+
+    For the last decoder layer of a pass whose logits are kept at ``rows`` only: there no other
+    row reaches a logit, so the gradients of everything before the layer are those of the full
+    eager pass, while the layer's attention and its backward cost rows x keys per head, not keys^2.
+    Only this module changes (it gets a copy of its configuration naming the implementation);
+    models with logit soft-capping or without an attention interface are refused with a
+    RuntimeError (``rows_with_gradients_applies`` says beforehand).
+    """
+    name = _gradient_rows_implementation()
+    if name is None:
+        raise RuntimeError("this transformers cannot take a registered attention function")
+    shared = module.config
+    own = copy.copy(shared)
+    own._attn_implementation_internal = name
+    table = getattr(_gradient_rows, "current", {})
+    _gradient_rows.current = {**table, id(module): torch.as_tensor(list(rows), dtype=torch.long)}
+    module.config = own
+    try:
+        yield
+    finally:
+        module.config = shared
+        _gradient_rows.current = table
+
+
+def rows_with_gradients_applies(loaded: LoadedModel) -> bool:
+    """Whether ``rows_with_gradients`` can serve this model's decoder (no soft-capping, an attention
+    interface)."""
+    return _row_capture_applies(loaded) and _gradient_rows_implementation() is not None
+
+
+def _gradient_rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                             **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows_with_gradients``' attention: eager weights of the chosen rows, SDPA for the others."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[0] != 1 or kwargs.get("softcap") is not None:
+        raise RuntimeError("attention of chosen rows with gradients takes one sequence without soft-capping")
+    rows = _gradient_rows.current[id(module)].to(query.device)
+    with torch.no_grad():
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    # [1, heads, rows, keys]: the tensor returned is the one the output is built from, so that a
+    # gradient hook on it sees the gradient
+    weights = _probabilities(query, key, attention_mask, rows, scale, causal=True).to(query.dtype)[None]
+    groups = query.shape[1] // value.shape[1]
+    values = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    picked = torch.matmul(weights, values).transpose(1, 2)  # [1, rows, heads, head size]
+    return output.index_copy(1, rows, picked.to(output.dtype)), weights
+
+
+@functools.cache
+def _gradient_rows_implementation() -> str | None:
+    """Register ``rows_with_gradients``' attention (and eager's masks under its name); None if this
+    transformers cannot take a registered attention function."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:
+        return None
+    AttentionInterface.register(GRADIENT_ROWS_IMPLEMENTATION, _gradient_rows_attention)
+    AttentionMaskInterface.register(GRADIENT_ROWS_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    return GRADIENT_ROWS_IMPLEMENTATION
 
 
 @functools.cache
