@@ -52,6 +52,7 @@ from lvlm_studio.gui.worker import Job
 if TYPE_CHECKING:
     from lvlm_studio.core.plugin.contracts import PanelSpec
     from lvlm_studio.core.plugin.registry import PluginRegistry
+    from lvlm_studio.gui.help import ShortcutsDialog
     from lvlm_studio.gui.review.window import ReviewWindow
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ LEFT_WIDTH = 700  # the overlay's share of the default width
 BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.dcm *.dicom);;All files (*)"
 AUTOSAVE_MS = 60_000
+STEP_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}  # keys that step through the answer's tokens
 AREAS = {
     "left": Qt.DockWidgetArea.LeftDockWidgetArea,
     "right": Qt.DockWidgetArea.RightDockWidgetArea,
@@ -110,6 +112,7 @@ class MainWindow(QMainWindow):
         self.job_status = JobStatus(self)
         self.plugin_problems: QPushButton | None = None  # shown when a plugin could not be used
         self.plugins_dialog: QWidget | None = None  # Help › Plugins, once opened
+        self.shortcuts_dialog: ShortcutsDialog | None = None  # Help › Keyboard shortcuts, once opened
         self.study_views: list[QWidget] = []  # File › Open study…, one window per folder opened
         # The parts' widgets that tests, screenshots and the app reach through the window.
         box = self.model_box
@@ -161,7 +164,7 @@ class MainWindow(QMainWindow):
         self.ask_button.setDefault(True)
         self.ask_button.clicked.connect(self.ask)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
-            QShortcut(QKeySequence(keys), self, self.ask)
+            QShortcut(QKeySequence(keys), self, self.ask).setWhatsThis("Ask the model")
         question_box = group("Question", row(self.prompt_edit, self.ask_button, stretch=0))
 
         self.token_bar = TokenBar(self.state)
@@ -389,6 +392,24 @@ class MainWindow(QMainWindow):
         self.plugins_dialog.raise_()
         return self.plugins_dialog
 
+    def show_shortcuts(self) -> QWidget:
+        """Help › Keyboard shortcuts: every shortcut of the window, listed from its actions (non-modal)."""
+        from lvlm_studio.gui.help import ShortcutsDialog
+
+        if self.shortcuts_dialog is None:
+            self.shortcuts_dialog = ShortcutsDialog(self)
+        else:
+            self.shortcuts_dialog.refresh()
+        self.shortcuts_dialog.show()
+        self.shortcuts_dialog.raise_()
+        return self.shortcuts_dialog
+
+    def open_documentation(self) -> Path | None:
+        """Help › Documentation: the local documentation in the system's viewer (a dialog when there is none)."""
+        from lvlm_studio.gui.help import open_documentation
+
+        return open_documentation(self)
+
     def show_about(self) -> None:
         model = self.state.model
         about = "" if model is None else f"<p>Model: {model.source}<br>{describe_model(model)}</p>"
@@ -496,9 +517,8 @@ class MainWindow(QMainWindow):
     # -- Qt events -----------------------------------------------------------------------------
     def keyPressEvent(self, event: QKeyEvent) -> None:
         # Arrow keys that no focused widget used step through the answer tokens.
-        steps = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
-        if event.key() in steps and self.state.trace is not None:
-            self.state.step(steps[event.key()])
+        if event.key() in STEP_KEYS and self.state.trace is not None:
+            self.state.step(STEP_KEYS[event.key()])
         else:
             super().keyPressEvent(event)
 
