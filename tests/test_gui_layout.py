@@ -14,7 +14,14 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
-from gui_helpers import JOB_TIMEOUT_MS, ask
+from gui_helpers import JOB_TIMEOUT_MS
+
+SLOW_MS = 5 * JOB_TIMEOUT_MS  # a loaded test machine answers slowly; a failure still ends
+
+
+def ask(qtbot, window) -> None:
+    assert window.ask() is not None
+    qtbot.waitUntil(lambda: window.state.trace is not None and not window.runner.busy, timeout=SLOW_MS)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def test_compare_gives_four_methods_equal_square_ish_views(qtbot, window, size):
     dock.setFloating(True)
     dock.resize(*size)
     panel.set_ticked(["raw_attention", "rollout", "relevancy", "tam"])
-    qtbot.waitUntil(lambda: not window.runner.busy, timeout=JOB_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=SLOW_MS)
     settle(qtbot)
     sizes = [(v.width(), v.height()) for v, column in zip(panel.views, panel.columns) if not column.isHidden()]
     assert len(sizes) == 4
@@ -117,3 +124,157 @@ def test_documentation_opens_the_local_page_or_says_where_it_looked(qtbot, windo
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: False)  # no program opens it
     assert help_module.open_documentation(window, tmp_path) is None
     assert "No program" in dialogs[1][0]
+
+
+# -- the window at 1024 x 700 ------------------------------------------------------------------------
+def overlapping(widgets) -> list[tuple[str, str]]:
+    """Pairs of visible sibling widgets whose rectangles overlap."""
+    shown = [w for w in widgets if w.isVisible()]
+    return [(type(a).__name__, type(b).__name__) for i, a in enumerate(shown) for b in shown[i + 1:]
+            if a.geometry().intersects(b.geometry())]
+
+
+def test_the_window_works_at_1024_by_700_with_panels_open(qtbot, window):
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QDockWidget, QGroupBox, QWidget
+
+    from lvlm_studio.gui.docks import PANEL_MIN
+
+    ask(qtbot, window)
+    window.state.select(1)
+    for panel_id in ("compare", "sae_features", "heads"):
+        assert window.toggle_panel(panel_id, True) is not None
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=SLOW_MS)
+    window.resize(1024, 700)
+    settle(qtbot, 400)
+    assert (window.width(), window.height()) == (1024, 700)  # no panel's minimum pushed the window larger
+
+    for dock in window.findChildren(QDockWidget):
+        if not dock.isVisible():
+            continue
+        panel, area = dock.widget(), QDockWidget.widget(dock)  # the panel, and the scroll area around it
+        usable = PANEL_MIN.boundedTo(panel.minimumSizeHint())
+        assert area.width() >= usable.width() and area.height() >= usable.height(), dock.objectName()
+        # The panel keeps at least its layout's minimum (it scrolls when the dock is smaller): nothing in it overlaps.
+        assert panel.width() >= panel.minimumSizeHint().width(), dock.objectName()
+        assert panel.height() >= panel.minimumSizeHint().height(), dock.objectName()
+
+    center = window.center_area.widget()
+    assert center.height() >= center.heightForWidth(center.width()) - 1  # scrolls rather than squeezes
+    for box in center.findChildren(QGroupBox):
+        assert overlapping(box.findChildren(QWidget, options=Qt.FindChildOption.FindDirectChildrenOnly)) == [], \
+            box.title()
+    bar, hint_row = window.token_bar, window.answer_label.parentWidget()
+    assert not bar.geometry().intersects(hint_row.geometry())  # the chips are not under the hint text
+
+
+def test_token_axis_labels_do_not_overlap(qtbot, window):
+    ask(qtbot, window)
+    dock = window.toggle_panel("timeline", True)
+    dock.setFloating(True)
+    dock.resize(300, 320)
+    settle(qtbot, 300)
+    plot = dock.widget().plots["entropy"]
+    axis = plot.getAxis("bottom")
+    _, _, texts = axis.generateDrawSpecs(None)
+    rects = sorted((spec[0] for spec in texts), key=lambda r: r.left())
+    assert 0 < len(rects) < len(window.state.trace.answer_tokens)  # some labels dropped at this width
+    assert all(a.right() <= b.left() for a, b in zip(rects, rects[1:]))
+    dock.resize(1400, 320)
+    settle(qtbot, 300)
+    _, _, texts = axis.generateDrawSpecs(None)
+    assert len(texts) == len(window.state.trace.answer_tokens)  # room for every token's label
+
+
+# -- the feature inspector -----------------------------------------------------------------------------
+def test_feature_map_follows_the_region_the_model_saw():
+    import numpy as np
+    from lvlm_sae.panel import grid_pixels, patch_at, region_box
+    from PIL import Image
+
+    from lvlm_studio.core.plugin.adapter import ImageRegion
+
+    class Trace:  # a wide image the model padded to a square (LLaVA's "expand to square")
+        image = Image.new("RGB", (96, 64))
+        regions = [ImageRegion("image 0", 0, np.arange(64), (8, 8), (0.0, -16.0, 96.0, 80.0))]
+
+    assert region_box(Trace) == (0.0, -16.0, 96.0, 80.0)
+    grid = np.zeros((8, 8))
+    grid[0] = 5.0  # the padding above the image: never shown
+    grid[2] = 1.0  # the image's first rows
+    pixels = grid_pixels(grid, Trace)
+    assert pixels.shape == (64, 96)
+    assert pixels[0].max() < 1.0 and pixels[:4].max() >= 0.9 and np.nanmax(pixels) < 1.5
+    assert patch_at(50.0, 0.0, region_box(Trace), (8, 8)) == (1, 4)  # image row 0 is the grid's second row
+    assert patch_at(50.0, 63.9, region_box(Trace), (8, 8)) == (6, 4)
+    assert patch_at(50.0, -20.0, region_box(Trace), (8, 8)) is None
+
+    class Cropped:  # a centre crop: the sides of the image were not seen
+        image = Image.new("RGB", (96, 64))
+        regions = [ImageRegion("image 0", 0, np.arange(64), (8, 8), (16.0, 0.0, 80.0, 64.0))]
+
+    pixels = grid_pixels(np.ones((8, 8)), Cropped)
+    assert np.isnan(pixels[:, :16]).all() and np.isnan(pixels[:, 80:]).all() and not np.isnan(pixels[:, 16:80]).any()
+
+
+def test_feature_inspector_draws_on_the_demo_models_square_for_a_wide_image(qtbot, make_window, registry, tmp_path):
+    import numpy as np
+    from lvlm_sae.panel import grid_pixels, region_box
+    from PIL import Image
+
+    from lvlm_studio.api import feature_map, grid_to_pixels
+
+    wide = tmp_path / "wide.png"
+    Image.open(os.path.join(os.path.dirname(__file__), "..", "resources", "samples", "shapes.png")).convert(
+        "RGB").resize((144, 72)).save(wide)
+    window = make_window(registry, image=str(wide))
+    ask(qtbot, window)
+    panel = window.toggle_panel("sae_features", True).widget()
+    qtbot.waitUntil(lambda: panel.features is not None and not window.runner.busy, timeout=SLOW_MS)
+    trace = window.state.trace
+    left, top, right, bottom = region_box(trace)
+    assert (right - left, bottom - top) != trace.image.size  # the model saw more (or less) than the image
+    feature = panel.top_rows()[0][0]
+    panel.select_feature(feature)
+    grid = feature_map(panel.features, feature)
+    np.testing.assert_allclose(panel.view.overlay, grid_pixels(grid, trace), equal_nan=True)
+    assert not np.allclose(np.nan_to_num(panel.view.overlay), grid_to_pixels(grid, trace.image.size))
+
+
+def test_feature_inspector_survives_a_model_switch(qtbot, window, dialogs, tmp_path):
+    from lvlm_studio.testing.tiny_models import build_tiny_model
+
+    ask(qtbot, window)
+    panel = window.toggle_panel("sae_features", True).widget()
+    qtbot.waitUntil(lambda: panel.features is not None and not window.runner.busy, timeout=SLOW_MS)
+    old = (window.state.trace, window.state.model, panel.coder, panel.features)
+
+    window.load_model(build_tiny_model("llava", tmp_path / "tiny"))
+    qtbot.waitUntil(lambda: window.state.model is not old[1] and not window.runner.busy, timeout=SLOW_MS)
+    assert panel.features is None and panel.coder is None and panel.table.rowCount() == 0
+    panel._features_ready(old)  # a late result for the old model and answer is ignored
+    assert panel.features is None
+    panel.select_feature(3)  # interacting with nothing computed does nothing
+    panel.select_patch(1, 1)
+    panel.reanswer()
+
+    ask(qtbot, window)  # the demo SAE does not fit this model: said in the panel, no dialog
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=SLOW_MS)
+    assert panel.features is None and "No features" in panel.status.text()
+    window.state.select(0)
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=SLOW_MS)
+    panel.reanswer()
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=SLOW_MS)
+    assert dialogs == []
+
+    window.load_model(None)  # back to the demo model: everything works again
+    qtbot.waitUntil(lambda: window.state.model is not None and not window.runner.busy, timeout=SLOW_MS)
+    ask(qtbot, window)
+    qtbot.waitUntil(lambda: panel.features is not None and not window.runner.busy, timeout=SLOW_MS)
+    window.state.select(1)
+    qtbot.waitUntil(lambda: panel.attribution_token == 1 and not window.runner.busy, timeout=SLOW_MS)
+    panel.select_feature(panel.top_rows()[0][0])
+    panel.factor.setValue(1.0)
+    panel.reanswer()
+    qtbot.waitUntil(lambda: panel.edited != "", timeout=SLOW_MS)
+    assert dialogs == []

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 
 from lvlm_studio.core.errors import LVLMError
 from lvlm_studio.gui.analysis import Analysis
+from lvlm_studio.gui.docks import PanelDock, scrolling
 from lvlm_studio.gui.job_status import JobStatus
 from lvlm_studio.gui.menus import Menus
 from lvlm_studio.gui.model_box import ModelBox, describe_model
@@ -61,6 +62,8 @@ DEFAULT_PROMPT = "describe the image."
 DEFAULT_SIZE = QSize(1280, 800)
 DEFAULT_PANELS = ("overlay", "timeline")  # open on a first start; the others wait in View > Panels
 LEFT_WIDTH = 700  # the overlay's share of the default width
+CENTER_WIDTH = 360  # the question and answer column: narrower, its rows would not fit
+CENTER_MIN_HEIGHT = 200  # below its content's height the column scrolls
 BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.dcm *.dicom);;All files (*)"
 AUTOSAVE_MS = 60_000
@@ -187,13 +190,18 @@ class MainWindow(QMainWindow):
                            self.map_caption, self.params_box)
 
         center = QWidget()
-        center.setMinimumWidth(360)
+        center.setMinimumWidth(CENTER_WIDTH)
         layout = QVBoxLayout(center)
         layout.setContentsMargins(6, 6, 6, 6)
         for box in (self.model_box, image_box, question_box, answer_box):
             layout.addWidget(box)
         layout.addStretch(1)
-        self.setCentralWidget(center)
+        # Scrolls when the window is short (1024 x 700 with panels under it) instead of squeezing
+        # the answer's chips under its hint; it never scrolls sideways.
+        self.center_area = scrolling(center, QSize(CENTER_WIDTH, CENTER_MIN_HEIGHT))
+        self.center_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.center_area.setMinimumWidth(CENTER_WIDTH + self.center_area.verticalScrollBar().sizeHint().width())
+        self.setCentralWidget(self.center_area)
 
     # -- panels --------------------------------------------------------------------------------
     def toggle_panel(self, panel_id: str, visible: bool | None = None) -> QDockWidget | None:
@@ -223,9 +231,9 @@ class MainWindow(QMainWindow):
             self.show_error(f"Opening panel \u201c{spec.title}\u201d", exc, traceback.format_exc())
             return None
         self.contexts[panel_id] = context
-        dock = QDockWidget(spec.title, self)
+        dock = PanelDock(spec.title, self)
         dock.setObjectName(f"panel:{panel_id}")  # stable: saved layouts find it again
-        dock.setWidget(widget)
+        dock.set_panel(widget)  # in a scroll area: a small window squeezes no panel below its minimum
         area = AREAS.get(spec.area, Qt.DockWidgetArea.RightDockWidgetArea)
         neighbour = next((d for d in self.findChildren(QDockWidget)
                           if d is not dock and not d.isHidden() and self.dockWidgetArea(d) == area), None)

@@ -13,7 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext
+from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext, SpacedAxis
 
 SERIES = (  # attribute, title, unit, colour
     ("logprob", "log p", "nats", "#8ab4f8"),
@@ -21,6 +21,7 @@ SERIES = (  # attribute, title, unit, colour
     ("entropy", "entropy", "nats", "#fdd663"),
 )
 MAX_LABEL = 10  # characters of a token shown on the axis
+PLOT_MIN_HEIGHT = 64  # pixels per plot: lower, a plot's title runs into its points
 
 
 class TimelinePanel(QWidget):
@@ -33,7 +34,8 @@ class TimelinePanel(QWidget):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.markers: dict[str, pg.ScatterPlotItem] = {}
         for row, (name, title, _unit, colour) in enumerate(SERIES):
-            plot = self.graphics.addPlot(row=row, col=0)
+            axes = {"bottom": SpacedAxis("bottom"), "left": SpacedAxis("left")}  # labels never overlap
+            plot = self.graphics.addPlot(row=row, col=0, axisItems=axes)
             plot.setMenuEnabled(False)
             plot.setMouseEnabled(x=False, y=False)
             plot.disableAutoRange()  # ranges are set once per answer, never while stepping
@@ -59,6 +61,7 @@ class TimelinePanel(QWidget):
             marker.setZValue(3)
             plot.addItem(marker, ignoreBounds=True)
             self.plots[name], self.curves[name], self.markers[name] = plot, curve, marker
+        self.graphics.setMinimumHeight(len(SERIES) * PLOT_MIN_HEIGHT)
         self.graphics.scene().sigMouseClicked.connect(self._on_scene_clicked)
         self.caption = QLabel()
         self.caption.setWordWrap(True)

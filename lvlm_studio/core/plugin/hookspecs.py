@@ -46,8 +46,9 @@ import pluggy
 PROJECT = "lvlm_studio"
 # 1.1: studies (Study, lvlm_studio_studies, bootstrap_interval, ...), feature dashboards;
 # 1.2: trace_stats, factor_anova, model_meta, logit_lens, attention_knockout, splice_losses, ...
+# 1.3: gui.api.SpacedAxis (tick labels that never overlap);
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
-API_VERSION = "1.2.0"
+API_VERSION = "1.3.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
 API_RANGE_ATTRIBUTE = "LVLM_STUDIO_API"
 #: Where plugin authors are sent by messages.
