@@ -168,6 +168,18 @@ def test_the_window_works_at_1024_by_700_with_panels_open(qtbot, window):
     assert not bar.geometry().intersects(hint_row.geometry())  # the chips are not under the hint text
 
 
+def label_specs(axis) -> list:
+    """The (rect, flags, text) of the labels ``axis`` would draw now."""
+    from PySide6.QtGui import QImage, QPainter
+
+    image = QImage(8, 8, QImage.Format.Format_ARGB32)
+    painter = QPainter(image)
+    try:
+        return axis.generateDrawSpecs(painter)[2]
+    finally:
+        painter.end()
+
+
 def test_token_axis_labels_do_not_overlap(qtbot, window):
     ask(qtbot, window)
     dock = window.toggle_panel("timeline", True)
@@ -176,22 +188,22 @@ def test_token_axis_labels_do_not_overlap(qtbot, window):
     settle(qtbot, 300)
     plot = dock.widget().plots["entropy"]
     axis = plot.getAxis("bottom")
-    _, _, texts = axis.generateDrawSpecs(None)
+    texts = label_specs(axis)
     rects = sorted((spec[0] for spec in texts), key=lambda r: r.left())
     assert 0 < len(rects) < len(window.state.trace.answer_tokens)  # some labels dropped at this width
     assert all(a.right() <= b.left() for a, b in zip(rects, rects[1:]))
     dock.resize(1400, 320)
     settle(qtbot, 300)
-    _, _, texts = axis.generateDrawSpecs(None)
+    texts = label_specs(axis)
     assert len(texts) == len(window.state.trace.answer_tokens)  # room for every token's label
 
 
 # -- the feature inspector -----------------------------------------------------------------------------
 def test_feature_map_follows_the_region_the_model_saw():
     import numpy as np
-    from lvlm_sae.panel import grid_pixels, patch_at, region_box
     from PIL import Image
 
+    from lvlm_sae.panel import grid_pixels, patch_at, region_box
     from lvlm_studio.core.plugin.adapter import ImageRegion
 
     class Trace:  # a wide image the model padded to a square (LLaVA's "expand to square")
@@ -219,9 +231,9 @@ def test_feature_map_follows_the_region_the_model_saw():
 
 def test_feature_inspector_draws_on_the_demo_models_square_for_a_wide_image(qtbot, make_window, registry, tmp_path):
     import numpy as np
-    from lvlm_sae.panel import grid_pixels, region_box
     from PIL import Image
 
+    from lvlm_sae.panel import grid_pixels, region_box
     from lvlm_studio.api import feature_map, grid_to_pixels
 
     wide = tmp_path / "wide.png"
