@@ -59,11 +59,11 @@ def shortcut_rows(window: MainWindow) -> list[tuple[str, str, str]]:
         if menu is not None:
             rows += _menu_rows(menu, _plain(menu.title()), seen)
     for entry in window.findChildren(QAction):  # actions outside the menu bar (panels' own, for instance)
-        if id(entry) not in seen and entry.shortcuts() and entry.text():
+        if id(entry) not in seen and entry.shortcuts() and entry.text() and _in(window, entry.parent()):
             seen.add(id(entry))
             rows.append((_keys(entry.shortcuts()), _plain(entry.text()), ""))
     for shortcut in window.findChildren(QShortcut):
-        if shortcut.isEnabled() and not shortcut.key().isEmpty():
+        if shortcut.isEnabled() and not shortcut.key().isEmpty() and _in(window, shortcut.parent()):
             rows.append((_keys([shortcut.key()]), shortcut.whatsThis() or "(no description)", ""))
     steps = {}
     for key, step in STEP_KEYS.items():
@@ -72,6 +72,11 @@ def shortcut_rows(window: MainWindow) -> list[tuple[str, str, str]]:
         rows.append((_keys(sequences), "Previous answer token" if step < 0 else "Next answer token",
                      "the answer (when no field uses the key)"))
     return rows
+
+
+def _in(window: QWidget, owner: object) -> bool:
+    """Whether ``owner`` is part of ``window`` itself (not of a window it opened, such as the review)."""
+    return isinstance(owner, QWidget) and owner.window() is window
 
 
 def _menu_rows(menu: QMenu, where: str, seen: set[int]) -> list[tuple[str, str, str]]:
