@@ -63,7 +63,6 @@ DEFAULT_SIZE = QSize(1280, 800)
 DEFAULT_PANELS = ("overlay", "timeline")  # open on a first start; the others wait in View > Panels
 LEFT_WIDTH = 700  # the overlay's share of the default width
 CENTER_WIDTH = 360  # the question and answer column: narrower, its rows would not fit
-CENTER_MIN_HEIGHT = 200  # below its content's height the column scrolls
 BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.dcm *.dicom);;All files (*)"
 AUTOSAVE_MS = 60_000
@@ -196,9 +195,9 @@ class MainWindow(QMainWindow):
         for box in (self.model_box, image_box, question_box, answer_box):
             layout.addWidget(box)
         layout.addStretch(1)
-        # Scrolls when the window is short (1024 x 700 with panels under it) instead of squeezing
-        # the answer's chips under its hint; it never scrolls sideways.
-        self.center_area = scrolling(center, QSize(CENTER_WIDTH, CENTER_MIN_HEIGHT))
+        # Panels under it give way first; when wrapped text still makes it taller than the room left
+        # (1024 x 700), it scrolls instead of squeezing the answer's chips under its hint. Never sideways.
+        self.center_area = scrolling(center, QSize(CENTER_WIDTH, center.minimumSizeHint().height()))
         self.center_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.center_area.setMinimumWidth(CENTER_WIDTH + self.center_area.verticalScrollBar().sizeHint().width())
         self.setCentralWidget(self.center_area)

@@ -21,7 +21,7 @@ SERIES = (  # attribute, title, unit, colour
     ("entropy", "entropy", "nats", "#fdd663"),
 )
 MAX_LABEL = 10  # characters of a token shown on the axis
-PLOT_MIN_HEIGHT = 64  # pixels per plot: lower, a plot's title runs into its points
+PLOT_MIN_HEIGHT = 48  # pixels per plot: lower, a plot's title runs into its points
 
 
 class TimelinePanel(QWidget):
