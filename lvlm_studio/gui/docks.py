@@ -12,7 +12,7 @@ from __future__ import annotations
 from PySide6.QtCore import QSize
 from PySide6.QtWidgets import QDockWidget, QFrame, QScrollArea, QWidget
 
-PANEL_MIN = QSize(240, 150)  # the smallest a dock gets; smaller than most panels' layouts need
+PANEL_MIN = QSize(240, 130)  # the smallest a dock gets; smaller than most panels' layouts need
 
 
 def scrolling(widget: QWidget, minimum: QSize) -> QScrollArea:

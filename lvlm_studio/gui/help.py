@@ -2,7 +2,7 @@
 
 The shortcuts dialog is generated from the window itself: every ``QAction`` with a shortcut (with the
 menu it sits in), every ``QShortcut`` (described by its ``whatsThis``), and the keys the window
-handles in ``keyPressEvent`` (``main_window.STEP_KEYS``). A shortcut added anywhere in the window
+handles in ``keyPressEvent`` (``STEP_KEYS``, defined here and used there). A shortcut added anywhere in the window
 shows up without touching this module, so the list cannot go stale.
 
 The documentation is read from this machine, never from the internet: the built site
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 # Next to the package, as resources/ is: the source checkout's root, or the installed bundle's _internal.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOC_CANDIDATES = ("site/index.html", "docs/index.md")
+STEP_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}  # keys the window uses to step through the answer
 
 
 def _plain(text: str) -> str:
@@ -50,8 +51,6 @@ def _keys(sequences: list[QKeySequence]) -> str:
 
 def shortcut_rows(window: MainWindow) -> list[tuple[str, str, str]]:
     """(keys, what they do, where) for every shortcut of ``window``, in menu order, then the others."""
-    from lvlm_studio.gui.main_window import STEP_KEYS
-
     rows: list[tuple[str, str, str]] = []
     seen: set[int] = set()
     for menu_action in window.menuBar().actions():

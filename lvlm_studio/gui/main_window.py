@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 from lvlm_studio.core.errors import LVLMError
 from lvlm_studio.gui.analysis import Analysis
 from lvlm_studio.gui.docks import PanelDock, scrolling
+from lvlm_studio.gui.help import STEP_KEYS
 from lvlm_studio.gui.job_status import JobStatus
 from lvlm_studio.gui.menus import Menus
 from lvlm_studio.gui.model_box import ModelBox, describe_model
@@ -66,7 +67,6 @@ CENTER_WIDTH = 360  # the question and answer column: narrower, its rows would n
 BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.dcm *.dicom);;All files (*)"
 AUTOSAVE_MS = 60_000
-STEP_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}  # keys that step through the answer's tokens
 AREAS = {
     "left": Qt.DockWidgetArea.LeftDockWidgetArea,
     "right": Qt.DockWidgetArea.RightDockWidgetArea,
