@@ -11,6 +11,7 @@ else in ``lvlm_studio``; ``__all__`` is the promise, versioned with the rest of 
   ``trace.answer_ids``: the app shows token ``i`` as "token i+1 of n".
 - ``ImageView``: an image with an overlaid map, zoom and pan, and a colour bar.
 - ``BACKGROUND``, ``FOREGROUND``: the colours plots use, so panels match the window.
+- ``SpacedAxis``: a pyqtgraph axis whose tick labels never overlap (pass it in ``axisItems``).
 - ``COLORMAPS``: the colormap names the View settings offer; ``display_levels`` and ``thresholded``
   turn a pixel map into the levels and the thresholded map the overlay draws.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from lvlm_studio.gui.image_view import BACKGROUND, FOREGROUND, ImageView
 from lvlm_studio.gui.panels import PanelContext
+from lvlm_studio.gui.plots import SpacedAxis
 from lvlm_studio.gui.state import COLORMAPS, display_levels, thresholded
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "ImageView",
     "BACKGROUND",
     "FOREGROUND",
+    "SpacedAxis",
     "COLORMAPS",
     "display_levels",
     "thresholded",

@@ -38,7 +38,7 @@ class JobStatus(QObject):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the running job (Esc)")
         self.cancel_button.clicked.connect(self.cancel)
-        QShortcut(QKeySequence(Qt.Key.Key_Escape), window, self.cancel)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), window, self.cancel).setWhatsThis("Cancel the running job")
         window.statusBar().addPermanentWidget(self.progress_bar)
         window.statusBar().addPermanentWidget(self.cancel_button)
         self._on_busy_changed(False)

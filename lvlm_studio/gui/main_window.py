@@ -36,6 +36,8 @@ from PySide6.QtWidgets import (
 
 from lvlm_studio.core.errors import LVLMError
 from lvlm_studio.gui.analysis import Analysis
+from lvlm_studio.gui.docks import PanelDock, scrolling
+from lvlm_studio.gui.help import STEP_KEYS
 from lvlm_studio.gui.job_status import JobStatus
 from lvlm_studio.gui.menus import Menus
 from lvlm_studio.gui.model_box import ModelBox, describe_model
@@ -52,6 +54,7 @@ from lvlm_studio.gui.worker import Job
 if TYPE_CHECKING:
     from lvlm_studio.core.plugin.contracts import PanelSpec
     from lvlm_studio.core.plugin.registry import PluginRegistry
+    from lvlm_studio.gui.help import ShortcutsDialog
     from lvlm_studio.gui.review.window import ReviewWindow
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ DEFAULT_PROMPT = "describe the image."
 DEFAULT_SIZE = QSize(1280, 800)
 DEFAULT_PANELS = ("overlay", "timeline")  # open on a first start; the others wait in View > Panels
 LEFT_WIDTH = 700  # the overlay's share of the default width
+CENTER_WIDTH = 360  # the question and answer column: narrower, its rows would not fit
 BOTTOM_HEIGHT = 400  # the panels under the question
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.dcm *.dicom);;All files (*)"
 AUTOSAVE_MS = 60_000
@@ -110,6 +114,7 @@ class MainWindow(QMainWindow):
         self.job_status = JobStatus(self)
         self.plugin_problems: QPushButton | None = None  # shown when a plugin could not be used
         self.plugins_dialog: QWidget | None = None  # Help › Plugins, once opened
+        self.shortcuts_dialog: ShortcutsDialog | None = None  # Help › Keyboard shortcuts, once opened
         self.study_views: list[QWidget] = []  # File › Open study…, one window per folder opened
         # The parts' widgets that tests, screenshots and the app reach through the window.
         box = self.model_box
@@ -161,7 +166,7 @@ class MainWindow(QMainWindow):
         self.ask_button.setDefault(True)
         self.ask_button.clicked.connect(self.ask)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
-            QShortcut(QKeySequence(keys), self, self.ask)
+            QShortcut(QKeySequence(keys), self, self.ask).setWhatsThis("Ask the model")
         question_box = group("Question", row(self.prompt_edit, self.ask_button, stretch=0))
 
         self.token_bar = TokenBar(self.state)
@@ -184,13 +189,18 @@ class MainWindow(QMainWindow):
                            self.map_caption, self.params_box)
 
         center = QWidget()
-        center.setMinimumWidth(360)
+        center.setMinimumWidth(CENTER_WIDTH)
         layout = QVBoxLayout(center)
         layout.setContentsMargins(6, 6, 6, 6)
         for box in (self.model_box, image_box, question_box, answer_box):
             layout.addWidget(box)
         layout.addStretch(1)
-        self.setCentralWidget(center)
+        # Panels under it give way first; when wrapped text still makes it taller than the room left
+        # (1024 x 700), it scrolls instead of squeezing the answer's chips under its hint. Never sideways.
+        self.center_area = scrolling(center, QSize(CENTER_WIDTH, center.minimumSizeHint().height()))
+        self.center_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.center_area.setMinimumWidth(CENTER_WIDTH + self.center_area.verticalScrollBar().sizeHint().width())
+        self.setCentralWidget(self.center_area)
 
     # -- panels --------------------------------------------------------------------------------
     def toggle_panel(self, panel_id: str, visible: bool | None = None) -> QDockWidget | None:
@@ -220,9 +230,9 @@ class MainWindow(QMainWindow):
             self.show_error(f"Opening panel \u201c{spec.title}\u201d", exc, traceback.format_exc())
             return None
         self.contexts[panel_id] = context
-        dock = QDockWidget(spec.title, self)
+        dock = PanelDock(spec.title, self)
         dock.setObjectName(f"panel:{panel_id}")  # stable: saved layouts find it again
-        dock.setWidget(widget)
+        dock.set_panel(widget)  # in a scroll area: a small window squeezes no panel below its minimum
         area = AREAS.get(spec.area, Qt.DockWidgetArea.RightDockWidgetArea)
         neighbour = next((d for d in self.findChildren(QDockWidget)
                           if d is not dock and not d.isHidden() and self.dockWidgetArea(d) == area), None)
@@ -389,6 +399,24 @@ class MainWindow(QMainWindow):
         self.plugins_dialog.raise_()
         return self.plugins_dialog
 
+    def show_shortcuts(self) -> QWidget:
+        """Help › Keyboard shortcuts: every shortcut of the window, listed from its actions (non-modal)."""
+        from lvlm_studio.gui.help import ShortcutsDialog
+
+        if self.shortcuts_dialog is None:
+            self.shortcuts_dialog = ShortcutsDialog(self)
+        else:
+            self.shortcuts_dialog.refresh()
+        self.shortcuts_dialog.show()
+        self.shortcuts_dialog.raise_()
+        return self.shortcuts_dialog
+
+    def open_documentation(self) -> Path | None:
+        """Help › Documentation: the local documentation in the system's viewer (a dialog when there is none)."""
+        from lvlm_studio.gui.help import open_documentation
+
+        return open_documentation(self)
+
     def show_about(self) -> None:
         model = self.state.model
         about = "" if model is None else f"<p>Model: {model.source}<br>{describe_model(model)}</p>"
@@ -499,9 +527,8 @@ class MainWindow(QMainWindow):
     # -- Qt events -----------------------------------------------------------------------------
     def keyPressEvent(self, event: QKeyEvent) -> None:
         # Arrow keys that no focused widget used step through the answer tokens.
-        steps = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
-        if event.key() in steps and self.state.trace is not None:
-            self.state.step(steps[event.key()])
+        if event.key() in STEP_KEYS and self.state.trace is not None:
+            self.state.step(STEP_KEYS[event.key()])
         else:
             super().keyPressEvent(event)
 

@@ -66,6 +66,10 @@ class Menus:
         help_menu = window.menuBar().addMenu("&Help")
         self.plugins_action = action(window, "&Plugins\u2026", None, window.show_plugins)
         help_menu.addAction(self.plugins_action)
+        help_menu.addAction(action(window, "&Keyboard shortcuts\u2026", "Ctrl+/", window.show_shortcuts))
+        help_menu.addAction(action(window, "&Documentation", QKeySequence.StandardKey.HelpContents,
+                                   window.open_documentation))
+        help_menu.addSeparator()
         help_menu.addAction(action(window, "&About LVLM Studio", None, window.show_about))
 
     def set_panels(self, specs: dict[str, PanelSpec]) -> None:

@@ -90,6 +90,7 @@ def image_features(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.I
     inputs = image_inputs(loaded, [image.convert("RGB")], prompt)
     grid = loaded.adapter.vision_patch_grids(inputs)[0].shape
     (rows,) = image_batch_rows(loaded, [coder.cfg.hook_name], [image.convert("RGB")], "patch", prompt)
+    _check_reads(coder, rows)
     features = coder.encode(rows.to(coder.W_enc.device)).cpu().numpy()
     return features[: grid[0] * grid[1]].reshape(*grid, -1)
 
@@ -101,7 +102,16 @@ def cls_features(loaded: LoadedModel, coder: SparseAutoencoder, image: Image.Ima
     have been trained on the class token ("cls" or "all")."""
     coder = scoped(coder, "cls")
     (rows,) = image_batch_rows(loaded, [coder.cfg.hook_name], [image.convert("RGB")], "cls", prompt)
+    _check_reads(coder, rows)
     return coder.encode(rows[:1].to(coder.W_enc.device)).cpu().numpy()[0]
+
+
+def _check_reads(coder: SparseAutoencoder, rows: torch.Tensor) -> None:
+    """A coder of another model (another width at its hook point) is refused with what to do."""
+    if rows.shape[-1] != coder.cfg.d_in:
+        raise InputError(f"the coder reads {coder.cfg.d_in} values per token at {coder.cfg.hook_name}, "
+                         f"which has {rows.shape[-1]} in this model.",
+                         "Use a coder trained on this model at this hook point.")
 
 
 def top_features(features: np.ndarray, row: int, col: int, k: int = 10) -> list[tuple[int, float]]:

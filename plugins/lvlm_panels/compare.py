@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QSizePolicy,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -32,6 +33,57 @@ DEFAULT_METHODS = ("raw_attention", "rollout", "tam")
 MAX_SHOWN = 4
 
 
+def grid_shape(count: int, width: float, height: float) -> tuple[int, int]:
+    """(rows, columns) for ``count`` equal cells in a ``width`` x ``height`` area: the arrangement whose
+    largest square fits best in a cell (maps are square-ish, so that is the biggest map); ties go to
+    fewer empty cells."""
+    if count <= 1:
+        return 1, 1
+    best: tuple[float, int, int, int] | None = None
+    for columns in range(1, count + 1):
+        rows = -(-count // columns)
+        side = min(width / columns, height / rows)
+        key = (side, -(rows * columns - count), -rows, columns)
+        if best is None or key > best:
+            best = key
+    assert best is not None
+    return -best[2], best[3]
+
+
+class MapGrid(QWidget):
+    """Equal cells, rearranged into the rows and columns that keep them square-ish whenever the
+    panel is resized: every cell gets the same share, whatever its title or hint would ask for."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setSpacing(4)
+        self.cells: list[QWidget] = []
+        self.shape = (0, 0)
+
+    def set_cells(self, cells: list[QWidget]) -> None:
+        """Show ``cells`` (the others stay hidden) and arrange them for the current size."""
+        self.cells = cells
+        self.arrange()
+
+    def arrange(self) -> None:
+        shape = grid_shape(len(self.cells), max(self.width(), 1), max(self.height(), 1))
+        old_rows, old_columns = self.shape
+        for r in range(max(old_rows, shape[0])):
+            self.grid.setRowStretch(r, 1 if r < shape[0] else 0)
+        for c in range(max(old_columns, shape[1])):
+            self.grid.setColumnStretch(c, 1 if c < shape[1] else 0)
+        self.shape = shape
+        for i, cell in enumerate(self.cells):
+            self.grid.addWidget(cell, i // shape[1], i % shape[1])
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if grid_shape(len(self.cells), max(self.width(), 1), max(self.height(), 1)) != self.shape:
+            self.arrange()
+
+
 class ComparePanel(QWidget):
     def __init__(self, context: PanelContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -42,15 +94,12 @@ class ComparePanel(QWidget):
         self.method_list.setMaximumWidth(180)
         self.method_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.method_list.setTextElideMode(Qt.TextElideMode.ElideRight)
-        self.views_grid = QGridLayout()
-        self.views_grid.setSpacing(4)
+        self.views_widget = MapGrid()
         self.views: list[ImageView] = []
         self._image_cache: tuple[object, np.ndarray | None] = (None, None)
         self._agreement_cache: dict[tuple[int, int, int], object] = {}
         self.titles: list[QLabel] = []
         self.columns: list[QWidget] = []
-        views_widget = QWidget()
-        views_widget.setLayout(self.views_grid)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["pair", "\u03c1", "top 10 %", "verdict"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -63,7 +112,7 @@ class ComparePanel(QWidget):
         self.caption = QLabel()
         self.caption.setWordWrap(True)
         right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(views_widget)
+        right.addWidget(self.views_widget)
         right.addWidget(self.table)
         right.setStretchFactor(0, 1)
         body = QHBoxLayout()
@@ -125,18 +174,20 @@ class ComparePanel(QWidget):
             column_layout = QVBoxLayout(column)
             column_layout.setContentsMargins(0, 0, 0, 0)
             column_layout.setSpacing(2)
+            column.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)  # equal shares
             label = QLabel()
-            label.setWordWrap(True)
             label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # one line, never wider
             view = ImageView(color_bar=False, hint="")
+            view.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
             column_layout.addWidget(label)
             column_layout.addWidget(view, 1)
             self.views.append(view)
             self.titles.append(label)
             self.columns.append(column)
-        per_row = 2 if len(methods) > 2 else max(1, len(methods))  # 3 or 4 maps: two rows of two
-        for i, column in enumerate(self.columns):
-            self.views_grid.addWidget(column, i // per_row, i % per_row)
+        for column in self.columns[len(methods):]:
+            column.hide()
+        self.views_widget.set_cells(self.columns[:len(methods)])
         image = self._image_pixels()
         view_settings = context.view
         for i, view in enumerate(self.views):
@@ -150,7 +201,9 @@ class ComparePanel(QWidget):
             view.set_map(None if found is None else found[0], found[1] if found else (0, 1),
                          view_settings["opacity"])
             state = "" if found is not None or not context.is_running(f"explain:{method}") else " \u2026"
-            self.titles[i].setText(short_title(context.title_of(method)) + state)
+            title = short_title(context.title_of(method)) + state
+            self.titles[i].setText(title)
+            self.titles[i].setToolTip(title)
         self._fill_table(methods)
 
     def _image_pixels(self) -> np.ndarray | None:

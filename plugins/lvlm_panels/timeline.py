@@ -16,7 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext
+from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext, SpacedAxis
 
 SERIES = (  # attribute, title, unit, colour
     ("logprob", "log p", "nats", "#8ab4f8"),
@@ -25,6 +25,7 @@ SERIES = (  # attribute, title, unit, colour
 )
 MAX_LABEL = 10  # characters of a token shown on the axis
 LOG_P_FLOOR = -2.5  # nats: the log p axis spans at least p = 0.08 to 1
+PLOT_MIN_HEIGHT = 48  # pixels per plot: lower, a plot's title runs into its points
 
 
 class TimelinePanel(QWidget):
@@ -37,7 +38,8 @@ class TimelinePanel(QWidget):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.markers: dict[str, pg.ScatterPlotItem] = {}
         for row, (name, title, _unit, colour) in enumerate(SERIES):
-            plot = self.graphics.addPlot(row=row, col=0)
+            axes = {"bottom": SpacedAxis("bottom"), "left": SpacedAxis("left")}  # labels never overlap
+            plot = self.graphics.addPlot(row=row, col=0, axisItems=axes)
             plot.setMenuEnabled(False)
             plot.setMouseEnabled(x=False, y=False)
             plot.disableAutoRange()  # ranges are set once per answer, never while stepping
@@ -63,6 +65,7 @@ class TimelinePanel(QWidget):
             marker.setZValue(3)
             plot.addItem(marker, ignoreBounds=True)
             self.plots[name], self.curves[name], self.markers[name] = plot, curve, marker
+        self.graphics.setMinimumHeight(len(SERIES) * PLOT_MIN_HEIGHT)
         self.graphics.scene().sigMouseClicked.connect(self._on_scene_clicked)
         self.caption = QLabel()
         self.caption.setWordWrap(True)

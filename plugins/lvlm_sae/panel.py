@@ -5,6 +5,12 @@ answer token (activation x gradient of that token's log-probability); pick a fea
 activation map over the image; scale it (0 ablates, negative pushes against it) and let the model
 answer again to see what changes. Every number comes from ``lvlm_studio.sae.inspect`` and runs on
 the worker thread through the panel context; this widget only shows it.
+
+The map is laid over the part of the image the vision tower saw (the first image region's box: a
+square the image was padded to, a centre crop, or the whole image), as every other overlay is, and
+clicks are read back through the same box. Everything the panel holds belongs to one trace: a new
+model or answer drops it, results of jobs started for an older one are ignored, and a coder that does
+not fit the model says so in the panel instead of failing.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -27,6 +34,36 @@ from PySide6.QtWidgets import (
 from lvlm_studio.gui.api import ImageView, PanelContext
 
 TOP = 12
+
+
+def region_box(trace: Any) -> tuple[float, float, float, float]:
+    """The box (left, top, right, bottom, original-image pixels) of the first image's first region:
+    what the vision tower's patch grid covers. The whole image when the trace has no region."""
+    width, height = trace.image.size
+    for region in trace.regions:
+        if region.image_index == 0:
+            return tuple(float(v) for v in region.box)  # type: ignore[return-value]
+    return 0.0, 0.0, float(width), float(height)
+
+
+def grid_pixels(grid_map: np.ndarray, trace: Any) -> np.ndarray:
+    """A [rows, cols] patch map on the image's pixels, laid over ``region_box`` (NaN outside it)."""
+    from lvlm_studio.api import ImageRegion, to_pixels
+
+    rows, cols = grid_map.shape
+    region = ImageRegion("vision tower", 0, np.arange(rows * cols), (rows, cols), region_box(trace))
+    return to_pixels([grid_map], [region], trace.image.size)
+
+
+def patch_at(x: float, y: float, box: tuple[float, float, float, float], grid: tuple[int, int]
+             ) -> tuple[int, int] | None:
+    """The (row, col) of the patch under image point (x, y) through ``box``; None outside the grid
+    or the image."""
+    left, top, right, bottom = box
+    rows, cols = grid
+    row = int(np.floor((y - top) / (bottom - top) * rows))
+    col = int(np.floor((x - left) / (right - left) * cols))
+    return (row, col) if 0 <= row < rows and 0 <= col < cols else None
 
 
 class FeatureInspectorPanel(QWidget):
@@ -41,7 +78,8 @@ class FeatureInspectorPanel(QWidget):
         self.patch: tuple[int, int] | None = None
         self.feature: int | None = None
         self.edited = ""
-        self._trace_id: int | None = None
+        self.trace: Any = None  # the trace the features belong to (None: none computed or asked)
+        self.model: Any = None  # the model they were computed with
 
         self.view = ImageView(color_bar=True, hint="Ask a question to inspect the vision tower's features.")
         self.view.graphics.scene().sigMouseClicked.connect(self._on_click)
@@ -49,6 +87,7 @@ class FeatureInspectorPanel(QWidget):
         self.table.setHorizontalHeaderLabels(["feature", "activation", "attribution"])
         self.table.verticalHeader().hide()
         self.table.itemSelectionChanged.connect(self._on_row)
+        self.table.setMinimumHeight(90)
         self.factor = QDoubleSpinBox()
         self.factor.setRange(-50.0, 50.0)
         self.factor.setSingleStep(0.5)
@@ -62,6 +101,8 @@ class FeatureInspectorPanel(QWidget):
         self.status.setWordWrap(True)
         self.answer = QLabel()
         self.answer.setWordWrap(True)
+        for label in (self.status, self.answer):  # wrapped text takes its height, never the table's
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
 
         controls = QHBoxLayout()
         controls.addWidget(self.choose)
@@ -85,36 +126,56 @@ class FeatureInspectorPanel(QWidget):
         elif name == "selected":
             self.request_attribution()
 
-    def refresh(self) -> None:
-        """Start over for a new trace: compute its features (once), then draw."""
-        trace = self.context.trace
-        self.view.set_image(np.asarray(trace.image.convert("RGB")) if trace is not None else None)
-        if trace is None or self.context.model is None:
-            self.features = self.attribution = None
-            self._trace_id = None
-            self.status.setText("Ask a question to inspect the vision tower's features.")
-            self._fill_table()
-            return
-        if self._trace_id == id(trace):
-            return
-        self._trace_id = id(trace)
+    def _forget(self) -> None:
+        """Drop everything computed for the previous trace or model (the map, the table, the edit)."""
+        self.trace = self.model = self.coder = None
         self.features = self.attribution = None
         self.attribution_token = None
         self.patch = self.feature = None
-        model, path = self.context.model, self.sae_path
+        self.edited = ""
+        self.answer.clear()
+        self.view.set_map(None)
+        self.view.set_title("")
+        self._fill_table()
+
+    def _current(self, trace: Any, model: Any) -> bool:
+        """Whether a result computed for ``trace`` and ``model`` still belongs to what is shown."""
+        return trace is self.context.trace and model is self.context.model and trace is self.trace
+
+    def refresh(self) -> None:
+        """Start over for a new trace or model: compute the features (once per trace), then draw."""
+        trace, model = self.context.trace, self.context.model
+        if trace is not None and model is not None and trace is self.trace and model is self.model:
+            return
+        self._forget()
+        self.view.set_image(np.asarray(trace.image.convert("RGB")) if trace is not None else None)
+        if trace is None or model is None:
+            self.status.setText("Ask a question to inspect the vision tower's features.")
+            return
+        self.trace, self.model = trace, model
+        path = self.sae_path
 
         def work(report, cancel):
             from lvlm_sae import load
-            from lvlm_studio.api import image_features
+            from lvlm_studio.api import InputError, image_features
 
-            coder = load(path)
-            return coder, image_features(model, coder, trace.image, trace.prompt)
+            try:
+                coder = load(path)
+                return trace, model, coder, image_features(model, coder, trace.image, trace.prompt)
+            except InputError as exc:  # a coder of another model: said in the panel, not a dialog per answer
+                return trace, model, None, exc
 
         self.status.setText("Computing features\u2026")
         self.context.run_job("SAE features", work, self._features_ready)
 
-    def _features_ready(self, result: tuple[Any, np.ndarray]) -> None:
-        self.coder, self.features = result
+    def _features_ready(self, result: tuple[Any, Any, Any, Any]) -> None:
+        trace, model, coder, features = result
+        if not self._current(trace, model):
+            return  # computed for an answer or model that is gone
+        if coder is None:
+            self.status.setText(f"No features: {features.message} {features.hint} (SAE\u2026 chooses another coder.)")
+            return
+        self.coder, self.features = coder, features
         rows, cols = self.features.shape[:2]
         active = float((self.features > 0).sum(axis=-1).mean())
         self.status.setText(f"{self.coder.cfg.hook_name}: {self.coder.cfg.d_sae} features, {active:.1f} active per "
@@ -127,17 +188,22 @@ class FeatureInspectorPanel(QWidget):
         token, trace, model = self.context.selected, self.context.trace, self.context.model
         if token is None or trace is None or model is None or self.coder is None or token == self.attribution_token:
             return
+        if not self._current(trace, model):
+            return
         coder = self.coder
 
         def work(report, cancel):
             from lvlm_studio.api import feature_attribution
 
-            return token, feature_attribution(model, coder, trace, token)
+            return trace, model, token, feature_attribution(model, coder, trace, token)
 
         self.context.run_job("SAE attribution", work, self._attribution_ready)
 
-    def _attribution_ready(self, result: tuple[int, np.ndarray]) -> None:
-        self.attribution_token, self.attribution = result
+    def _attribution_ready(self, result: tuple[Any, Any, int, np.ndarray]) -> None:
+        trace, model, token, attribution = result
+        if not self._current(trace, model):
+            return
+        self.attribution_token, self.attribution = token, attribution
         self._fill_table()
 
     # -- choosing --------------------------------------------------------------------------------
@@ -148,13 +214,13 @@ class FeatureInspectorPanel(QWidget):
             self.table.selectRow(0)
 
     def select_feature(self, feature: int) -> None:
-        from lvlm_studio.api import feature_map, grid_to_pixels
+        from lvlm_studio.api import feature_map
 
-        if self.features is None or self.context.trace is None:
+        if self.features is None or self.trace is None:
             return
         self.feature = int(feature)
         grid_map = feature_map(self.features, self.feature)
-        pixels = grid_to_pixels(grid_map, self.context.trace.image.size)
+        pixels = grid_pixels(grid_map, self.trace)
         top = max(float(grid_map.max()), 1e-6)
         self.view.set_map(pixels, (0.0, top), self.context.view.get("opacity", 0.6))
         self.view.set_title(f"feature {self.feature}")
@@ -187,14 +253,15 @@ class FeatureInspectorPanel(QWidget):
             self.select_feature(int(self.table.item(selected[0].row(), 0).text()))
 
     def _on_click(self, event) -> None:
-        if self.features is None or self.context.trace is None:
+        if self.features is None or self.trace is None:
             return
         point = self.view.view.mapSceneToView(event.scenePos())
-        width, height = self.context.trace.image.size
-        rows, cols = self.features.shape[:2]
-        x, y = point.x(), point.y()
-        if 0 <= x < width and 0 <= y < height:
-            self.select_patch(int(y * rows // height), int(x * cols // width))
+        width, height = self.trace.image.size
+        if not (0 <= point.x() < width and 0 <= point.y() < height):
+            return
+        patch = patch_at(point.x(), point.y(), region_box(self.trace), self.features.shape[:2])
+        if patch is not None:
+            self.select_patch(*patch)
 
     def _choose_sae(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "SAE folder (SAELens or ViT-Prisma)")
@@ -203,27 +270,31 @@ class FeatureInspectorPanel(QWidget):
 
     def load_sae(self, path: str) -> None:
         """Use the coder in ``path`` from now on (features are recomputed)."""
-        self.sae_path, self.coder, self._trace_id = path, None, None
+        self.sae_path = path
+        self.trace = None  # recompute for the current trace
         self.refresh()
 
     # -- acting ----------------------------------------------------------------------------------
     def reanswer(self) -> None:
         """Answer again with the chosen feature scaled by the spin box's factor, at every patch."""
-        trace, model, coder, feature = self.context.trace, self.context.model, self.coder, self.feature
-        if trace is None or model is None or coder is None or feature is None:
+        trace, model, coder, feature = self.trace, self.model, self.coder, self.feature
+        if trace is None or model is None or coder is None or feature is None or not self._current(trace, model):
             return
         factor = float(self.factor.value())
 
         def work(report, cancel):
             from lvlm_studio.api import edited_answer
 
-            return feature, factor, edited_answer(model, coder, trace.image, trace.prompt, {feature: factor})
+            return trace, model, feature, factor, edited_answer(model, coder, trace.image, trace.prompt,
+                                                                {feature: factor})
 
         self.context.run_job("Re-answer with an edited feature", work, self._answered)
 
-    def _answered(self, result: tuple[int, float, str]) -> None:
-        feature, factor, text = result
+    def _answered(self, result: tuple[Any, Any, int, float, str]) -> None:
+        trace, model, feature, factor, text = result
+        if not self._current(trace, model):
+            return
         self.edited = text
-        before = self.context.trace.answer_text if self.context.trace is not None else ""
+        before = trace.answer_text
         verdict = "unchanged" if text == before else "changed"
         self.answer.setText(f"feature {feature} x {factor:g}: \u201c{text}\u201d ({verdict}; was \u201c{before}\u201d)")

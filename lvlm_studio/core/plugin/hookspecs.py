@@ -52,7 +52,8 @@ PROJECT = "lvlm_studio"
 #      contrastive targets (CONTRAST, supports_contrast, contrast_token, require_contrast, logit_difference),
 #      figures (map_levels, is_signed, colormap_for, value_label, explanation_figure, save_figure, ...),
 #      Explainer.per_target (the app computes the selected token's map first),
-#      rows_with_gradients, rows_with_gradients_applies (exact relevancy at real shape)
+#      rows_with_gradients, rows_with_gradients_applies (exact relevancy at real shape),
+#      gui.api.SpacedAxis (tick labels that never overlap)
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
 API_VERSION = "1.3.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
