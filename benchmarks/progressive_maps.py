@@ -87,7 +87,7 @@ def main() -> int:
             analysis.set_params(method, CHEAP.get(method, {}))
             firsts = {}
             click(method, 0, traces[lengths[0]])  # warm-up: the method's first imports
-            for n, answer in traces.items():
+            for answer in traces.values():
                 count = len(answer.answer_tokens)
                 runs = [click(method, count - 1, answer) for _ in range(args.repeats)]
                 firsts[count] = statistics.median(first for first, _ in runs)

@@ -25,7 +25,8 @@ coverage peaks in the centre, so the map is weighted towards the centre whatever
 makes coverage nearly flat at 1.9x the passes, and ``coverage="pixel"`` divides pixel by pixel
 (with "span", a constant drop then maps exactly flat); docs/METHODS.md has the measurements.
 The patch must be about as large as an object to hide it from a model that still recognises an
-object from part of it (as the demo model does with 24 px patches over its 32 px cells), hence the default of about a third of the image.
+object from part of it (as the demo model does with 24 px patches over its 32 px cells),
+hence the default of about a third of the image.
 
 Contrast (``contrast``, a token id): both score the target's logit minus the alternative's instead
 (``logit_difference``): occlusion maps the drop of that difference, RISE its mean where each pixel
