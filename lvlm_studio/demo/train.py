@@ -320,7 +320,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
         if s < vision_steps:  # the vision stage: warm up, then hold the rate
             return min(1.0, (s + 1) / max(1, vision_steps // 20))
         s -= vision_steps
-        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
 
     first, log, before = 0, [], 0.0
     if resume and (out / STATE_FILE).exists():
