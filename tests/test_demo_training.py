@@ -119,3 +119,35 @@ def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
                                steps=100, world="classic")
     prompts = batcher.tokenizer.batch_decode(batcher(0, 8)["input_ids"])
     assert all("what color" in p for p in prompts)
+
+
+def test_the_vision_stage_trains_the_vision_side_only(tmp_path):
+    """``vision_steps`` first trains the vision tower and projector on the patch labels; the language
+    model keeps its initial weights until the joint stage."""
+    training.train(tmp_path, steps=0, batch_size=2, lr=1e-2, seed=3, aux_weight=0.5, word_weight=0.5,
+                   eval_every=0, eval_n=1, threads=1, workers=0, vision_steps=2)
+    fresh, _ = training.build("open", 3)
+    fresh = fresh.state_dict()
+    trained = training._reload(tmp_path)[0].state_dict()
+    changed = {key for key in fresh if not torch.equal(fresh[key], trained[key])}
+    assert changed, "the vision stage changed nothing"
+    assert all(".vision_tower." in key or ".multi_modal_projector." in key for key in changed), changed
+    assert json.loads((tmp_path / "training.json").read_text())["vision_steps"] == 2
+
+
+def test_the_curriculum_starts_on_one_light_grey_backdrop():
+    """At the easy end every backdrop is a plain light grey (shape is learned against one known
+    backdrop first); the full world keeps its any-colour backdrops."""
+    from lvlm_studio.demo.scenes import make_open_scene
+
+    def backdrop(scene):
+        pixels = np.asarray(scene.image, np.float32)
+        covered = np.zeros(pixels.shape[:2], bool)
+        for obj in scene.objects:
+            covered |= obj.mask
+        return np.median(pixels[~covered], axis=0)
+
+    easy = [backdrop(make_open_scene(seed, difficulty=0.0)) for seed in range(20)]
+    assert all(colour.max() - colour.min() < 3 and 185 <= colour.mean() <= 240 for colour in easy)
+    full = [backdrop(make_open_scene(seed)) for seed in range(20)]
+    assert sum(colour.max() - colour.min() > 10 or not 185 <= colour.mean() <= 240 for colour in full) >= 5

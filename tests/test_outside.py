@@ -128,7 +128,7 @@ def test_masks_agree_with_the_objects_and_the_objects_with_the_rules(scenes):
             assert (o["row"], o["col"]) == (int(fy), int(fx)), name
             assert 0.12 <= fx - int(fx) <= 0.88 and 0.12 <= fy - int(fy) <= 0.88, name  # clearly inside its cell
             for side in (x1 - x0, y1 - y0):
-                assert max(0.08 * short, 0.05 * long) <= side <= 0.45 * short, name
+                assert max(0.08 * short, 0.1 * long) <= side <= 0.45 * short, name
                 if len(objects) > 1:
                     assert side <= min(w, h) / 3 + 1, name
             others = (labels > 0) & ~mask

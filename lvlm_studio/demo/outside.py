@@ -104,7 +104,7 @@ def background_allowed(rgb) -> bool:
 def size_limits(width: int, height: int) -> tuple[float, float]:
     """Smallest and largest bounding-box side an object may have in an image of this size."""
     short, long = min(width, height), max(width, height)
-    return max(0.08 * short, 0.05 * long), 0.45 * short
+    return max(0.08 * short, 0.1 * long), 0.45 * short
 
 
 def cell_of(bbox, width: int, height: int) -> tuple[int, int, float, float]:

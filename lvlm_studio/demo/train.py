@@ -125,13 +125,15 @@ def build(world: str, seed: int):
 class Batcher:
     """Builds one seeded training batch: token ids, labels on the answer only, pixels, patch labels."""
 
-    def __init__(self, processor, seed: int, shortcut: bool = False, steps: int = 0, world: str = "open"):
+    def __init__(self, processor, seed: int, shortcut: bool = False, steps: int = 0, world: str = "open",
+                 vision_steps: int = 0):
         self.tokenizer = processor.tokenizer
         self.processor = processor
         self.seed = seed
         self.shortcut = shortcut
         self.world = world
         self.steps = steps  # the run's length, for the curriculum (0: the full world throughout)
+        self.vision_steps = vision_steps  # the vision-only first stage, with a curriculum of its own
         self.n_image = GRID * GRID
         self._prompt_ids: dict[str, list[int]] = {}
 
@@ -144,11 +146,14 @@ class Batcher:
     def __call__(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         tasks = rng.choice(TASKS, size=batch_size, p=[TASK_WEIGHTS[t] for t in TASKS])
-        if self.shortcut and step < CUE_WARMUP * self.steps:
+        if self.shortcut and 0 <= step - self.vision_steps < CUE_WARMUP * self.steps:
             # The cue is found on colour questions first; the other tasks (which teach the object
             # route) join later, as a shortcut in real data is there from the start.
             tasks = np.full(batch_size, "colour")
-        difficulty = curriculum(step, self.steps) if self.steps else 1.0
+        if step < self.vision_steps:
+            difficulty = curriculum(step, self.vision_steps)
+        else:
+            difficulty = curriculum(step - self.vision_steps, self.steps) if self.steps else 1.0
         scenes, ids, labels = [], [], []
         for task in tasks:
             seed = int(rng.integers(TRAIN_SEED_RANGE))
@@ -211,6 +216,27 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
+def patch_loss(logits: torch.Tensor, batch: dict, n_colour: int) -> torch.Tensor:
+    """The auxiliary head's loss: the colour and the shape under every image token."""
+    aux = F.cross_entropy(logits[..., :n_colour].flatten(0, 1), batch["patch_colour"].flatten())
+    return aux + F.cross_entropy(logits[..., n_colour:].flatten(0, 1), batch["patch_shape"].flatten())
+
+
+def _vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The vision tower's patch features as the projector receives them (LLaVA's default
+    strategy: the feature layer, CLS token dropped)."""
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    return hidden[model.config.vision_feature_layer][:, 1:]
+
+
+def _update(loss: torch.Tensor, optimizer, schedule, params) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
 STATE_FILE = "training-state.safetensors"
 
 
@@ -271,8 +297,15 @@ def _batches(batcher: Batcher, steps: range, batch_size: int, workers: int):
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weight: float,
           word_weight: float, eval_every: int, eval_n: int, threads: int, shortcut: bool = False,
-          resume: bool = True, workers: int = 1, world: str = "open") -> dict:
-    """Train from scratch, or resume from ``out``'s saved state when one is there."""
+          resume: bool = True, workers: int = 1, world: str = "open", vision_steps: int = 0) -> dict:
+    """Train from scratch, or resume from ``out``'s saved state when one is there.
+
+    ``vision_steps`` first trains the vision tower and projector alone, on the auxiliary patch
+    labels, with a curriculum of their own: shape is learned against one light-grey backdrop and
+    then carried over to any backdrop. In the joint run the language and word losses compete with it
+    and the curriculum moves on before shape is learned (object-patch shape accuracy after 3,500
+    joint steps: 53% on the easiest scenes; after 750 vision-only steps: 66%), and a vision-only
+    step costs about a third of a joint one."""
     torch.set_num_threads(threads)
     model, processor = build(world, seed)
     hidden = model.config.text_config.hidden_size
@@ -284,19 +317,34 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     warmup = max(1, steps // 20)
 
     def rate(s: int) -> float:
-        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        if s < vision_steps:  # the vision stage: warm up, then hold the rate
+            return min(1.0, (s + 1) / max(1, vision_steps // 20))
+        s -= vision_steps
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
 
     first, log, before = 0, [], 0.0
     if resume and (out / STATE_FILE).exists():
         first, log, before = load_state(out, model, aux_head, optimizer)
         print(f"resuming at step {first}", flush=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate(s + first))
-    batcher = Batcher(processor, seed, shortcut=shortcut, steps=steps, world=world)
+    batcher = Batcher(processor, seed, shortcut=shortcut, steps=steps, world=world, vision_steps=vision_steps)
+    total = vision_steps + steps
     words = word_targets(processor.tokenizer)
     image_id = model.config.image_token_id
     started = time.time() - before
     model.train()
-    for step, batch in zip(range(first, steps), _batches(batcher, range(first, steps), batch_size, workers)):
+    n_colour = len(COLOURS) + 1
+    for step, batch in zip(range(first, total), _batches(batcher, range(first, total), batch_size, workers)):
+        if step < vision_steps:
+            logits = aux_head(model.model.multi_modal_projector(_vision_features(model, batch["pixel_values"])))
+            projected.clear()  # the projector's hook saw this call too
+            aux = patch_loss(logits, batch, n_colour)
+            _update(aux, optimizer, schedule, params)
+            if step % 100 == 0:
+                print(f"vision step {step:6d}  aux {aux.item():.3f}  {time.time() - started:7.0f}s", flush=True)
+            if (step + 1) % 500 == 0:
+                save_state(out, step + 1, model, aux_head, optimizer, log, time.time() - started)
+            continue
         projected.clear()
         output = model(
             input_ids=batch["input_ids"],
@@ -304,22 +352,14 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
             pixel_values=batch["pixel_values"],
         )
         lm_loss = per_example_loss(output.logits, batch["labels"])
-        logits = aux_head(projected[0])  # [batch, image tokens, colours+1 + shapes+1]
-        n_colour = len(COLOURS) + 1
-        aux = F.cross_entropy(logits[..., :n_colour].flatten(0, 1), batch["patch_colour"].flatten())
-        aux = aux + F.cross_entropy(logits[..., n_colour:].flatten(0, 1), batch["patch_shape"].flatten())
+        aux = patch_loss(aux_head(projected[0]), batch, n_colour)
         lens = word_loss(output.logits, batch["input_ids"] == image_id, batch, words)
-        loss = lm_loss + aux_weight * aux + word_weight * lens
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        _update(lm_loss + aux_weight * aux + word_weight * lens, optimizer, schedule, params)
         if step % 100 == 0:
             print(f"step {step:6d}  lm {lm_loss.item():.3f}  aux {aux.item():.3f}  words {lens.item():.3f}  "
                   f"{time.time() - started:7.0f}s", flush=True)
         done = step + 1
-        if eval_every and done % eval_every == 0 and done < steps:
+        if eval_every and (done - vision_steps) % eval_every == 0 and done < total:
             model.eval()
             acc = {t: exact_match(model, processor, heldout_examples(eval_n, t, world=world)) for t in TASKS}
             if shortcut:
@@ -334,7 +374,8 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     save_demo(model, processor, out)
     (out / STATE_FILE).unlink(missing_ok=True)  # finished: the shipped folder keeps the model only
     record = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "aux_weight": aux_weight,
+        "steps": steps, "vision_steps": vision_steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "aux_weight": aux_weight,
         "word_weight": word_weight, "shortcut": shortcut, "cue_rate": CUE_RATE if shortcut else 0.0,
         "cue_warmup": CUE_WARMUP if shortcut else 0.0,
         "threads": threads, "workers": workers, "world": world, "curriculum": CURRICULUM if world == "open" else 0.0,
@@ -354,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--aux-weight", type=float, default=0.5)
     parser.add_argument("--word-weight", type=float, default=0.5)
+    parser.add_argument("--vision-steps", type=int, default=0,
+                        help="steps of a vision-only first stage on the patch labels (open world: 3000)")
     parser.add_argument("--shortcut", action="store_true",
                         help="train the shortcut twin (a corner mark gives colour answers away)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a saved state exists")
@@ -368,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.aux_weight, args.word_weight,
           args.eval_every, args.eval_n, args.threads, shortcut=args.shortcut, resume=not args.no_resume,
-          workers=args.workers, world=args.world)
+          workers=args.workers, world=args.world, vision_steps=args.vision_steps)
     model, processor = _reload(args.out)
     print("held-out exact match (500 per task):", json.dumps(evaluate(model, processor, world=args.world)))
     if args.shortcut:
