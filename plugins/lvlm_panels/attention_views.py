@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lvlm_panels.heads import heat_map
 from lvlm_studio.api import (
     GALLERY_GAP,
     GALLERY_MARGIN,
@@ -488,29 +489,8 @@ class QuestionAnswerPanel(_PassPanel):
         controls.addWidget(self.words_box)
         controls.addStretch(1)
 
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.setBackground(BACKGROUND)
-        self.plot = self.graphics.addPlot(row=0, col=0)
-        self.plot.setMenuEnabled(False)
-        self.plot.setMouseEnabled(x=False, y=False)
-        self.plot.hideButtons()
-        self.plot.invertY(True)
-        self.plot.setLabel("left", "answer", color=FOREGROUND)
-        self.plot.setLabel("bottom", "question", color=FOREGROUND)
-        for axis in ("left", "bottom"):
-            self.plot.getAxis(axis).setTextPen(FOREGROUND)
-        self.image = pg.ImageItem()
-        self.image.setColorMap(pg.colormap.get("viridis"))
-        self.plot.addItem(self.image)
-        self.marker = QGraphicsRectItem(0, 0, 1, 1)  # the selected answer token's row
-        self.marker.setPen(pg.mkPen("#f28b82", width=2, cosmetic=True))
-        self.marker.setZValue(2)
-        self.marker.hide()
-        self.plot.addItem(self.marker)
-        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), values=(0, 1), width=14,
-                                   interactive=False, colorMapMenu=False)
-        self.bar.axis.setTextPen(FOREGROUND)
-        self.graphics.addItem(self.bar, row=0, col=1)
+        self.graphics, self.plot, self.image, self.marker, self.bar = heat_map(
+            "answer", "question", "the selected answer token's row", marker_width=2)
         self.image.mouseClickEvent = self._on_click  # type: ignore[method-assign]
         self.caption = QLabel()
         self.caption.setWordWrap(True)

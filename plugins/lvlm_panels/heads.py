@@ -15,33 +15,43 @@ from PySide6.QtWidgets import QGraphicsRectItem, QLabel, QVBoxLayout, QWidget
 from lvlm_studio.gui.api import BACKGROUND, FOREGROUND, PanelContext
 
 
+def heat_map(left: str, bottom: str, marker: str, marker_width: int):
+    """A clickable heat map on the app's dark background: (graphics, plot, image, marker, bar), the
+    rows going down, one cell per row and column, a rectangle outlining the chosen cell (``marker``
+    says which) and a viridis colour bar."""
+    graphics = pg.GraphicsLayoutWidget()
+    graphics.setBackground(BACKGROUND)
+    plot = graphics.addPlot(row=0, col=0)
+    plot.setMenuEnabled(False)
+    plot.setMouseEnabled(x=False, y=False)
+    plot.hideButtons()
+    plot.invertY(True)
+    plot.setLabel("left", left, color=FOREGROUND)
+    plot.setLabel("bottom", bottom, color=FOREGROUND)
+    for axis in ("left", "bottom"):
+        plot.getAxis(axis).setTextPen(FOREGROUND)
+    image = pg.ImageItem()
+    image.setColorMap(pg.colormap.get("viridis"))
+    plot.addItem(image)
+    outline = QGraphicsRectItem(0, 0, 1, 1)
+    outline.setToolTip(marker)
+    outline.setPen(pg.mkPen("#f28b82", width=marker_width, cosmetic=True))
+    outline.setZValue(2)
+    outline.hide()
+    plot.addItem(outline)
+    bar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), values=(0, 1), width=14,
+                          interactive=False, colorMapMenu=False)
+    bar.axis.setTextPen(FOREGROUND)
+    graphics.addItem(bar, row=0, col=1)
+    return graphics, plot, image, outline, bar
+
+
 class AttentionGridPanel(QWidget):
     def __init__(self, context: PanelContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.context = context
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.setBackground(BACKGROUND)
-        self.plot = self.graphics.addPlot(row=0, col=0)
-        self.plot.setMenuEnabled(False)
-        self.plot.setMouseEnabled(x=False, y=False)
-        self.plot.hideButtons()
-        self.plot.invertY(True)
-        self.plot.setLabel("left", "layer", color=FOREGROUND)
-        self.plot.setLabel("bottom", "head", color=FOREGROUND)
-        for axis in ("left", "bottom"):
-            self.plot.getAxis(axis).setTextPen(FOREGROUND)
-        self.image = pg.ImageItem()
-        self.image.setColorMap(pg.colormap.get("viridis"))
-        self.plot.addItem(self.image)
-        self.marker = QGraphicsRectItem(0, 0, 1, 1)  # outlines the chosen cell
-        self.marker.setPen(pg.mkPen("#f28b82", width=3, cosmetic=True))
-        self.marker.setZValue(2)
-        self.marker.hide()
-        self.plot.addItem(self.marker)
-        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), values=(0, 1), width=14,
-                                   interactive=False, colorMapMenu=False)
-        self.bar.axis.setTextPen(FOREGROUND)
-        self.graphics.addItem(self.bar, row=0, col=1)
+        self.graphics, self.plot, self.image, self.marker, self.bar = heat_map(
+            "layer", "head", "the chosen head", marker_width=3)
         self.image.mouseClickEvent = self._on_click  # type: ignore[method-assign]
         self.caption = QLabel()
         self.caption.setWordWrap(True)
