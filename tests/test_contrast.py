@@ -18,7 +18,8 @@ from lvlm_studio.core.tracing.relevance import blurred_baseline
 from lvlm_studio.core.tracing.scores import log_probability, logit_difference
 from lvlm_studio.testing import run_explainer
 
-CONTRASTIVE = ("grad_x_input", "gradcam", "relevancy", "occlusion", "rise")
+CONTRASTIVE = ("grad_x_input", "gradcam", "relevancy", "occlusion", "rise", "integrated_gradients", "gradient_shap",
+               "smoothgrad", "vargrad", "kernel_shap", "lime")
 NOT_CONTRASTIVE = ("raw_attention", "rollout")
 
 
@@ -162,3 +163,23 @@ def test_red_rather_than_blue_points_at_the_red_object_more(lvlm_registry, demo_
 
     plain, contrast = red_share(), red_share(contrast=blue_id)
     assert contrast > plain + 0.1, (plain, contrast)
+
+
+def test_captum_methods_explain_the_logit_difference(lvlm_registry, demo_model, demo_trace):
+    """Integrated Gradients is linear in the function it explains: against an alternative, its map is
+    IG of log p(chosen) minus IG of log p(alternative) (the same trace with the alternative as the
+    answer token), which is what the logit difference is."""
+    explainer = lvlm_registry.explainer("integrated_gradients")
+    token = 1
+    alternative = _alternative(demo_trace, token)
+    cheap = {"steps": 4, "baseline": "black"}
+    contrast = run_explainer(explainer, demo_trace, demo_model, [token], contrast=alternative, **cheap)
+    chosen = run_explainer(explainer, demo_trace, demo_model, [token], **cheap).maps[token][0]
+    answer = demo_trace.answer_ids.copy()
+    answer[token] = alternative
+    other_trace = dataclasses.replace(demo_trace, answer_ids=answer)
+    other = run_explainer(explainer, other_trace, demo_model, [token], **cheap).maps[token][0]
+    scale = np.abs(chosen - other).max()
+    assert scale > 0
+    np.testing.assert_allclose(contrast.maps[token][0], chosen - other, atol=1e-6 * scale)
+    assert "minus that of token" in contrast.provenance["score"]

@@ -43,6 +43,7 @@ import torch
 
 from lvlm_studio.api import (
     BASELINES,
+    CONTRAST,
     Explainer,
     Explanation,
     InputError,
@@ -51,6 +52,7 @@ from lvlm_studio.api import (
     Progress,
     answer_logprobs_with_grad,
     baseline_image,
+    contrast_token,
     pixel_layout,
 )
 
@@ -75,15 +77,16 @@ def prepared(model, trace, baseline: str, seed: int = 0) -> tuple[PixelLayout, t
     return layout, image, base
 
 
-def log_prob_function(model, trace, layout: PixelLayout, targets: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+def log_prob_function(model, trace, layout: PixelLayout, targets: list[int],
+                      contrast: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function every method here explains: processed rows [batch, elements] -> the
-    teacher-forced log p of each target token [batch, len(targets)]; Captum's ``target=i`` picks
-    ``targets[i]``."""
+    teacher-forced log p of each target token [batch, len(targets)], or with ``contrast`` (a token
+    id) each target's logit minus the alternative's; Captum's ``target=i`` picks ``targets[i]``."""
     columns = torch.as_tensor(targets, dtype=torch.long)
 
     def forward(values: torch.Tensor) -> torch.Tensor:
         rows = values.shape[0]
-        logp = answer_logprobs_with_grad(model, trace, layout.model_inputs(values), rows)
+        logp = answer_logprobs_with_grad(model, trace, layout.model_inputs(values), rows, contrast)
         return logp[:, columns.to(logp.device)].double()
 
     return forward
@@ -218,6 +221,7 @@ def _common_params(batch: int) -> tuple[Param, ...]:
         Param("seed", 0, "seed of the noise baseline and of the method's random draws", minimum=0,
               maximum=2**32 - 1),
         Param("batch_size", batch, "images per forward pass", minimum=1, maximum=1024),
+        CONTRAST,
     )
 
 
@@ -234,7 +238,8 @@ class _CaptumExplainer(Explainer):
 
         yield Progress(0, len(targets) + 1, "preparing the image and the baseline")
         layout, image, base = prepared(model, trace, params["baseline"], params["seed"])
-        forward = log_prob_function(model, trace, layout, targets)
+        alternative = contrast_token(params)
+        forward = log_prob_function(model, trace, layout, targets, alternative)
         setup = self.setup(trace, layout, params)
         maps = {}
         for i, target in enumerate(targets):
@@ -245,7 +250,8 @@ class _CaptumExplainer(Explainer):
             maps[target] = cells_from_elements(values, layout, trace.regions, self.reduce)
         provenance = {
             "method": self.id,
-            "score": "teacher-forced log-probability of the target token",
+            "score": "teacher-forced log-probability of the target token" if alternative is None else
+                     f"teacher-forced logit of the target token minus that of token {alternative}",
             "inputs": "the processor's pixel values (every element), float64",
             "baseline": params["baseline"],
             "library": f"captum {captum.__version__} ({self.captum_name})",

@@ -47,7 +47,7 @@ from PIL import Image
 
 from lvlm_studio.core.errors import InputError
 from lvlm_studio.core.perturbation.perturb import processed_images
-from lvlm_studio.core.tracing.scores import log_probability
+from lvlm_studio.core.tracing.scores import log_probability, logit_difference
 
 if TYPE_CHECKING:
     from lvlm_studio.core.models.loading import LoadedModel
@@ -241,10 +241,12 @@ def _values(loaded: LoadedModel, trace: Trace, image: Image.Image) -> torch.Tens
 
 
 def answer_logprobs_with_grad(loaded: LoadedModel, trace: Trace, inputs: dict[str, torch.Tensor],
-                              batch: int) -> torch.Tensor:
+                              batch: int, contrast: int | None = None) -> torch.Tensor:
     """log p of every answer token [batch, n_answer] for ``batch`` processed rows, differentiable
     in them. Teacher-forced over prompt + answer; the model's own attention implementation (only
-    logits are read). Exact for confident tokens too (``core.tracing.scores``)."""
+    logits are read). Exact for confident tokens too (``core.tracing.scores``). With ``contrast``
+    (a token id), each token's logit minus that token's instead (``logit_difference``), the same
+    number as log p(token) - log p(contrast)."""
     from lvlm_studio.core.models.inputs import forward_inputs
 
     n = len(trace.answer_ids)
@@ -254,4 +256,6 @@ def answer_logprobs_with_grad(loaded: LoadedModel, trace: Trace, inputs: dict[st
     out = loaded.model(**inputs, use_cache=False, logits_to_keep=n + 1)
     logits = out.logits[:, :-1]
     answer = torch.as_tensor(trace.answer_ids, device=logits.device).long()
+    if contrast is not None:
+        return logit_difference(logits, answer[None].expand(batch, -1), contrast)
     return log_probability(logits, answer[None].expand(batch, -1))
