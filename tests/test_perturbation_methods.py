@@ -153,7 +153,7 @@ def test_rise_map_is_flat_when_the_masks_do_not_change_the_score(demo_model, dem
     (that picture survives model randomisation): E[p | shown] - E[p] is zero everywhere."""
     import lvlm_explainers.perturbation as perturbation
 
-    def equal_scores(loaded, trace, images, batch_size=16, what="", upto=None):
+    def equal_scores(loaded, trace, images, batch_size=16, what="", upto=None, contrast=None):
         yield Progress(len(images), len(images), what)
         return np.full((len(images), len(trace.answer_ids)), -0.7, dtype=np.float32)
 
