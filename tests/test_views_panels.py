@@ -51,7 +51,8 @@ def test_influence_panel_draws_the_shares_and_a_click_selects(qtbot, answered):
 
     window = answered
     panel = window.toggle_panel("influence", True).widget()
-    wait_for(qtbot, window, lambda: "relevancy" in window.state.explanations)
+    wait_for(qtbot, window, lambda: "relevancy" in window.state.explanations
+             and not window.state.missing_tokens("relevancy") and not window.runner.busy)
     panel.redraw()
     trace, model = window.state.trace, window.state.model
     expected = influence_shares(trace, window.state.explanations["relevancy"], model.processor.tokenizer)

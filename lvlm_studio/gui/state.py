@@ -180,11 +180,8 @@ class StudioState:
             from lvlm_studio.core.plugin.explanation import Explanation
 
             kept = Explanation(explanation.method, {}, dict(explanation.params), dict(explanation.provenance))
-        else:  # per-token entries of the provenance (a dict keyed by token) are gathered too
-            for name, value in explanation.provenance.items():
-                have = kept.provenance.get(name)
-                if isinstance(value, dict) and isinstance(have, dict):
-                    kept.provenance[name] = {**value, **have}
+        else:  # per-token entries of the provenance (dicts keyed by token, at any depth) are gathered too
+            _gather(kept.provenance, explanation.provenance)
         for token, maps in explanation.maps.items():
             kept.maps.setdefault(token, maps)
         if not current:
@@ -383,3 +380,14 @@ def thresholded(pixels: np.ndarray, levels: tuple[float, float], threshold: floa
     from lvlm_studio.core.plugin.explanation import thresholded as core_thresholded
 
     return core_thresholded(pixels, levels, threshold, signed)
+
+
+def _gather(have: dict[str, Any], new: dict[str, Any]) -> None:
+    """Add to ``have`` what ``new`` holds that it lacks, through nested dicts: the provenance of one
+    token's explanation joins the others' (e.g. relevancy's text relevance ``{"values": {token: ...}}``,
+    the causal subset's ``{"tokens": {token: ...}}``); what ``have`` already holds stays."""
+    for name, value in new.items():
+        if name not in have:
+            have[name] = value
+        elif isinstance(value, dict) and isinstance(have[name], dict):
+            _gather(have[name], value)

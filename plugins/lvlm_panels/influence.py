@@ -89,7 +89,8 @@ class InfluencePanel(QWidget):
         trace, explanation = context.trace, context.explanations.get(METHOD)
         if trace is None or explanation is None or context.model is None:
             return None
-        key = (id(trace), id(explanation), self.words_box.isChecked())
+        # the maps of a method that works token by token arrive one at a time into one explanation
+        key = (id(trace), id(explanation), len(explanation.maps), self.words_box.isChecked())
         if key != self._made_from:
             self._made_from, self.problem = key, None
             try:
