@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lvlm_explainers.perturbation import check_targets
 from lvlm_studio.api import (
     BASELINES,
     CONTRAST,
@@ -57,15 +58,6 @@ from lvlm_studio.api import (
 )
 
 FEATURES = ("cells", "superpixels", "objects")
-
-
-def _check(trace, model, targets: list[int], title: str) -> None:
-    if model is None:
-        raise InputError(f"{title} needs the model, not only a saved trace.", "Load the model first.")
-    if not targets:
-        raise InputError("no answer tokens were chosen to explain.", "Pick at least one answer token.")
-    for t in targets:
-        trace.answer_position(t)  # raises for a token that does not exist
 
 
 def prepared(model, trace, baseline: str, seed: int = 0) -> tuple[PixelLayout, torch.Tensor, torch.Tensor]:
@@ -233,7 +225,7 @@ class _CaptumExplainer(Explainer):
     captum_name = ""  # the Captum class, for the provenance
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
-        _check(trace, model, targets, self.title)
+        check_targets(trace, model, targets, self.title)
         import captum
 
         yield Progress(0, len(targets) + 1, "preparing the image and the baseline")

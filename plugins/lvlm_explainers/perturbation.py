@@ -73,7 +73,9 @@ BASELINE_NAMES = {"blur": "Gaussian blur (the LLR baseline)", "black": "black", 
                   "noise": "uniform noise (seed 0)"}
 
 
-def _check(trace, model, targets: list[int], title: str) -> None:
+def check_targets(trace, model, targets: list[int], title: str) -> None:
+    """One clear error for a request a model-reading method cannot serve: no model, no tokens, a
+    token the answer does not have."""
     if model is None:
         raise InputError(f"{title} needs the model, not only a saved trace.", "Load the model first.")
     if not targets:
@@ -224,7 +226,7 @@ class Occlusion(Explainer):
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
-        _check(trace, model, targets, self.title)
+        check_targets(trace, model, targets, self.title)
         image = trace.image.convert("RGB")
         baseline = baseline_image(image, params["baseline"])
         placement = params["placement"]
@@ -267,7 +269,7 @@ class RISE(Explainer):
     )
 
     def explain(self, trace, model, targets, params: dict[str, Any]):
-        _check(trace, model, targets, self.title)
+        check_targets(trace, model, targets, self.title)
         image = trace.image.convert("RGB")
         baseline = baseline_image(image, params["baseline"])
         width, height = image.size

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -255,32 +255,29 @@ def _gradient_rows_attention(module: torch.nn.Module, query: torch.Tensor, key: 
     return output.index_copy(1, rows, picked.to(output.dtype)), weights
 
 
-@functools.cache
-def _gradient_rows_implementation() -> str | None:
-    """Register ``rows_with_gradients``' attention (and eager's masks under its name); None if this
-    transformers cannot take a registered attention function."""
+def _register(name: str, attention: Callable, masks: str) -> str | None:
+    """Register ``attention`` under ``name`` (with the masks of the built-in ``masks``
+    implementation); None if this transformers cannot take a registered attention function."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     except ImportError:
         return None
-    AttentionInterface.register(GRADIENT_ROWS_IMPLEMENTATION, _gradient_rows_attention)
-    AttentionMaskInterface.register(GRADIENT_ROWS_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    return GRADIENT_ROWS_IMPLEMENTATION
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[masks])
+    return name
+
+
+@functools.cache
+def _gradient_rows_implementation() -> str | None:
+    """``rows_with_gradients``' attention, with eager's masks."""
+    return _register(GRADIENT_ROWS_IMPLEMENTATION, _gradient_rows_attention, "eager")
 
 
 @functools.cache
 def _rows_implementation() -> str | None:
-    """Register the row-capturing attention (and SDPA's masks under its name); None if this
-    transformers cannot take a registered attention function."""
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    except ImportError:
-        return None
-    AttentionInterface.register(ROWS_IMPLEMENTATION, _rows_attention)
-    AttentionMaskInterface.register(ROWS_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    return ROWS_IMPLEMENTATION
+    """The row-capturing attention, with SDPA's masks."""
+    return _register(ROWS_IMPLEMENTATION, _rows_attention, "sdpa")
 
 
 def _row_capture_applies(loaded: LoadedModel) -> bool:
