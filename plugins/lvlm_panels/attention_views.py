@@ -91,6 +91,17 @@ class _PassPanel(QWidget):
         self._for: Any = None  # the trace ``data`` (or the job running) belongs to
         self._failed: Any = None
 
+    def _averaging_controls(self) -> QHBoxLayout:
+        """The "Layers" and "Heads" edits (what the view averages over; editing redraws), in a row."""
+        self.layers_edit = _choice_edit("layers to average, e.g. 0-3, 0,2 or -1 (the last)")
+        self.heads_edit = _choice_edit("heads to average, e.g. 0,1")
+        controls = QHBoxLayout()
+        for label, edit in (("Layers", self.layers_edit), ("Heads", self.heads_edit)):
+            edit.editingFinished.connect(self.redraw)
+            controls.addWidget(QLabel(label))
+            controls.addWidget(edit)
+        return controls
+
     def compute(self, trace: Any, model: Any) -> Any:  # the core's job, on the worker thread
         raise NotImplementedError
 
@@ -271,16 +282,9 @@ class PatchTextPanel(_PassPanel):
 
     def __init__(self, context: PanelContext, parent: QWidget | None = None) -> None:
         super().__init__(context, parent)
-        self.layers_edit = _choice_edit("layers to average, e.g. 0-3, 0,2 or -1 (the last)")
-        self.heads_edit = _choice_edit("heads to average, e.g. 0,1")
-        for edit in (self.layers_edit, self.heads_edit):
-            edit.editingFinished.connect(self.redraw)
         clear = QPushButton("Clear selection")
         clear.clicked.connect(lambda: self.select_patches([]))
-        controls = QHBoxLayout()
-        for label, widget in (("Layers", self.layers_edit), ("Heads", self.heads_edit)):
-            controls.addWidget(QLabel(label))
-            controls.addWidget(widget)
+        controls = self._averaging_controls()
         controls.addWidget(clear)
         controls.addStretch(1)
 
@@ -473,19 +477,12 @@ class QuestionAnswerPanel(_PassPanel):
 
     def __init__(self, context: PanelContext, parent: QWidget | None = None) -> None:
         super().__init__(context, parent)
-        self.layers_edit = _choice_edit("layers to average, e.g. 0-3, 0,2 or -1 (the last)")
-        self.heads_edit = _choice_edit("heads to average, e.g. 0,1")
-        for edit in (self.layers_edit, self.heads_edit):
-            edit.editingFinished.connect(self.redraw)
         self.words_box = QCheckBox("Words")
         self.words_box.setToolTip("join sub-word tokens into words (a question word's column sums its tokens' "
                                   "attention; an answer word's row averages its tokens')")
         self.words_box.setChecked(True)
         self.words_box.toggled.connect(self.redraw)
-        controls = QHBoxLayout()
-        for label, widget in (("Layers", self.layers_edit), ("Heads", self.heads_edit)):
-            controls.addWidget(QLabel(label))
-            controls.addWidget(widget)
+        controls = self._averaging_controls()
         controls.addWidget(self.words_box)
         controls.addStretch(1)
 
