@@ -28,7 +28,10 @@ What is here, by purpose:
   over prompt + answer), ``capture_attention`` (attention of chosen query positions over chosen key
   positions, one pass), ``split_by_region`` (values over the image positions, cut into each
   region's grid), ``attention_implementation`` (eager attention for a block), ``rows_with_gradients``
-  (one attention module's eager weights, with their graph, for chosen query rows only), ``log_probability``,
+  (one attention module's eager weights, with their graph, for chosen query rows only),
+  ``attention_output_leaf`` (one attention module's weights without a graph, its output a leaf: a
+  backward that stops there gives dO, and dA = dO V^T can be built a block of rows at a time),
+  ``log_probability``,
   ``hook_points``/``hooks``/``run_with_cache`` (named points inside the model);
   ``capture_self_attention`` (the decoder's self-attention, also where the image enters by
   cross-attention). The attention views: ``head_gallery``/``render_gallery`` (every head's map of a
@@ -99,6 +102,7 @@ from lvlm_studio.core.metrics.sanity import explain as explain_job
 from lvlm_studio.core.metrics.sanity import input_independence, model_randomisation
 from lvlm_studio.core.models.capture import (
     attention_implementation,
+    attention_output_leaf,
     capture_attention,
     capture_attention_and_key_means,
     capture_self_attention,
@@ -268,6 +272,7 @@ __all__ = [
     "attention_implementation",
     "rows_with_gradients",
     "rows_with_gradients_applies",
+    "attention_output_leaf",
     "forward_inputs",
     "log_probability",
     "log_odds",

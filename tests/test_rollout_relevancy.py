@@ -281,3 +281,22 @@ def test_vision_tokens_are_traced_to_their_tiles(tiny_model, family_traces):
         expected_tokens = 1 + (rows % g) * g + cols % g
         np.testing.assert_array_equal(tiles[base:].numpy(), expected_tiles.ravel())
         np.testing.assert_array_equal(tokens[base:].numpy(), expected_tokens.ravel())
+
+
+def test_shortcuts_keep_the_maps_in_every_family(relevancy, tiny_model, family_traces, monkeypatch):
+    """The last layer's rows only and the first layer folded from its output's gradient
+    (``rows_with_gradients``, ``attention_output_leaf``) give the maps of the plain eager backward."""
+    import lvlm_explainers.relevancy as module
+
+    trace = tiny_trace(tiny_model, family_traces)
+    params = relevancy.resolve_params({})
+    if relevancy.applies_to(tiny_model, params) is not None or not module.rows_with_gradients_applies(tiny_model):
+        pytest.skip("no shortcut applies to this family")
+    targets = list(range(len(trace.answer_ids)))
+    fast = run_job(relevancy.explain(trace, tiny_model, targets, params))
+    monkeypatch.setattr(module, "rows_with_gradients_applies", lambda model: False)
+    plain = run_job(relevancy.explain(trace, tiny_model, targets, params))
+    for target in targets:
+        for got, expected in zip(fast.maps[target], plain.maps[target], strict=True):
+            scale = max(np.abs(expected).max(), 1e-30)
+            np.testing.assert_allclose(got / scale, expected / scale, atol=1e-5)

@@ -22,6 +22,11 @@ How it is computed here:
   A_bar_l is built only over the rows where v is non-zero (one row in the last layer, where v is
   still e_q), and each backward stops at the first layer's attention weights: below them (that
   layer's queries and keys, the embeddings) there is nothing left to fold in.
+* Where the model's attention allows it (``rows_with_gradients_applies``), the first layer's
+  weights carry no graph: its attention output is a leaf (``attention_output_leaf``), the backward
+  stops there with dO, and A_bar_1 is built from dA_1 = dO V^T a block of ``FIRST_LAYER_BLOCK``
+  rows at a time, so the heads x T x T gradient is never written out in one piece (at LLaVA-1.5's
+  shape writing it and multiplying it by A_1 was two thirds of each token's backward).
 * Gradients go through ``torch.autograd.grad``; the parameters' ``.grad`` are never touched.
 
 ``side="vision"`` applies the same rule to the vision encoder's self-attention, over the layers
@@ -69,12 +74,18 @@ from lvlm_studio.api import (
     Param,
     Progress,
     attention_implementation,
+    attention_output_leaf,
     contrast_token,
     rows_with_gradients,
     rows_with_gradients_applies,
     split_by_region,
     text_relevance_record,
 )
+
+
+#: Rows of the first layer's A_bar built at a time from its output's gradient (heads x rows x T of
+#: dA in flight: 2.5 MB at LLaVA-1.5's 32 heads and ~600 tokens).
+FIRST_LAYER_BLOCK = 32
 
 
 class RowRelevancy:
@@ -94,8 +105,11 @@ class RowRelevancy:
     arrives).
     """
 
-    def __init__(self, cross: frozenset[int] = frozenset(), positions: dict[int, torch.Tensor] | None = None) -> None:
+    def __init__(self, cross: frozenset[int] = frozenset(), positions: dict[int, torch.Tensor] | None = None,
+                 first_output: dict[str, torch.Tensor] | None = None) -> None:
         self.weights: dict[int, torch.Tensor] = {}  # layer -> A_l, detached (the graph keeps it anyway)
+        # the first layer's record from attention_output_leaf (weights, values, output leaf), if any
+        self.first_output = first_output
         # layer -> the query positions its weights' rows are, where a layer keeps only some rows
         self.positions = positions or {}
         self.rows = torch.zeros(0)  # set by each backward
@@ -111,6 +125,8 @@ class RowRelevancy:
             if weights is None:
                 raise RuntimeError("the attention module returned no weights; is the implementation eager?")
             self.weights[layer] = weights.detach()
+            if not weights.requires_grad:  # the first layer, folded from its output's gradient
+                return
             if layer == min(self.weights):
                 self.first = weights
             weights.register_hook(lambda grad: self._fold(layer, grad))
@@ -155,8 +171,30 @@ class RowRelevancy:
         layer's weights lie on that path, and what lies below (that layer's queries and keys, the
         embeddings) has no attention to fold in."""
         self.rows, self.previous_layer, self.image = rows, None, None
-        torch.autograd.grad(score, self.first, retain_graph=keep_graph, allow_unused=True)
+        if self.first_output is None:
+            torch.autograd.grad(score, self.first, retain_graph=keep_graph, allow_unused=True)
+            return self.rows
+        (output_grad,) = torch.autograd.grad(score, self.first_output["output"], retain_graph=keep_graph)
+        self._fold_first(output_grad)
         return self.rows
+
+    def _fold_first(self, output_grad: torch.Tensor) -> None:
+        """Fold the first layer in from its output's gradient dO: over the rows where the row vector
+        is non-zero, A_bar_1 = mean over heads of relu((dO V^T) * A_1), ``FIRST_LAYER_BLOCK`` rows at
+        a time, each block multiplied into the row vector as it is made."""
+        layer = min(self.weights)
+        rows = self.rows.to(output_grad.device)
+        live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
+        if len(live) == 0:
+            return
+        weights, values = self.weights[layer], self.first_output["values"].transpose(-1, -2)
+        grad = output_grad.float()
+        read = torch.zeros_like(rows)
+        for start in range(int(live[0]), int(live[-1]) + 1, FIRST_LAYER_BLOCK):
+            block = slice(start, min(start + FIRST_LAYER_BLOCK, int(live[-1]) + 1))
+            a_bar = torch.matmul(grad[..., block, :], values).mul_(weights[..., block, :]).clamp_(min=0).mean(dim=1)
+            read += rows[..., block] @ a_bar
+        self.rows = rows + read
 
 
 def one_hot_rows(batch: int, length: int, index: int, device: torch.device) -> torch.Tensor:
@@ -198,16 +236,21 @@ class Relevancy(Explainer):
         last = len(modules) - 1
         rows_only = not vision and last not in cross and rows_with_gradients_applies(model)
         positions = {last: torch.as_tensor(queries, dtype=torch.long)} if rows_only else {}
-        relevancy = RowRelevancy(cross, positions)
+        # The first layer's weights need no graph: its backward starts from its output's gradient.
+        first_leaf = rows_only and not crossing and last > 0
+        first_output = attention_output_leaf(modules[0]) if first_leaf else nullcontext()
         if vision or crossing:  # differentiate from the pixels: the image reaches the answer through them
             inputs["pixel_values"] = inputs["pixel_values"].detach().requires_grad_(True)
             leaves = nullcontext([inputs["pixel_values"]])
         else:
             leaves = differentiable_decoder_inputs(model)
+        relevancy = RowRelevancy(cross, positions)
         handles = [m.register_forward_hook(relevancy.hook(i)) for i, m in enumerate(modules)]
         try:
             last_rows = rows_with_gradients(modules[last], queries) if rows_only else nullcontext()
-            with torch.enable_grad(), attention_implementation(model.model, "eager"), last_rows, leaves as leaf_holder:
+            with (torch.enable_grad(), attention_implementation(model.model, "eager"), last_rows,
+                  first_output as first_record, leaves as leaf_holder):
+                relevancy.first_output = first_record
                 logits = model.model(**inputs, use_cache=False, logits_to_keep=torch.tensor(queries)).logits[0]
         finally:
             for handle in handles:

@@ -29,10 +29,13 @@ from lvlm_studio.core.models.loading import LoadedModel
 ROWS_IMPLEMENTATION = "lvlm_studio_rows"
 #: The one ``rows_with_gradients`` gives a single module (eager weights, with their graph, of some rows).
 GRADIENT_ROWS_IMPLEMENTATION = "lvlm_studio_gradient_rows"
+#: The one ``attention_output_leaf`` gives a single module (eager weights without a graph, output a leaf).
+OUTPUT_LEAF_IMPLEMENTATION = "lvlm_studio_output_leaf"
 #: Query rows per block when every query's attention is summed for key means.
 KEY_MEAN_BLOCK = 128
 _plans = threading.local()  # the capture in progress in this thread: {id(module): _Plan}
 _gradient_rows = threading.local()  # rows_with_gradients in force in this thread: {id(module): rows}
+_output_leaves = threading.local()  # attention_output_leaf in force in this thread: {id(module): record}
 
 
 @contextmanager
@@ -228,6 +231,54 @@ def rows_with_gradients(module: torch.nn.Module, rows: Sequence[int]) -> Iterato
         _gradient_rows.current = table
 
 
+@contextmanager
+def attention_output_leaf(module: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, the attention ``module`` computes its eager weights without a graph and
+    returns as its output (per head, before the output projection) a fresh leaf that requires a
+    gradient. Yields a record the module fills when it runs: ``weights`` [1, heads, T, keys] and
+    ``values`` [1, heads, keys, head size] (key/value heads repeated for their query heads), both
+    detached, and ``output`` [1, heads, T, head size], the leaf.
+
+    For the first attention layer a backward has to reach: ``torch.autograd.grad(score,
+    record["output"])`` gives dO, and the gradient of the weights is dO V^T, which the caller can
+    build a block of rows at a time instead of autograd writing all heads x T x keys of it at once.
+    Nothing below the leaf (the layer's projections, the embeddings) gets a gradient. Same
+    conditions as ``rows_with_gradients`` (``rows_with_gradients_applies``)."""
+    name = _output_leaf_implementation()
+    if name is None:
+        raise RuntimeError("this transformers cannot take a registered attention function")
+    record: dict[str, torch.Tensor] = {}
+    shared = module.config
+    own = copy.copy(shared)
+    own._attn_implementation_internal = name
+    table = getattr(_output_leaves, "current", {})
+    _output_leaves.current = {**table, id(module): record}
+    module.config = own
+    try:
+        yield record
+    finally:
+        module.config = shared
+        _output_leaves.current = table
+
+
+def _output_leaf_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                           **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention_output_leaf``'s attention: eager weights of every row, no graph, the output a leaf."""
+    if query.shape[0] != 1 or kwargs.get("softcap") is not None:
+        raise RuntimeError("attention with an output leaf takes one sequence without soft-capping")
+    record = _output_leaves.current[id(module)]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    with torch.no_grad():
+        rows = torch.arange(query.shape[2], device=query.device)
+        weights = _probabilities(query, key, attention_mask, rows, scale, causal=True)[None]
+        groups = query.shape[1] // value.shape[1]
+        values = (value.repeat_interleave(groups, dim=1) if groups > 1 else value).float()
+        output = torch.matmul(weights, values).to(query.dtype)
+    record.update(weights=weights, values=values, output=output.requires_grad_(True))
+    return output.transpose(1, 2), weights.to(query.dtype)
+
+
 def rows_with_gradients_applies(loaded: LoadedModel) -> bool:
     """Whether ``rows_with_gradients`` can serve this model's decoder (no soft-capping, an attention
     interface)."""
@@ -272,6 +323,12 @@ def _register(name: str, attention: Callable, masks: str) -> str | None:
 def _gradient_rows_implementation() -> str | None:
     """``rows_with_gradients``' attention, with eager's masks."""
     return _register(GRADIENT_ROWS_IMPLEMENTATION, _gradient_rows_attention, "eager")
+
+
+@functools.cache
+def _output_leaf_implementation() -> str | None:
+    """``attention_output_leaf``'s attention, with eager's masks."""
+    return _register(OUTPUT_LEAF_IMPLEMENTATION, _output_leaf_attention, "eager")
 
 
 @functools.cache

@@ -53,9 +53,10 @@ PROJECT = "lvlm_studio"
 #      figures (map_levels, is_signed, colormap_for, value_label, explanation_figure, save_figure, ...),
 #      Explainer.per_target (the app computes the selected token's map first),
 #      rows_with_gradients, rows_with_gradients_applies (exact relevancy at real shape),
-#      gui.api.SpacedAxis (tick labels that never overlap)
+#      gui.api.SpacedAxis (tick labels that never overlap);
+# 1.4: attention_output_leaf (exact relevancy without the first layer's T x T gradient in one piece)
 #: The version of the plugin API (``lvlm_studio.api``), semantic versioning.
-API_VERSION = "1.3.0"
+API_VERSION = "1.4.0"
 #: The module-level attribute in which a plugin declares the API versions it needs, e.g. ">=1,<2".
 API_RANGE_ATTRIBUTE = "LVLM_STUDIO_API"
 #: Where plugin authors are sent by messages.
