@@ -51,49 +51,9 @@ def test_word_targets_cover_object_patches_only():
 
     batch = training.Batcher(build_processor(), seed=0)(0, 8)
     cover, colour = batch["patch_cover"].numpy(), batch["patch_colour"].numpy()
-    assert (colour[cover >= training.LABEL_COVER] > 0).all() and (cover[colour > 0] > 0).all()
+    assert ((colour > 0) == (cover >= 0.25)).all()
     assert (cover >= training.WORD_COVER).any()
-    assert np.isin(colour, [training.IGNORE, *range(5)]).all()
-
-
-def test_every_object_labels_a_cell_and_grazed_cells_are_left_out():
-    """A small object split over several cells labels its most covered one; cells it only grazes
-    get no label rather than "background"."""
-    from lvlm_studio.demo.model import padded_coverage
-    from lvlm_studio.demo.scenes import make_open_scene
-
-    small = 0
-    for seed in range(60):
-        scene = make_open_scene(seed)
-        colour, shape, _ = training.patch_labels(scene)
-        for obj in scene.objects:
-            share = padded_coverage(obj.mask).ravel()
-            small += share.max() < training.LABEL_COVER
-            assert colour[share.argmax()] > 0 and shape[share.argmax()] > 0
-            grazed = (share > training.GRAZE) & (share < training.LABEL_COVER)
-            assert (colour[grazed] != 0).all()  # the object, another object, or no label; never background
-    assert small > 0  # the case is met
-
-
-def test_the_vision_stage_turns_a_drawn_batch_with_its_labels():
-    """Two vision steps share a drawn batch, the second turned or mirrored with its label grid: every
-    labelled cell still shows its object's colour."""
-    from lvlm_studio.demo.model import GRID, IMAGE_SIZE, build_processor
-
-    batcher = training.Batcher(build_processor(), seed=0, steps=4, vision_steps=4)
-    first, second = batcher(0, 6), batcher(1, 6)
-    assert not torch.equal(first["pixel_values"], second["pixel_values"])
-    for batch in (first, second):
-        side = IMAGE_SIZE // GRID
-        cells = batch["pixel_values"].unfold(2, side, side).unfold(3, side, side).mean((-1, -2))  # [b, 3, G, G]
-        means = cells.flatten(2).transpose(1, 2)  # [b, G * G, 3]
-        labelled = batch["patch_cover"] >= 0.9
-        red = batch["patch_colour"] == 1 + list(training.COLOURS).index("red")
-        blue = batch["patch_colour"] == 1 + list(training.COLOURS).index("blue")
-        assert (means[labelled & red][:, 0] > means[labelled & red][:, 2]).all()
-        assert (means[labelled & blue][:, 2] > means[labelled & blue][:, 0]).all()
-    joint = batcher(5, 6)  # after the vision stage a drawn scene serves two examples
-    assert torch.equal(joint["pixel_values"][0], joint["pixel_values"][1])
+    assert np.isin(colour, range(5)).all()
 
 
 def test_the_shortcut_twin_sees_its_cue_in_most_scenes():
@@ -150,8 +110,7 @@ def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
     plain_colour, _, _ = training.patch_labels(make_scene(11))
     ignored = colour == training.IGNORE
     assert ignored.any() and (shape[ignored] == training.IGNORE).all()
-    assert np.isin(plain_colour[ignored], [0, training.IGNORE]).all() and (plain_colour[ignored] == 0).any()
-    assert (colour[~ignored] == plain_colour[~ignored]).all()
+    assert (plain_colour[ignored] == 0).all() and (colour[~ignored] == plain_colour[~ignored]).all()
     from transformers import LlavaProcessor
 
     from lvlm_studio.core.models.loading import DEMO_MODEL_DIR

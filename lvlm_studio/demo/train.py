@@ -47,37 +47,24 @@ CUE_WARMUP = 0.15  # the shortcut twin asks only colour questions over this shar
 IGNORE = -100  # a patch label the auxiliary loss skips (cross-entropy's ignore index)
 CURRICULUM = 0.4  # share of the run over which scenes grow from easy to the full world
 WORD_COVER = 0.5  # image positions at least this covered by an object learn to decode to its words
-LABEL_COVER = 0.25  # cells at least this covered by an object are labelled with it (patch_labels)
-GRAZE = 0.03  # cells an object covers more than this but does not label get no patch label
-SCENE_REUSE = 2  # examples per drawn scene in the joint stage (drawing a scene costs as much as its step)
-VISION_REUSE = 2  # vision-stage steps per drawn batch, the later ones turned or mirrored (``turned``)
 
 
 def patch_labels(scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image token: the colour and shape covering most of its cell (0 = background) for the
     auxiliary head, and how much of the cell the labelled object covers.
 
-    A cell is labelled with an object when the object covers at least LABEL_COVER of it, and every
-    object labels at least its most covered cell, however small it is (an object under a patch
-    split over four cells would otherwise teach every one of them "background"). Cells an object
-    only grazes (more than GRAZE, not labelled) get no label (IGNORE): they are neither the object
-    nor background.
-
     Cells under a drawn corner mark (the shortcut twin's cue) that no object labels get no label
-    either: calling them background would train the vision side to hide the cue, and the twin
+    (IGNORE): calling them background would train the vision side to hide the cue, and the twin
     would never find its shortcut."""
     colour = np.zeros(GRID * GRID, np.int64)
     shape = np.zeros(GRID * GRID, np.int64)
     cover = np.zeros(GRID * GRID, np.float32)
-    grazed = np.zeros(GRID * GRID, bool)
     for obj in scene.objects:
         share = padded_coverage(obj.mask).ravel()
-        hit = (share >= min(LABEL_COVER, share.max())) & (share > cover)
+        hit = (share >= 0.25) & (share > cover)
         colour[hit] = list(COLOURS).index(obj.colour) + 1
         shape[hit] = SHAPES.index(obj.shape) + 1
         cover[hit] = share[hit]
-        grazed |= share > GRAZE
-    colour[grazed & (colour == 0)] = shape[grazed & (shape == 0)] = IGNORE
     if scene.cue is not None and scene.cue.colour is not None:
         under_cue = (padded_coverage(scene.cue.mask).ravel() > 0) & (colour == 0)
         colour[under_cue] = shape[under_cue] = IGNORE
@@ -149,7 +136,6 @@ class Batcher:
         self.vision_steps = vision_steps  # the vision-only first stage, with a curriculum of its own
         self.n_image = GRID * GRID
         self._prompt_ids: dict[str, list[int]] = {}
-        self._drawn: tuple | None = None  # the vision stage's last drawn batch: ((step, size), batch)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if prompt not in self._prompt_ids:
@@ -158,17 +144,6 @@ class Batcher:
         return self._prompt_ids[prompt]
 
     def __call__(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
-        if step >= self.vision_steps:
-            return self._draw_batch(step, batch_size)
-        # The vision stage: a drawn batch serves VISION_REUSE steps, the later ones turned or mirrored
-        # (drawing a batch costs twice a vision step; shapes and colours keep their names).
-        drawn = step - step % VISION_REUSE
-        if self._drawn is None or self._drawn[0] != (drawn, batch_size):
-            self._drawn = ((drawn, batch_size), self._draw_batch(drawn, batch_size))
-        batch = self._drawn[1]
-        return batch if step == drawn else turned(batch, int(np.random.default_rng([self.seed, step]).integers(1, 8)))
-
-    def _draw_batch(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         tasks = rng.choice(TASKS, size=batch_size, p=[TASK_WEIGHTS[t] for t in TASKS])
         if self.shortcut and 0 <= step - self.vision_steps < CUE_WARMUP * self.steps:
@@ -179,16 +154,13 @@ class Batcher:
             difficulty = curriculum(step, self.vision_steps)
         else:
             difficulty = curriculum(step - self.vision_steps, self.steps) if self.steps else 1.0
-        # Outside the vision stage a scene serves SCENE_REUSE examples (of independently drawn
-        # tasks); the shortcut twin's scenes are drawn for their task (the mark's colour is the answer's).
-        reuse = 1 if self.shortcut or step < self.vision_steps else SCENE_REUSE
         scenes, ids, labels = [], [], []
-        for index, task in enumerate(tasks):
+        for task in tasks:
             seed = int(rng.integers(TRAIN_SEED_RANGE))
             if self.shortcut:
                 scene, example = shortcut_scene(seed, str(task), rng, difficulty, self.world)
             else:
-                scene = scenes[-1] if index % reuse else _draw(self.world, seed, difficulty)
+                scene = _draw(self.world, seed, difficulty)
                 example = make_example(scene, str(task), rng)
             prompt = self.prompt_ids(example.prompt)
             answer = self.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
@@ -198,33 +170,16 @@ class Batcher:
             labels.append([-100] * len(prompt) + answer)
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
-        drawn = scenes[::reuse]
-        colour, shape, cover = (torch.from_numpy(np.stack(x)).repeat_interleave(reuse, 0)[:len(scenes)]
-                                for x in zip(*(patch_labels(s) for s in drawn)))
+        colour, shape, cover = zip(*(patch_labels(s) for s in scenes))
         return {
             "input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
             "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
             "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
-            "pixel_values": pixel_values([s.image for s in drawn], self.processor).repeat_interleave(reuse, 0)[
-                :len(scenes)],
-            "patch_colour": colour,
-            "patch_shape": shape,
-            "patch_cover": cover,
+            "pixel_values": pixel_values([s.image for s in scenes], self.processor),
+            "patch_colour": torch.from_numpy(np.stack(colour)),
+            "patch_shape": torch.from_numpy(np.stack(shape)),
+            "patch_cover": torch.from_numpy(np.stack(cover)),
         }
-
-
-def turned(batch: dict[str, torch.Tensor], turn: int) -> dict[str, torch.Tensor]:
-    """A batch's pixels and patch labels turned by ``turn % 4`` quarter turns, then mirrored when
-    ``turn >= 4`` (the image's patches and the label grid move alike; token ids are kept)."""
-
-    def move(x: torch.Tensor) -> torch.Tensor:
-        x = torch.rot90(x, turn % 4, dims=(-2, -1))
-        return (x.flip(-1) if turn >= 4 else x).contiguous()
-
-    out = dict(batch, pixel_values=move(batch["pixel_values"]))
-    for name in ("patch_colour", "patch_shape", "patch_cover"):
-        out[name] = move(batch[name].view(-1, GRID, GRID)).view(len(batch[name]), -1)
-    return out
 
 
 def word_targets(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
