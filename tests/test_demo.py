@@ -213,3 +213,40 @@ def test_demo_model_reaches_95_percent_on_every_task(capsys):
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
+
+
+def test_accuracy_by_object_size(capsys):
+    """``demo accuracy --by-size`` says which object sizes the captions get wrong: every object of
+    the held-out caption scenes is counted once, and the shipped model names them all."""
+    from lvlm_studio import cli
+    from lvlm_studio.demo.evaluate import heldout_examples
+
+    code = cli.main(["demo", "accuracy", "--n", "5", "--set", "generator", "--by-size", "30", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit() and " px " in line]
+    assert rows and all(row[2] == row[4] for row in rows)  # "16-24 px  25 of 25  100.0%"
+    assert sum(int(row[4]) for row in rows) == sum(len(s.objects) for s, _ in heldout_examples(30, "caption"))
+    assert "3 objects" in out
+
+
+def test_by_size_counts_a_wrong_shape_against_its_object(demo_model, monkeypatch):
+    from lvlm_studio.demo import evaluate
+
+    pairs = evaluate.heldout_examples(4, "caption")
+    wrong = {"circle": "square", "square": "triangle", "triangle": "circle"}
+
+    def answers(model, processor, asked, **kwargs):  # the first object of every scene gets a wrong shape
+        out = []
+        for scene, _ in asked:
+            first, *rest = scene.objects
+            named = [f"a {first.colour} {wrong[first.shape]}"] + [f"a {o.colour} {o.shape}" for o in rest]
+            out.append(" , ".join(named))
+        return out
+
+    monkeypatch.setattr(evaluate, "greedy_answers", answers)
+    result = evaluate.objects_by_size(demo_model.model, demo_model.processor, n=4)
+    right = sum(r for r, _ in result["objects"].values())
+    asked = sum(a for _, a in result["objects"].values())
+    assert asked == sum(len(s.objects) for s, _ in pairs) and right == asked - 4
+    assert sum(r for r, _ in result["captions"].values()) == 0

@@ -27,6 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           help="held-out generator scenes, the out-of-generator set, or both (default)")
     accuracy.add_argument("--world", choices=("classic", "open"), default="classic",
                           help="the generator's world: classic (the shipped model's, default) or open")
+    accuracy.add_argument("--by-size", type=int, metavar="N", default=0,
+                          help="also N held-out caption scenes: objects named right by their size in the "
+                               "model's square, and captions right by the number of objects")
     accuracy.set_defaults(func=cmd_demo_accuracy)
     cue = demo_sub.add_parser("cue", help="the shortcut twin's test: colour answers with the corner mark agreeing "
                                           "or contradicting the object")
@@ -73,6 +76,7 @@ def cmd_demo_accuracy(args: argparse.Namespace) -> int:
     from lvlm_studio.demo.scenes import TASKS
 
     common.check_at_least("--n", args.n)
+    common.check_at_least("--by-size", args.by_size, minimum=0)
     common.check_number("--minimum", args.minimum, "0.9", minimum=0, maximum=1)
     loaded, _ = common.load(args)
     columns: dict[str, dict[str, float]] = {}
@@ -88,11 +92,27 @@ def cmd_demo_accuracy(args: argparse.Namespace) -> int:
     print(f"{'task':<10} " + "  ".join(f"{name:>16}" for name in columns))
     for task in TASKS:
         print(f"{task:<10} " + "  ".join(f"{column[task]:>16.1%}" for column in columns.values()))
+    if args.by_size > 0:
+        print_by_size(loaded, args.by_size, args.world)
     worst = min(v for column in columns.values() for v in column.values())
     if args.minimum is not None and worst < args.minimum:
         common.status(f"below the required {args.minimum:.0%} on at least one task")
         return 1
     return 0
+
+
+def print_by_size(loaded, n: int, world: str) -> None:
+    from tqdm import tqdm
+
+    from lvlm_studio.demo.evaluate import objects_by_size
+
+    with tqdm(total=n, desc="captions by object size", file=sys.stderr, leave=False) as bar:
+        result = objects_by_size(loaded.model, loaded.processor, n=n, world=world, on_batch=bar.update)
+    side = loaded.model.config.vision_config.image_size
+    print(f"\ncaptions of {n} held-out {world} scenes; objects by size in the model's {side} px square")
+    for table in ("objects", "captions"):
+        for name, (right, asked) in result[table].items():
+            print(f"{name:<14} {right:>5} of {asked:<5} {right / asked:>7.1%}")
 
 
 def cmd_demo_cue(args: argparse.Namespace) -> int:

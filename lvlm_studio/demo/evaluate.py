@@ -118,6 +118,39 @@ def evaluate_outside(model, processor, tasks=TASKS,
     return {task: exact_match(model, processor, outside_examples(task), on_batch=on_batch) for task in tasks}
 
 
+SIZE_BIN = 8  # pixels of the model's square per row of ``objects_by_size``
+
+
+def objects_by_size(model, processor, n: int = 300, world: str = "classic",
+                    on_batch: Callable[[int], None] | None = None) -> dict[str, dict]:
+    """Where captions go wrong, on ``n`` held-out caption scenes of one world.
+
+    ``objects``: for objects binned by their size in the model's square (the bounding box's longer
+    side after the pad to a square and the resize, in bins of SIZE_BIN px), how many the caption
+    names right (its colour and shape, in that order) out of how many; ``captions``: exact match by
+    the scene's number of objects, right out of asked. A scene never holds two objects of the same
+    colour and shape, so "named right" is unambiguous."""
+    side = model.config.vision_config.image_size
+    pairs = heldout_examples(n, "caption", world)
+    answers = greedy_answers(model, processor, pairs, on_batch=on_batch)
+    objects: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    captions: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for answer, (scene, example) in zip(answers, pairs):
+        words = (answer or "").replace(",", " ").split()
+        named = set(zip(words, words[1:]))
+        tally = captions[len(scene.objects)]
+        tally[0] += answer == as_words(processor, example.answer)
+        tally[1] += 1
+        for obj in scene.objects:
+            rows, cols = np.nonzero(obj.mask)
+            extent = max(np.ptp(rows), np.ptp(cols)) + 1
+            low = int(extent * side / max(obj.mask.shape) // SIZE_BIN * SIZE_BIN)
+            objects[low][0] += (obj.colour, obj.shape) in named
+            objects[low][1] += 1
+    return {"objects": {f"{low}-{low + SIZE_BIN} px": tuple(v) for low, v in sorted(objects.items())},
+            "captions": {f"{k} object{'s' if k > 1 else ''}": tuple(v) for k, v in sorted(captions.items())}}
+
+
 def evaluate_cue(model, processor, n: int = 200, on_batch: Callable[[int], None] | None = None,
                  world: str = "classic") -> dict[str, float]:
     """How a model answers colour questions when the corner mark agrees with the object and when it

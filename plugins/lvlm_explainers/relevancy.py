@@ -82,7 +82,6 @@ from lvlm_studio.api import (
     text_relevance_record,
 )
 
-
 #: Rows of the first layer's A_bar built at a time from its output's gradient (heads x rows x T of
 #: dA in flight: 2.5 MB at LLaVA-1.5's 32 heads and ~600 tokens).
 FIRST_LAYER_BLOCK = 32
