@@ -104,11 +104,11 @@ class RowRelevancy:
     arrives).
     """
 
-    def __init__(self, cross: frozenset[int] = frozenset(), positions: dict[int, torch.Tensor] | None = None,
-                 first_output: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, cross: frozenset[int] = frozenset(), positions: dict[int, torch.Tensor] | None = None) -> None:
         self.weights: dict[int, torch.Tensor] = {}  # layer -> A_l, detached (the graph keeps it anyway)
-        # the first layer's record from attention_output_leaf (weights, values, output leaf), if any
-        self.first_output = first_output
+        # the first layer's record from attention_output_leaf (weights, values, output leaf), when
+        # the pass runs under it (set once the context is entered)
+        self.first_output: dict[str, torch.Tensor] | None = None
         # layer -> the query positions its weights' rows are, where a layer keeps only some rows
         self.positions = positions or {}
         self.rows = torch.zeros(0)  # set by each backward
@@ -144,10 +144,9 @@ class RowRelevancy:
             return
         # Only the rows of A_bar_l where the row vector is non-zero add anything: one row for the
         # last layer (v = e_q), none after q in the others (causal). Build A_bar over that span only.
-        live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
-        if len(live) == 0:
+        span = live_span(rows)
+        if span is None:
             return
-        span = slice(int(live[0]), int(live[-1]) + 1)
         a_bar = self._a_bar(grad[..., span, :], self.weights[layer][..., span, :])
         read = rows[..., span] @ a_bar  # [batch, k, T or K]
         if layer in self.cross:
@@ -183,17 +182,24 @@ class RowRelevancy:
         a time, each block multiplied into the row vector as it is made."""
         layer = min(self.weights)
         rows = self.rows.to(output_grad.device)
-        live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
-        if len(live) == 0:
+        span = live_span(rows)
+        if span is None:
             return
         weights, values = self.weights[layer], self.first_output["values"].transpose(-1, -2)
         grad = output_grad.float()
         read = torch.zeros_like(rows)
-        for start in range(int(live[0]), int(live[-1]) + 1, FIRST_LAYER_BLOCK):
-            block = slice(start, min(start + FIRST_LAYER_BLOCK, int(live[-1]) + 1))
+        for start in range(span.start, span.stop, FIRST_LAYER_BLOCK):
+            block = slice(start, min(start + FIRST_LAYER_BLOCK, span.stop))
             a_bar = torch.matmul(grad[..., block, :], values).mul_(weights[..., block, :]).clamp_(min=0).mean(dim=1)
             read += rows[..., block] @ a_bar
         self.rows = rows + read
+
+
+def live_span(rows: torch.Tensor) -> slice | None:
+    """The columns from the first to the last where any of ``rows`` [batch, k, T] is non-zero
+    (None when all are zero): the only rows of the next A_bar that add anything."""
+    live = rows.ne(0).flatten(0, 1).any(dim=0).nonzero()
+    return slice(int(live[0]), int(live[-1]) + 1) if len(live) else None
 
 
 def one_hot_rows(batch: int, length: int, index: int, device: torch.device) -> torch.Tensor:

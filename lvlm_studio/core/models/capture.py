@@ -215,20 +215,29 @@ def rows_with_gradients(module: torch.nn.Module, rows: Sequence[int]) -> Iterato
     models with logit soft-capping or without an attention interface are refused with a
     RuntimeError (``rows_with_gradients_applies`` says beforehand).
     """
-    name = _gradient_rows_implementation()
+    with _module_implementation(module, _gradient_rows_implementation(), _gradient_rows,
+                                torch.as_tensor(list(rows), dtype=torch.long)):
+        yield
+
+
+@contextmanager
+def _module_implementation(module: torch.nn.Module, name: str | None, table: threading.local,
+                           entry: Any) -> Iterator[None]:
+    """Within the block, ``module`` alone runs the registered attention ``name`` (it gets a copy of
+    its configuration naming it), and this thread's ``table`` holds ``entry`` for it."""
     if name is None:
         raise RuntimeError("this transformers cannot take a registered attention function")
     shared = module.config
     own = copy.copy(shared)
     own._attn_implementation_internal = name
-    table = getattr(_gradient_rows, "current", {})
-    _gradient_rows.current = {**table, id(module): torch.as_tensor(list(rows), dtype=torch.long)}
+    before = getattr(table, "current", {})
+    table.current = {**before, id(module): entry}
     module.config = own
     try:
         yield
     finally:
         module.config = shared
-        _gradient_rows.current = table
+        table.current = before
 
 
 @contextmanager
@@ -244,21 +253,9 @@ def attention_output_leaf(module: torch.nn.Module) -> Iterator[dict[str, torch.T
     build a block of rows at a time instead of autograd writing all heads x T x keys of it at once.
     Nothing below the leaf (the layer's projections, the embeddings) gets a gradient. Same
     conditions as ``rows_with_gradients`` (``rows_with_gradients_applies``)."""
-    name = _output_leaf_implementation()
-    if name is None:
-        raise RuntimeError("this transformers cannot take a registered attention function")
     record: dict[str, torch.Tensor] = {}
-    shared = module.config
-    own = copy.copy(shared)
-    own._attn_implementation_internal = name
-    table = getattr(_output_leaves, "current", {})
-    _output_leaves.current = {**table, id(module): record}
-    module.config = own
-    try:
+    with _module_implementation(module, _output_leaf_implementation(), _output_leaves, record):
         yield record
-    finally:
-        module.config = shared
-        _output_leaves.current = table
 
 
 def _output_leaf_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
