@@ -210,3 +210,27 @@ def test_explain_writes_figures_at_the_dpi_and_refuses_a_bad_format_before_loadi
     assert cli.main(["explain", "--method", "raw_attention", "--image", sample, "--prompt", "x",
                      "--out", str(tmp_path / "other"), "--figure", "jpg"]) == 2
     assert ".svg" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("size", [(96, 96), (320, 96), (96, 320)])
+def test_a_long_title_stays_inside_the_figure(demo_trace, size):
+    """The title is the figure's, wrapped to its width: on the image axes a long method name ran
+    off the left edge of square and wide images alike."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    from lvlm_studio.core.formats.figure import explanation_figure
+
+    explanation = _explanation(demo_trace, False)
+    method = "Relevancy (gradient-weighted attention, Chefer et al. 2021)"
+    figure = explanation_figure(demo_trace, explanation, 1, image=Image.new("RGB", size, "white"),
+                                method_title=method, shared=True)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title = figure.texts[0]
+    box, frame = title.get_window_extent(renderer), figure.bbox
+    assert "Relevancy" in title.get_text() and "\n" in title.get_text()
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    for axes in figure.axes:  # and it covers neither the map nor its colour bar
+        assert not box.overlaps(axes.get_window_extent(renderer))

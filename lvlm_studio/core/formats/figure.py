@@ -9,6 +9,7 @@ session's colormap, opacity and threshold; signed maps on a diverging colormap c
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ FORMATS = ("png", "svg", "pdf")
 DEFAULT_DPI = 300
 MIN_DPI, MAX_DPI = 50, 1200
 WIDTH_INCHES = 4.0  # a single column of a two-column paper, with room for the colour bar
+TITLE_CHARACTERS = 58  # a title line at 9 pt that fits WIDTH_INCHES
 
 
 def draw_map(axes: Axes, image: Image.Image, pixels: np.ndarray, levels: tuple[float, float], colormap: str,
@@ -81,11 +83,14 @@ def map_figure(image: Image.Image, pixels: np.ndarray, levels: tuple[float, floa
 
     width, height = image.size
     plot_height = WIDTH_INCHES * 0.74 * height / max(width, 1)  # the image's share of the width, its aspect
-    figure = Figure(figsize=(WIDTH_INCHES, plot_height + 0.45), layout="constrained")
+    lines = len(textwrap.wrap(title, TITLE_CHARACTERS)) or 1
+    figure = Figure(figsize=(WIDTH_INCHES, plot_height + 0.3 + 0.15 * lines), layout="constrained")
     axes = figure.add_subplot()
     artist = draw_map(axes, image, pixels, levels, colormap, opacity, signed)
     add_color_bar(figure, artist, axes, label)
-    axes.set_title(title, fontsize=9)
+    # A figure-level title, wrapped to the figure's width: a title on the image axes is centred over
+    # the image alone and a long one ("“circle” (token 3) · Relevancy (...)") ran off the left edge.
+    figure.suptitle("\n".join(textwrap.wrap(title, TITLE_CHARACTERS)), fontsize=9)
     return figure
 
 
