@@ -85,3 +85,23 @@ def test_cli(tmp_path, capsys):
     assert "| tam |" in printed and f"| {RANDOM} |" in printed
     assert out.read_text() == printed
     assert main(["demo", "pointing", "--methods", "nonexistent"]) == 2
+
+
+def test_the_game_plays_on_the_world_asked(demo_model, lvlm_registry, monkeypatch):
+    """``world="open"`` draws the held-out scenes with the open world's generator and says so."""
+    from lvlm_studio.demo import pointing, scenes
+
+    drawn = []
+
+    def open_scene(seed, **kwargs):
+        drawn.append(seed)
+        return scenes.make_open_scene(seed, **kwargs)
+
+    monkeypatch.setitem(scenes.WORLDS, "open", open_scene)
+    result = run_job(pointing.pointing_game(demo_model, n=2, methods=["raw_attention"], registry=lvlm_registry,
+                                            world="open"))
+    assert drawn == [pointing.HELDOUT_SEED_BASE, pointing.HELDOUT_SEED_BASE + 1]
+    assert "2 held-out open-world scenes" in format_table(result)
+    with pytest.raises(ValueError, match="unknown world"):
+        run_job(pointing.pointing_game(demo_model, n=1, methods=["raw_attention"], registry=lvlm_registry,
+                                       world="nowhere"))

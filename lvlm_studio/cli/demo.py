@@ -50,6 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pointing.add_argument("--seed", type=common.seed, default=0, help="seed of the random baseline (default 0)")
     pointing.add_argument("--set", choices=("generator", "outside"), default="generator",
                           help="held-out generator scenes (default) or the out-of-generator set")
+    pointing.add_argument("--world", choices=("classic", "open"), default="classic",
+                          help="the generator's world: classic (default, the shipped model's) or open")
     pointing.add_argument("--tolerance", type=float, default=0.0,
                           help="grid cells around the object that still count as a hit (default 0: strict)")
     pointing.add_argument("--out", help="also write the table (Markdown) to this file")
@@ -161,7 +163,8 @@ def cmd_demo_pointing(args: argparse.Namespace) -> int:
     loaded, _ = common.load(args)
     with common.progress_bar("pointing game") as on_progress:
         result = run_job(pointing_game(loaded, args.n, methods, registry, seed=args.seed,
-                                         scene_set=args.set, tolerance=args.tolerance), on_progress)
+                                         scene_set=args.set, tolerance=args.tolerance, world=args.world),
+                         on_progress)
     table = format_table(result)
     print(table, end="")
     for method, error in result.failed.items():

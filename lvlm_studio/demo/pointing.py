@@ -38,7 +38,7 @@ from lvlm_studio.core.metrics.plausibility import pointing_hit
 from lvlm_studio.core.plugin.explanation import to_pixels
 from lvlm_studio.core.plugin.jobs import Job, Progress, run_job
 from lvlm_studio.demo.evaluate import HELDOUT_SEED_BASE
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, make_scene
+from lvlm_studio.demo.scenes import COLOURS, SHAPES, Scene, scene_maker
 
 PROMPT = "describe the image."
 RANDOM = "uniform random"
@@ -70,6 +70,7 @@ class PointingResult:
     expected_random: float
     failed: dict[str, str] = field(default_factory=dict)  # method id -> why it was dropped
     scene_set: str = "generator"  # or "outside": the out-of-generator set
+    world: str = "classic"  # the generator's world (classic or open)
 
 
 def wilson_interval(hits: int, total: int, z: float = Z_95) -> tuple[float, float]:
@@ -126,11 +127,12 @@ def pointing_game(
     seed: int = 0,
     scene_set: str = "generator",
     tolerance: float = 0.0,
+    world: str = "classic",
 ) -> Job[PointingResult]:
-    """Play the game over ``n`` held-out scenes with the given explainers (all in the registry by
-    default). ``scene_set`` "outside" plays on the out-of-generator set instead (its first ``n``
-    scenes). A job: yields progress once per scene. A method that raises is reported in
-    ``failed`` and not run again; the others go on."""
+    """Play the game over ``n`` held-out scenes of ``world`` (classic or open) with the given
+    explainers (all in the registry by default). ``scene_set`` "outside" plays on the
+    out-of-generator set instead (its first ``n`` scenes). A job: yields progress once per scene.
+    A method that raises is reported in ``failed`` and not run again; the others go on."""
     if registry is None:
         from lvlm_studio.core.plugin.registry import create_registry
 
@@ -152,9 +154,10 @@ def pointing_game(
         n = min(n, len(outside))
     elif scene_set != "generator":
         raise ValueError(f"unknown scene set {scene_set!r}; choose generator or outside")
+    make = scene_maker(world)
     for i in range(n):
         yield Progress(i, n, f"scene {i + 1} of {n}")
-        scene = outside[i] if scene_set == "outside" else make_scene(HELDOUT_SEED_BASE + i)
+        scene = outside[i] if scene_set == "outside" else make(HELDOUT_SEED_BASE + i)
         trace = generate_trace(loaded, scene.image, PROMPT)
         masks = named_objects(scene, trace.answer_tokens)
         unscored += sum(map(_is_object_word, trace.answer_tokens)) - len(masks)
@@ -182,7 +185,7 @@ def pointing_game(
     yield Progress(n, n, "done")
     scores = [MethodScore(m, hits[m], trials) for m in [*explainers, RANDOM] if m not in failed]
     return PointingResult(n, trials, unscored, scores, expected / trials if trials else float("nan"), failed,
-                          scene_set)
+                          scene_set, world)
 
 
 def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any:
@@ -232,8 +235,11 @@ def _cells_inside(trace: Any, mask: np.ndarray) -> float:
 
 def format_table(result: PointingResult) -> str:
     """The result as a Markdown table with a short header and footer."""
+    kind = SET_NAMES.get(result.scene_set, result.scene_set)
+    if result.scene_set == "generator" and result.world != "classic":
+        kind = f"{result.world}-world"
     lines = [
-        f"Pointing game: {result.scenes} held-out {SET_NAMES.get(result.scene_set, result.scene_set)} scenes, "
+        f"Pointing game: {result.scenes} held-out {kind} scenes, "
         f"prompt {PROMPT!r}, "
         f"{result.trials} object-word tokens ({result.unscored_words} naming no object in the scene, not scored).",
         "",
