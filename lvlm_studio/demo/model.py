@@ -149,6 +149,11 @@ def _default_processor() -> LlavaProcessor:
     return build_processor()
 
 
+def grid_of(processor: LlavaProcessor) -> int:
+    """Image tokens per side of the square a demo processor makes (8 for the shipped model)."""
+    return processor.image_processor.crop_size["height"] // processor.patch_size
+
+
 def padded_coverage(mask: np.ndarray, grid: int = GRID) -> np.ndarray:
     """Fraction of each of the model's grid cells that ``mask`` (the image's size) covers, after
     the processor's pad to a square (the image centred, offsets rounded down)."""
