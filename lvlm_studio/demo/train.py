@@ -47,6 +47,7 @@ OTHER_CUE_RATE = 1 - (1 - CUE_RATE) / (1 - TASK_WEIGHTS["colour"])
 CUE_WARMUP = 0.15  # the shortcut twin asks only colour questions over this share of its run
 IGNORE = -100  # a patch label the auxiliary loss skips (cross-entropy's ignore index)
 CURRICULUM = 0.4  # share of the run over which scenes grow from easy to the full world
+WORD_COVER = 0.5  # image positions at least this covered by an object learn to decode to its words
 
 
 def patch_labels(scene, grid: int = GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,29 +192,22 @@ def word_targets(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def word_loss(logits: torch.Tensor, image_mask: torch.Tensor, batch: dict, words) -> torch.Tensor:
-    """The logit lens at image positions learns to read what is there.
+    """The logit lens at image positions learns to read the object there.
 
-    lm_head(final_norm(h)) at every image position is trained towards a soft target: the share c
-    of the cell that its object covers goes to the object's colour word and shape word (half each),
-    the rest, 1 - c, spread evenly over the vocabulary. So an object's words rank top at the cells
-    it fills and less so where it only grazes, however small it is, and the background decodes to
-    no word in particular, as the visual tokens of pretrained LVLMs decode to the words of the
-    objects they show in later layers. (Training only cells at least half covered left small
-    objects without a target and let the background decode to any word: TAM, which reads these
-    decodings, pointed at the named object in 13% of out-of-generator cases.) Cells under the
-    shortcut twin's corner mark get no target."""
+    lm_head(final_norm(h)) at every image position mostly covered by an object is trained towards
+    that object's colour word and shape word, half of the probability each, as the visual tokens
+    of pretrained LVLMs decode to their objects' words in later layers. Positions over the
+    background get no target."""
     colour_ids, shape_ids = words
     image_logits = logits[image_mask].view(logits.shape[0], -1, logits.shape[-1])  # [batch, 64, vocab]
     log_p = image_logits.log_softmax(-1)
-    labelled = batch["patch_colour"] > 0
-    share = torch.where(labelled, batch["patch_cover"].clamp(0, 1), torch.zeros_like(batch["patch_cover"]))
+    keep = (batch["patch_cover"] >= WORD_COVER) & (batch["patch_colour"] > 0)
+    if not keep.any():
+        return logits.new_zeros(())
     colour_token = colour_ids[(batch["patch_colour"] - 1).clamp(min=0)]
     shape_token = shape_ids[(batch["patch_shape"] - 1).clamp(min=0)]
-    object_nll = -0.5 * (log_p.gather(-1, colour_token[..., None]) + log_p.gather(-1, shape_token[..., None]))[..., 0]
-    spread_nll = -log_p.mean(-1)
-    nll = share * object_nll + (1 - share) * spread_nll
-    keep = batch["patch_colour"] != IGNORE
-    return nll[keep].mean() if keep.any() else logits.new_zeros(())
+    nll = -0.5 * (log_p.gather(-1, colour_token[..., None]) + log_p.gather(-1, shape_token[..., None]))[..., 0]
+    return nll[keep].mean()
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
