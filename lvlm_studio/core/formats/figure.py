@@ -83,14 +83,14 @@ def map_figure(image: Image.Image, pixels: np.ndarray, levels: tuple[float, floa
 
     width, height = image.size
     plot_height = WIDTH_INCHES * 0.74 * height / max(width, 1)  # the image's share of the width, its aspect
-    lines = len(textwrap.wrap(title, TITLE_CHARACTERS)) or 1
-    figure = Figure(figsize=(WIDTH_INCHES, plot_height + 0.3 + 0.15 * lines), layout="constrained")
+    lines = textwrap.wrap(title, TITLE_CHARACTERS) or [""]
+    figure = Figure(figsize=(WIDTH_INCHES, plot_height + 0.3 + 0.15 * len(lines)), layout="constrained")
     axes = figure.add_subplot()
     artist = draw_map(axes, image, pixels, levels, colormap, opacity, signed)
     add_color_bar(figure, artist, axes, label)
     # A figure-level title, wrapped to the figure's width: a title on the image axes is centred over
     # the image alone and a long one ("“circle” (token 3) · Relevancy (...)") ran off the left edge.
-    figure.suptitle("\n".join(textwrap.wrap(title, TITLE_CHARACTERS)), fontsize=9)
+    figure.suptitle("\n".join(lines), fontsize=9)
     return figure
 
 
