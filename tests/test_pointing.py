@@ -5,7 +5,15 @@ import pytest
 
 from lvlm_studio.cli import main
 from lvlm_studio.core.plugin.jobs import run_job
-from lvlm_studio.demo.pointing import RANDOM, format_table, named_objects, pointing_game, wilson_interval
+from lvlm_studio.demo.pointing import (
+    RANDOM,
+    format_table,
+    named_objects,
+    peak_pixels,
+    pointing_game,
+    reachable,
+    wilson_interval,
+)
 from lvlm_studio.demo.scenes import COLOURS, SHAPES, make_scene
 
 
@@ -67,6 +75,7 @@ def test_a_row_per_method_plus_random(small_game, lvlm_registry):
         low, high = score.interval
         assert 0.0 <= low <= score.rate <= high <= 1.0
     assert 0.0 < small_game.expected_random < 0.5
+    assert all(score.rate <= small_game.ceiling <= 1.0 for score in small_game.scores)
     table = format_table(small_game)
     for method in rows:
         assert f"| {method} |" in table
@@ -105,3 +114,36 @@ def test_the_game_plays_on_the_world_asked(demo_model, lvlm_registry, monkeypatc
     with pytest.raises(ValueError, match="unknown world"):
         run_job(pointing.pointing_game(demo_model, n=1, methods=["raw_attention"], registry=lvlm_registry,
                                        world="nowhere"))
+
+
+def padded_trace(width: int = 100, height: int = 40, grid: int = 8):
+    """A stand-in trace: one grid over a wide image padded to a square (as the demo processor does)."""
+    from types import SimpleNamespace
+
+    from lvlm_studio.core.plugin.adapter import ImageRegion
+
+    top = -((width - height) // 2)
+    box = (0.0, float(top), float(width), float(top + width))
+    return SimpleNamespace(regions=[ImageRegion("base", 0, np.arange(grid * grid), (grid, grid), box)])
+
+
+def test_maps_peak_only_where_the_ceiling_looks():
+    """Wherever a resampled map peaks, that pixel is at one of ``peak_pixels``' rows and columns. So
+    an object holding none of those pixels can be hit by no map."""
+    from lvlm_studio.core.plugin.explanation import to_pixels
+
+    trace = padded_trace()
+    [(ys, xs)] = peak_pixels(trace.regions, (100, 40))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        grid = rng.random((8, 8)) ** rng.uniform(0.2, 5)  # flat to spiky
+        pixels = to_pixels([grid], trace.regions, (100, 40))
+        y, x = np.unravel_index(np.nanargmax(pixels), pixels.shape)
+        assert y in ys and x in xs
+    assert len(ys) < 40 / 2 and len(xs) < 100 / 4  # a few pixels per cell centre, not every pixel
+    # A small object between cell centres cannot be hit; one on a centre's pixel can.
+    between = np.zeros((40, 100), bool)
+    between[18:22, 11:14] = True  # columns 11-13 lie between the centres at 6.25 and 18.75
+    over = np.zeros((40, 100), bool)
+    over[ys[0], xs[0]] = True
+    assert not reachable(trace.regions, between) and reachable(trace.regions, over)

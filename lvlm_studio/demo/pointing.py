@@ -22,6 +22,12 @@ Its expected hit rate, printed under the table, is the mean over trials of the f
 cells inside the image (not on the padding) whose centre pixel falls in the object's mask (grown
 by the tolerance): a random map's maximum lands on a uniformly random cell. Intervals are Wilson score
 intervals (95 %).
+
+The ceiling, printed beside it, is the share of trials that any map can hit at all. A grid map
+resampled bilinearly peaks next to one of its cells' centres (``peak_pixels``): an object (grown by
+the tolerance) that holds none of those pixels cannot be hit, whatever the method. On a coarse grid that is
+many small objects (on the demo model's 8x8 grid, a quarter of the out-of-generator set's objects;
+``benchmarks/tam_grid.py`` shows it by object size and grid).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class PointingResult:
     failed: dict[str, str] = field(default_factory=dict)  # method id -> why it was dropped
     scene_set: str = "generator"  # or "outside": the out-of-generator set
     world: str = "classic"  # the generator's world (classic or open)
+    ceiling: float = 1.0  # share of trials that any map can hit (see the module docstring)
 
 
 def wilson_interval(hits: int, total: int, z: float = Z_95) -> tuple[float, float]:
@@ -145,7 +152,7 @@ def pointing_game(
     # Methods that declare they cannot explain this model are reported with their reason, not run.
     failed: dict[str, str] = {m: f"does not apply: {reason}" for m, e in explainers.items()
                               if (reason := e.applies_to(loaded, e.resolve_params({}))) is not None}
-    trials = unscored = 0
+    trials = unscored = can_hit = 0
     expected = 0.0
     if scene_set == "outside":
         from lvlm_studio.demo.outside import load_scenes
@@ -182,10 +189,11 @@ def pointing_game(
             random_maps = [rng.random(region.grid) for region in trace.regions]
             hits[RANDOM] += _hit(random_maps, trace, masks[t])
             expected += _cells_inside(trace, masks[t])
+            can_hit += reachable(trace.regions, masks[t])
     yield Progress(n, n, "done")
     scores = [MethodScore(m, hits[m], trials) for m in [*explainers, RANDOM] if m not in failed]
     return PointingResult(n, trials, unscored, scores, expected / trials if trials else float("nan"), failed,
-                          scene_set, world)
+                          scene_set, world, can_hit / trials if trials else float("nan"))
 
 
 def _explain(explainer: Any, trace: Any, loaded: Any, targets: list[int]) -> Any:
@@ -233,6 +241,42 @@ def _cells_inside(trace: Any, mask: np.ndarray) -> float:
     return inside / total if total else 0.0
 
 
+def peak_pixels(regions: list[Any], image_size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per region: the pixel rows and columns where a grid map resampled by ``to_pixels`` can peak.
+
+    Between four cell centres the resampling is bilinear, so over the pixels there its maximum lies
+    at an extreme row and an extreme column: the pixels nearest a cell centre, on either side. At an
+    edge band, where values are clamped, the band's first pixel wins the tie. Any map's brightest
+    pixel is therefore at one of these rows and one of these columns (of one region)."""
+    width, height = image_size
+    out = []
+    for region in regions:
+        left, top, right, bottom = region.box
+        rows, cols = region.grid
+        out.append((_peaks_along(rows, top, bottom, height), _peaks_along(cols, left, right, width)))
+    return out
+
+
+def _peaks_along(cells: int, start: float, end: float, size: int) -> np.ndarray:
+    """Along one axis, the pixels nearest each cell centre from below and from above (first on ties)."""
+    centres = np.arange(size) + 0.5
+    pixels = np.flatnonzero((centres >= start) & (centres < end))
+    position = np.clip((centres[pixels] - start) / (end - start) * cells - 0.5, 0, cells - 1)
+    found = set()
+    for cell in range(cells):
+        below = position[(position > cell - 1) & (position <= cell)]
+        above = position[(position >= cell) & (position < cell + 1)]
+        for nearest in ([below.max()] if below.size else []) + ([above.min()] if above.size else []):
+            found.add(int(pixels[np.flatnonzero(position == nearest)[0]]))  # the first on a clamped band
+    return np.array(sorted(found), dtype=int)
+
+
+def reachable(regions: list[Any], mask: np.ndarray) -> bool:
+    """Whether some map over ``regions`` can hit ``mask``: it holds a pixel where a resampled map can peak."""
+    height, width = mask.shape
+    return any(bool(mask[np.ix_(ys, xs)].any()) for ys, xs in peak_pixels(regions, (width, height)))
+
+
 def format_table(result: PointingResult) -> str:
     """The result as a Markdown table with a short header and footer."""
     kind = SET_NAMES.get(result.scene_set, result.scene_set)
@@ -249,7 +293,9 @@ def format_table(result: PointingResult) -> str:
     for score in result.scores:
         low, high = score.interval
         lines.append(f"| {score.method} | {score.hits}/{score.total} | {score.rate:.3f} | {low:.3f}-{high:.3f} |")
-    lines += ["", f"Expected hit rate of the uniform random baseline: {result.expected_random:.3f}."]
+    lines += ["", f"Expected hit rate of the uniform random baseline: {result.expected_random:.3f}.",
+              f"Ceiling: any map can hit at most {result.ceiling:.3f} of these trials (the other objects hold "
+              f"no pixel where a map resampled from the grid can peak)."]
     for method, error in result.failed.items():
         lines.append(f"Skipped {method}: {error}")
     return "\n".join(lines) + "\n"
