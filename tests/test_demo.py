@@ -250,3 +250,10 @@ def test_by_size_counts_a_wrong_shape_against_its_object(demo_model, monkeypatch
     asked = sum(a for _, a in result["objects"].values())
     assert asked == sum(len(s.objects) for s, _ in pairs) and right == asked - 4
     assert sum(r for r, _ in result["captions"].values()) == 0
+
+
+def test_the_cli_offers_every_world():
+    from lvlm_studio.cli import demo as demo_cli
+    from lvlm_studio.demo.scenes import WORLDS
+
+    assert sorted(demo_cli.WORLDS) == sorted(WORLDS)

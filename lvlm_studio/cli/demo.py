@@ -14,6 +14,7 @@ from lvlm_studio.core.io.files import (
 )
 
 CUE_METHODS = ("raw_attention", "rollout", "relevancy", "grad_x_input", "gradcam", "tam")
+WORLDS = ("classic", "open")  # lvlm_studio.demo.scenes.WORLDS, named here so that parsing imports no drawing code
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     accuracy.add_argument("--minimum", type=float, help="exit 1 when a task scores below this fraction")
     accuracy.add_argument("--set", choices=("generator", "outside", "both"), default="both",
                           help="held-out generator scenes, the out-of-generator set, or both (default)")
-    accuracy.add_argument("--world", choices=("classic", "open"), default="classic",
+    accuracy.add_argument("--world", choices=WORLDS, default="classic",
                           help="the generator's world: classic (the shipped model's, default) or open")
     accuracy.add_argument("--by-size", type=int, metavar="N", default=0,
                           help="also N held-out caption scenes: objects named right by their size in the "
@@ -40,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "(default 50; 0: none)")
     cue.add_argument("--methods", default=",".join(CUE_METHODS),
                      help="comma-separated method ids for the maps (default: the single-pass methods)")
-    cue.add_argument("--world", choices=("classic", "open"), default="classic",
+    cue.add_argument("--world", choices=WORLDS, default="classic",
                      help="the world the twin was trained on: classic (default, the shipped twin's) or open")
     cue.set_defaults(func=cmd_demo_cue)
     pointing = demo_sub.add_parser("pointing", help="pointing game: does each method's map peak on the named object?")
@@ -50,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pointing.add_argument("--seed", type=common.seed, default=0, help="seed of the random baseline (default 0)")
     pointing.add_argument("--set", choices=("generator", "outside"), default="generator",
                           help="held-out generator scenes (default) or the out-of-generator set")
-    pointing.add_argument("--world", choices=("classic", "open"), default="classic",
+    pointing.add_argument("--world", choices=WORLDS, default="classic",
                           help="the generator's world: classic (default, the shipped model's) or open")
     pointing.add_argument("--tolerance", type=float, default=0.0,
                           help="grid cells around the object that still count as a hit (default 0: strict)")
@@ -64,7 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     causal.set_defaults(func=cmd_demo_causal)
     scene = demo_sub.add_parser("scene", help="draw one synthetic scene to a PNG")
     scene.add_argument("--seed", type=common.seed, default=0)
-    scene.add_argument("--world", choices=("classic", "open"), default="classic",
+    scene.add_argument("--world", choices=WORLDS, default="classic",
                        help="classic (the shipped model's world, default) or open (any size and background)")
     scene.add_argument("--out", default="scene.png")
     scene.set_defaults(func=cmd_demo_scene)
