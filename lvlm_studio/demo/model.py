@@ -28,8 +28,12 @@ from transformers import (
 from lvlm_studio.demo.scenes import vocabulary
 
 IMAGE_SIZE = 128  # the square the model sees
-PATCH_SIZE = 16
-GRID = IMAGE_SIZE // PATCH_SIZE  # 8 x 8 image tokens
+# 8 px patches: 16 x 16 image tokens. On 8 x 8 most of the open world's objects are smaller than a
+# cell, and a map read at the image tokens cannot point at them: a resampled grid map peaks next to
+# a cell centre, which a quarter of the objects do not cover, and TAM's 3x3 rank filter flattens
+# one-cell peaks (benchmarks/tam_grid.py; docs/DEMO_WORLD.md).
+PATCH_SIZE = 8
+GRID = IMAGE_SIZE // PATCH_SIZE
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 # CLIP's normalisation, as LLaVA-1.5 uses it. Padding to a square fills with this mean colour, a
 # warm grey (122, 116, 104) that differs from the neutral greys users draw backgrounds in.
@@ -108,7 +112,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,  # grouped-query attention, as in most modern decoders
-        max_position_embeddings=256,
+        max_position_embeddings=512,  # 256 image tokens, the prompt and the answer
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

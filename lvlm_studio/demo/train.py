@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start over even if a saved state exists")
     parser.add_argument("--eval-every", type=int, default=500, help="0: only at the end")
     parser.add_argument("--eval-n", type=int, default=50, help="held-out scenes per task during training")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the model; one more process draws the scenes")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads for the model (default 2); one more process draws the scenes")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes drawing scenes (0: in line; the vision-only stage uses one more)")
     parser.add_argument("--world", choices=sorted(WORLDS), default="open",
