@@ -26,8 +26,8 @@ intervals (95 %).
 The ceiling, printed beside it, is the share of trials that any map can hit at all. A grid map
 resampled bilinearly peaks next to one of its cells' centres (``peak_pixels``): an object (grown by
 the tolerance) that holds none of those pixels cannot be hit, whatever the method. On a coarse grid that is
-many small objects (on the demo model's 8x8 grid, a quarter of the out-of-generator set's objects;
-``benchmarks/tam_grid.py`` shows it by object size and grid).
+many small objects (on an 8x8 grid over the padded square, a quarter of the out-of-generator set's
+objects; ``benchmarks/tam_grid.py`` shows it by object size and grid).
 """
 
 from __future__ import annotations
