@@ -32,8 +32,16 @@ A measurement, not a target (it always exits 0):
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import numpy as np
+
+from lvlm_explainers.tam import rank_gaussian_filter
+from lvlm_studio.core.metrics.plausibility import pointing_hit
+from lvlm_studio.core.plugin.adapter import ImageRegion
+from lvlm_studio.core.plugin.explanation import to_pixels
+from lvlm_studio.demo.model import padded_coverage
+from lvlm_studio.demo.pointing import reachable, tolerance_zone
 
 DIAMETERS = (0.08, 0.15, 0.25, 0.45)  # shares of the image side
 CELL_PX = 16  # pixels per grid cell (only the ratios matter)
@@ -44,71 +52,54 @@ def disc(side: int, centre: tuple[float, float], diameter: float) -> np.ndarray:
     return (ys - centre[0]) ** 2 + (xs - centre[1]) ** 2 <= (diameter / 2) ** 2
 
 
-def grown(mask: np.ndarray, cells: float, cell_px: float) -> np.ndarray:
-    """The mask grown by ``cells`` grid cells of ``cell_px`` pixels (where a hit counts)."""
-    if cells <= 0:
-        return mask
-    from scipy.ndimage import distance_transform_edt
+def square_view(grid: int, left: float, top: float, side: float) -> SimpleNamespace:
+    """What the pointing game reads of a trace: one grid over a square of ``side`` px at (left, top)."""
+    box = (float(left), float(top), float(left + side), float(top + side))
+    return SimpleNamespace(regions=[ImageRegion("base", 0, np.arange(grid * grid), (grid, grid), box)])
 
-    return distance_transform_edt(~mask) <= cells * cell_px
+
+def ideal_hits(mask: np.ndarray, view: SimpleNamespace, grid: int, tolerance: float) -> tuple[bool, bool]:
+    """Whether the object's ideal map (each cell scored by the share of it the object covers) hits,
+    as is and after TAM's rank filter, by the pointing game's rule with ``tolerance`` cells."""
+    height, width = mask.shape
+    target = tolerance_zone(mask, view, tolerance)
+    ideal = padded_coverage(mask, grid).astype(np.float64)
+    return tuple(pointing_hit(to_pixels([m], view.regions, (width, height)), target)
+                 for m in (ideal, rank_gaussian_filter(ideal)))
 
 
 def hit_rates(grid: int, diameter: float, positions: int, tolerance: float = 0.0,
               seed: int = 0) -> tuple[float, float]:
     """Pointing hit rates of the ideal coverage map, raw and rank-filtered, over seeded positions."""
-    from lvlm_explainers.tam import rank_gaussian_filter
-    from lvlm_studio.core.metrics.plausibility import pointing_hit
-    from lvlm_studio.core.plugin.adapter import ImageRegion
-    from lvlm_studio.core.plugin.explanation import to_pixels
-    from lvlm_studio.demo.model import padded_coverage
-
     side = grid * CELL_PX
     size = diameter * side
-    region = ImageRegion("base", 0, np.arange(grid * grid), (grid, grid), (0.0, 0.0, float(side), float(side)))
+    view = square_view(grid, 0, 0, side)
     rng = np.random.default_rng([seed, grid, int(diameter * 1000)])
-    raw_hits = filtered_hits = 0
+    hits = np.zeros(2)
     for _ in range(positions):
         centre = tuple(rng.uniform(size / 2, side - size / 2, size=2))
-        mask = disc(side, centre, size)
-        ideal = padded_coverage(mask, grid).astype(np.float64)
-        target = grown(mask, tolerance, CELL_PX)
-        for grid_map, counter in ((ideal, "raw"), (rank_gaussian_filter(ideal), "filtered")):
-            hit = pointing_hit(to_pixels([grid_map], [region], (side, side)), target)
-            if counter == "raw":
-                raw_hits += hit
-            else:
-                filtered_hits += hit
-    return raw_hits / positions, filtered_hits / positions
+        hits += ideal_hits(disc(side, centre, size), view, grid, tolerance)
+    raw, filtered = hits / positions
+    return raw, filtered
 
 
 def scene_set_ceiling(scenes, grid: int, tolerance: float = 0.0) -> tuple[int, float, float, float, float]:
     """Over every object of ``scenes`` (each named by a colour and a shape word): the share that
     cover less than one cell, the share that some map can hit, and the pointing hit rates of their
     ideal maps, raw and filtered."""
-    from lvlm_explainers.tam import rank_gaussian_filter
-    from lvlm_studio.core.metrics.plausibility import pointing_hit
-    from lvlm_studio.core.plugin.adapter import ImageRegion
-    from lvlm_studio.core.plugin.explanation import to_pixels
-    from lvlm_studio.demo.model import padded_coverage
-    from lvlm_studio.demo.pointing import reachable
-
-    objects = small = can_hit = raw_hits = filtered_hits = 0
+    objects = small = can_hit = 0
+    hits = np.zeros(2)
     for scene in scenes:
         width, height = scene.image.size
         side = max(width, height)
-        left, top = -((side - width) // 2), -((side - height) // 2)  # the pad to a square, centred
-        region = ImageRegion("base", 0, np.arange(grid * grid), (grid, grid),
-                             (float(left), float(top), float(left + side), float(top + side)))
+        view = square_view(grid, -((side - width) // 2), -((side - height) // 2), side)  # the pad, centred
         for obj in scene.objects:
-            target = grown(obj.mask, tolerance, side / grid)
-            can_hit += reachable([region], target)
-            ideal = padded_coverage(obj.mask, grid).astype(np.float64)
             objects += 1
-            small += ideal.sum() < 1
-            raw_hits += pointing_hit(to_pixels([ideal], [region], (width, height)), target)
-            filtered = rank_gaussian_filter(ideal)
-            filtered_hits += pointing_hit(to_pixels([filtered], [region], (width, height)), target)
-    return objects, small / objects, can_hit / objects, raw_hits / objects, filtered_hits / objects
+            small += padded_coverage(obj.mask, grid).astype(np.float64).sum() < 1
+            can_hit += reachable(view.regions, tolerance_zone(obj.mask, view, tolerance))
+            hits += ideal_hits(obj.mask, view, grid, tolerance)
+    raw, filtered = hits / objects
+    return objects, small / objects, can_hit / objects, raw, filtered
 
 
 def main() -> int:

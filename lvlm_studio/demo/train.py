@@ -199,7 +199,7 @@ def word_loss(logits: torch.Tensor, image_mask: torch.Tensor, batch: dict, words
     of pretrained LVLMs decode to their objects' words in later layers. Positions over the
     background get no target."""
     colour_ids, shape_ids = words
-    image_logits = logits[image_mask].view(logits.shape[0], -1, logits.shape[-1])  # [batch, 64, vocab]
+    image_logits = logits[image_mask].view(logits.shape[0], -1, logits.shape[-1])  # [batch, image tokens, vocab]
     log_p = image_logits.log_softmax(-1)
     keep = (batch["patch_cover"] >= WORD_COVER) & (batch["patch_colour"] > 0)
     if not keep.any():
