@@ -151,3 +151,42 @@ def test_the_curriculum_starts_on_one_light_grey_backdrop():
     assert all(colour.max() - colour.min() < 3 and 185 <= colour.mean() <= 240 for colour in easy)
     full = [backdrop(make_open_scene(seed)) for seed in range(20)]
     assert sum(colour.max() - colour.min() > 10 or not 185 <= colour.mean() <= 240 for colour in full) >= 5
+
+
+def test_bfloat16_autocast_gives_float32_losses_and_gradients_closely():
+    """Under bfloat16 autocast the joint step's three losses and its gradient stay close to float32's
+    on the same batch (the precision training uses where the CPU has native bfloat16)."""
+    import functools
+
+    model, processor = training.build("open", 3)
+    batch = training.Batcher(processor, 3, steps=10, world="open")(9, 4)
+    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(training.COLOURS) + len(training.SHAPES) + 2)
+    projected = []
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: projected.append(o))
+    words = training.word_targets(processor.tokenizer)
+    results = {}
+    for bf16 in (False, True):
+        autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bf16)
+        model.zero_grad()
+        losses = training.joint_losses(model, aux_head, batch, projected, words, autocast)
+        assert all(loss.dtype == torch.float32 for loss in losses)
+        sum(losses).backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[bf16] = torch.stack(losses).detach(), grad
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0.005, atol=0.0)
+    assert torch.nn.functional.cosine_similarity(results[True][1], results[False][1], dim=0) > 0.99
+
+
+def test_a_run_records_its_precision_and_saves_float32_weights(tmp_path):
+    record = training.train(tmp_path, steps=1, batch_size=2, lr=1e-3, seed=3, aux_weight=0.5, word_weight=0.5,
+                            eval_every=0, eval_n=1, threads=1, workers=0, precision="bf16")
+    assert record["precision"] == "bf16"
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert all(w.dtype == torch.float32 for w in weights.values())
+
+
+def test_precision_auto_picks_what_the_cpu_computes_natively():
+    assert training._precision("auto") == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
+    assert training._precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
+        training._precision("fp16")

@@ -23,6 +23,7 @@ then starve on a plateau (a first run sat at chance on "is there a ...?" for 4,0
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -224,6 +225,24 @@ def patch_loss(logits: torch.Tensor, batch: dict, n_colour: int) -> torch.Tensor
     return aux + F.cross_entropy(logits[..., n_colour:].flatten(0, 1), batch["patch_shape"].flatten())
 
 
+def joint_losses(model, aux_head, batch: dict, projected: list, words, autocast) -> tuple[torch.Tensor, ...]:
+    """The joint step's three losses: language (answer tokens), patch labels (the auxiliary head on
+    the projector's output, which ``projected`` collects through a forward hook) and words at image
+    positions. The forward pass runs under ``autocast``; the losses are computed in float32."""
+    projected.clear()
+    with autocast():
+        output = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+        )
+    logits = output.logits.float()
+    lm_loss = per_example_loss(logits, batch["labels"])
+    aux = patch_loss(aux_head(projected[0].float()), batch, len(COLOURS) + 1)
+    lens = word_loss(logits, batch["input_ids"] == model.config.image_token_id, batch, words)
+    return lm_loss, aux, lens
+
+
 def _vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The vision tower's patch features as the projector receives them (LLaVA's default
     strategy: the feature layer, CLS token dropped)."""
@@ -299,7 +318,8 @@ def _batches(batcher: Batcher, steps: range, batch_size: int, workers: int):
 
 def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weight: float,
           word_weight: float, eval_every: int, eval_n: int, threads: int, shortcut: bool = False,
-          resume: bool = True, workers: int = 1, world: str = "open", vision_steps: int = 0) -> dict:
+          resume: bool = True, workers: int = 1, world: str = "open", vision_steps: int = 0,
+          precision: str = "auto") -> dict:
     """Train from scratch, or resume from ``out``'s saved state when one is there.
 
     ``vision_steps`` first trains the vision tower and projector alone, on the auxiliary patch
@@ -307,8 +327,13 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     then carried over to any backdrop. In the joint run the language and word losses compete with it
     and the curriculum moves on before shape is learned (object-patch shape accuracy after 3,500
     joint steps: 53% on the easiest scenes; after 750 vision-only steps: 66%), and a vision-only
-    step costs about a third of a joint one."""
+    step costs about a third of a joint one.
+
+    ``precision`` "bf16" runs the forward passes under bfloat16 autocast (weights, optimiser and
+    losses stay float32); "auto" picks it where the CPU has native bfloat16 arithmetic."""
     torch.set_num_threads(threads)
+    precision = _precision(precision)
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     model, processor = build(world, seed)
     hidden = model.config.text_config.hidden_size
     aux_head = torch.nn.Linear(hidden, (len(COLOURS) + 1) + (len(SHAPES) + 1))
@@ -332,7 +357,6 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     batcher = Batcher(processor, seed, shortcut=shortcut, steps=steps, world=world, vision_steps=vision_steps)
     total = vision_steps + steps
     words = word_targets(processor.tokenizer)
-    image_id = model.config.image_token_id
     started = time.time() - before
     model.train()
     n_colour = len(COLOURS) + 1
@@ -341,7 +365,9 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     joint = _batches(batcher, range(max(first, vision_steps), total), batch_size, workers)
     for step, batch in zip(range(first, total), itertools.chain(vision, joint)):
         if step < vision_steps:
-            logits = aux_head(model.model.multi_modal_projector(_vision_features(model, batch["pixel_values"])))
+            with autocast():
+                features = model.model.multi_modal_projector(_vision_features(model, batch["pixel_values"]))
+            logits = aux_head(features.float())
             projected.clear()  # the projector's hook saw this call too
             aux = patch_loss(logits, batch, n_colour)
             _update(aux, optimizer, schedule, params)
@@ -350,15 +376,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
             if (step + 1) % 500 == 0:
                 save_state(out, step + 1, model, aux_head, optimizer, log, time.time() - started)
             continue
-        projected.clear()
-        output = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-        )
-        lm_loss = per_example_loss(output.logits, batch["labels"])
-        aux = patch_loss(aux_head(projected[0]), batch, n_colour)
-        lens = word_loss(output.logits, batch["input_ids"] == image_id, batch, words)
+        lm_loss, aux, lens = joint_losses(model, aux_head, batch, projected, words, autocast)
         _update(lm_loss + aux_weight * aux + word_weight * lens, optimizer, schedule, params)
         if step % 100 == 0:
             print(f"step {step:6d}  lm {lm_loss.item():.3f}  aux {aux.item():.3f}  words {lens.item():.3f}  "
@@ -383,12 +401,23 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
         "aux_weight": aux_weight,
         "word_weight": word_weight, "shortcut": shortcut, "cue_rate": CUE_RATE if shortcut else 0.0,
         "cue_warmup": CUE_WARMUP if shortcut else 0.0,
-        "threads": threads, "workers": workers, "world": world, "curriculum": CURRICULUM if world == "open" else 0.0,
+        "threads": threads, "workers": workers, "precision": precision, "world": world,
+        "curriculum": CURRICULUM if world == "open" else 0.0,
         "train_seconds": round(time.time() - started), "torch": torch.__version__,
         "progress": log,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _precision(choice: str) -> str:
+    """bf16 where the CPU computes in bfloat16 natively (a joint step then takes about 0.7 of the
+    float32 time, benchmarks/train_step.py), float32 elsewhere, or what the caller asked for."""
+    if choice == "auto":
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    if choice not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {choice!r}")
+    return choice
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -414,10 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", choices=sorted(WORLDS), default="open",
                         help="open (default): the next demo model on the open world; classic: the shipped "
                              "model's architecture on the classic world (its shortcut twin)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="forward passes in bfloat16 autocast (auto: where the CPU has it natively)")
     args = parser.parse_args(argv)
     train(args.out, args.steps, args.batch_size, args.lr, args.seed, args.aux_weight, args.word_weight,
           args.eval_every, args.eval_n, args.threads, shortcut=args.shortcut, resume=not args.no_resume,
-          workers=args.workers, world=args.world, vision_steps=args.vision_steps)
+          workers=args.workers, world=args.world, vision_steps=args.vision_steps, precision=args.precision)
     model, processor = _reload(args.out)
     print("held-out exact match (500 per task):", json.dumps(evaluate(model, processor, world=args.world)))
     if args.shortcut:
