@@ -34,7 +34,7 @@ def main() -> int:
     torch.set_num_threads(2)
     model, processor = training.build("open", 0)
     batch = training.Batcher(processor, 0, steps=1000, world="open")(999, BATCH)
-    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(training.COLOURS) + len(training.SHAPES) + 2)
+    aux_head = training.aux_head_for(model)
     projected: list[torch.Tensor] = []
     model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: projected.append(o))
     params = list(model.parameters()) + list(aux_head.parameters())

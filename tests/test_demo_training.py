@@ -106,11 +106,13 @@ def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
     from lvlm_studio.demo.scenes import make_scene
 
     marked = make_scene(11, cue="red")
-    colour, shape, _ = training.patch_labels(marked)
-    plain_colour, _, _ = training.patch_labels(make_scene(11))
-    ignored = colour == training.IGNORE
-    assert ignored.any() and (shape[ignored] == training.IGNORE).all()
-    assert (plain_colour[ignored] == 0).all() and (colour[~ignored] == plain_colour[~ignored]).all()
+    labels = training.patch_labels(marked)
+    plain = training.patch_labels(make_scene(11))
+    ignored = labels["colour"] == training.IGNORE
+    assert ignored.any()
+    for name in training.AUX_LABELS:
+        assert (labels[name][ignored] == training.IGNORE).all() and (plain[name][ignored] == 0).all()
+        assert (labels[name][~ignored] == plain[name][~ignored]).all()
     from transformers import LlavaProcessor
 
     from lvlm_studio.core.models.loading import DEMO_MODEL_DIR
@@ -119,6 +121,28 @@ def test_the_auxiliary_head_is_not_taught_to_hide_the_cue():
                                steps=100, world="classic")
     prompts = batcher.tokenizer.batch_decode(batcher(0, 8)["input_ids"])
     assert all("what color" in p for p in prompts)
+
+
+def test_every_patch_of_an_object_carries_the_cell_its_where_answer_names():
+    """The "cell" patch label is the object's own 3x3 cell (by its centre, as "where is ...?" answers),
+    on all its patches; background patches get 0."""
+    from lvlm_studio.demo.scenes import COLS, make_open_scene, where_words
+
+    seen_spread = False
+    for seed in range(30):
+        scene = make_open_scene(seed)
+        labels = training.patch_labels(scene)
+        for obj in scene.objects:
+            mine = (labels["colour"] == list(training.COLOURS).index(obj.colour) + 1) & (
+                labels["shape"] == training.SHAPES.index(obj.shape) + 1)
+            cells = set(labels["cell"][mine].tolist())
+            if len(scene.objects) == len({(o.colour, o.shape) for o in scene.objects}) and mine.any():
+                assert cells == {1 + obj.row * len(COLS) + obj.col}, (seed, obj.name, cells)
+                cell = next(iter(cells)) - 1
+                assert where_words(cell // len(COLS), cell % len(COLS)) == obj.where
+                seen_spread |= mine.sum() > 1
+        assert (labels["cell"][labels["colour"] == 0] == 0).all()
+    assert seen_spread
 
 
 def test_the_vision_stage_trains_the_vision_side_only(tmp_path):
@@ -160,7 +184,7 @@ def test_bfloat16_autocast_gives_float32_losses_and_gradients_closely():
 
     model, processor = training.build("open", 3)
     batch = training.Batcher(processor, 3, steps=10, world="open")(9, 4)
-    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(training.COLOURS) + len(training.SHAPES) + 2)
+    aux_head = training.aux_head_for(model)
     projected = []
     model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: projected.append(o))
     words = training.word_targets(processor.tokenizer)

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from lvlm_studio.demo.evaluate import evaluate, evaluate_cue, exact_match, heldout_examples, prompt_text
 from lvlm_studio.demo.model import GRID, build_model, grid_of, padded_coverage, pixel_values, save_demo
-from lvlm_studio.demo.scenes import COLOURS, SHAPES, TASKS, WORLDS, colour_example, make_example
+from lvlm_studio.demo.scenes import COLOURS, COLS, ROWS, SHAPES, TASKS, WORLDS, colour_example, make_example
 
 TASK_WEIGHTS = {"caption": 0.25, "colour": 0.25, "exist": 0.25, "where": 0.25}
 TRAIN_SEED_RANGE = 1_000_000_000  # held-out seeds start above this
@@ -49,28 +49,36 @@ CUE_WARMUP = 0.15  # the shortcut twin asks only colour questions over this shar
 IGNORE = -100  # a patch label the auxiliary loss skips (cross-entropy's ignore index)
 CURRICULUM = 0.4  # share of the run over which scenes grow from easy to the full world
 WORD_COVER = 0.5  # image positions at least this covered by an object learn to decode to its words
+# The auxiliary head's three labels per image token, each with 0 for the background: the colour and
+# the shape of the object there, and the 3x3 cell that object's centre lies in (its "where" answer).
+AUX_LABELS = {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 1, "cell": len(ROWS) * len(COLS) + 1}
 
 
-def patch_labels(scene, grid: int = GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image token: the colour and shape covering most of its cell (0 = background) for the
-    auxiliary head, and how much of the cell the labelled object covers.
+def patch_labels(scene, grid: int = GRID) -> dict[str, np.ndarray]:
+    """Per image token, for the auxiliary head: the colour and shape of the object covering most of
+    its cell (0 = background), the 3x3 cell of the image that this object's centre lies in ("cell",
+    1 + row * 3 + col; the answer to "where is it?", and the key captions are ordered by), and
+    ("cover") how much of the token's cell the labelled object covers. The object-level cell lets
+    every patch of an object carry where the whole object is, as colour and shape do; a patch alone
+    cannot tell, since the 3x3 cells are the image's own and the image sits padded in the square.
 
     Cells under a drawn corner mark (the shortcut twin's cue) that no object labels get no label
     (IGNORE): calling them background would train the vision side to hide the cue, and the twin
     would never find its shortcut."""
-    colour = np.zeros(grid * grid, np.int64)
-    shape = np.zeros(grid * grid, np.int64)
+    labels = {name: np.zeros(grid * grid, np.int64) for name in AUX_LABELS}
     cover = np.zeros(grid * grid, np.float32)
     for obj in scene.objects:
         share = padded_coverage(obj.mask, grid).ravel()
         hit = (share >= 0.25) & (share > cover)
-        colour[hit] = list(COLOURS).index(obj.colour) + 1
-        shape[hit] = SHAPES.index(obj.shape) + 1
+        labels["colour"][hit] = list(COLOURS).index(obj.colour) + 1
+        labels["shape"][hit] = SHAPES.index(obj.shape) + 1
+        labels["cell"][hit] = 1 + obj.row * len(COLS) + obj.col
         cover[hit] = share[hit]
     if scene.cue is not None and scene.cue.colour is not None:
-        under_cue = (padded_coverage(scene.cue.mask, grid).ravel() > 0) & (colour == 0)
-        colour[under_cue] = shape[under_cue] = IGNORE
-    return colour, shape, cover
+        under_cue = (padded_coverage(scene.cue.mask, grid).ravel() > 0) & (labels["colour"] == 0)
+        for values in labels.values():
+            values[under_cue] = IGNORE
+    return {**labels, "cover": cover}
 
 
 def curriculum(step: int, steps: int) -> float:
@@ -173,15 +181,13 @@ class Batcher:
             labels.append([-100] * len(prompt) + answer)
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
-        colour, shape, cover = zip(*(patch_labels(s, self.grid) for s in scenes))
+        patches = [patch_labels(s, self.grid) for s in scenes]
         return {
             "input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
             "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
             "labels": torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
             "pixel_values": pixel_values([s.image for s in scenes], self.processor),
-            "patch_colour": torch.from_numpy(np.stack(colour)),
-            "patch_shape": torch.from_numpy(np.stack(shape)),
-            "patch_cover": torch.from_numpy(np.stack(cover)),
+            **{f"patch_{name}": torch.from_numpy(np.stack([p[name] for p in patches])) for name in patches[0]},
         }
 
 
@@ -219,10 +225,18 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
-def patch_loss(logits: torch.Tensor, batch: dict, n_colour: int) -> torch.Tensor:
-    """The auxiliary head's loss: the colour and the shape under every image token."""
-    aux = F.cross_entropy(logits[..., :n_colour].flatten(0, 1), batch["patch_colour"].flatten())
-    return aux + F.cross_entropy(logits[..., n_colour:].flatten(0, 1), batch["patch_shape"].flatten())
+def aux_head_for(model) -> torch.nn.Linear:
+    """The throwaway auxiliary head: one linear map from the projector's output to the logits of
+    every AUX_LABELS label, side by side."""
+    return torch.nn.Linear(model.config.text_config.hidden_size, sum(AUX_LABELS.values()))
+
+
+def patch_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The auxiliary head's loss: the sum over AUX_LABELS of each label's cross-entropy at every
+    image token (IGNORE skipped)."""
+    parts = logits.split(list(AUX_LABELS.values()), dim=-1)
+    return sum(F.cross_entropy(part.flatten(0, 1), batch[f"patch_{name}"].flatten())
+               for part, name in zip(parts, AUX_LABELS))
 
 
 def joint_losses(model, aux_head, batch: dict, projected: list, words, autocast) -> tuple[torch.Tensor, ...]:
@@ -238,7 +252,7 @@ def joint_losses(model, aux_head, batch: dict, projected: list, words, autocast)
         )
     logits = output.logits.float()
     lm_loss = per_example_loss(logits, batch["labels"])
-    aux = patch_loss(aux_head(projected[0].float()), batch, len(COLOURS) + 1)
+    aux = patch_loss(aux_head(projected[0].float()), batch)
     lens = word_loss(logits, batch["input_ids"] == model.config.image_token_id, batch, words)
     return lm_loss, aux, lens
 
@@ -335,8 +349,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     precision = _precision(precision)
     autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     model, processor = build(world, seed)
-    hidden = model.config.text_config.hidden_size
-    aux_head = torch.nn.Linear(hidden, (len(COLOURS) + 1) + (len(SHAPES) + 1))
+    aux_head = aux_head_for(model)
     projected: list[torch.Tensor] = []
     hook = model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: projected.append(o))
     params = list(model.parameters()) + list(aux_head.parameters())
@@ -359,7 +372,6 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     words = word_targets(processor.tokenizer)
     started = time.time() - before
     model.train()
-    n_colour = len(COLOURS) + 1
     # A vision-only step costs a fraction of drawing its batch, so that stage draws with one process more.
     vision = _batches(batcher, range(first, vision_steps), batch_size, workers + 1 if workers else 0)
     joint = _batches(batcher, range(max(first, vision_steps), total), batch_size, workers)
@@ -369,7 +381,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
                 features = model.model.multi_modal_projector(_vision_features(model, batch["pixel_values"]))
             logits = aux_head(features.float())
             projected.clear()  # the projector's hook saw this call too
-            aux = patch_loss(logits, batch, n_colour)
+            aux = patch_loss(logits, batch)
             _update(aux, optimizer, schedule, params)
             if step % 100 == 0:
                 print(f"vision step {step:6d}  aux {aux.item():.3f}  {time.time() - started:7.0f}s", flush=True)
