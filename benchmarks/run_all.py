@@ -15,7 +15,7 @@ from pathlib import Path
 BENCHMARKS = ("attention_memory.py", "rank_filter_speed.py", "tam_cost.py", "relevancy_cost.py",
               "grounded_throughput.py", "gui_startup.py", "gui_redraw.py", "gui_heartbeat.py", "progressive_maps.py",
               "sae_throughput.py",
-              "igos_cost.py", "perturbation_throughput.py",
+              "igos_cost.py", "perturbation_throughput.py", "train_step.py",
               "ray_scaling.py",  # 1 vs 2 Ray replicas; says so and passes without Ray
               "gpu_smoke.py")  # gpu_smoke: every family and method on a CUDA GPU; says so and passes without one
 
