@@ -14,7 +14,6 @@ Target: bfloat16 / float32 <= 0.85 on a CPU with native bfloat16 (elsewhere it s
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 
@@ -42,7 +41,7 @@ def main() -> int:
     words = training.word_targets(processor.tokenizer)
 
     def step(bf16: bool) -> float:
-        autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bf16)
+        autocast = training.autocast_for("bf16" if bf16 else "fp32")
         started = time.perf_counter()
         lm_loss, aux, lens = training.joint_losses(model, aux_head, batch, projected, words, autocast)
         optimizer.zero_grad()

@@ -180,8 +180,6 @@ def test_the_curriculum_starts_on_one_light_grey_backdrop():
 def test_bfloat16_autocast_gives_float32_losses_and_gradients_closely():
     """Under bfloat16 autocast the joint step's three losses and its gradient stay close to float32's
     on the same batch (the precision training uses where the CPU has native bfloat16)."""
-    import functools
-
     model, processor = training.build("open", 3)
     batch = training.Batcher(processor, 3, steps=10, world="open")(9, 4)
     aux_head = training.aux_head_for(model)
@@ -190,7 +188,7 @@ def test_bfloat16_autocast_gives_float32_losses_and_gradients_closely():
     words = training.word_targets(processor.tokenizer)
     results = {}
     for bf16 in (False, True):
-        autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=bf16)
+        autocast = training.autocast_for("bf16" if bf16 else "fp32")
         model.zero_grad()
         losses = training.joint_losses(model, aux_head, batch, projected, words, autocast)
         assert all(loss.dtype == torch.float32 for loss in losses)

@@ -347,7 +347,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, aux_weig
     losses stay float32); "auto" picks it where the CPU has native bfloat16 arithmetic."""
     torch.set_num_threads(threads)
     precision = _precision(precision)
-    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = autocast_for(precision)
     model, processor = build(world, seed)
     aux_head = aux_head_for(model)
     projected: list[torch.Tensor] = []
@@ -430,6 +430,12 @@ def _precision(choice: str) -> str:
     if choice not in ("bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, not {choice!r}")
     return choice
+
+
+def autocast_for(precision: str):
+    """A context-manager factory for the forward passes: bfloat16 autocast on the CPU for "bf16",
+    a disabled one (float32) for "fp32"."""
+    return functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def main(argv: list[str] | None = None) -> None:
